@@ -1,0 +1,1 @@
+"""Data pipeline: shard writer, shard readers and decode backends."""

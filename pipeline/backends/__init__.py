@@ -1,0 +1,129 @@
+"""Decode backends behind one contract, with a lazy registry.
+
+Every backend yields :class:`Batch` objects whose images are already on the training device, normalised
+and in channels-last memory format. A backend's module is imported only when it is built, so an
+install without DALI never imports DALI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterator, Protocol, runtime_checkable
+
+import torch
+
+from pipeline.info import DatasetInfo
+
+# ImageNet channel statistics on the 0..255 scale (torchvision / timm IMAGENET_DEFAULT_MEAN/STD × 255).
+IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# Size of ILSVRC2012 (train, val), used by the synthetic backend when no dataset is given.
+IMAGENET_TRAIN_SAMPLES = 1_281_167
+IMAGENET_VAL_SAMPLES = 50_000
+IMAGENET_CLASSES = 1000
+
+
+class LoaderKind(str, Enum):
+    """Names accepted by ``train --loader``."""
+
+    CPU = "cpu"
+    SYNTHETIC = "synthetic"
+
+
+class Split(str, Enum):
+    """Dataset split a loader reads: train (random crops, whole batches) or val (centre crops, every sample)."""
+
+    TRAIN = "train"
+    VAL = "val"
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Options shared by every backend.
+
+    Attributes:
+        batch_size: samples per batch on this rank.
+        image_size: output side in pixels (square crops).
+        workers: CPU decode processes per rank (0 = decode in the training process).
+        seed: seed of shard order, shuffle buffer and crops.
+        shuffle_buffer: samples held by each worker's train shuffle buffer (1 = no shuffle).
+        crop_pct: eval centre-crop ratio (0.875 = Resize 256 / CenterCrop 224).
+        synthetic_train_samples / synthetic_val_samples / synthetic_classes: epoch sizes and class count
+            of the synthetic backend when no dataset is given (defaults: ILSVRC2012's).
+    """
+
+    batch_size: int
+    image_size: int = 224
+    workers: int = 2
+    seed: int = 0
+    shuffle_buffer: int = 500
+    crop_pct: float = 0.875
+    synthetic_train_samples: int = IMAGENET_TRAIN_SAMPLES
+    synthetic_val_samples: int = IMAGENET_VAL_SAMPLES
+    synthetic_classes: int = IMAGENET_CLASSES
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch on the training device.
+
+    Attributes:
+        images: ``N×3×H×W`` float32, normalised with the ImageNet mean/std, channels-last strides.
+        labels: ``N`` int64 class indices.
+        keys: the samples' shard keys, where the backend knows them (empty otherwise).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    keys: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """The contract every backend implements for one split on one rank."""
+
+    split: Split
+    num_samples: int  # samples in the whole split (all ranks)
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (train: the same on every rank)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shard order / crops the next iteration uses."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Yield this rank's batches of the current epoch."""
+
+
+_REGISTRY: dict[LoaderKind, str] = {
+    LoaderKind.CPU: "pipeline.backends.cpu:CpuLoader",
+    LoaderKind.SYNTHETIC: "pipeline.backends.synthetic:SyntheticLoader",
+}
+
+
+def build_loader(kind: LoaderKind, cfg: LoaderConfig, split: Split, info: DatasetInfo | None,
+                 device: torch.device, rank: int = 0, world_size: int = 1) -> Loader:
+    """Import backend ``kind`` and build its loader for ``split`` on this rank.
+
+    Raises:
+        ValueError: ``kind`` needs a dataset and ``info`` is None, or option values are invalid.
+    """
+    module_name, cls_name = _REGISTRY[LoaderKind(kind)].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(cfg=cfg, split=Split(split), info=info, device=device, rank=rank, world_size=world_size)
+
+
+def normalize_on_device(images_nhwc_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``N×H×W×3`` uint8 (host, ideally pinned) → ``N×3×H×W`` float32 normalised, channels-last, on ``device``.
+
+    The NHWC buffer permuted to NCHW already has channels-last strides, so no layout copy is made.
+    """
+    x = images_nhwc_u8.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    mean = torch.tensor(IMAGENET_MEAN_255, device=device).view(1, 3, 1, 1)
+    inv_std = (1.0 / torch.tensor(IMAGENET_STD_255, device=device)).view(1, 3, 1, 1)
+    return x.float().sub_(mean).mul_(inv_std)
+
+
+__all__ = ["Batch", "Loader", "LoaderConfig", "LoaderKind", "Split", "build_loader", "normalize_on_device"]

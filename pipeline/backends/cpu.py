@@ -1,0 +1,139 @@
+"""CPU decode backend: webdataset shards → DataLoader workers (PIL / pillow-simd) → uint8 batches → device.
+
+Each worker reads its part of the epoch (see :mod:`pipeline.plan`) with webdataset's tar iterators,
+shuffles train samples through a buffer, decodes and crops with :mod:`pipeline.transforms`, and
+collates whole batches itself as ``N×H×W×3`` uint8. The training process only copies the batch to the
+device (pinned memory, non-blocking on CUDA) and normalises it there, in channels-last layout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline import plan as epoch_plan
+from pipeline.backends import Batch, LoaderConfig, Split, normalize_on_device
+from pipeline.info import DatasetInfo
+from pipeline.transforms import decode_train, decode_val
+
+
+class SampleDecodeError(RuntimeError):
+    """A sample in a shard could not be decoded; the message names the shard and the key."""
+
+
+def read_segments(paths: list[str], segments) -> Iterator[tuple[str, str, bytes, int]]:
+    """Yield ``(shard path, key, jpg bytes, label)`` for every sample of ``segments``, in order."""
+    for seg in segments:
+        url = paths[seg.shard]
+        samples = wds.tariterators.tarfile_samples([{"url": url}])
+        try:
+            for sample in itertools.islice(samples, seg.skip, seg.skip + seg.take):
+                yield url, sample["__key__"], sample["jpg"], int(sample["cls"])
+        finally:
+            samples.close()
+
+
+def shuffled(items, buffer_size: int, rng: random.Random):
+    """Buffer shuffle (as webdataset's ``shuffle``): keep ``buffer_size`` items, emit a random one per input."""
+    if buffer_size <= 1:
+        yield from items
+        return
+    buf = []
+    for item in items:
+        if len(buf) < buffer_size:
+            buf.append(item)
+            continue
+        i = rng.randrange(len(buf))
+        buf[i], item = item, buf[i]
+        yield item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ShardBatches(IterableDataset):
+    """Iterable dataset of whole uint8 batches for one rank; DataLoader workers split it by plan.
+
+    Yields ``(images N×S×S×3 uint8, labels N int64, keys list[str])``.
+    """
+
+    def __init__(self, info: DatasetInfo, split: Split, cfg: LoaderConfig, rank: int, world_size: int):
+        self.paths = info.shard_paths(split.value)
+        self.lengths = list(info.split(split.value).shard_lengths)
+        self.split = split
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def worker_plan(self, worker: int, num_workers: int) -> epoch_plan.WorkerPlan:
+        c = self.cfg
+        if self.split is Split.TRAIN:
+            return epoch_plan.plan_train(self.lengths, c.batch_size, self.rank, self.world_size, worker,
+                                         num_workers, c.seed, self.epoch)
+        return epoch_plan.plan_eval(self.lengths, c.batch_size, self.rank, self.world_size, worker, num_workers)
+
+    def __iter__(self):
+        wi = get_worker_info()
+        worker, num_workers = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        plan = self.worker_plan(worker, num_workers)
+        rng = random.Random(f"{self.cfg.seed}/{self.epoch}/{self.rank}/{worker}/{self.split.value}")  # str seeds are stable
+        samples = read_segments(self.paths, plan.segments)
+        train = self.split is Split.TRAIN
+        if train:
+            samples = shuffled(samples, self.cfg.shuffle_buffer, rng)
+        size, bs = self.cfg.image_size, self.cfg.batch_size
+        while True:
+            chunk = list(itertools.islice(samples, bs))
+            if not chunk:
+                return
+            images = np.empty((len(chunk), size, size, 3), dtype=np.uint8)
+            for i, (url, key, data, _) in enumerate(chunk):
+                try:
+                    images[i] = decode_train(data, size, rng) if train else decode_val(data, size, self.cfg.crop_pct)
+                except Exception as exc:
+                    raise SampleDecodeError(f"{url}: sample {key}: cannot decode ({exc})") from None
+            labels = torch.tensor([c[3] for c in chunk], dtype=torch.int64)
+            yield torch.from_numpy(images), labels, [c[1] for c in chunk]
+
+
+class CpuLoader:
+    """The ``cpu`` backend for one split on one rank (see module docstring). Implements ``Loader``."""
+
+    def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        if info is None:
+            raise ValueError("--loader cpu needs --data DIR (a folder written by shard-imagenet)")
+        if cfg.batch_size < 1 or cfg.image_size < 8 or cfg.workers < 0:
+            raise ValueError(f"bad loader options: batch_size={cfg.batch_size}, image_size={cfg.image_size}, "
+                             f"workers={cfg.workers}")
+        self.split = split
+        self.device = device
+        self.num_samples = info.split(split.value).num_samples
+        self.dataset = ShardBatches(info, split, cfg, rank, world_size)
+        self.cfg = cfg
+        if split is Split.TRAIN:
+            self._len = epoch_plan.train_steps_per_epoch(self.num_samples, world_size, cfg.batch_size)
+            self.dataset.worker_plan(0, 1)  # raises early when the split is too small for one step per rank
+        else:
+            self._len = epoch_plan.eval_batches_per_rank(self.dataset.lengths, cfg.batch_size, rank, world_size,
+                                                         max(1, cfg.workers))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False,
+                            prefetch_factor=4 if self.cfg.workers > 0 else None)
+        for images, labels, keys in loader:
+            yield Batch(normalize_on_device(images, self.device), labels.to(self.device, non_blocking=True),
+                        tuple(keys))

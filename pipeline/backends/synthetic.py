@@ -1,0 +1,58 @@
+"""Synthetic backend: random batches made once on the device, for the p_core ceiling.
+
+No decode, no host→device copy: the data wait it shows is the floor of the loop's overhead. Epoch
+sizes and class count come from the dataset when one is given, else from ILSVRC2012 (or the
+``synthetic_*`` options). Labels are random, so its top-1 is chance level by construction.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from pipeline import plan as epoch_plan
+from pipeline.backends import Batch, LoaderConfig, Split
+from pipeline.info import DatasetInfo
+
+
+class SyntheticLoader:
+    """The ``synthetic`` backend for one split on one rank. Implements ``Loader``."""
+
+    def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        if cfg.batch_size < 1 or cfg.image_size < 8:
+            raise ValueError(f"bad loader options: batch_size={cfg.batch_size}, image_size={cfg.image_size}")
+        self.split = split
+        if info is not None:
+            self.num_samples = info.split(split.value).num_samples
+            num_classes = info.num_classes
+        else:
+            self.num_samples = cfg.synthetic_train_samples if split is Split.TRAIN else cfg.synthetic_val_samples
+            num_classes = cfg.synthetic_classes
+        bs = cfg.batch_size
+        if split is Split.TRAIN:
+            steps = epoch_plan.train_steps_per_epoch(self.num_samples, world_size, bs)
+            if steps == 0:
+                raise ValueError(f"train split has {self.num_samples} samples, fewer than world size × batch size"
+                                 f" = {world_size} × {bs}; lower --batch-size")
+            self._sizes = [bs] * steps
+        else:
+            lo = self.num_samples * rank // world_size
+            hi = self.num_samples * (rank + 1) // world_size
+            n = hi - lo
+            self._sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + rank)
+        images = torch.randn(bs, 3, cfg.image_size, cfg.image_size, generator=gen)
+        self._images = images.to(device).contiguous(memory_format=torch.channels_last)
+        self._labels = torch.randint(0, num_classes, (bs,), generator=gen).to(device)
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing changes between epochs: the same batch is served every step."""
+
+    def __iter__(self) -> Iterator[Batch]:
+        for n in self._sizes:
+            yield Batch(self._images[:n], self._labels[:n])

@@ -1,0 +1,136 @@
+"""The dataset description written next to the shards, and read back by every loader.
+
+``_info.json`` follows timm's webdataset reader (timm/data/readers/reader_wds.py)::
+
+    {"name": ..., "splits": {"train": {"name": "train", "num_samples": N,
+                                       "filenames": [...], "shard_lengths": [...]}, ...}, ...}
+
+It is the last file the sharder writes, so its presence means the shards are complete.
+``classes.txt`` holds one class name (the wnid for ImageNet) per line; line i is class index i.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+INFO_FILE = "_info.json"
+CLASSES_FILE = "classes.txt"
+REJECTS_FILE = "rejects.tsv"
+REPORT_FILE = "report.json"
+SHARD_PATTERN = "imagenet-{split}-{index:06d}.tar"
+
+
+class DatasetError(Exception):
+    """A shard folder that cannot be used as it is (message names the file and what to do)."""
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split (``train`` or ``val``) of a sharded dataset.
+
+    Attributes:
+        name: split name.
+        num_samples: total samples, equal to ``sum(shard_lengths)``.
+        filenames: shard file names, relative to the dataset folder, in order.
+        shard_lengths: samples per shard, aligned with ``filenames``.
+    """
+
+    name: str
+    num_samples: int
+    filenames: tuple[str, ...]
+    shard_lengths: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "num_samples": self.num_samples,
+                "filenames": list(self.filenames), "shard_lengths": list(self.shard_lengths)}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A sharded dataset folder: its splits and classes.
+
+    Attributes:
+        root: the folder.
+        splits: split name → :class:`SplitInfo`.
+        classes: class names; the label of class ``classes[i]`` is ``i``.
+        extra: the other top-level keys of ``_info.json`` (seed, source, layout, ...).
+    """
+
+    root: Path
+    splits: dict[str, SplitInfo]
+    classes: tuple[str, ...]
+    extra: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> SplitInfo:
+        """Return split ``name``.
+
+        Raises:
+            DatasetError: the dataset has no such split.
+        """
+        if name not in self.splits:
+            raise DatasetError(f"{self.root / INFO_FILE}: no '{name}' split (has: {', '.join(self.splits)}); "
+                               f"shard a tree with a {name}/ folder")
+        return self.splits[name]
+
+    def shard_paths(self, name: str) -> list[str]:
+        """Absolute paths of the shards of split ``name``, in order."""
+        return [str(self.root / f) for f in self.split(name).filenames]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_info(root: Path, splits: list[SplitInfo], **extra) -> None:
+    """Write ``_info.json`` (timm format plus ``extra`` top-level keys) into ``root``."""
+    obj = {"name": extra.pop("name", "imagenet"), **extra,
+           "splits": {s.name: s.to_json() for s in splits}}
+    write_json_atomic(Path(root) / INFO_FILE, obj)
+
+
+def load_info(root: str | os.PathLike) -> DatasetInfo:
+    """Read a shard folder written by ``shard-imagenet``.
+
+    Raises:
+        DatasetError: ``_info.json`` or ``classes.txt`` missing or malformed, or a listed shard missing.
+    """
+    root = Path(root)
+    info_path = root / INFO_FILE
+    if not info_path.is_file():
+        raise DatasetError(f"{info_path}: not found; run `shard-imagenet SRC --out {root}` first "
+                           f"(or point --data at the folder that holds the shards)")
+    try:
+        obj = json.loads(info_path.read_text())
+        splits = {}
+        for name, s in obj["splits"].items():
+            split = SplitInfo(name=s.get("name", name), num_samples=int(s["num_samples"]),
+                              filenames=tuple(s["filenames"]), shard_lengths=tuple(int(n) for n in s["shard_lengths"]))
+            if len(split.filenames) != len(split.shard_lengths) or sum(split.shard_lengths) != split.num_samples:
+                raise ValueError(f"split '{name}': filenames, shard_lengths and num_samples disagree")
+            splits[name] = split
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{info_path}: malformed ({exc}); re-run shard-imagenet") from None
+    classes_path = root / CLASSES_FILE
+    if not classes_path.is_file():
+        raise DatasetError(f"{classes_path}: not found; re-run shard-imagenet")
+    classes = tuple(line.strip() for line in classes_path.read_text().splitlines() if line.strip())
+    for split in splits.values():
+        for f in split.filenames:
+            if not (root / f).is_file():
+                raise DatasetError(f"{root / f}: listed in {INFO_FILE} but missing; re-run shard-imagenet")
+    extra = {k: v for k, v in obj.items() if k != "splits"}
+    return DatasetInfo(root=root, splits=splits, classes=classes, extra=extra)

@@ -1,0 +1,133 @@
+"""Deterministic webdataset tar shards, written under a temporary name and renamed when complete.
+
+Members are written in GNU tar format (never PAX: DALI's webdataset reader does not parse PAX headers)
+with fixed owner, mode and mtime, so the same samples always give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+_MTIME = 946684800  # 2000-01-01T00:00:00Z: a fixed member mtime makes shards reproducible
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One finished shard.
+
+    Attributes:
+        filename: the tar's name inside the output folder.
+        num_samples: samples in it (> 0: no empty shard is ever written).
+        num_bytes: size of the tar file in bytes.
+        sha256: hex digest of the tar file.
+    """
+
+    filename: str
+    num_samples: int
+    num_bytes: int
+    sha256: str
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that also feeds a sha256 and counts bytes."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.size
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.size += len(b)
+        return self._f.write(b)
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        super().close()
+
+
+class ShardWriter:
+    """Write samples into numbered tar shards of at most ``shard_size`` samples each.
+
+    A shard is opened on its first sample (so no empty shard exists), written to ``NAME.tmp``, and renamed
+    to ``NAME`` only once it is complete and flushed to disk.
+
+    Args:
+        out_dir: folder that receives the shards.
+        name_pattern: ``str.format`` pattern with an ``{index}`` field, e.g. ``"imagenet-train-{index:06d}.tar"``.
+        shard_size: samples per shard (> 0).
+
+    Raises:
+        ValueError: ``shard_size`` < 1, or a member name that would not round-trip through webdataset.
+    """
+
+    def __init__(self, out_dir: Path, name_pattern: str, shard_size: int):
+        if shard_size < 1:
+            raise ValueError(f"shard size must be >= 1, got {shard_size}")
+        self.out_dir = Path(out_dir)
+        self.name_pattern = name_pattern
+        self.shard_size = shard_size
+        self.records: list[ShardRecord] = []
+        self._tar: tarfile.TarFile | None = None
+        self._file: _HashingFile | None = None
+        self._count = 0
+
+    def _open(self) -> None:
+        name = self.name_pattern.format(index=len(self.records))
+        self._file = _HashingFile(self.out_dir / (name + TMP_SUFFIX))
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
+        self._count = 0
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._file is not None
+        self._tar.close()
+        self._file.close()
+        name = self.name_pattern.format(index=len(self.records))
+        os.replace(self.out_dir / (name + TMP_SUFFIX), self.out_dir / name)
+        self.records.append(ShardRecord(name, self._count, self._file.size, self._file.sha.hexdigest()))
+        self._tar = None
+        self._file = None
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        """Append one sample: ``members`` maps an extension (``"jpg"``, ``"cls"``, ...) to its bytes.
+
+        Raises:
+            ValueError: the key contains a dot or a slash (webdataset splits names at the first dot).
+        """
+        if "." in key or "/" in key or not key:
+            raise ValueError(f"sample key {key!r} must be non-empty and contain no '.' or '/'")
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None
+        for ext, payload in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(payload)
+            info.mtime = _MTIME
+            info.mode = 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(payload))
+        self._count += 1
+        if self._count >= self.shard_size:
+            self._finish()
+
+    def close(self) -> list[ShardRecord]:
+        """Finish the open shard (if any) and return the records of every shard written."""
+        if self._tar is not None:
+            self._finish()
+        return self.records

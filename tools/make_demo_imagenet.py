@@ -1,0 +1,132 @@
+"""``make-demo-imagenet OUT [--train-per-class N] [--val-per-class N] [--seed S]``.
+
+Writes a small ImageNet-layout tree (``OUT/train/<wnid>/*.JPEG``, ``OUT/val/<wnid>/*.JPEG``) of images
+generated deterministically from the seed: 10 classes (the first 10 ImageNet wnids), each a colour
+family plus a shape, with random size, position, jitter and noise, so a ResNet50 learns them at low
+resolution in a few epochs. Like real ImageNet it holds one grayscale JPEG, one CMYK JPEG and one PNG
+saved under a ``.JPEG`` name (all in train/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# The first ten ImageNet-1k wnids in sorted order (class indices 0..9 of the full dataset).
+DEMO_WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475",
+              "n01496331", "n01498041", "n01514668", "n01514859", "n01518878")
+SHAPES = ("disc", "square", "triangle", "hstripes", "vstripes", "checker", "ring", "cross", "diagonal", "dots")
+
+
+def _rgb(hue: float, sat: float, val: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(hue % 1.0, min(max(sat, 0), 1), min(max(val, 0), 1))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def render(class_index: int, rng: np.random.Generator) -> Image.Image:
+    """Draw one RGB image of class ``class_index`` (0..9), size 72..136 px per side."""
+    w, h = (int(v) for v in rng.integers(72, 137, size=2))
+    hue = class_index / len(DEMO_WNIDS) + rng.normal(0, 0.015)
+    bg = _rgb(hue, rng.uniform(0.55, 0.95), rng.uniform(0.55, 0.95))
+    fg = _rgb(hue + 0.5, rng.uniform(0.3, 0.9), rng.uniform(0.2, 1.0))
+    img = Image.new("RGB", (w, h), bg)
+    d = ImageDraw.Draw(img)
+    s = int(min(w, h) * rng.uniform(0.35, 0.7))
+    x0, y0 = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+    box = (x0, y0, x0 + s, y0 + s)
+    shape = SHAPES[class_index]
+    step = max(4, s // 5)
+    if shape == "disc":
+        d.ellipse(box, fill=fg)
+    elif shape == "square":
+        d.rectangle(box, fill=fg)
+    elif shape == "triangle":
+        d.polygon([(x0, y0 + s), (x0 + s, y0 + s), (x0 + s // 2, y0)], fill=fg)
+    elif shape == "hstripes":
+        for y in range(y0, y0 + s, step):
+            d.rectangle((x0, y, x0 + s, y + step // 2), fill=fg)
+    elif shape == "vstripes":
+        for x in range(x0, x0 + s, step):
+            d.rectangle((x, y0, x + step // 2, y0 + s), fill=fg)
+    elif shape == "checker":
+        for i, y in enumerate(range(y0, y0 + s, step)):
+            for j, x in enumerate(range(x0, x0 + s, step)):
+                if (i + j) % 2 == 0:
+                    d.rectangle((x, y, x + step - 1, y + step - 1), fill=fg)
+    elif shape == "ring":
+        d.ellipse(box, outline=fg, width=max(3, s // 7))
+    elif shape == "cross":
+        t = max(3, s // 5)
+        d.rectangle((x0 + s // 2 - t // 2, y0, x0 + s // 2 + t // 2, y0 + s), fill=fg)
+        d.rectangle((x0, y0 + s // 2 - t // 2, x0 + s, y0 + s // 2 + t // 2), fill=fg)
+    elif shape == "diagonal":
+        for k in range(-s, s, step):
+            d.line((x0 + k, y0, x0 + k + s, y0 + s), fill=fg, width=max(2, step // 3))
+    else:  # dots
+        r = max(2, step // 3)
+        for y in range(y0, y0 + s, step):
+            for x in range(x0, x0 + s, step):
+                d.ellipse((x, y, x + 2 * r, y + 2 * r), fill=fg)
+    pixels = np.asarray(img, dtype=np.int16) + rng.normal(0, 8, size=(h, w, 3)).astype(np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def _encode(img: Image.Image, quirk: str) -> bytes:
+    out = io.BytesIO()
+    if quirk == "grayscale":
+        img.convert("L").save(out, "JPEG", quality=90)
+    elif quirk == "cmyk":
+        img.convert("CMYK").save(out, "JPEG", quality=90)
+    elif quirk == "png":
+        img.save(out, "PNG")
+    else:
+        img.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+# (split, class index, image index) → quirk; the rest are plain RGB JPEGs.
+QUIRKS = {("train", 0, 0): "grayscale", ("train", 1, 0): "cmyk", ("train", 2, 0): "png"}
+
+
+def write_demo_tree(out: Path, train_per_class: int = 80, val_per_class: int = 20, seed: int = 0) -> int:
+    """Write the demo tree into ``out`` and return the number of files written.
+
+    The same arguments always give byte-identical files. Existing files of the same names are replaced.
+    """
+    count = 0
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for c, wnid in enumerate(DEMO_WNIDS):
+            folder = out / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng([seed, c, 0 if split == "train" else 1])
+            for i in range(per_class):
+                data = _encode(render(c, rng), QUIRKS.get((split, c, i), ""))
+                (folder / f"{wnid}_{i:05d}.JPEG").write_bytes(data)
+                count += 1
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="make-demo-imagenet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", type=Path, help="folder to write train/ and val/ into")
+    p.add_argument("--train-per-class", type=int, default=80, help="train images per class (default: %(default)s)")
+    p.add_argument("--val-per-class", type=int, default=20, help="val images per class (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.train_per_class < 1 or args.val_per_class < 0:
+        p.error("--train-per-class must be >= 1 and --val-per-class >= 0")
+    n = write_demo_tree(args.out, args.train_per_class, args.val_per_class, args.seed)
+    print(f"make-demo-imagenet: wrote {n} images of {len(DEMO_WNIDS)} classes to {args.out}/ "
+          f"(train/ holds 1 grayscale JPEG, 1 CMYK JPEG, 1 PNG named .JPEG)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

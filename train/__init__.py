@@ -1,0 +1,1 @@
+"""Training: model, loop, metrics, distributed setup."""
