@@ -49,6 +49,9 @@ class ImageRejected(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # picklable across the sharder's worker processes
+        return type(self), (self.reason, self.detail)
+
 
 @dataclass(frozen=True)
 class NormalizedImage:
@@ -142,6 +145,8 @@ def normalize_image(data: bytes, *, quality: int = DEFAULT_QUALITY,
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             raise ImageRejected(RejectReason.TOO_LARGE, str(exc)) from None
+        except Image.UnidentifiedImageError:
+            raise ImageRejected(RejectReason.UNDECODABLE, "not an image format PIL can identify") from None
         except Exception as exc:
             raise ImageRejected(RejectReason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from None
         width, height = img.size
