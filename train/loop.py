@@ -183,8 +183,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
 
     mem = peak_memory(env.device)
     e2e = time.time() - process_start_time()
-    loop_s, eval_s, compute_s, data_s, e2e, mem_used = distributed.all_reduce(
-        [loop_s, eval_sw.total, compute_sw.total, data_sw.total, e2e, mem.used_gib], "max", env)
+    loop_s, eval_s, compute_s, data_s, e2e, mem_used, steps_max, neg_steps_min = distributed.all_reduce(
+        [loop_s, eval_sw.total, compute_sw.total, data_sw.total, e2e, mem.used_gib, done, -done], "max", env)
     times = RunTimes(e2e=e2e, loop=loop_s, eval=eval_s, compute=compute_s, data=data_s)
     trained_images = done * global_batch
     metrics = flagperf_metrics(trained_images, times, last_eval.acc1, MemoryUse(mem_used, mem.total_gib, mem.kind))
@@ -197,6 +197,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         "eval_images": last_eval.count,
         "val_samples": val_loader.num_samples if val_loader is not None else 0,
         "steps": done,
+        "rank_steps_min": int(-neg_steps_min),
+        "rank_steps_max": int(steps_max),
         "epochs": epochs_run,
         "global_batch_size": global_batch,
         "world_size": env.world_size,

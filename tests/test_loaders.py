@@ -1,0 +1,101 @@
+"""Decode backends: the contract, exact epochs, and the CPU geometry."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import shared
+from pipeline.backends import Loader, LoaderConfig, LoaderKind, Split, build_loader
+from pipeline.info import load_info
+from pipeline.transforms import decode_train, decode_val, random_resized_crop_box
+
+CPU = torch.device("cpu")
+
+
+def epoch(loader, e):
+    loader.set_epoch(e)
+    return list(loader)
+
+
+@pytest.mark.parametrize("kind", list(LoaderKind))
+def test_contract(kind, demo_shards):
+    info = load_info(demo_shards)
+    cfg = LoaderConfig(batch_size=4, image_size=32, workers=2)
+    for split in Split:
+        loader = build_loader(kind, cfg, split, info, CPU)
+        assert isinstance(loader, Loader)
+        batches = epoch(loader, 0)
+        assert len(batches) == len(loader)
+        for b in batches:
+            assert b.images.dtype == torch.float32 and b.images.shape[1:] == (3, 32, 32)
+            assert b.images.is_contiguous(memory_format=torch.channels_last)
+            assert b.labels.dtype == torch.int64 and b.labels.shape == (b.images.shape[0],)
+            assert int(b.labels.min()) >= 0 and int(b.labels.max()) < info.num_classes
+        if split is Split.TRAIN:
+            assert len(loader) == 45 // 4 and all(b.images.shape[0] == 4 for b in batches)
+        else:
+            assert sum(b.images.shape[0] for b in batches) == 13
+
+
+def test_cpu_train_epochs_are_disjoint_reshuffled_and_normalised(demo_shards):
+    info = load_info(demo_shards)
+    loader = build_loader(LoaderKind.CPU, LoaderConfig(batch_size=4, image_size=32, workers=2), Split.TRAIN,
+                          info, CPU)
+    e0, e1 = epoch(loader, 0), epoch(loader, 1)
+    keys0 = [k for b in e0 for k in b.keys]
+    keys1 = [k for b in e1 for k in b.keys]
+    assert len(keys0) == len(set(keys0)) == 44 and len(set(keys1)) == 44
+    assert keys0 != keys1
+    x = torch.cat([b.images for b in e0])
+    assert -3 < float(x.mean()) < 3 and 0.2 < float(x.std()) < 3  # normalised, not 0..255
+
+
+def test_cpu_val_is_every_image_once_and_deterministic(demo_shards):
+    info = load_info(demo_shards)
+    loader = build_loader(LoaderKind.CPU, LoaderConfig(batch_size=4, image_size=32, workers=3), Split.VAL,
+                          info, CPU)
+    a, b = epoch(loader, 0), epoch(loader, 1)
+    keys = sorted(k for batch in a for k in batch.keys)
+    assert len(keys) == len(set(keys)) == 13
+    assert torch.equal(torch.cat([x.images for x in a]), torch.cat([x.images for x in b]))
+
+
+def test_cpu_loader_needs_data():
+    with pytest.raises(ValueError, match="needs --data"):
+        build_loader(LoaderKind.CPU, LoaderConfig(batch_size=4), Split.TRAIN, None, CPU)
+
+
+def test_random_resized_crop_box_stays_inside_with_torchvision_bounds():
+    rng = random.Random(0)
+    for w, h in [(500, 375), (64, 480), (1000, 50), (1, 1)]:
+        for _ in range(200):
+            left, top, cw, ch = random_resized_crop_box(w, h, rng)
+            assert 0 <= left and left + cw <= w and 0 <= top and top + ch <= h and cw > 0 and ch > 0
+
+
+def test_decode_val_matches_torchvision_resize_centercrop():
+    from torchvision import transforms
+
+    path = shared("imagenet-samples") / "n01443537_goldfish.JPEG"
+    data = path.read_bytes()
+    ours = decode_val(data, 224).astype(np.float32)
+    ref = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])(Image.open(path).convert("RGB"))
+    diff = np.abs(ours - np.asarray(ref, dtype=np.float32))
+    assert ours.shape == (224, 224, 3)
+    assert diff.mean() < 4.0  # same geometry; only resampling detail differs
+
+
+def test_decode_train_gray_and_cmyk_sources_are_rgb():
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8))
+    for mode in ("L", "CMYK"):
+        buf = io.BytesIO()
+        rgb.convert(mode).save(buf, "JPEG")
+        out = decode_train(buf.getvalue(), 48, random.Random(0))
+        assert out.shape == (48, 48, 3) and out.dtype == np.uint8

@@ -1,0 +1,84 @@
+"""Training end to end on shards: a few steps in-process, and a 2-process torchrun (gloo) run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tools import train as train_cli
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--batch-size", "4", "--image-size", "32", "--workers", "1"]
+FLAGPERF_KEYS = {"e2e_time", "p_whole", "p_train", "p_core", "acc1", "mem"}
+
+
+def check_metrics(m: dict) -> None:
+    assert FLAGPERF_KEYS <= set(m)
+    assert m["p_core"] >= m["p_train"] >= m["p_whole"] > 0
+    assert m["e2e_time"] > m["times_s"]["loop"] > 0
+    assert 0 <= m["acc1"] <= 100
+    used, total = (float(v) for v in m["mem"].split("/"))
+    assert 0 < used < total
+
+
+def test_few_train_steps_on_shards(demo_shards, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    rc = train_cli.main(["--data", str(demo_shards), "--loader", "cpu", "--epochs", "2", "--max-steps", "3",
+                         *SMALL, "--metrics-json", str(out)])
+    assert rc == 0
+    m = json.loads(out.read_text())
+    check_metrics(m)
+    assert m["steps"] == 3 and m["epochs"] == 1 and m["trained_images"] == 12
+    assert m["eval_images"] == m["val_samples"] == 13
+    assert m["precision"] == "fp32"  # auto on CPU
+    printed = capsys.readouterr().out
+    assert "| config | precision | fix_hp | e2e_time | p_whole | p_train | p_core | acc | mem |" in printed
+    assert "| CPUx1x1 | fp32 | bs=4," in printed
+
+
+def test_synthetic_loader_without_data(tmp_path):
+    out = tmp_path / "m.json"
+    rc = train_cli.main(["--loader", "synthetic", "--synthetic-train-samples", "12", "--synthetic-val-samples", "6",
+                         "--epochs", "2", *SMALL, "--metrics-json", str(out)])
+    assert rc == 0
+    m = json.loads(out.read_text())
+    check_metrics(m)
+    assert m["steps"] == 6 and m["eval_images"] == 6
+
+
+def test_bad_data_is_a_one_line_error(tmp_path, capsys):
+    assert train_cli.main(["--data", str(tmp_path), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "_info.json" in err and "shard-imagenet" in err and len(err.splitlines()) == 1
+    assert train_cli.main(["--loader", "cpu", *SMALL]) == 2
+    assert "needs --data" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_steps_exact_val_count(demo_shards, tmp_path):
+    out = tmp_path / "m.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "-m", "tools.train", "--data", str(demo_shards), "--loader", "cpu",
+           "--epochs", "2", *SMALL, "--metrics-json", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads(out.read_text())
+    check_metrics(m)
+    # train: 45 samples over 2 ranks of batch 4 → 22 per rank → 5 steps per epoch on every rank
+    assert m["world_size"] == 2 and m["rank_steps_min"] == m["rank_steps_max"] == m["steps"] == 10
+    assert m["trained_images"] == 10 * 8
+    assert m["eval_images"] == 13  # 13 val images over 2 ranks: each counted exactly once
+    assert "| CPUx1x2 |" in proc.stdout
