@@ -7,6 +7,7 @@ install without DALI never imports DALI.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from enum import Enum
@@ -121,9 +122,16 @@ def normalize_on_device(images_nhwc_u8: torch.Tensor, device: torch.device) -> t
     The NHWC buffer permuted to NCHW already has channels-last strides, so no layout copy is made.
     """
     x = images_nhwc_u8.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    mean, inv_std = _normalization_constants(device)
+    return x.float().sub_(mean).mul_(inv_std)
+
+
+@functools.cache
+def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and 1/std as ``1×3×1×1`` float32 on ``device``, made once per device."""
     mean = torch.tensor(IMAGENET_MEAN_255, device=device).view(1, 3, 1, 1)
     inv_std = (1.0 / torch.tensor(IMAGENET_STD_255, device=device)).view(1, 3, 1, 1)
-    return x.float().sub_(mean).mul_(inv_std)
+    return mean, inv_std
 
 
 __all__ = ["Batch", "Loader", "LoaderConfig", "LoaderKind", "Split", "build_loader", "normalize_on_device"]
