@@ -21,17 +21,37 @@ class LayoutError(Exception):
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One input file.
+    """One input file: a file on disk, or a member of an uncompressed tar archive read in place.
 
     Attributes:
-        path: absolute path of the file.
-        relpath: path relative to the source root, with ``/`` separators (kept in the shard's ``.json``).
-        label: class index, or -1 for a file outside any class folder (it is rejected).
+        path: absolute path of the file, or of the outermost archive that holds it.
+        relpath: path relative to the source root with ``/`` separators, kept in the shard's ``.json``
+            (for an archive member: ``<archive name>/<member path>``, nested archives joined the same way).
+        label: class index, or -1 for a file that is rejected for its place (e.g. outside any class folder).
+        offset: byte offset of the member's data inside ``path``; -1 for a plain file.
+        size: member size in bytes; -1 for a plain file.
     """
 
     path: str
     relpath: str
     label: int
+    offset: int = -1
+    size: int = -1
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes (a plain read, or a seek + read inside the archive).
+
+        Raises:
+            OSError: the file or archive cannot be read, or the archive ends before the member does.
+        """
+        with open(self.path, "rb") as f:
+            if self.offset < 0:
+                return f.read()
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"archive ends inside member {self.relpath} ({len(data)} of {self.size} bytes)")
+        return data
 
 
 @dataclass

@@ -119,10 +119,9 @@ def _convert(job: tuple[SourceItem, int, int]):
     """Worker: read and normalise one file. Returns (bytes read, NormalizedImage | ImageRejected)."""
     item, quality, max_pixels = job
     try:
-        with open(item.path, "rb") as f:
-            data = f.read()
+        data = item.read_bytes()
     except OSError as exc:
-        return 0, ImageRejected(RejectReason.UNDECODABLE, f"cannot read: {exc.strerror}")
+        return 0, ImageRejected(RejectReason.UNDECODABLE, f"cannot read: {exc.strerror or exc}")
     try:
         return len(data), normalize_image(data, quality=quality, max_pixels=max_pixels)
     except ImageRejected as exc:
