@@ -34,6 +34,7 @@ class RejectReason(str, Enum):
     UNDECODABLE = "undecodable"      # not an image PIL can identify or decode (also: truncated files)
     TOO_LARGE = "too-large"          # more pixels than the decompression-bomb limit
     NOT_IN_CLASS = "not-in-class-folder"  # a file directly under a split folder, outside any class folder
+    NO_LABEL = "no-label"            # a flat-val image that the label file does not list
 
 
 class ImageRejected(Exception):

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.images import RejectReason
+
 SPLITS = ("train", "val")
 
 
@@ -27,7 +29,7 @@ class SourceItem:
         path: absolute path of the file, or of the outermost archive that holds it.
         relpath: path relative to the source root with ``/`` separators, kept in the shard's ``.json``
             (for an archive member: ``<archive name>/<member path>``, nested archives joined the same way).
-        label: class index, or -1 for a file that is rejected for its place (e.g. outside any class folder).
+        label: class index (-1 in :attr:`SourceTree.unusable`, where the file has no class).
         offset: byte offset of the member's data inside ``path``; -1 for a plain file.
         size: member size in bytes; -1 for a plain file.
     """
@@ -54,6 +56,15 @@ class SourceItem:
         return data
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """An input file that cannot be a sample whatever its content: why, in one line."""
+
+    item: SourceItem
+    reason: RejectReason
+    detail: str
+
+
 @dataclass
 class SourceTree:
     """What :func:`scan_class_folders` found.
@@ -61,18 +72,20 @@ class SourceTree:
     Attributes:
         root: the source root.
         classes: sorted class folder names of the train split.
-        items: split name → its files inside class folders, sorted by relative path.
-        strays: files under a split folder but outside any class folder (label -1).
+        items: split name → its labelled files, sorted by relative path.
+        unusable: files that go straight to the rejects report (outside any class folder, no label, ...).
+        layout: what was detected, in words (stated in the sharder's output).
     """
 
     root: Path
     classes: list[str]
     items: dict[str, list[SourceItem]] = field(default_factory=dict)
-    strays: list[SourceItem] = field(default_factory=list)
+    unusable: list[Unusable] = field(default_factory=list)
+    layout: str = "class-folders"
 
     @property
     def num_files(self) -> int:
-        return sum(len(v) for v in self.items.values()) + len(self.strays)
+        return sum(len(v) for v in self.items.values()) + len(self.unusable)
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -120,7 +133,8 @@ def scan_class_folders(root: str | os.PathLike) -> SourceTree:
                 for f in _files_under(entry):
                     items.append(SourceItem(str(f), f.relative_to(root).as_posix(), label))
             elif entry.is_file():
-                tree.strays.append(SourceItem(str(entry), entry.relative_to(root).as_posix(), -1))
+                tree.unusable.append(Unusable(SourceItem(str(entry), entry.relative_to(root).as_posix(), -1),
+                                             RejectReason.NOT_IN_CLASS, "file is not inside a class folder"))
         items.sort(key=lambda it: it.relpath)
         tree.items[split] = items
     return tree

@@ -105,8 +105,12 @@ class ShardSummary:
 
     @property
     def files(self) -> int:
-        return sum(c.files for c in self.counts.values()) + sum(r.reason is RejectReason.NOT_IN_CLASS
-                                                                 for r in self.rejects)
+        return sum(c.files for c in self.counts.values()) + self.unusable
+
+    @property
+    def unusable(self) -> int:
+        """Rejected files that belong to no split's sample list (no class folder, no label)."""
+        return len(self.rejects) - sum(c.rejected for c in self.counts.values())
 
 
 def sample_key(index: int, relpath: str) -> str:
@@ -164,7 +168,7 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
     (out / dsinfo.INFO_FILE).unlink(missing_ok=True)  # the folder is incomplete until we finish
     _remove_stale(out, set())
 
-    rejects = [Reject(s.relpath, RejectReason.NOT_IN_CLASS, "file is not inside a class folder") for s in tree.strays]
+    rejects = [Reject(u.item.relpath, u.reason, u.detail) for u in tree.unusable]
     counts: dict[str, SplitSummary] = {}
     split_infos: dict[str, dsinfo.SplitInfo] = {}
     bytes_in = bytes_out = 0
@@ -172,7 +176,7 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     bar = tqdm(total=tree.num_files, unit="img", desc="shard-imagenet", disable=not cfg.progress,
                dynamic_ncols=True)
-    bar.update(len(tree.strays))
+    bar.update(len(tree.unusable))
     try:
         for split, items in tree.items.items():
             summary = counts[split] = SplitSummary(files=len(items))
@@ -250,9 +254,9 @@ def format_summary(summary: ShardSummary) -> str:
         conv = ", ".join(f"{k}: {v}" for k, v in sorted(c.conversions.items())) or "-"
         lines.append(f"{split:<6} {c.files:>8} {c.written:>8} {c.rejected:>8} "
                      f"{len(summary.splits[split].filenames):>6}  {conv}")
-    strays = sum(r.reason is RejectReason.NOT_IN_CLASS for r in summary.rejects)
-    if strays:
-        lines.append(f"{'other':<6} {strays:>8} {0:>8} {strays:>8} {0:>6}  (files outside class folders)")
+    if summary.unusable:
+        n = summary.unusable
+        lines.append(f"{'other':<6} {n:>8} {0:>8} {n:>8} {0:>6}  (files without a class: see rejects.tsv)")
     total_files = summary.files
     total_written = sum(c.written for c in summary.counts.values())
     lines.append(f"total: {total_files} files = {total_written} in shards + {len(summary.rejects)} rejected")
