@@ -17,6 +17,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The tests also exercise DALI's CPU pipelines (nvidia-dali-cuda130 runs without a GPU with device_id=None).
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,dali]'
+	touch $@
+
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
@@ -28,7 +33,7 @@ else
 endif
 	$(BIN)/train --data $(WORK)/shards --loader cpu $(DEMO_TRAIN_ARGS) --metrics-json $(WORK)/metrics.json
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -q
 
 clean:

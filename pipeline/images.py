@@ -16,7 +16,7 @@ from enum import Enum
 
 from PIL import Image, ImageOps
 
-# PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, 89.5 Mpx): larger files are rejected.
+# PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, 89.5 Mpx): larger images are downscaled to it.
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_QUALITY = 95
 _ORIENTATION_TAG = 0x0112
@@ -71,32 +71,48 @@ class NormalizedImage:
     conversion: str = ""
 
 
-def jpeg_frame_marker(data: bytes) -> int | None:
-    """Return the start-of-frame marker byte (0xC0..0xCF) of a JPEG, or None if none is found.
+@dataclass(frozen=True)
+class JpegHeader:
+    """What the marker segments before the first scan say.
 
-    Walks the marker segments from SOI (ITU T.81 annex B) without decoding any image data.
+    Attributes:
+        frame: start-of-frame marker byte (0xC0 baseline, 0xC2 progressive, ...), None if absent.
+        components: colour components in the frame (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK), 0 if unknown.
+        adobe_transform: the Adobe APP14 transform flag (0 none/CMYK, 1 YCbCr, 2 YCCK), None if no APP14.
     """
+
+    frame: int | None = None
+    components: int = 0
+    adobe_transform: int | None = None
+
+
+def jpeg_header(data: bytes) -> JpegHeader:
+    """Parse the marker segments of a JPEG from SOI to the first SOS (ITU T.81 annex B), decoding nothing."""
     if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return None
-    pos = 2
-    n = len(data)
+        return JpegHeader()
+    pos, n = 2, len(data)
+    frame, components, adobe = None, 0, None
     while pos + 4 <= n:
         if data[pos] != 0xFF:
-            return None
+            break
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker in _SOF_ALL:
-            return marker
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # standalone markers
             pos += 2
             continue
-        if marker == 0xDA:  # start of scan before any frame header: malformed
-            return None
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: header is over
+            break
         seg_len = int.from_bytes(data[pos + 2:pos + 4], "big")
+        seg = data[pos + 4:pos + 2 + seg_len]
+        if marker in _SOF_ALL and frame is None:
+            frame = marker
+            components = seg[5] if len(seg) > 5 else 0
+        elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
+            adobe = seg[11]
         pos += 2 + seg_len
-    return None
+    return JpegHeader(frame, components, adobe)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -123,14 +139,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def normalize_image(data: bytes, *, quality: int = DEFAULT_QUALITY,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> NormalizedImage:
+def _decode_limit(max_pixels: int) -> int:
+    """Largest image (pixels) decoded in full before downscaling: 4 × the downscale threshold."""
+    return 4 * max_pixels
+
+
+def normalize_image(data: bytes, *, quality: int = DEFAULT_QUALITY, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_size: int | None = None) -> NormalizedImage:
     """Check one input file and return a clean RGB JPEG for it.
+
+    Policy (documented in the README):
+
+    * clean RGB Huffman JPEGs (baseline/extended/progressive, 3 components, not Adobe-RGB, EXIF orientation
+      absent or 1), within ``max_pixels`` and ``max_size``, are passed through byte for byte;
+    * everything else that decodes is converted: to RGB (grayscale, CMYK, YCCK, palette, alpha over white,
+      16-bit), upright (EXIF orientation applied; EXIF is not copied), re-encoded as JPEG at ``quality``;
+    * decompression bombs: an image over ``max_pixels`` is downscaled to fit it (JPEGs first by DCT-domain
+      reduction, so memory stays small); a non-JPEG over 4 × ``max_pixels`` cannot be reduced while decoding
+      and is rejected as too large;
+    * ``max_size`` (longer side, px): larger images are downscaled to it (FFCV-style smaller shards);
+    * zero-byte, unidentifiable, truncated or otherwise undecodable files are rejected.
+    Corrupt EXIF blocks are ignored (orientation 1) without a warning per file.
 
     Args:
         data: the file's bytes.
-        quality: JPEG quality (1..100) used when the image has to be re-encoded.
-        max_pixels: images with more pixels than this are rejected (decompression-bomb policy).
+        quality: JPEG quality (1..100) for re-encoded images.
+        max_pixels: downscale threshold in pixels (default: PIL's decompression-bomb limit).
+        max_size: optional limit of the longer side in pixels.
 
     Returns:
         A :class:`NormalizedImage`; ``conversion == ""`` means ``jpeg is data``.
@@ -142,42 +177,73 @@ def normalize_image(data: bytes, *, quality: int = DEFAULT_QUALITY,
         raise ImageRejected(RejectReason.EMPTY, "zero-byte file")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EXIF / bomb warnings: we apply our own policy below
+        saved_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # our own limits below replace PIL's bomb check
         try:
-            img = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected(RejectReason.TOO_LARGE, str(exc)) from None
-        except Image.UnidentifiedImageError:
-            raise ImageRejected(RejectReason.UNDECODABLE, "not an image format PIL can identify") from None
-        except Exception as exc:
-            raise ImageRejected(RejectReason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from None
-        width, height = img.size
-        if width * height > max_pixels:
+            return _normalize(data, quality, max_pixels, max_size)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved_limit
+
+
+def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None) -> NormalizedImage:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise ImageRejected(RejectReason.UNDECODABLE, "not an image format PIL can identify") from None
+    except Exception as exc:
+        raise ImageRejected(RejectReason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageRejected(RejectReason.UNDECODABLE, f"image size {width}x{height}")
+    fmt = img.format or "unknown"
+    mode = img.mode
+    header = jpeg_header(data) if fmt == "JPEG" else JpegHeader()
+    orientation = _orientation(img)
+    # Target size: within max_pixels and max_size (aspect kept).
+    scale = 1.0
+    if width * height > max_pixels:
+        scale = (max_pixels / (width * height)) ** 0.5
+    if max_size is not None and max(width, height) * scale > max_size:
+        scale = max_size / max(width, height)
+    target = (max(1, int(width * scale)), max(1, int(height * scale)))
+    if scale < 1.0:
+        if fmt == "JPEG":
+            img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB", target)  # DCT-domain 1/2..1/8
+        elif width * height > _decode_limit(max_pixels):
             raise ImageRejected(RejectReason.TOO_LARGE,
-                                f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
-        fmt = img.format or "unknown"
-        mode = img.mode
-        orientation = _orientation(img)
-        try:
-            img.load()  # full decode: truncated or corrupt data raises here
-        except Exception as exc:
-            raise ImageRejected(RejectReason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from None
+                                f"{fmt} {width}x{height} = {width * height} pixels > "
+                                f"{_decode_limit(max_pixels)} (4 x --max-pixels); only JPEGs are reduced while decoding")
+    try:
+        img.load()  # full decode: truncated or corrupt data raises here
+    except Exception as exc:
+        raise ImageRejected(RejectReason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from None
 
-        huffman = fmt == "JPEG" and jpeg_frame_marker(data) in _SOF_HUFFMAN
-        if huffman and mode == "RGB" and orientation == 1:
-            return NormalizedImage(jpeg=data, width=width, height=height)
+    huffman = fmt == "JPEG" and header.frame in _SOF_HUFFMAN
+    adobe_rgb = header.components == 3 and header.adobe_transform == 0  # RGB stored without YCbCr transform
+    if huffman and mode == "RGB" and not adobe_rgb and orientation == 1 and scale == 1.0:
+        return NormalizedImage(jpeg=data, width=width, height=height)
 
-        steps = []
-        if fmt != "JPEG":
-            steps.append(f"{fmt.lower()}->jpeg")
-        elif not huffman:
-            steps.append("jpeg-frame->baseline")  # arithmetic-coded, lossless, ... frames
-        if mode != "RGB":
-            steps.append(f"{_MODE_NAMES.get(mode, mode.lower())}->rgb")
-        if orientation != 1:
-            img = ImageOps.exif_transpose(img)
-            steps.append("exif-rotated")
-        rgb = _to_rgb(img)
-        out = io.BytesIO()
-        rgb.save(out, format="JPEG", quality=quality)
-        return NormalizedImage(jpeg=out.getvalue(), width=rgb.width, height=rgb.height,
-                               conversion="+".join(steps))
+    steps = []
+    if fmt != "JPEG":
+        steps.append(f"{fmt.lower()}->jpeg")
+    elif not huffman:
+        steps.append("jpeg-frame->baseline")  # arithmetic-coded, lossless, ... frames
+    if mode == "CMYK" and header.adobe_transform == 2:
+        steps.append("ycck->rgb")
+    elif mode != "RGB":
+        steps.append(f"{_MODE_NAMES.get(mode, mode.lower())}->rgb")
+    elif adobe_rgb:
+        steps.append("adobe-rgb->ycbcr")
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
+        steps.append("exif-rotated")
+    rgb = _to_rgb(img)
+    if scale < 1.0:
+        if orientation in (5, 6, 7, 8):
+            target = (target[1], target[0])
+        if rgb.size != target:
+            rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        steps.append("downscaled")
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=quality)
+    return NormalizedImage(jpeg=out.getvalue(), width=rgb.width, height=rgb.height, conversion="+".join(steps))

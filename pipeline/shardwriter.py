@@ -1,7 +1,10 @@
 """Deterministic webdataset tar shards, written under a temporary name and renamed when complete.
 
 Members are written in GNU tar format (never PAX: DALI's webdataset reader does not parse PAX headers)
-with fixed owner, mode and mtime, so the same samples always give byte-identical shards.
+with fixed owner, mode and mtime, so the same samples always give byte-identical shards. Next to each
+``NAME.tar`` the writer puts ``NAME.idx``, the index DALI's ``fn.readers.webdataset`` takes, in the format
+of DALI's ``wds2idx`` tool (v1.2): a line ``v1.2 <samples>``, then one line per sample listing
+``<ext> <data offset> <size> <member name>`` for each of its members, in tar order.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+IDX_VERSION = "v1.2"
 _MTIME = 946684800  # 2000-01-01T00:00:00Z: a fixed member mtime makes shards reproducible
 
 
@@ -86,18 +90,27 @@ class ShardWriter:
         self._tar: tarfile.TarFile | None = None
         self._file: _HashingFile | None = None
         self._count = 0
+        self._index: list[str] = []
 
     def _open(self) -> None:
         name = self.name_pattern.format(index=len(self.records))
         self._file = _HashingFile(self.out_dir / (name + TMP_SUFFIX))
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
         self._count = 0
+        self._index = []
 
     def _finish(self) -> None:
         assert self._tar is not None and self._file is not None
         self._tar.close()
         self._file.close()
         name = self.name_pattern.format(index=len(self.records))
+        idx = self.out_dir / index_name(name)
+        with open(idx.with_name(idx.name + TMP_SUFFIX), "w") as f:
+            f.write(f"{IDX_VERSION} {self._count}\n")
+            f.write("".join(line + "\n" for line in self._index))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(idx.with_name(idx.name + TMP_SUFFIX), idx)  # index first: a renamed tar always has one
         os.replace(self.out_dir / (name + TMP_SUFFIX), self.out_dir / name)
         self.records.append(ShardRecord(name, self._count, self._file.size, self._file.sha.hexdigest()))
         self._tar = None
@@ -114,6 +127,7 @@ class ShardWriter:
         if self._tar is None:
             self._open()
         assert self._tar is not None
+        entries = []
         for ext, payload in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(payload)
@@ -122,6 +136,10 @@ class ShardWriter:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(payload))
+            # the data ends where the tar now stands, before padding to the 512-byte block
+            data_offset = self._tar.offset - (-(-len(payload) // 512) * 512)
+            entries.append(f"{ext} {data_offset} {len(payload)} {info.name}")
+        self._index.append(" ".join(entries))
         self._count += 1
         if self._count >= self.shard_size:
             self._finish()
@@ -131,3 +149,8 @@ class ShardWriter:
         if self._tar is not None:
             self._finish()
         return self.records
+
+
+def index_name(tar_name: str) -> str:
+    """``imagenet-train-000000.tar`` → ``imagenet-train-000000.idx`` (what ``wds2idx`` names it)."""
+    return tar_name[:-4] + ".idx" if tar_name.endswith(".tar") else tar_name + ".idx"

@@ -57,3 +57,13 @@ def demo_shards(tmp_path_factory) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=False)
     return dst
+
+
+@pytest.fixture(scope="session")
+def demo_tree(tmp_path_factory) -> Path:
+    """A small demo ImageNet tree (10 classes × 4 train + 2 val, with gray, CMYK and PNG-named-JPEG files)."""
+    from tools.make_demo_imagenet import write_demo_tree
+
+    root = tmp_path_factory.mktemp("demo_tree")
+    write_demo_tree(root, train_per_class=4, val_per_class=2, seed=2)
+    return root

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import tarfile
 from pathlib import Path
 
@@ -91,14 +92,16 @@ def test_imagenet_samples_read_back_with_webdataset_and_tarfile(samples_tree, tm
     val_paths = [json.loads(s["json"])["path"] for s in read_all(out, "val")]
     assert val_paths == sorted(val_paths)
 
-    # plain tarfile: GNU format members, three per sample, adjacent, fixed metadata
+    # plain tarfile: GNU format members, four per sample, adjacent, fixed metadata
     with tarfile.open(out / "imagenet-train-000000.tar") as tf:
         members = tf.getmembers()
-        assert len(members) == 900
-        for i in range(0, 900, 3):
-            keys = {m.name.split(".", 1)[0] for m in members[i:i + 3]}
-            exts = sorted(m.name.split(".", 1)[1] for m in members[i:i + 3])
-            assert len(keys) == 1 and exts == ["cls", "jpg", "json"]
+        assert len(members) == 1200
+        for i in range(0, 1200, 4):
+            keys = {m.name.split(".", 1)[0] for m in members[i:i + 4]}
+            exts = [m.name.split(".", 1)[1] for m in members[i:i + 4]]
+            assert len(keys) == 1 and exts == ["jpg", "cls", "lbl", "json"]
+            label = tf.extractfile(members[i + 1]).read()
+            assert tf.extractfile(members[i + 2]).read() == struct.pack("<i", int(label))
         assert all(m.mtime == members[0].mtime and m.uid == 0 for m in members)
         assert not any(m.pax_headers for m in members)
         for m in members:
@@ -178,8 +181,9 @@ def test_dirty_files_become_rgb_jpegs_or_named_rejects(tmp_path):
         assert seen[rel][0] == expected[rel], rel
     assert seen["val/n00000002/rotated.JPEG"][1] == (48, 64)  # 64×48 turned upright
     assert seen["train/n00000001/clean.JPEG"][1] == (64, 48)
-    # no shard is empty, sizes are as requested
-    assert load_info(out).split("train").shard_lengths == (4, 1)
+    # shards hold 4 input files each, minus rejects; no shard is empty
+    lengths = load_info(out).split("train").shard_lengths
+    assert sum(lengths) == 5 and len(lengths) == 2 and all(0 < n <= 4 for n in lengths)
 
 
 def test_sharding_is_deterministic_and_seed_changes_only_order(tmp_path):
@@ -198,11 +202,12 @@ def test_rerun_replaces_stale_shards_and_leaves_no_temp_files(tmp_path):
     make_dirty_tree(tmp_path / "src")
     out = tmp_path / "shards"
     shard_tree(ShardConfig(src=tmp_path / "src", out=out, shard_size=1, workers=1, progress=False))
-    assert len(list(out.glob("imagenet-train-*.tar"))) == 5
+    assert len(list(out.glob("imagenet-train-*.tar"))) == 5  # 8 train files, 3 rejected: no empty shard
     (out / "imagenet-train-000009.tar.tmp").write_bytes(b"partial")
     shard_tree(ShardConfig(src=tmp_path / "src", out=out, shard_size=4, workers=1, progress=False))
-    assert sorted(p.name for p in out.glob("imagenet-train-*")) == ["imagenet-train-000000.tar",
-                                                                     "imagenet-train-000001.tar"]
+    assert sorted(p.name for p in out.glob("imagenet-train-*")) == [
+        "imagenet-train-000000.idx", "imagenet-train-000000.tar", "imagenet-train-000001.idx",
+        "imagenet-train-000001.tar"]
     assert not list(out.glob("*.tmp"))
 
 

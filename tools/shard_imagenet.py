@@ -1,7 +1,11 @@
-"""``shard-imagenet SRC [--out DIR] [--shard-size N] [--seed S] [--workers N]``.
+"""Shard ImageNet into webdataset tars, or verify shards already written.
 
-Turns an ImageNet class-folder tree (``SRC/train/<wnid>/*``, ``SRC/val/<wnid>/*``; any torchvision
-ImageFolder train/val pair works) into webdataset tar shards, once, offline.
+  shard-imagenet SRC [--out DIR] [--shard-size N] [--seed S] [--workers N] [--layout ...] ...
+  shard-imagenet verify OUT [--workers N]
+
+SRC may be class folders (train/<wnid>/, val/<wnid>/), a flat val/ with a devkit, Kaggle or Caffe label
+file, the Kaggle tree (ILSVRC/Data/CLS-LOC/), or the original ILSVRC2012_img_{train,val}.tar archives,
+read in place. The layout is detected and stated; --layout forces one.
 """
 
 from __future__ import annotations
@@ -11,32 +15,80 @@ import sys
 from pathlib import Path
 
 from pipeline.images import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY
-from pipeline.layout import LayoutError
+from pipeline.info import DatasetError
+from pipeline.layout import LayoutError, LayoutKind, LayoutOptions
 from pipeline.sharding import ShardConfig, default_workers, format_summary, shard_tree
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shard-imagenet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", type=Path, help="source root holding train/<class>/ and val/<class>/")
+    p.add_argument("src", type=Path, help="ImageNet source root (see above)")
     p.add_argument("--out", type=Path, default=Path("imagenet-shards"),
                    help="output folder for the tars, _info.json, classes.txt, rejects.tsv (default: %(default)s)")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per tar (default: %(default)s)")
+    p.add_argument("--shard-size", type=int, default=1000, help="input files per tar (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the global train shuffle (default: %(default)s)")
     p.add_argument("--workers", type=int, default=default_workers(),
-                   help="processes that read and check images (default: all cores, %(default)s)")
+                   help="processes, each writing whole shards (default: all cores, %(default)s)")
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
-                   help="JPEG quality for images that must be re-encoded (default: %(default)s)")
+                   help="JPEG quality for re-encoded images (default: %(default)s)")
+    p.add_argument("--max-size", type=int, help="downscale images whose longer side exceeds this (px) and "
+                                                "re-encode them at --quality (default: keep sizes)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="reject images with more pixels than this (default: PIL's bomb limit, %(default)s)")
+                   help="decompression-bomb threshold: larger images are downscaled to it; non-JPEGs over "
+                        "4x are rejected (default: PIL's limit, %(default)s)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep complete shards of an earlier identical run (default: on)")
+    p.add_argument("--num-jobs", type=int, default=1, help="split the shards across this many jobs (machines)")
+    p.add_argument("--job-index", type=int, default=0, help="which of the --num-jobs jobs this is (0-based)")
+    p.add_argument("--layout", type=LayoutKind, choices=list(LayoutKind), default=LayoutKind.AUTO,
+                   metavar="{" + ",".join(k.value for k in LayoutKind) + "}",
+                   help="source layout (default: detect)")
+    p.add_argument("--classes", type=Path, help="fixed class list, one wnid first on each line (e.g. "
+                                                "synset_words.txt): label = line index")
+    p.add_argument("--val-labels", type=Path, help="label file of a flat val/ (devkit ground truth, "
+                                                   "LOC_val_solution.csv or Caffe val.txt; default: found in SRC)")
+    p.add_argument("--id-map", type=Path, help="ILSVRC2012_ID → wnid map for devkit labels: meta.mat or a "
+                                               "map_clsloc.txt-style file (default: found in SRC)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
+def verify_main(argv: list[str]) -> int:
+    from pipeline.verify import verify_dataset
+
+    p = argparse.ArgumentParser(prog="shard-imagenet verify",
+                                description="Re-read every shard: counts, checksums, labels, decodability, index.")
+    p.add_argument("out", type=Path, help="folder written by shard-imagenet")
+    p.add_argument("--workers", type=int, default=default_workers(), help="processes (default: all cores)")
+    args = p.parse_args(argv)
+    try:
+        info, problems = verify_dataset(args.out, args.workers)
+    except DatasetError as exc:
+        print(f"shard-imagenet verify: error: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"BAD {problem}", file=sys.stderr)
+    n_shards = sum(len(s.filenames) for s in info.splits.values())
+    n_samples = sum(s.num_samples for s in info.splits.values())
+    if problems:
+        print(f"verify: {len(problems)} problem(s) in {args.out} ({n_shards} shards, {n_samples} samples)",
+              file=sys.stderr)
+        return 1
+    print(f"verify: OK: {n_shards} shards, {n_samples} samples, {info.num_classes} classes in {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:
+        return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
     cfg = ShardConfig(src=args.src, out=args.out, shard_size=args.shard_size, seed=args.seed,
                       workers=args.workers, quality=args.quality, max_pixels=args.max_pixels,
+                      max_size=args.max_size, resume=args.resume, num_jobs=args.num_jobs, job_index=args.job_index,
+                      layout=LayoutOptions(layout=args.layout, classes_file=args.classes,
+                                           val_labels=args.val_labels, id_map=args.id_map),
                       progress=not args.no_progress)
     try:
         summary = shard_tree(cfg)
@@ -44,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shard-imagenet: error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))
-    print(f"wrote {args.out}/ (_info.json, classes.txt, rejects.tsv, report.json)")
+    if summary.complete:
+        print(f"wrote {args.out}/ (_info.json, classes.txt, rejects.tsv, report.json, .tar + .idx per shard)")
     return 0
 
 
