@@ -172,3 +172,15 @@ def test_max_size_is_recorded_and_applied(demo_tree, tmp_path):
     assert info.extra["max_size"] == 48 and info.extra["quality"] == 80
     for s in wds.WebDataset(info.shard_paths("train"), shardshuffle=False):
         assert max(Image.open(io.BytesIO(s["jpg"])).size) <= 48
+
+
+def test_timm_reads_the_same_samples_through_info_json(demo_tree, tmp_path):
+    timm_data = pytest.importorskip("timm.data")
+    out = tmp_path / "shards"
+    shard_tree(ShardConfig(src=demo_tree, out=out, shard_size=7, workers=1, progress=False))
+    info = load_info(out)
+    for split in ("train", "val"):
+        ds = timm_data.create_dataset("wds/imagenet", root=str(out), split=split, is_training=False, batch_size=1)
+        timm_labels = sorted(int(target) for _, target in ds)
+        plain = sorted(int(s["cls"]) for s in wds.WebDataset(info.shard_paths(split), shardshuffle=False))
+        assert timm_labels == plain and len(plain) == info.split(split).num_samples
