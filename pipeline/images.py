@@ -206,7 +206,14 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
     if max_size is not None and max(width, height) * scale > max_size:
         scale = max_size / max(width, height)
     target = (max(1, int(width * scale)), max(1, int(height * scale)))
-    if scale < 1.0:
+    huffman = fmt == "JPEG" and header.frame in _SOF_HUFFMAN
+    adobe_rgb = header.components == 3 and header.adobe_transform == 0  # RGB stored without YCbCr transform
+    passthrough = huffman and mode == "RGB" and not adobe_rgb and orientation == 1 and scale == 1.0
+    if passthrough:
+        # Only the check is needed, not the pixels: decoding at 1/8 scale still entropy-decodes every
+        # scan (so truncation and corrupt data raise) but skips most of the IDCT and colour work.
+        img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+    elif scale < 1.0:
         if fmt == "JPEG":
             img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB", target)  # DCT-domain 1/2..1/8
         elif width * height > _decode_limit(max_pixels):
@@ -218,9 +225,7 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
     except Exception as exc:
         raise ImageRejected(RejectReason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from None
 
-    huffman = fmt == "JPEG" and header.frame in _SOF_HUFFMAN
-    adobe_rgb = header.components == 3 and header.adobe_transform == 0  # RGB stored without YCbCr transform
-    if huffman and mode == "RGB" and not adobe_rgb and orientation == 1 and scale == 1.0:
+    if passthrough:
         return NormalizedImage(jpeg=data, width=width, height=height)
 
     steps = []
