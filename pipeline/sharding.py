@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 import os
 import random
 import re
@@ -331,19 +333,21 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
     bytes_in = bytes_out = 0
     try:
         if cfg.workers > 1 and len(todo) > 1:
-            with multiprocessing.get_context("fork").Pool(min(cfg.workers, len(todo)), _init_worker,
-                                                          init_args) as pool:
-                results = pool.imap_unordered(_write_shard, todo)
-                remaining = len(todo)
-                while remaining:
-                    try:
-                        part = results.next(timeout=0.25)
-                    except multiprocessing.TimeoutError:
-                        bar.update(counter.value - bar.n)
-                        continue
-                    remaining -= 1
-                    bytes_in += part.bytes_in
-                    bytes_out += part.num_bytes
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(cfg.workers, len(todo)), ctx, _init_worker, init_args) as pool:
+                pending_futures = {pool.submit(_write_shard, t) for t in todo}
+                while pending_futures:
+                    done, pending_futures = wait(pending_futures, timeout=0.25, return_when=FIRST_COMPLETED)
+                    bar.update(counter.value - bar.n)
+                    for fut in done:
+                        try:
+                            part = fut.result()
+                        except BrokenProcessPool:
+                            raise RuntimeError("a sharder worker process died (out of memory or a crash in an "
+                                               "image decoder); complete shards are kept: run the same command "
+                                               "again to resume") from None
+                        bytes_in += part.bytes_in
+                        bytes_out += part.num_bytes
         else:
             _init_worker(*init_args)
             for t in todo:

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                       progress=not args.no_progress)
     try:
         summary = shard_tree(cfg)
-    except (LayoutError, ValueError) as exc:
+    except (LayoutError, ValueError, RuntimeError) as exc:
         print(f"shard-imagenet: error: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary))
