@@ -127,10 +127,19 @@ def load_info(root: str | os.PathLike) -> DatasetInfo:
     classes_path = root / CLASSES_FILE
     if not classes_path.is_file():
         raise DatasetError(f"{classes_path}: not found; re-run shard-imagenet")
-    classes = tuple(line.strip() for line in classes_path.read_text().splitlines() if line.strip())
+    text = classes_path.read_text(encoding="utf-8", errors="surrogateescape")
+    classes = tuple(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"))  # names kept exactly
+    if "num_classes" in obj and obj["num_classes"] != len(classes):
+        raise DatasetError(f"{classes_path}: {len(classes)} classes, {INFO_FILE} says {obj['num_classes']}; "
+                           f"re-run shard-imagenet")
+    sizes = {e["filename"]: e["bytes"] for entries in obj.get("manifest", {}).values() for e in entries}
     for split in splits.values():
         for f in split.filenames:
-            if not (root / f).is_file():
-                raise DatasetError(f"{root / f}: listed in {INFO_FILE} but missing; re-run shard-imagenet")
+            path = root / f
+            if not path.is_file():
+                raise DatasetError(f"{path}: listed in {INFO_FILE} but missing; re-run shard-imagenet")
+            if f in sizes and path.stat().st_size != sizes[f]:
+                raise DatasetError(f"{path}: {path.stat().st_size} bytes, the manifest says {sizes[f]} (truncated "
+                                   f"or replaced); run `shard-imagenet verify {root}`, then re-shard")
     extra = {k: v for k, v in obj.items() if k != "splits"}
     return DatasetInfo(root=root, splits=splits, classes=classes, extra=extra)

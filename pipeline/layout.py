@@ -222,9 +222,18 @@ class _Split:
 
 
 def _walk_files(folder: str) -> list[str]:
-    """Every regular file under ``folder``, recursively, in sorted order (symlinks followed)."""
+    """Every regular file under ``folder``, recursively, in sorted order (symlinks followed, but a real
+    directory is entered only once and never one above ``folder``, so a symlink loop cannot repeat files)."""
     out = []
+    seen: set[str] = set()
+    top = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        # a folder entered before, or one that holds the folder being walked (a link back up), is a loop
+        if real in seen or (real != top and (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)):
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames.sort()
         out.extend(os.path.join(dirpath, name) for name in sorted(filenames))
     return out

@@ -91,6 +91,8 @@ class ShardConfig:
         """Raises ValueError naming the bad option."""
         if self.shard_size < 1:
             raise ValueError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be in 1..100, got {self.quality}")
         if self.max_pixels < 1 or (self.max_size is not None and self.max_size < 1):
@@ -201,6 +203,19 @@ def sample_key(index: int, relpath: str) -> str:
     return f"{index:08d}_{_KEY_STEM_CHARS.sub('_', stem)[:_KEY_STEM_MAX]}"
 
 
+def _json_bytes(meta: dict) -> bytes:
+    """UTF-8 JSON; a path that is not valid UTF-8 (undecodable bytes) falls back to ASCII escapes."""
+    try:
+        return json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(meta, ensure_ascii=True).encode("ascii")
+
+
+def _tsv(text: str) -> str:
+    """Escape backslash, tab and newlines so one reject stays one TSV row."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def plan_tasks(tree: SourceTree, cfg: ShardConfig) -> list[ShardTask]:
     """Cut every split's ordered input into shard tasks (train shuffled with the seed, val sorted)."""
     settings = json.dumps([FORMAT_VERSION, cfg.seed, cfg.shard_size, cfg.quality, cfg.max_pixels, cfg.max_size,
@@ -213,9 +228,10 @@ def plan_tasks(tree: SourceTree, cfg: ShardConfig) -> list[ShardTask]:
         pattern = dsinfo.SHARD_PATTERN.replace("{split}", split)
         for k in range(0, len(indexed), cfg.shard_size):
             chunk = tuple(indexed[k:k + cfg.shard_size])
-            h = hashlib.sha256(settings.encode())
+            h = hashlib.sha256(settings.encode("utf-8", "surrogateescape"))
             for index, item in chunk:
-                h.update(f"\0{index}\0{item.relpath}\0{item.label}\0{_source_size(item)}".encode())
+                h.update(f"\0{index}\0{item.relpath}\0{item.label}\0{_source_size(item)}".encode(
+                    "utf-8", "surrogateescape"))
             tasks.append(ShardTask(split, pattern.format(index=k // cfg.shard_size), chunk, h.hexdigest()))
     return tasks
 
@@ -262,7 +278,7 @@ def _write_shard(task: ShardTask) -> PartRecord:
                 "jpg": result.jpeg,
                 "cls": str(item.label).encode("ascii"),
                 "lbl": struct.pack("<i", item.label),
-                "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+                "json": _json_bytes(meta),
             })
             written += 1
             if result.conversion:
@@ -311,8 +327,12 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
     """
     cfg.validate()
     start = time.perf_counter()
-    tree = tree or scan_source(cfg.src, cfg.layout)
     out = Path(cfg.out)
+    src = Path(cfg.src).resolve()
+    if out.resolve() == src or src in out.resolve().parents:
+        raise ValueError(f"--out {out} is inside the source {cfg.src}: its shards would be read as input; "
+                         f"choose a folder outside it")
+    tree = tree or scan_source(cfg.src, cfg.layout)
     out.mkdir(parents=True, exist_ok=True)
     (out / dsinfo.INFO_FILE).unlink(missing_ok=True)  # incomplete until the last job finishes
     tasks = plan_tasks(tree, cfg)
@@ -334,7 +354,8 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
     try:
         if cfg.workers > 1 and len(todo) > 1:
             ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(min(cfg.workers, len(todo)), ctx, _init_worker, init_args) as pool:
+            pool = ProcessPoolExecutor(min(cfg.workers, len(todo)), ctx, _init_worker, init_args)
+            try:
                 pending_futures = {pool.submit(_write_shard, t) for t in todo}
                 while pending_futures:
                     done, pending_futures = wait(pending_futures, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -348,6 +369,14 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
                                                "again to resume") from None
                         bytes_in += part.bytes_in
                         bytes_out += part.num_bytes
+            except BaseException:
+                # Ctrl-C or an error: drop queued shards and stop the workers now (their .tmp files are
+                # removed by the next run; complete shards are kept for --resume).
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
         else:
             _init_worker(*init_args)
             for t in todo:
@@ -397,18 +426,21 @@ def _finalize(out: Path, tree: SourceTree, tasks, parts, cfg: ShardConfig, summa
     """Write the metadata files (identical whichever job writes them), then ``_info.json``; drop stale files."""
     wanted = {t.name for t in tasks} | {t.name.replace(".tar", ".idx") for t in tasks}
     for p in out.iterdir():
-        if p.name.endswith(TMP_SUFFIX) or (_SHARD_NAME.fullmatch(p.name) and p.name not in wanted):
+        ours = _SHARD_NAME.fullmatch(p.name.removesuffix(TMP_SUFFIX))
+        if ours and (p.name.endswith(TMP_SUFFIX) or p.name not in wanted):
             p.unlink(missing_ok=True)
     task_parts = {f"{t.name}.json" for t in tasks}
     if (out / PARTS_DIR).is_dir():
         for p in (out / PARTS_DIR).iterdir():
             if p.name not in task_parts:
                 p.unlink(missing_ok=True)
-    (out / dsinfo.CLASSES_FILE).write_text("".join(f"{c}\n" for c in tree.classes))
-    with open(out / (dsinfo.REJECTS_FILE + TMP_SUFFIX), "w", encoding="utf-8") as f:
+    (out / dsinfo.CLASSES_FILE).write_text("".join(f"{c}\n" for c in tree.classes), encoding="utf-8",
+                                          errors="surrogateescape")
+    # file names that are not valid UTF-8 are written back as their original bytes
+    with open(out / (dsinfo.REJECTS_FILE + TMP_SUFFIX), "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write("path\treason\tdetail\n")
         for r in summary.rejects:
-            f.write(f"{r.relpath}\t{r.reason.value}\t{r.detail}\n")
+            f.write(f"{_tsv(r.relpath)}\t{r.reason.value}\t{_tsv(r.detail)}\n")
     os.replace(out / (dsinfo.REJECTS_FILE + TMP_SUFFIX), out / dsinfo.REJECTS_FILE)
     dsinfo.write_json_atomic(out / dsinfo.REPORT_FILE, report_dict(summary, cfg, tree))
     manifest = {s: [{"filename": p.filename, "num_samples": p.num_samples, "bytes": p.num_bytes,

@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     except (LayoutError, ValueError, RuntimeError) as exc:
         print(f"shard-imagenet: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"shard-imagenet: interrupted; complete shards in {args.out} are kept: run the same command "
+              f"again to resume", file=sys.stderr)
+        return 130
     print(format_summary(summary))
     if summary.complete:
         print(f"wrote {args.out}/ (_info.json, classes.txt, rejects.tsv, report.json, .tar + .idx per shard)")

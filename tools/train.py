@@ -8,6 +8,7 @@ results table (e2e_time, p_whole, p_train, p_core, acc1, mem) and writes it to -
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the per-epoch evaluation")
     p.add_argument("--synthetic-train-samples", type=_positive(int), default=1_281_167,
                    help="synthetic epoch size without --data (default: ILSVRC2012 train)")
-    p.add_argument("--synthetic-val-samples", type=_positive(int), default=50_000)
+    p.add_argument("--synthetic-val-samples", type=_positive(int), default=50_000,
+                   help="synthetic eval size without --data (default: ILSVRC2012 val; on a slow device lower it "
+                        "or pass --no-eval)")
     p.add_argument("--metrics-json", type=Path, help="write the metrics here (rank 0)")
     return p
 
@@ -79,12 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be >= 0")
+    if args.warmup_epochs < 0 or not 0 <= args.label_smoothing < 1 or args.weight_decay < 0:
+        parser.error("--warmup-epochs and --weight-decay must be >= 0, --label-smoothing in [0, 1)")
     from train.loop import run  # imported late: torch start-up is not needed for --help
+
+    from pipeline.backends.cpu import SampleDecodeError, ShardReadError
 
     try:
         run(config_from_args(args))
-    except (DatasetError, ValueError) as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
+    except (DatasetError, ValueError, SampleDecodeError, ShardReadError) as exc:
+        # errors raised in a DataLoader worker arrive wrapped with its traceback: keep the message line
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else str(exc)
+        print(f"train: error: {last}", file=sys.stderr)
         return 2
     return 0
 

@@ -48,8 +48,12 @@ def init_distributed() -> DistEnv:
     if not 0 <= rank < world_size:
         raise RuntimeError(f"RANK={rank} is not in [0, WORLD_SIZE={world_size}); launch with torchrun")
     if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
+                               f"use --nproc-per-node <= the GPU count")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

@@ -147,9 +147,12 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
               f"image {lcfg.image_size}px, lr {peak_lr:g}, {steps_per_epoch} steps/epoch, {total_steps} steps")
 
     sync = device_sync(env.device)
+    # Under DDP a step's gradient all-reduce waits for the slowest rank's batch. A barrier when the batch
+    # has arrived puts that wait into data wait, so compute (p_core) holds no other rank's loading time.
+    data_ready = (lambda: (sync(), distributed.barrier(env), sync())) if env.distributed else sync
     data_sw, compute_sw, eval_sw = Stopwatch(), Stopwatch(), Stopwatch()
     timed_step = timed_call(step, compute_sw, sync)
-    last_eval = EvalResult(0, 0.0, 0.0)
+    last_eval: EvalResult | None = None
     done = 0
     epochs_run = 0
     distributed.barrier(env)
@@ -163,7 +166,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         epoch_start = time.perf_counter()
         data_before, compute_before = data_sw.total, compute_sw.total
         loss_sum = torch.zeros((), device=env.device)
-        for batch in timed_iter(train_loader, data_sw, n, sync):
+        for batch in timed_iter(train_loader, data_sw, n, data_ready):
             loss_sum += timed_step(batch)
         done += n
         epochs_run += 1
@@ -177,24 +180,26 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
                   f"train {n * global_batch / epoch_train_s:.1f} img/s (data wait {100 * wait / epoch_train_s:.0f}%, "
                   f"compute {n * global_batch / max(compute_sw.total - compute_before, 1e-9):.1f} img/s)"
                   + (f", val top-1 {last_eval.acc1:.2f}% top-5 {last_eval.acc5:.2f}% on {last_eval.count} images"
-                     if val_loader is not None else ""))
+                     if last_eval is not None else ""))
     sync()
     loop_s = time.perf_counter() - loop_start
 
     mem = peak_memory(env.device)
     e2e = time.time() - process_start_time()
-    loop_s, eval_s, compute_s, data_s, e2e, mem_used, steps_max, neg_steps_min = distributed.all_reduce(
-        [loop_s, eval_sw.total, compute_sw.total, data_sw.total, e2e, mem.used_gib, done, -done], "max", env)
-    times = RunTimes(e2e=e2e, loop=loop_s, eval=eval_s, compute=compute_s, data=data_s)
+    local = RunTimes(e2e=e2e, loop=loop_s, eval=eval_sw.total, compute=compute_sw.total, data=data_sw.total)
+    *maxes, mem_used, steps_max, neg_steps_min = distributed.all_reduce(
+        [local.e2e, local.loop, local.eval, local.compute, local.data, mem.used_gib, done, -done], "max", env)
+    times = RunTimes(*maxes)
     trained_images = done * global_batch
-    metrics = flagperf_metrics(trained_images, times, last_eval.acc1, MemoryUse(mem_used, mem.total_gib, mem.kind))
+    acc1 = last_eval.acc1 if last_eval is not None else None
+    metrics = flagperf_metrics(trained_images, times, acc1, MemoryUse(mem_used, mem.total_gib, mem.kind))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # FlagPerf's "<nodes>x<procs per node>"
     config_name = f"{'CUDA' if env.device.type == 'cuda' else 'CPU'}x{env.world_size // per_node}x{per_node}"
     fix_hp = f"bs={lcfg.batch_size},lr={peak_lr:g}"
     result = {
         **metrics.to_json(),
-        "acc5": last_eval.acc5,
-        "eval_images": last_eval.count,
+        "acc5": last_eval.acc5 if last_eval is not None else None,
+        "eval_images": last_eval.count if last_eval is not None else 0,
         "val_samples": val_loader.num_samples if val_loader is not None else 0,
         "steps": done,
         "rank_steps_min": int(-neg_steps_min),
@@ -208,7 +213,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         "device_name": device_name,
         "mem_kind": mem.kind,
         "times_s": asdict(times),
-        "data_wait_fraction": data_s / max(loop_s - eval_s, 1e-9),
+        "data_wait_fraction": times.data / max(times.loop - times.eval, 1e-9),
+        "rank0_times_s": asdict(local),
         "config": config_name,
         "fix_hp": fix_hp,
         "argv": sys.argv,
@@ -216,8 +222,9 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     if env.is_main:
         print(TABLE_HEADER)
         print(flagperf_row(metrics, config_name, precision.value, fix_hp))
-        print(f"time split (s): loop {loop_s:.1f} = train {loop_s - eval_s:.1f} (compute {compute_s:.1f}, "
-              f"data wait {data_s:.1f}, other {loop_s - eval_s - compute_s - data_s:.1f}) + eval {eval_s:.1f}; "
+        t = local  # one rank's own times add up; the metrics above use the maximum over ranks
+        print(f"time split (s, rank 0): loop {t.loop:.1f} = train {t.loop - t.eval:.1f} (compute {t.compute:.1f}, "
+              f"data wait {t.data:.1f}, other {t.loop - t.eval - t.compute - t.data:.1f}) + eval {t.eval:.1f}; "
               f"p_core/p_train = {metrics.p_core / metrics.p_train:.2f}")
         if cfg.metrics_json is not None:
             cfg.metrics_json.parent.mkdir(parents=True, exist_ok=True)

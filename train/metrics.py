@@ -35,10 +35,10 @@ def process_start_time() -> float:
         with open("/proc/self/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         start_ticks = int(fields[19])  # field 22 of proc(5): starttime, clock ticks after boot
-        with open("/proc/stat") as f:
-            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-        return btime + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])  # seconds since boot, 10 ms resolution
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return _IMPORT_TIME
 
 
@@ -93,7 +93,7 @@ class FlagPerfMetrics:
     p_whole: float
     p_train: float
     p_core: float
-    acc1: float
+    acc1: float | None  # None when the run did not evaluate
     mem_used_gib: float
     mem_total_gib: float
     trained_images: int
@@ -108,7 +108,7 @@ class FlagPerfMetrics:
         return d
 
 
-def flagperf_metrics(trained_images: int, times: RunTimes, acc1: float, mem: MemoryUse) -> FlagPerfMetrics:
+def flagperf_metrics(trained_images: int, times: RunTimes, acc1: float | None, mem: MemoryUse) -> FlagPerfMetrics:
     """Compute the FlagPerf metrics from measured times.
 
     Raises:
@@ -137,4 +137,4 @@ TABLE_HEADER = ("| config | precision | fix_hp | e2e_time | p_whole | p_train | 
 def flagperf_row(m: FlagPerfMetrics, config: str, precision: str, fix_hp: str) -> str:
     """One row of FlagPerf's results table (its README's columns), markdown."""
     return (f"| {config} | {precision} | {fix_hp} | {m.e2e_time:.0f} | {m.p_whole:.1f} | {m.p_train:.1f} "
-            f"| {m.p_core:.1f} | {m.acc1:.1f}% | {m.mem} |")
+            f"| {m.p_core:.1f} | {'/' if m.acc1 is None else f'{m.acc1:.1f}%'} | {m.mem} |")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import tarfile
 from typing import Iterator
 
 import numpy as np
@@ -27,6 +28,10 @@ class SampleDecodeError(RuntimeError):
     """A sample in a shard could not be decoded; the message names the shard and the key."""
 
 
+class ShardReadError(RuntimeError):
+    """A shard could not be read (truncated, not a tar, member missing); the message names it."""
+
+
 def read_segments(paths: list[str], segments) -> Iterator[tuple[str, str, bytes, int]]:
     """Yield ``(shard path, key, jpg bytes, label)`` for every sample of ``segments``, in order."""
     for seg in segments:
@@ -35,6 +40,9 @@ def read_segments(paths: list[str], segments) -> Iterator[tuple[str, str, bytes,
         try:
             for sample in itertools.islice(samples, seg.skip, seg.skip + seg.take):
                 yield url, sample["__key__"], sample["jpg"], int(sample["cls"])
+        except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
+            raise ShardReadError(f"{url}: unreadable shard ({type(exc).__name__}: {exc}); "
+                                 f"run `shard-imagenet verify` on its folder") from None
         finally:
             samples.close()
 
@@ -133,7 +141,7 @@ class CpuLoader:
     def __iter__(self) -> Iterator[Batch]:
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            prefetch_factor=4 if self.cfg.workers > 0 else None)
+                            prefetch_factor=2 if self.cfg.workers > 0 else None)
         for images, labels, keys in loader:
             yield Batch(normalize_on_device(images, self.device), labels.to(self.device, non_blocking=True),
                         tuple(keys))

@@ -1,0 +1,79 @@
+"""Inputs a real user has that once broke things (found by a new-user review)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from pipeline.info import load_info
+from pipeline.sharding import ShardConfig, shard_tree
+from tools import shard_imagenet
+from tools import train as train_cli
+
+SMALL = ["--batch-size", "4", "--image-size", "32", "--workers", "1"]
+
+
+def write_jpeg(path: Path, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(path, "JPEG")
+
+
+def test_out_inside_source_is_refused_and_foreign_tmp_files_survive(tmp_path, capsys):
+    write_jpeg(tmp_path / "src" / "train" / "a" / "x.JPEG")
+    assert shard_imagenet.main([str(tmp_path / "src"), "--out", str(tmp_path / "src" / "train" / "shards"),
+                                "--no-progress"]) == 2
+    assert "inside the source" in capsys.readouterr().err
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "session.tmp").write_text("mine")
+    assert shard_imagenet.main([str(tmp_path / "src"), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "session.tmp").read_text() == "mine"
+
+
+def test_symlink_loop_and_odd_names_are_sharded_once(tmp_path):
+    src = tmp_path / "src"
+    write_jpeg(src / "train" / "a" / "one.JPEG")
+    os.symlink("..", src / "train" / "a" / "up")  # a loop back to train/
+    write_jpeg(src / "train" / " b " / "two.JPEG", 1)  # class name with spaces
+    bad = os.fsencode(str(src / "train" / "a")) + b"/caf\xe9.jpg"  # not valid UTF-8
+    write_jpeg(Path(os.fsdecode(bad)), 2)
+    out = tmp_path / "out"
+    summary = shard_tree(ShardConfig(src=src, out=out, workers=1, progress=False))
+    assert summary.files == 3 and summary.rejects == []
+    info = load_info(out)
+    assert info.classes == (" b ", "a")
+    paths = sorted(json.loads(s["json"])["path"] for s in wds.WebDataset(info.shard_paths("train"),
+                                                                        shardshuffle=False))
+    assert len(paths) == 3 and any(p.startswith("train/a/caf") for p in paths)
+
+
+def test_truncated_shard_and_wrong_class_file_are_one_line_errors(demo_shards, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "copy"
+    shutil.copytree(demo_shards, data)
+    tar = data / "imagenet-train-000001.tar"
+    tar.write_bytes(tar.read_bytes()[:5000])
+    assert train_cli.main(["--data", str(data), *SMALL, "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "imagenet-train-000001.tar" in err and "manifest" in err
+
+    shutil.copy(demo_shards / "imagenet-train-000001.tar", tar)
+    (data / "classes.txt").write_text("only\none\n")
+    assert train_cli.main(["--data", str(data), *SMALL, "--max-steps", "2"]) == 2
+    assert "classes.txt: 2 classes" in capsys.readouterr().err
+
+
+def test_no_eval_reports_no_accuracy(demo_shards, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert train_cli.main(["--data", str(demo_shards), *SMALL, "--max-steps", "2", "--no-eval",
+                           "--metrics-json", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["acc1"] is None and m["eval_images"] == 0 and m["p_train"] == pytest.approx(m["p_whole"], rel=0.05)
+    assert "| / |" in capsys.readouterr().out
