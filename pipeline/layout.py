@@ -351,6 +351,37 @@ def _open_archive(path: Path) -> tuple[int, int]:
     return fd, size
 
 
+def _outer_files(path: Path, fd: int, file_size: int, unusable: list[Unusable]):
+    """Yield ``(member, clean name, relpath)`` for every regular member of the archive ``path`` (headers only).
+
+    Directories are skipped; links and devices go to ``unusable``.
+
+    Raises:
+        LayoutError: the archive is broken, or truncated inside a member.
+    """
+    spath = str(path)
+    members = _iter_tar(fd, 0, file_size, spath)
+    while True:
+        try:
+            m = next(members)
+        except StopIteration:
+            return
+        except tarfile.TarError as exc:
+            raise LayoutError(f"{path}: broken or truncated tar ({exc}); re-download or repair it") from None
+        name = _clean_member_name(m.name)
+        rel = f"{path.name}/{name}"
+        if m.isdir():
+            continue
+        if not m.isreg():
+            unusable.append(Unusable(SourceItem(spath, rel, -1), RejectReason.UNDECODABLE,
+                                     f"tar member is a {_member_kind(m)}, not a file"))
+            continue
+        if m.offset_data + m.size > file_size:
+            raise LayoutError(f"{path}: truncated inside member {name} (archive is {file_size} bytes, member "
+                              f"ends at {m.offset_data + m.size}); re-download it")
+        yield m, name, rel
+
+
 def _scan_train_archive(path: Path, unusable: list[Unusable]) -> _Split:
     """Scan ``ILSVRC2012_img_train.tar``: per-class tars ``<wnid>.tar`` holding the images (headers only)."""
     split = _Split(where=path.name)
@@ -359,25 +390,7 @@ def _scan_train_archive(path: Path, unusable: list[Unusable]) -> _Split:
     spath = str(path)
     classes = set()
     try:
-        members = _iter_tar(fd, 0, file_size, spath)
-        while True:
-            try:
-                m = next(members)
-            except StopIteration:
-                break
-            except tarfile.TarError as exc:
-                raise LayoutError(f"{path}: broken or truncated tar ({exc}); re-download or repair it") from None
-            name = _clean_member_name(m.name)
-            rel = f"{outer_name}/{name}"
-            if m.isdir():
-                continue
-            if not m.isreg():
-                unusable.append(Unusable(SourceItem(spath, rel, -1), RejectReason.UNDECODABLE,
-                                         f"tar member is a {_member_kind(m)}, not a file"))
-                continue
-            if m.offset_data + m.size > file_size:
-                raise LayoutError(f"{path}: truncated inside member {name} (archive is {file_size} bytes, member "
-                                  f"ends at {m.offset_data + m.size}); re-download it")
+        for m, name, rel in _outer_files(path, fd, file_size, unusable):
             outer_item = SourceItem(spath, rel, -1, m.offset_data, m.size)
             if not name.endswith(".tar"):
                 unusable.append(Unusable(outer_item, RejectReason.NOT_IN_CLASS,
@@ -425,25 +438,7 @@ def _scan_val_archive(path: Path, unusable: list[Unusable]) -> _Split:
     fd, file_size = _open_archive(path)
     spath = str(path)
     try:
-        members = _iter_tar(fd, 0, file_size, spath)
-        while True:
-            try:
-                m = next(members)
-            except StopIteration:
-                break
-            except tarfile.TarError as exc:
-                raise LayoutError(f"{path}: broken or truncated tar ({exc}); re-download or repair it") from None
-            name = _clean_member_name(m.name)
-            rel = f"{path.name}/{name}"
-            if m.isdir():
-                continue
-            if not m.isreg():
-                unusable.append(Unusable(SourceItem(spath, rel, -1), RejectReason.UNDECODABLE,
-                                         f"tar member is a {_member_kind(m)}, not a file"))
-                continue
-            if m.offset_data + m.size > file_size:
-                raise LayoutError(f"{path}: truncated inside member {name} (archive is {file_size} bytes, member "
-                                  f"ends at {m.offset_data + m.size}); re-download it")
+        for m, name, rel in _outer_files(path, fd, file_size, unusable):
             split.flat.append((_stem(name), spath, rel, m.offset_data, m.size))
     finally:
         os.close(fd)
