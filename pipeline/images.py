@@ -14,17 +14,20 @@ import warnings
 from dataclasses import dataclass
 from enum import Enum
 
+import numpy as np
 from PIL import Image, ImageOps
 
 # PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, 89.5 Mpx): larger images are downscaled to it.
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_QUALITY = 95
 _ORIENTATION_TAG = 0x0112
+_PIXELS_PER_BYTE_MAX = 2048  # see the truncation check in _normalize
+_MIN_BYTES_CHECK_PIXELS = 1 << 20
 # JPEG start-of-frame markers whose Huffman-coded data all our decoders read (ITU T.81, table B.1).
 _SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}
 _SOF_ALL = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "CMYK": "cmyk", "P": "palette", "RGBA": "rgba",
-               "I;16": "16-bit grayscale", "I": "32-bit grayscale", "1": "bilevel"}
+               "I;16": "16-bit grayscale", "I": "32-bit grayscale", "F": "float grayscale", "1": "bilevel"}
 
 
 class RejectReason(str, Enum):
@@ -35,6 +38,7 @@ class RejectReason(str, Enum):
     TOO_LARGE = "too-large"          # more pixels than the decompression-bomb limit
     NOT_IN_CLASS = "not-in-class-folder"  # a file directly under a split folder, outside any class folder
     NO_LABEL = "no-label"            # a flat-val image that the label file does not list
+    NOT_A_FILE = "not-a-file"        # an archive member that is a symlink, device or unresolvable link
 
 
 class ImageRejected(Exception):
@@ -133,9 +137,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale to 8 bits rather than clip.
-        img = img.point(lambda v: v / 256).convert("L")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit integer or float grayscale: scale to 8 bits rather than clip (floats in 0..1 are
+        # taken as normalised intensities, anything larger as 16-bit counts).
+        arr = np.asarray(img, dtype=np.float64)
+        peak = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 if img.mode == "F" and peak <= 1.0 else (1.0 if peak <= 255 else 1 / 256)
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
     return img.convert("RGB")
 
 
@@ -198,6 +206,11 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
     fmt = img.format or "unknown"
     mode = img.mode
     header = jpeg_header(data) if fmt == "JPEG" else JpegHeader()
+    if fmt == "JPEG" and width * height > _MIN_BYTES_CHECK_PIXELS and len(data) < width * height / _PIXELS_PER_BYTE_MAX:
+        # Every 8x8 luma block costs at least 2 bits (DC code + end-of-block), i.e. >= 1 byte per 256 px;
+        # a file 8x below even that is truncated (libjpeg would pad the missing data with grey).
+        raise ImageRejected(RejectReason.UNDECODABLE, f"truncated: {len(data)} bytes cannot hold a "
+                                                      f"{width}x{height} JPEG")
     orientation = _orientation(img)
     # Target size: within max_pixels and max_size (aspect kept).
     scale = 1.0

@@ -102,11 +102,16 @@ def write_info(root: Path, splits: list[SplitInfo], **extra) -> None:
     write_json_atomic(Path(root) / INFO_FILE, obj)
 
 
-def load_info(root: str | os.PathLike) -> DatasetInfo:
+def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
     """Read a shard folder written by ``shard-imagenet``.
 
+    Args:
+        root: the folder.
+        check_files: also check that every listed shard exists with the manifest's size (a stat each).
+
     Raises:
-        DatasetError: ``_info.json`` or ``classes.txt`` missing or malformed, or a listed shard missing.
+        DatasetError: ``_info.json`` or ``classes.txt`` missing or malformed, or (with ``check_files``) a
+            listed shard missing or of the wrong size.
     """
     root = Path(root)
     info_path = root / INFO_FILE
@@ -133,7 +138,7 @@ def load_info(root: str | os.PathLike) -> DatasetInfo:
         raise DatasetError(f"{classes_path}: {len(classes)} classes, {INFO_FILE} says {obj['num_classes']}; "
                            f"re-run shard-imagenet")
     sizes = {e["filename"]: e["bytes"] for entries in obj.get("manifest", {}).values() for e in entries}
-    for split in splits.values():
+    for split in splits.values() if check_files else ():
         for f in split.filenames:
             path = root / f
             if not path.is_file():

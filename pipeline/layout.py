@@ -373,7 +373,7 @@ def _outer_files(path: Path, fd: int, file_size: int, unusable: list[Unusable]):
         if m.isdir():
             continue
         if not m.isreg():
-            unusable.append(Unusable(SourceItem(spath, rel, -1), RejectReason.UNDECODABLE,
+            unusable.append(Unusable(SourceItem(spath, rel, -1), RejectReason.NOT_A_FILE,
                                      f"tar member is a {_member_kind(m)}, not a file"))
             continue
         if m.offset_data + m.size > file_size:
@@ -404,19 +404,25 @@ def _scan_train_archive(path: Path, unusable: list[Unusable]) -> _Split:
             cls = posixpath.basename(name)[:-len(".tar")]
             count = 0
             try:
+                regular: dict[str, tuple[int, int]] = {}  # member name → (data offset, size), for hard links
                 for im in _iter_tar(fd, m.offset_data, m.size, rel):
                     count += 1
                     iname = _clean_member_name(im.name)
                     irel = f"{rel}/{iname}"
                     if im.isdir():
                         continue
-                    if not im.isreg():
-                        unusable.append(Unusable(SourceItem(spath, irel, -1), RejectReason.UNDECODABLE,
+                    if im.islnk() and _clean_member_name(im.linkname) in regular:
+                        # GNU tar stores the second of two hard-linked files as a link to the first
+                        offset, size = regular[_clean_member_name(im.linkname)]
+                        split.by_class.append((cls, spath, irel, m.offset_data + offset, size))
+                    elif not im.isreg():
+                        unusable.append(Unusable(SourceItem(spath, irel, -1), RejectReason.NOT_A_FILE,
                                                  f"tar member is a {_member_kind(im)}, not a file"))
                     elif im.offset_data + im.size > m.size:
                         unusable.append(Unusable(SourceItem(spath, irel, -1), RejectReason.UNDECODABLE,
                                                  f"member data runs past the end of {name}"))
                     else:
+                        regular[iname] = (im.offset_data, im.size)
                         split.by_class.append((cls, spath, irel, m.offset_data + im.offset_data, im.size))
                 classes.add(cls)
             except tarfile.TarError as exc:

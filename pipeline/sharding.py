@@ -42,7 +42,7 @@ from pipeline.images import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, ImageRejected, 
 from pipeline.layout import LayoutOptions, SourceItem, SourceTree, scan_source
 from pipeline.shardwriter import TMP_SUFFIX, ShardWriter
 
-FORMAT_VERSION = 2  # bump when the bytes written for the same input change
+FORMAT_VERSION = 3  # bump when the bytes written for the same input change
 PARTS_DIR = "_parts"
 _KEY_STEM_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _KEY_STEM_MAX = 64
@@ -198,8 +198,13 @@ class ShardSummary:
 
 
 def sample_key(index: int, relpath: str) -> str:
-    """Shard key of the ``index``-th file (sorted order) of a split: ``00000042_n01440764_10026``."""
-    stem = relpath.rsplit("/", 1)[-1].split(".", 1)[0]
+    """Shard key of the ``index``-th file (sorted order) of a split: ``00000042_n01440764_10026``.
+
+    The file name without its last extension, every character outside ``[A-Za-z0-9_-]`` replaced by ``_``
+    (so ``a.b.JPEG`` → ``a_b``), cut to 64 characters, after the index that keeps keys unique.
+    """
+    name = relpath.rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
     return f"{index:08d}_{_KEY_STEM_CHARS.sub('_', stem)[:_KEY_STEM_MAX]}"
 
 
@@ -230,19 +235,20 @@ def plan_tasks(tree: SourceTree, cfg: ShardConfig) -> list[ShardTask]:
             chunk = tuple(indexed[k:k + cfg.shard_size])
             h = hashlib.sha256(settings.encode("utf-8", "surrogateescape"))
             for index, item in chunk:
-                h.update(f"\0{index}\0{item.relpath}\0{item.label}\0{_source_size(item)}".encode(
+                h.update(f"\0{index}\0{item.relpath}\0{item.label}\0{_source_stamp(item)}".encode(
                     "utf-8", "surrogateescape"))
             tasks.append(ShardTask(split, pattern.format(index=k // cfg.shard_size), chunk, h.hexdigest()))
     return tasks
 
 
-def _source_size(item: SourceItem) -> int:
-    if item.size >= 0:
-        return item.size
+def _source_stamp(item: SourceItem) -> str:
+    """Size and modification time (ns) of the file, or of the archive holding the member: a changed
+    input (even one of the same size) changes its shard's fingerprint, so --resume rewrites that shard."""
     try:
-        return os.stat(item.path).st_size
+        st = os.stat(item.path)
     except OSError:
-        return -1
+        return "missing"
+    return f"{item.offset}:{item.size if item.size >= 0 else st.st_size}:{st.st_mtime_ns}"
 
 
 # Worker-side state: the run's settings and a shared progress counter (set by the pool initializer).
@@ -273,7 +279,8 @@ def _write_shard(task: ShardTask) -> PartRecord:
             rejects.append([item.relpath, exc.reason.value, exc.detail])
         else:
             meta = {"path": item.relpath, "size": len(data), "label": item.label, "class": w["classes"][item.label],
-                    "width": result.width, "height": result.height, "conversion": result.conversion}
+                    "width": result.width, "height": result.height, "conversion": result.conversion,
+                    "jpg_sha256": hashlib.sha256(result.jpeg).hexdigest()}
             writer.write(sample_key(index, item.relpath), {
                 "jpg": result.jpeg,
                 "cls": str(item.label).encode("ascii"),

@@ -2,8 +2,9 @@
 
 Per shard: size and sha256 against the ``_info.json`` manifest; sample count against ``shard_lengths``;
 every sample has ``jpg``, ``cls``, ``lbl`` and ``json`` members, adjacent; ``cls``, ``lbl`` and the json
-label agree and index ``classes.txt``; the JPEG decodes to 3-channel RGB; the ``.idx`` file lists exactly
-the tar's member offsets and sizes.
+label agree and index ``classes.txt``; the JPEG matches the sha256 recorded in its json and decodes to
+3-channel RGB; the ``.idx`` file lists exactly the tar's member offsets and sizes. Every shard is checked,
+whatever was found in the others.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def _check_shard(args: tuple[str, str, int, dict, int]) -> list[ShardProblem]:
     def bad(key: str, what: str) -> None:
         problems.append(ShardProblem(filename, key, what))
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [ShardProblem(filename, "", f"cannot read ({exc.strerror or exc})")]
     if manifest:
         if len(data) != manifest["bytes"]:
             bad("", f"size {len(data)} bytes, manifest says {manifest['bytes']}")
@@ -93,6 +97,9 @@ def _check_shard(args: tuple[str, str, int, dict, int]) -> list[ShardProblem]:
             bad(key, f"labels disagree: cls={cls} lbl={lbl} json={meta.get('label')}")
         if not 0 <= cls < num_classes:
             bad(key, f"label {cls} outside 0..{num_classes - 1}")
+        recorded = meta.get("jpg_sha256")
+        if recorded is not None and hashlib.sha256(s["jpg"]).hexdigest() != recorded:
+            bad(key, "jpg bytes differ from the sha256 recorded when the shard was written")
         try:
             img = Image.open(io.BytesIO(s["jpg"]))
             img.load()
@@ -128,7 +135,7 @@ def verify_dataset(root: str | Path, workers: int = 1) -> tuple[DatasetInfo, lis
     Raises:
         pipeline.info.DatasetError: ``_info.json`` / ``classes.txt`` missing or malformed, a shard missing.
     """
-    info = load_info(root)
+    info = load_info(root, check_files=False)  # a missing or truncated shard is reported below, not fatal
     manifest = {e["filename"]: e for entries in info.extra.get("manifest", {}).values() for e in entries}
     jobs = [(str(info.root), f, n, manifest.get(f, {}), info.num_classes)
             for s in info.splits.values() for f, n in zip(s.filenames, s.shard_lengths)]

@@ -77,3 +77,63 @@ def test_no_eval_reports_no_accuracy(demo_shards, tmp_path, capsys):
     m = json.loads(out.read_text())
     assert m["acc1"] is None and m["eval_images"] == 0 and m["p_train"] == pytest.approx(m["p_whole"], rel=0.05)
     assert "| / |" in capsys.readouterr().out
+
+
+def test_resume_rewrites_a_shard_whose_file_changed_in_place(tmp_path):
+    src = tmp_path / "src"
+    for i in range(4):
+        write_jpeg(src / "train" / "a" / f"{i}.JPEG", i)
+    out = tmp_path / "out"
+    shard_tree(ShardConfig(src=src, out=out, shard_size=2, workers=1, progress=False))
+    victim = src / "train" / "a" / "2.JPEG"
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2:] = b"\x00" * (len(data) - len(data) // 2)  # same size, broken content
+    victim.write_bytes(bytes(data))
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    resumed = shard_tree(ShardConfig(src=src, out=out, shard_size=2, workers=1, progress=False))
+    fresh = shard_tree(ShardConfig(src=src, out=tmp_path / "fresh", shard_size=2, workers=1, progress=False))
+    assert [r.relpath for r in resumed.rejects] == [r.relpath for r in fresh.rejects] == ["train/a/2.JPEG"]
+    for f in sorted(p.name for p in (tmp_path / "fresh").glob("*.tar")):
+        assert (out / f).read_bytes() == (tmp_path / "fresh" / f).read_bytes()
+
+
+def test_hard_link_in_a_per_class_tar_is_read_through(tmp_path):
+    import io
+    import tarfile
+
+    jpg = io.BytesIO()
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(jpg, "JPEG")
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("n00000001_1.JPEG")
+        info.size = len(jpg.getvalue())
+        tf.addfile(info, io.BytesIO(jpg.getvalue()))
+        link = tarfile.TarInfo("n00000001_2.JPEG")
+        link.type, link.linkname = tarfile.LNKTYPE, "n00000001_1.JPEG"
+        tf.addfile(link)
+    src = tmp_path / "src"
+    src.mkdir()
+    with tarfile.open(src / "ILSVRC2012_img_train.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("n00000001.tar")
+        info.size = len(inner.getvalue())
+        tf.addfile(info, io.BytesIO(inner.getvalue()))
+    summary = shard_tree(ShardConfig(src=src, out=tmp_path / "out", workers=1, progress=False))
+    assert summary.rejects == [] and summary.counts["train"].written == 2
+
+
+def test_verify_names_a_changed_key_and_goes_on_past_a_missing_shard(demo_shards, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "copy"
+    shutil.copytree(demo_shards, data)
+    tar = data / "imagenet-train-000000.tar"
+    raw = bytearray(tar.read_bytes())
+    at = raw.find(b"\xff\xda") + 40  # inside the first image's scan data: still decodes, bytes differ
+    raw[at] ^= 0x55
+    tar.write_bytes(bytes(raw))
+    (data / "imagenet-train-000002.tar").unlink()
+    assert shard_imagenet.main(["verify", str(data), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "imagenet-train-000000.tar: 0000" in err and "sha256 recorded" in err
+    assert "imagenet-train-000002.tar: cannot read" in err

@@ -60,6 +60,17 @@ def test_ycck_corrupt_exif_tiny_and_huge_files():
         normalize_image(png.getvalue())
     assert exc.value.reason is RejectReason.TOO_LARGE
 
+    header_only = bytearray(_jpeg(Image.new("RGB", (64, 64), (90, 90, 90))))
+    sof = header_only.find(b"\xff\xc0")
+    header_only[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2  # claims 60000x60000 in 700 bytes
+    with pytest.raises(ImageRejected, match="truncated"):
+        normalize_image(bytes(header_only))
+
+    tiff = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 0.5, dtype=np.float32), "F").save(tiff, "TIFF")
+    r = normalize_image(tiff.getvalue())
+    assert 120 < np.asarray(Image.open(io.BytesIO(r.jpeg))).mean() < 135  # 0.5 → mid grey, not black
+
     small = normalize_image(_jpeg(Image.new("RGB", (300, 200))), max_size=64)
     assert (small.width, small.height) == (64, 42) and small.conversion == "downscaled"
 

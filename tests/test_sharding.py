@@ -222,6 +222,7 @@ def test_unknown_val_class_and_missing_train_are_clear_errors(tmp_path, capsys):
 
 
 def test_sample_key_has_no_dots_and_is_unique_per_index():
-    assert sample_key(7, "train/x/n0_1.tar.JPEG") == "00000007_n0_1"
+    assert sample_key(7, "train/x/n0_1.tar.JPEG") == "00000007_n0_1_tar"
+    assert sample_key(6, "train/x/.hidden.JPEG") == "00000006__hidden"
     assert sample_key(8, "train/x/ant photos.jpg") == "00000008_ant_photos"
     assert sample_key(9, "val/y/jack-o'-lantern.JPEG") == "00000009_jack-o_-lantern"
