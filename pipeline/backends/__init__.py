@@ -31,6 +31,7 @@ class LoaderKind(str, Enum):
 
     CPU = "cpu"
     SYNTHETIC = "synthetic"
+    DALI = "dali"
 
 
 class Split(str, Enum):
@@ -101,6 +102,7 @@ class Loader(Protocol):
 _REGISTRY: dict[LoaderKind, str] = {
     LoaderKind.CPU: "pipeline.backends.cpu:CpuLoader",
     LoaderKind.SYNTHETIC: "pipeline.backends.synthetic:SyntheticLoader",
+    LoaderKind.DALI: "pipeline.backends.dali:DaliLoader",
 }
 
 
