@@ -137,3 +137,34 @@ def test_verify_names_a_changed_key_and_goes_on_past_a_missing_shard(demo_shards
     err = capsys.readouterr().err
     assert "imagenet-train-000000.tar: 0000" in err and "sha256 recorded" in err
     assert "imagenet-train-000002.tar: cannot read" in err
+
+
+def test_corrupt_sample_in_a_shard_is_skipped_counted_and_named(tmp_path, capsys):
+    """A JPEG broken after sharding: train keeps full batches, eval leaves it out, both name it."""
+    import io
+    import tarfile
+
+    src = tmp_path / "src"
+    for c in ("a", "b"):
+        for i in range(6):
+            write_jpeg(src / "train" / c / f"{c}{i}.JPEG", i)
+        for i in range(3):
+            write_jpeg(src / "val" / c / f"{c}v{i}.JPEG", 10 + i)
+    out = tmp_path / "out"
+    shard_tree(ShardConfig(src=src, out=out, shard_size=100, workers=1, progress=False))
+    for split in ("train", "val"):  # replace the first sample's jpg with garbage of the same size
+        tar = out / f"imagenet-{split}-000000.tar"
+        raw = bytearray(tar.read_bytes())
+        with tarfile.open(tar) as tf:
+            first = next(m for m in tf.getmembers() if m.name.endswith(".jpg"))
+        raw[first.offset_data:first.offset_data + first.size] = b"\x00" * first.size
+        tar.write_bytes(bytes(raw))
+        for e in json.loads((out / "_info.json").read_text())["manifest"][split]:
+            assert e["bytes"] == len(raw)
+    m_path = tmp_path / "m.json"
+    assert train_cli.main(["--data", str(out), "--batch-size", "4", "--image-size", "32", "--workers", "1",
+                           "--epochs", "1", "--metrics-json", str(m_path)]) == 0
+    m = json.loads(m_path.read_text())
+    assert m["steps"] == 3 and m["skipped_samples"] == 2 and m["eval_images"] == 5
+    err = capsys.readouterr().err
+    assert "warning: skipped sample" in err and "imagenet-train-000000.tar: 00000" in err

@@ -186,6 +186,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
 
     mem = peak_memory(env.device)
     e2e = time.time() - process_start_time()
+    skipped = [*getattr(train_loader, "skipped", []), *getattr(val_loader, "skipped", [])]
+    (skipped_total,) = distributed.all_reduce([float(len(skipped))], "sum", env)
     local = RunTimes(e2e=e2e, loop=loop_s, eval=eval_sw.total, compute=compute_sw.total, data=data_sw.total)
     *maxes, mem_used, steps_max, neg_steps_min = distributed.all_reduce(
         [local.e2e, local.loop, local.eval, local.compute, local.data, mem.used_gib, done, -done], "max", env)
@@ -202,6 +204,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         "eval_images": last_eval.count if last_eval is not None else 0,
         "val_samples": val_loader.num_samples if val_loader is not None else 0,
         "steps": done,
+        "skipped_samples": int(skipped_total),  # failed to decode in the loader (all ranks); named on stderr
+        "skipped_examples_rank0": skipped[:10],
         "rank_steps_min": int(-neg_steps_min),
         "rank_steps_max": int(steps_max),
         "epochs": epochs_run,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
 import tarfile
 from typing import Iterator
 
@@ -67,7 +68,12 @@ def shuffled(items, buffer_size: int, rng: random.Random):
 class ShardBatches(IterableDataset):
     """Iterable dataset of whole uint8 batches for one rank; DataLoader workers split it by plan.
 
-    Yields ``(images N×S×S×3 uint8, labels N int64, keys list[str])``.
+    Yields ``(images N×S×S×3 uint8, labels N int64, keys list[str], skipped list[str])``. A sample that fails
+    to decode is named in ``skipped``; in train its slot is filled with another sample of the same batch
+    (so every rank still runs the same number of full steps), in eval it is left out.
+
+    Raises:
+        SampleDecodeError: not one sample of a batch decodes.
     """
 
     def __init__(self, info: DatasetInfo, split: Split, cfg: LoaderConfig, rank: int, world_size: int):
@@ -101,13 +107,26 @@ class ShardBatches(IterableDataset):
             if not chunk:
                 return
             images = np.empty((len(chunk), size, size, 3), dtype=np.uint8)
+            ok, skipped = [], []
             for i, (url, key, data, _) in enumerate(chunk):
                 try:
                     images[i] = decode_train(data, size, rng) if train else decode_val(data, size, self.cfg.crop_pct)
+                    ok.append(i)
                 except Exception as exc:
-                    raise SampleDecodeError(f"{url}: sample {key}: cannot decode ({exc})") from None
+                    skipped.append(f"{url}: {key}: cannot decode ({type(exc).__name__}: {exc})")
+            if not ok:
+                raise SampleDecodeError(f"no sample of a batch decodes; first: {skipped[0]}")
             labels = torch.tensor([c[3] for c in chunk], dtype=torch.int64)
-            yield torch.from_numpy(images), labels, [c[1] for c in chunk]
+            keys = [c[1] for c in chunk]
+            if skipped:
+                bad = [i for i in range(len(chunk)) if i not in ok]
+                if train:  # keep the batch full (equal steps on every rank): reuse decoded samples in its place
+                    for i in bad:
+                        j = ok[rng.randrange(len(ok))]
+                        images[i], labels[i], keys[i] = images[j], labels[j], keys[j]
+                else:  # eval: leave it out (the eval count shows it)
+                    images, labels, keys = images[ok], labels[ok], [keys[i] for i in ok]
+            yield torch.from_numpy(images), labels, keys, skipped
 
 
 class CpuLoader:
@@ -131,6 +150,7 @@ class CpuLoader:
         else:
             self._len = epoch_plan.eval_batches_per_rank(self.dataset.lengths, cfg.batch_size, rank, world_size,
                                                          max(1, cfg.workers))
+        self.skipped: list[str] = []  # "<shard>: <key>: <why>" of every sample that failed to decode
 
     def __len__(self) -> int:
         return self._len
@@ -142,6 +162,9 @@ class CpuLoader:
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.workers,
                             pin_memory=self.device.type == "cuda", persistent_workers=False,
                             prefetch_factor=2 if self.cfg.workers > 0 else None)
-        for images, labels, keys in loader:
+        for images, labels, keys, skipped in loader:
+            for what in skipped:
+                self.skipped.append(what)
+                print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
             yield Batch(normalize_on_device(images, self.device), labels.to(self.device, non_blocking=True),
                         tuple(keys))
