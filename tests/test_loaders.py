@@ -27,9 +27,11 @@ def epoch(loader, e):
 @pytest.mark.parametrize("kind", list(LoaderKind))
 def test_contract(kind, demo_shards):
     info = load_info(demo_shards)
-    cfg = LoaderConfig(batch_size=4, image_size=32, workers=2)
+    # the folder backend reads the ImageFolder tree the shards were made from (conftest: <base>/tree)
+    cfg = LoaderConfig(batch_size=4, image_size=32, workers=2, data_root=demo_shards.parent / "tree")
     for split in Split:
-        loader = build_loader(kind, cfg, split, info, CPU)
+        loader = build_loader(kind, cfg, split, info if kind is not LoaderKind.FOLDER else None, CPU)
+        assert loader.num_classes == info.num_classes
         assert isinstance(loader, Loader)
         batches = epoch(loader, 0)
         assert len(batches) == len(loader)

@@ -82,3 +82,13 @@ def test_torchrun_two_ranks_equal_steps_exact_val_count(demo_shards, tmp_path):
     assert m["trained_images"] == 10 * 8
     assert m["eval_images"] == 13  # 13 val images over 2 ranks: each counted exactly once
     assert "| CPUx1x2 |" in proc.stdout
+
+
+def test_folder_baseline_trains_on_an_imagefolder_tree(demo_shards, tmp_path):
+    out = tmp_path / "m.json"
+    tree = demo_shards.parent / "tree"
+    assert train_cli.main(["--data", str(tree), "--loader", "folder", "--max-steps", "2", *SMALL,
+                           "--metrics-json", str(out)]) == 0
+    m = json.loads(out.read_text())
+    check_metrics(m)
+    assert m["loader"] == "folder" and m["steps"] == 2 and m["eval_images"] == 13

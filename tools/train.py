@@ -29,7 +29,8 @@ def _positive(kind):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, help="shard folder written by shard-imagenet (optional for synthetic)")
+    p.add_argument("--data", type=Path, help="shard folder written by shard-imagenet (an ImageFolder root with train/ and val/ for "
+                        "--loader folder; optional for synthetic)")
     p.add_argument("--loader", type=LoaderKind, choices=list(LoaderKind), default=LoaderKind.CPU,
                    metavar="{" + ",".join(k.value for k in LoaderKind) + "}", help="decode backend (default: cpu)")
     p.add_argument("--epochs", type=_positive(int), default=1, help="epochs, each followed by eval (default: 1)")

@@ -7,6 +7,7 @@ synchronised). Loss is accumulated on the device and read once per epoch (no ``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -113,14 +114,16 @@ def run(cfg: TrainConfig) -> dict:
 
 def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    info: DatasetInfo | None = load_info(cfg.data) if cfg.data is not None else None
-    if info is None and cfg.loader is not LoaderKind.SYNTHETIC:
+    reads_shards = cfg.loader not in (LoaderKind.SYNTHETIC, LoaderKind.FOLDER)
+    info: DatasetInfo | None = (load_info(cfg.data) if cfg.data is not None and cfg.loader is not LoaderKind.FOLDER
+                                else None)
+    if info is None and reads_shards:
         raise ValueError(f"--loader {cfg.loader.value} needs --data DIR (a folder written by shard-imagenet)")
-    lcfg = cfg.loader_cfg
+    lcfg = dataclasses.replace(cfg.loader_cfg, data_root=cfg.data)
     train_loader = build_loader(cfg.loader, lcfg, Split.TRAIN, info, env.device, env.rank, env.world_size)
     val_loader = (build_loader(cfg.loader, lcfg, Split.VAL, info, env.device, env.rank, env.world_size)
                   if cfg.eval else None)
-    num_classes = info.num_classes if info is not None else lcfg.synthetic_classes
+    num_classes = train_loader.num_classes
 
     precision = resolve_precision(cfg.precision, env.device)
     model = build_resnet50(num_classes, env.device)
@@ -141,7 +144,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
                      precision, env.device, make_grad_scaler(precision, env.device))
 
     device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else platform.processor() or "cpu"
-    _log(env, f"train: {cfg.loader.value} loader, {info.root if info else 'synthetic data'}, "
+    _log(env, f"train: {cfg.loader.value} loader, {cfg.data if cfg.data is not None else 'synthetic data'}, "
               f"{num_classes} classes, device {env.device} ({device_name}), world size {env.world_size}, "
               f"precision {precision.value}, batch {lcfg.batch_size}/rank (global {global_batch}), "
               f"image {lcfg.image_size}px, lr {peak_lr:g}, {steps_per_epoch} steps/epoch, {total_steps} steps")

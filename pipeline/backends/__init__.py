@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from pathlib import Path
 from dataclasses import dataclass
 from enum import Enum
 from typing import Iterator, Protocol, runtime_checkable
@@ -30,6 +31,7 @@ class LoaderKind(str, Enum):
     """Names accepted by ``train --loader``."""
 
     CPU = "cpu"
+    FOLDER = "folder"
     SYNTHETIC = "synthetic"
     DALI = "dali"
 
@@ -54,6 +56,7 @@ class LoaderConfig:
         crop_pct: eval centre-crop ratio (0.875 = Resize 256 / CenterCrop 224).
         synthetic_train_samples / synthetic_val_samples / synthetic_classes: epoch sizes and class count
             of the synthetic backend when no dataset is given (defaults: ILSVRC2012's).
+        data_root: the ``--data`` folder (the ``folder`` backend reads its ImageFolder tree directly).
     """
 
     batch_size: int
@@ -65,6 +68,7 @@ class LoaderConfig:
     synthetic_train_samples: int = IMAGENET_TRAIN_SAMPLES
     synthetic_val_samples: int = IMAGENET_VAL_SAMPLES
     synthetic_classes: int = IMAGENET_CLASSES
+    data_root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Loader(Protocol):
 
     split: Split
     num_samples: int  # samples in the whole split (all ranks)
+    num_classes: int  # classes of the dataset (model output size)
 
     def __len__(self) -> int:
         """Batches this rank yields per epoch (train: the same on every rank)."""
@@ -101,6 +106,7 @@ class Loader(Protocol):
 
 _REGISTRY: dict[LoaderKind, str] = {
     LoaderKind.CPU: "pipeline.backends.cpu:CpuLoader",
+    LoaderKind.FOLDER: "pipeline.backends.folder:FolderLoader",
     LoaderKind.SYNTHETIC: "pipeline.backends.synthetic:SyntheticLoader",
     LoaderKind.DALI: "pipeline.backends.dali:DaliLoader",
 }

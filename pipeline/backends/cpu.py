@@ -142,6 +142,7 @@ class CpuLoader:
         self.split = split
         self.device = device
         self.num_samples = info.split(split.value).num_samples
+        self.num_classes = info.num_classes
         self.dataset = ShardBatches(info, split, cfg, rank, world_size)
         self.cfg = cfg
         if split is Split.TRAIN:

@@ -80,6 +80,7 @@ class DaliLoader:
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         self.num_samples = info.split(self.split.value).num_samples
+        self.num_classes = info.num_classes
         self.epoch = 0
         train = self.split is Split.TRAIN
         bs = cfg.batch_size

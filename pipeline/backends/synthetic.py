@@ -46,6 +46,7 @@ class SyntheticLoader:
         images = torch.randn(bs, 3, cfg.image_size, cfg.image_size, generator=gen)
         self._images = images.to(device).contiguous(memory_format=torch.channels_last)
         self._labels = torch.randint(0, num_classes, (bs,), generator=gen).to(device)
+        self.num_classes = num_classes
 
     def __len__(self) -> int:
         return len(self._sizes)

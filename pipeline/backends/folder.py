@@ -1,0 +1,77 @@
+"""``folder`` backend: the torchvision baseline users compare against.
+
+``torchvision.datasets.ImageFolder`` over ``<data>/train`` and ``<data>/val`` (one JPEG file per sample,
+no shards), PIL decode with torchvision's own ``RandomResizedCrop`` + ``RandomHorizontalFlip`` (train) or
+``Resize`` + ``CenterCrop`` (val), ``DistributedSampler``-style splitting, DataLoader workers, uint8 batches
+normalised on the device. Epochs follow the same contract as the other backends.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision import datasets, transforms
+
+from pipeline import plan as epoch_plan
+from pipeline.backends import Batch, LoaderConfig, Split, _normalization_constants
+from pipeline.info import DatasetInfo
+
+
+class FolderLoader:
+    """The ``folder`` backend for one split on one rank. Implements ``Loader``.
+
+    Yields ``N×3×S×S`` float32 channels-last normalised images and ``N`` int64 labels.
+
+    Raises:
+        ValueError: no ``data_root`` in the config, or ``<data_root>/<split>`` is not an ImageFolder tree.
+    """
+
+    def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        if cfg.data_root is None:
+            raise ValueError("--loader folder needs --data DIR: an ImageFolder root holding train/<class>/ and val/<class>/")
+        size = cfg.image_size
+        if split is Split.TRAIN:
+            tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                     transforms.PILToTensor()])
+        else:
+            tf = transforms.Compose([transforms.Resize(round(size / cfg.crop_pct)), transforms.CenterCrop(size),
+                                     transforms.PILToTensor()])
+        root = cfg.data_root / split.value
+        try:
+            dataset = datasets.ImageFolder(str(root), transform=tf)
+        except (FileNotFoundError, OSError) as exc:
+            raise ValueError(f"{root}: not an ImageFolder tree ({exc}); give --data the folder holding "
+                             f"train/<class>/ and val/<class>/") from None
+        self.split = split
+        self.device = device
+        self.num_samples = len(dataset)
+        self.num_classes = len(dataset.classes)
+        self.classes = tuple(dataset.classes)
+        common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=device.type == "cuda")
+        if split is Split.TRAIN:
+            if epoch_plan.train_steps_per_epoch(self.num_samples, world_size, cfg.batch_size) == 0:
+                raise ValueError(f"train split has {self.num_samples} samples, fewer than world size × batch size"
+                                 f" = {world_size} × {cfg.batch_size}; lower --batch-size")
+            self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                              seed=cfg.seed, drop_last=True)
+            self.loader = DataLoader(dataset, sampler=self.sampler, drop_last=True, **common)
+        else:
+            lo, hi = self.num_samples * rank // world_size, self.num_samples * (rank + 1) // world_size
+            self.sampler = None
+            self.loader = DataLoader(Subset(dataset, range(lo, hi)), shuffle=False, **common)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        mean, inv_std = _normalization_constants(self.device)
+        for images, labels in self.loader:
+            x = images.to(self.device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
+            yield Batch(x.sub_(mean).mul_(inv_std), labels.to(self.device, non_blocking=True))
