@@ -101,3 +101,24 @@ def test_decode_train_gray_and_cmyk_sources_are_rgb():
         rgb.convert(mode).save(buf, "JPEG")
         out = decode_train(buf.getvalue(), 48, random.Random(0))
         assert out.shape == (48, 48, 3) and out.dtype == np.uint8
+
+
+def test_random_resized_crop_matches_torchvision_statistically():
+    """Our box sampler vs torchvision's RandomResizedCrop.get_params: same area and aspect distributions."""
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    img = Image.new("RGB", (500, 375))
+    n = 4000
+
+    def stats(boxes):
+        area = np.array([w * h / (500 * 375) for w, h in boxes])
+        log_ratio = np.array([np.log(w / h) for w, h in boxes])
+        return np.quantile(area, [0.1, 0.5, 0.9]), np.quantile(log_ratio, [0.1, 0.5, 0.9])
+
+    ours = [random_resized_crop_box(500, 375, rng)[2:] for _ in range(n)]
+    ref = [tuple(reversed(RandomResizedCrop.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))[2:])) for _ in range(n)]
+    (a1, r1), (a2, r2) = stats(ours), stats(ref)
+    assert np.abs(a1 - a2).max() < 0.03, (a1, a2)
+    assert np.abs(r1 - r2).max() < 0.03, (r1, r2)

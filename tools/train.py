@@ -8,6 +8,7 @@ results table (e2e_time, p_whole, p_train, p_core, acc1, mem) and writes it to -
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length (default: 1)")
-    p.add_argument("--workers", type=int, default=2, help="CPU decode workers per rank (default: 2)")
+    p.add_argument("--workers", type=int, help="CPU decode workers (DALI threads) per rank (default: the cores "
+                                                "available divided by the ranks on this node)")
     p.add_argument("--shuffle-buffer", type=_positive(int), default=500, help="per-worker train shuffle buffer")
     p.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
                    metavar="{" + ",".join(k.value for k in Precision) + "}",
@@ -58,12 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_workers_per_rank() -> int:
+    """Cores this process may use divided by torchrun's ranks on this node (``LOCAL_WORLD_SIZE``), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Map parsed flags onto the frozen configs."""
+    workers = args.workers if args.workers is not None else default_workers_per_rank()
     return TrainConfig(
         data=args.data,
         loader=args.loader,
-        loader_cfg=LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
+        loader_cfg=LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=workers,
                                 seed=args.seed, shuffle_buffer=args.shuffle_buffer,
                                 synthetic_train_samples=args.synthetic_train_samples,
                                 synthetic_val_samples=args.synthetic_val_samples),
@@ -81,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.workers < 0:
+    if args.workers is not None and args.workers < 0:
         parser.error("--workers must be >= 0")
     if args.warmup_epochs < 0 or not 0 <= args.label_smoothing < 1 or args.weight_decay < 0:
         parser.error("--warmup-epochs and --weight-decay must be >= 0, --label-smoothing in [0, 1)")

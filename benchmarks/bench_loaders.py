@@ -1,0 +1,107 @@
+"""Loader throughput of every decode backend on the same real images, measured in one run.
+
+    .venv/bin/python benchmarks/bench_loaders.py [--samples DIR] [--workers 2] [--image-size 224] [--repeat 3]
+
+Shards ``../shared/data/imagenet-samples`` (800 real ILSVRC2012 JPEGs, one class folder each, all in train/),
+then times one train epoch (RandomResizedCrop + flip, batches of 64, no model) of:
+
+* cpu       this project's webdataset + DataLoader + PIL (draft) backend;
+* dali      DALI's webdataset reader + decoder + crop on the CPU (device_id=None) when no GPU is present;
+* folder    torchvision ImageFolder + PIL + RandomResizedCrop (the baseline users compare against);
+* decode    PIL full decode of every file on all workers, no crop: the decode-only ceiling.
+
+Each is run ``--repeat`` times interleaved, median reported, and printed as a ratio of ``folder`` and of
+``dali``. Targets (issue 4): cpu ≥ 1.2× dali-on-CPU and ≥ 2.0× folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader  # noqa: E402
+from pipeline.info import load_info  # noqa: E402
+from pipeline.sharding import ShardConfig, shard_tree  # noqa: E402
+
+
+def _decode(path: str) -> int:
+    with Image.open(path) as img:
+        img.convert("RGB").load()
+    return 1
+
+
+def decode_only(files: list[str], workers: int) -> None:
+    with ProcessPoolExecutor(workers) as pool:
+        sum(pool.map(_decode, files, chunksize=16))
+
+
+def one_epoch(kind: LoaderKind, cfg: LoaderConfig, info) -> int:
+    loader = build_loader(kind, cfg, Split.TRAIN, info if kind is not LoaderKind.FOLDER else None,
+                          torch.device("cpu"))
+    loader.set_epoch(0)
+    return sum(b.labels.shape[0] for b in loader)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=Path, default=REPO.parent / "shared" / "data" / "imagenet-samples")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    if not args.samples.is_dir():
+        p.error(f"{args.samples}: not found; pass --samples DIR of JPEG files")
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = sorted(str(f) for f in args.samples.iterdir() if f.suffix == ".JPEG")
+        for f in files:
+            d = tmp / "tree" / "train" / Path(f).name[:9]
+            d.mkdir(parents=True, exist_ok=True)
+            os.symlink(f, d / Path(f).name)
+        shard_tree(ShardConfig(src=tmp / "tree", out=tmp / "shards", shard_size=100, workers=args.workers,
+                               progress=False))
+        info = load_info(tmp / "shards")
+        cfg = LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
+                           data_root=tmp / "tree")
+        modes = {
+            "cpu": lambda: one_epoch(LoaderKind.CPU, cfg, info),
+            "folder": lambda: one_epoch(LoaderKind.FOLDER, cfg, info),
+            "decode": lambda: decode_only(files, args.workers) or len(files),
+        }
+        try:
+            import nvidia.dali  # noqa: F401
+            modes["dali"] = lambda: one_epoch(LoaderKind.DALI, cfg, info)
+        except ImportError:
+            print("DALI not installed: dali row skipped")
+        rates: dict[str, list[float]] = {m: [] for m in modes}
+        for _ in range(args.repeat):
+            for mode, run in modes.items():
+                t0 = time.perf_counter()
+                n = run()
+                rates[mode].append(n / (time.perf_counter() - t0))
+    med = {m: statistics.median(r) for m, r in rates.items()}
+    print(f"{len(files)} real JPEGs, RandomResizedCrop {args.image_size} + flip, batch {args.batch_size}, "
+          f"{args.workers} workers, median of {args.repeat} (epoch = whole batches only)")
+    for mode, rate in med.items():
+        vs = [f"{rate / med[b]:.2f}x {b}" for b in ("folder", "dali") if b in med and b != mode]
+        print(f"{mode:<7} {rate:8.0f} img/s  (spread {min(rates[mode]):.0f}-{max(rates[mode]):.0f})  {'  '.join(vs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
