@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_loaders.py [--samples DIR] [--workers 2] [--image-size 224] [--repeat 3]
 
 Shards ``../shared/data/imagenet-samples`` (800 real ILSVRC2012 JPEGs, one class folder each, all in train/),
-then times one train epoch (RandomResizedCrop + flip, batches of 64, no model) of:
+then times train epochs (RandomResizedCrop + flip, batches of 64, no model; each loader built once and warmed up
+by one untimed epoch, so this is the steady state of a long run) of:
 
 * cpu       this project's webdataset + DataLoader + PIL (draft) backend;
 * dali      DALI's webdataset reader + decoder + crop on the CPU (device_id=None) when no GPU is present;
@@ -48,11 +49,19 @@ def decode_only(files: list[str], workers: int) -> None:
         sum(pool.map(_decode, files, chunksize=16))
 
 
-def one_epoch(kind: LoaderKind, cfg: LoaderConfig, info) -> int:
-    loader = build_loader(kind, cfg, Split.TRAIN, info if kind is not LoaderKind.FOLDER else None,
-                          torch.device("cpu"))
-    loader.set_epoch(0)
-    return sum(b.labels.shape[0] for b in loader)
+class EpochRunner:
+    """One loader, built once and warmed up by a first epoch; each call times-to-be runs the next epoch."""
+
+    def __init__(self, kind: LoaderKind, cfg: LoaderConfig, info):
+        self.loader = build_loader(kind, cfg, Split.TRAIN, info if kind is not LoaderKind.FOLDER else None,
+                                   torch.device("cpu"))
+        self.epoch = 0
+        self()  # warm-up: worker start-up of loaders that keep their workers is not counted
+
+    def __call__(self) -> int:
+        self.loader.set_epoch(self.epoch)
+        self.epoch += 1
+        return sum(b.labels.shape[0] for b in self.loader)
 
 
 def main() -> int:
@@ -79,13 +88,13 @@ def main() -> int:
         cfg = LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
                            data_root=tmp / "tree")
         modes = {
-            "cpu": lambda: one_epoch(LoaderKind.CPU, cfg, info),
-            "folder": lambda: one_epoch(LoaderKind.FOLDER, cfg, info),
+            "cpu": EpochRunner(LoaderKind.CPU, cfg, info),
+            "folder": EpochRunner(LoaderKind.FOLDER, cfg, info),
             "decode": lambda: decode_only(files, args.workers) or len(files),
         }
         try:
             import nvidia.dali  # noqa: F401
-            modes["dali"] = lambda: one_epoch(LoaderKind.DALI, cfg, info)
+            modes["dali"] = EpochRunner(LoaderKind.DALI, cfg, info)
         except ImportError:
             print("DALI not installed: dali row skipped")
         rates: dict[str, list[float]] = {m: [] for m in modes}
@@ -96,7 +105,7 @@ def main() -> int:
                 rates[mode].append(n / (time.perf_counter() - t0))
     med = {m: statistics.median(r) for m, r in rates.items()}
     print(f"{len(files)} real JPEGs, RandomResizedCrop {args.image_size} + flip, batch {args.batch_size}, "
-          f"{args.workers} workers, median of {args.repeat} (epoch = whole batches only)")
+          f"{args.workers} workers, median of {args.repeat} warm epochs (epoch = whole batches only)")
     for mode, rate in med.items():
         vs = [f"{rate / med[b]:.2f}x {b}" for b in ("folder", "dali") if b in med and b != mode]
         print(f"{mode:<7} {rate:8.0f} img/s  (spread {min(rates[mode]):.0f}-{max(rates[mode]):.0f})  {'  '.join(vs)}")

@@ -9,6 +9,7 @@ device (pinned memory, non-blocking on CUDA) and normalises it there, in channel
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import random
 import sys
 import tarfile
@@ -83,7 +84,16 @@ class ShardBatches(IterableDataset):
         self.cfg = cfg
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
+        # shared with persistent DataLoader workers (inherited at fork): set_epoch reaches them
+        self._epoch = multiprocessing.get_context("fork").Value("q", 0, lock=False)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = value
 
     def worker_plan(self, worker: int, num_workers: int) -> epoch_plan.WorkerPlan:
         c = self.cfg
@@ -152,6 +162,7 @@ class CpuLoader:
             self._len = epoch_plan.eval_batches_per_rank(self.dataset.lengths, cfg.batch_size, rank, world_size,
                                                          max(1, cfg.workers))
         self.skipped: list[str] = []  # "<shard>: <key>: <why>" of every sample that failed to decode
+        self._loader: DataLoader | None = None
 
     def __len__(self) -> int:
         return self._len
@@ -160,10 +171,13 @@ class CpuLoader:
         self.dataset.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=False,
-                            prefetch_factor=2 if self.cfg.workers > 0 else None)
-        for images, labels, keys, skipped in loader:
+        if self._loader is None:  # built once: its workers persist across epochs (no re-fork per epoch)
+            self._loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.workers,
+                                      pin_memory=self.device.type == "cuda",
+                                      persistent_workers=self.cfg.workers > 0,
+                                      multiprocessing_context="fork" if self.cfg.workers > 0 else None,
+                                      prefetch_factor=2 if self.cfg.workers > 0 else None)
+        for images, labels, keys, skipped in self._loader:
             for what in skipped:
                 self.skipped.append(what)
                 print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
