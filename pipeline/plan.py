@@ -66,8 +66,11 @@ def segments_for_range(lengths: list[int], order: list[int], start: int, stop: i
     return tuple(out)
 
 
-def _split_even(total: int, parts: int, index: int) -> tuple[int, int]:
-    """``[start, stop)`` of part ``index`` when ``total`` items are cut into ``parts`` near-equal runs."""
+def split_even(total: int, parts: int, index: int) -> tuple[int, int]:
+    """``[start, stop)`` of part ``index`` when ``total`` items are cut into ``parts`` near-equal runs.
+
+    Also how every backend (and DALI's reader) shares a split's samples between ranks.
+    """
     return total * index // parts, total * (index + 1) // parts
 
 
@@ -89,7 +92,7 @@ def plan_train(lengths: list[int], batch_size: int, rank: int, world_size: int, 
         raise ValueError(f"train split has {total} samples, fewer than world size × batch size = "
                          f"{world_size} × {batch_size}; lower --batch-size")
     per_rank = total // world_size
-    b_lo, b_hi = _split_even(steps, num_workers, worker)
+    b_lo, b_hi = split_even(steps, num_workers, worker)
     start = rank * per_rank + b_lo * batch_size
     stop = rank * per_rank + b_hi * batch_size
     order = shard_order(len(lengths), seed, epoch, shuffle=True)
@@ -100,8 +103,8 @@ def plan_eval(lengths: list[int], batch_size: int, rank: int, world_size: int, w
               num_workers: int) -> WorkerPlan:
     """Eval plan of (rank, worker): every sample once over all ranks and workers, shards in order."""
     total = sum(lengths)
-    r_lo, r_hi = _split_even(total, world_size, rank)
-    w_lo, w_hi = _split_even(r_hi - r_lo, num_workers, worker)
+    r_lo, r_hi = split_even(total, world_size, rank)
+    w_lo, w_hi = split_even(r_hi - r_lo, num_workers, worker)
     start, stop = r_lo + w_lo, r_lo + w_hi
     n = stop - start
     order = list(range(len(lengths)))

@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_workers_per_rank() -> int:
     """Cores this process may use divided by torchrun's ranks on this node (``LOCAL_WORLD_SIZE``), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    from pipeline.sharding import default_workers
+
+    return max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

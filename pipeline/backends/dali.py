@@ -52,7 +52,7 @@ def _import_dali():
 
 def rank_share(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     """``[start, stop)`` of the samples DALI's reader gives shard ``rank`` of ``world_size`` in one epoch."""
-    return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
+    return epoch_plan.split_even(num_samples, world_size, rank)
 
 
 class DaliLoader:

@@ -59,7 +59,7 @@ class FolderLoader:
                                               seed=cfg.seed, drop_last=True)
             self.loader = DataLoader(dataset, sampler=self.sampler, drop_last=True, **common)
         else:
-            lo, hi = self.num_samples * rank // world_size, self.num_samples * (rank + 1) // world_size
+            lo, hi = epoch_plan.split_even(self.num_samples, world_size, rank)
             self.sampler = None
             self.loader = DataLoader(Subset(dataset, range(lo, hi)), shuffle=False, **common)
 

@@ -38,8 +38,7 @@ class SyntheticLoader:
                                  f" = {world_size} × {bs}; lower --batch-size")
             self._sizes = [bs] * steps
         else:
-            lo = self.num_samples * rank // world_size
-            hi = self.num_samples * (rank + 1) // world_size
+            lo, hi = epoch_plan.split_even(self.num_samples, world_size, rank)
             n = hi - lo
             self._sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + rank)
