@@ -9,7 +9,7 @@ WORKERS ?= 2
 # Training flags of the demo: a low-resolution run that learns the embedded classes in a few minutes on 2 cores.
 DEMO_TRAIN_ARGS ?= --epochs 8 --batch-size 32 --image-size 64 --lr 0.05 --warmup-epochs 1 --workers 1
 
-.PHONY: demo test install clean
+.PHONY: demo test install simd unsimd clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,25 @@ endif
 
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -q
+
+# Optional speed-up: replace stock Pillow in the venv by pillow-simd (SIMD resize / colour conversion; AVX2 on
+# x86-64), built from source. Needs a C compiler and the libjpeg + zlib headers (Debian/Ubuntu:
+# sudo apt-get install -y libjpeg-dev zlib1g-dev). Any later `pip install` that pulls stock Pillow back (e.g. after
+# pyproject.toml changes) undoes it; `train` and the benchmarks print which one is in use. Undo: `make unsimd`.
+PILLOW_SIMD ?= pillow-simd==12.1.1.post0
+SIMD_CC := $(if $(filter x86_64,$(shell uname -m)),cc -mavx2,cc)
+simd: $(BIN)/.installed
+	@for h in jpeglib.h zlib.h; do printf '#include <stddef.h>\n#include <stdio.h>\n#include <%s>\n' $$h | cc -E -x c - >/dev/null 2>&1 || \
+	  { echo "make simd: $$h not found; install the headers: sudo apt-get install -y libjpeg-dev zlib1g-dev"; exit 1; }; done
+	$(BIN)/python -m pip uninstall --quiet -y pillow pillow-simd
+	CC="$(SIMD_CC)" $(BIN)/python -m pip install --quiet --no-deps --no-binary :all: $(PILLOW_SIMD) || \
+	  { $(BIN)/python -m pip install --quiet pillow; echo "make simd: build failed, stock Pillow restored"; exit 1; }
+	$(BIN)/python -c "from pipeline.transforms import decoder_name; print('decoders:', decoder_name())"
+
+unsimd: $(BIN)/.installed
+	$(BIN)/python -m pip uninstall --quiet -y pillow-simd pillow
+	$(BIN)/python -m pip install --quiet pillow
+	$(BIN)/python -c "from pipeline.transforms import decoder_name; print('decoders:', decoder_name())"
 
 clean:
 	rm -rf build

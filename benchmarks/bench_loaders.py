@@ -2,17 +2,19 @@
 
     .venv/bin/python benchmarks/bench_loaders.py [--samples DIR] [--workers 2] [--image-size 224] [--repeat 3]
 
-Shards ``../shared/data/imagenet-samples`` (800 real ILSVRC2012 JPEGs, one class folder each, all in train/),
+Shards ``../shared/data/imagenet-samples`` (800 real ILSVRC2012 JPEGs, one class folder each, all in train/,
+each entered ``--copies`` times so that an epoch is long enough to show the steady state),
 then times train epochs (RandomResizedCrop + flip, batches of 64, no model; each loader built once and warmed up
 by one untimed epoch, so this is the steady state of a long run) of:
 
-* cpu       this project's webdataset + DataLoader + PIL (draft) backend;
+* cpu       this project's webdataset + DataLoader + libjpeg-turbo (simplejpeg, DCT-scaled) backend;
 * dali      DALI's webdataset reader + decoder + crop on the CPU (device_id=None) when no GPU is present;
 * folder    torchvision ImageFolder + PIL + RandomResizedCrop (the baseline users compare against);
 * decode    PIL full decode of every file on all workers, no crop: the decode-only ceiling.
 
 Each is run ``--repeat`` times interleaved, median reported, and printed as a ratio of ``folder`` and of
-``dali``. Targets (issue 4): cpu ≥ 1.2× dali-on-CPU and ≥ 2.0× folder.
+``dali``. All backends hand out uint8 batches (no normalisation). Targets (issue 4): cpu ≥ 1.2× dali-on-CPU
+and ≥ 2.0× folder. Run it once with stock Pillow and once after ``make simd`` to see what pillow-simd adds.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import PIL  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader  # noqa: E402
 from pipeline.info import load_info  # noqa: E402
 from pipeline.sharding import ShardConfig, shard_tree  # noqa: E402
+from pipeline.transforms import decoder_name  # noqa: E402
 
 
 def _decode(path: str) -> int:
@@ -71,22 +75,27 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--copies", type=int, default=4, help="each image enters the epoch this many times (default 4)")
     args = p.parse_args()
     if not args.samples.is_dir():
         p.error(f"{args.samples}: not found; pass --samples DIR of JPEG files")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = sorted(str(f) for f in args.samples.iterdir() if f.suffix == ".JPEG")
-        for f in files:
-            d = tmp / "tree" / "train" / Path(f).name[:9]
-            d.mkdir(parents=True, exist_ok=True)
-            os.symlink(f, d / Path(f).name)
+        originals = sorted(str(f) for f in args.samples.iterdir() if f.suffix == ".JPEG")
+        files = []
+        for copy in range(args.copies):  # longer epochs: the steady state, not epoch start-up, is measured
+            for f in originals:
+                d = tmp / "tree" / "train" / Path(f).name[:9]
+                d.mkdir(parents=True, exist_ok=True)
+                link = d / f"c{copy}_{Path(f).name}"
+                os.symlink(f, link)
+                files.append(str(link))
         shard_tree(ShardConfig(src=tmp / "tree", out=tmp / "shards", shard_size=100, workers=args.workers,
                                progress=False))
         info = load_info(tmp / "shards")
         cfg = LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
-                           data_root=tmp / "tree")
+                           data_root=tmp / "tree", normalize=False)  # uint8 batches from every backend
         modes = {
             "cpu": EpochRunner(LoaderKind.CPU, cfg, info),
             "folder": EpochRunner(LoaderKind.FOLDER, cfg, info),
@@ -104,8 +113,9 @@ def main() -> int:
                 n = run()
                 rates[mode].append(n / (time.perf_counter() - t0))
     med = {m: statistics.median(r) for m, r in rates.items()}
-    print(f"{len(files)} real JPEGs, RandomResizedCrop {args.image_size} + flip, batch {args.batch_size}, "
+    print(f"{len(originals)} real JPEGs x {args.copies} = {len(files)} per epoch, RandomResizedCrop {args.image_size} + flip, uint8 batches of {args.batch_size}, "
           f"{args.workers} workers, median of {args.repeat} warm epochs (epoch = whole batches only)")
+    print(f"cpu backend decoders: {decoder_name()}; decode row: PIL {PIL.__version__} full decode")
     for mode, rate in med.items():
         vs = [f"{rate / med[b]:.2f}x {b}" for b in ("folder", "dali") if b in med and b != mode]
         print(f"{mode:<7} {rate:8.0f} img/s  (spread {min(rates[mode]):.0f}-{max(rates[mode]):.0f})  {'  '.join(vs)}")

@@ -1,19 +1,33 @@
 """CPU decode + geometry for one JPEG: RandomResizedCrop + flip (train), Resize + CenterCrop (val).
 
-Both crop in the source image's coordinates and resize only the crop (one PIL ``resize`` with a
-``box``), and let libjpeg decode at 1/2, 1/4 or 1/8 scale (PIL ``draft``, DCT-domain downscaling)
-whenever the crop still has at least the output's resolution at that scale.
-Output: an ``H×W×3`` uint8 numpy array (HWC, RGB), ``H == W == size``.
+Both pick the crop box in the source image's coordinates, let libjpeg-turbo decode at 1/2, 1/4 or 1/8 scale
+(DCT-domain downscaling) whenever the crop still has at least the output's resolution at that scale, and
+resize only the crop (antialiased bilinear, as PIL's BILINEAR and torchvision's Resize on PIL images).
+
+Decoders: simplejpeg (libjpeg-turbo 3, no PIL object on the way) for RGB / grayscale JPEGs, torch's uint8 SIMD
+resize; PIL for everything else (CMYK JPEGs, PNG, files libjpeg calls corrupt but PIL tolerates) and when
+simplejpeg is missing. pillow-simd, when installed (``make simd``), speeds the PIL path and the sharder.
+Output: an ``H×W×3`` uint8 tensor (HWC, RGB), ``H == W == size``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import io
 import math
 import random
 
 import numpy as np
+import PIL
+import torch
+import torch.nn.functional as F
 from PIL import Image
+
+try:  # libjpeg-turbo 3 with a light Python binding; the PIL path below covers its absence
+    import simplejpeg
+except ImportError:  # pragma: no cover - a dependency in pyproject; kept optional for odd platforms
+    simplejpeg = None
 
 # torchvision.transforms.RandomResizedCrop defaults (Szegedy et al. 2015, "Going deeper with convolutions").
 RRC_SCALE = (0.08, 1.0)
@@ -63,39 +77,112 @@ def center_crop_box(width: int, height: int, size: int, crop_pct: float = CROP_P
     return (width - side) / 2, (height - side) / 2, side, side
 
 
-def _decode_box(data: bytes, size: int, box_fn) -> Image.Image:
-    """Open ``data``, pick the crop box from the full-resolution size, decode (reduced when allowed),
-    and resize the box to ``size × size`` RGB."""
+def _reduction(crop_w: float, crop_h: float, size: int) -> int:
+    """Largest DCT-domain reduction (1, 2, 4 or 8) that keeps the crop at least ``size`` pixels on each side.
+
+    Only powers of two: libjpeg-turbo's SIMD IDCTs cover 1/1, 1/2, 1/4 and 1/8; other M/8 scales run in
+    plain C and decode slower than the full image (measured here, libjpeg-turbo 3 in simplejpeg's wheel).
+    """
+    reduce = min(crop_w, crop_h) / size
+    for k in (8, 4, 2):
+        if reduce >= k:
+            return k
+    return 1
+
+
+def _resize_crop(rgb: np.ndarray, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """Crop ``box`` (left, top, right, bottom; pixels of ``rgb``, rounded) out of an ``H×W×3`` uint8 array and
+    resize it to ``size × size`` with antialiased bilinear filtering (torch's uint8 SIMD kernel, which follows
+    PIL's BILINEAR resampling). Returns a ``size×size×3`` uint8 tensor (a view, not contiguous)."""
+    h, w = rgb.shape[:2]
+    left = min(max(0, int(round(box[0]))), w - 1)
+    top = min(max(0, int(round(box[1]))), h - 1)
+    right = max(left + 1, min(w, int(round(box[2]))))
+    bottom = max(top + 1, min(h, int(round(box[3]))))
+    crop = torch.from_numpy(rgb[top:bottom, left:right]).permute(2, 0, 1).unsqueeze(0)  # 1×3×h×w channels-last
+    out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out[0].permute(1, 2, 0)
+
+
+def _decode_turbo(data: bytes, size: int, box_fn) -> torch.Tensor | None:
+    """Fast path: libjpeg-turbo through simplejpeg, reduced in the DCT domain when the crop allows it.
+
+    Returns None where it does not apply (no simplejpeg, not a JPEG, CMYK/YCCK, a libjpeg error); the
+    caller then uses PIL, which decodes everything PIL can.
+    """
+    if simplejpeg is None or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        full_h, full_w, colorspace, _ = simplejpeg.decode_jpeg_header(data)  # (height, width, colorspace, subsampling)
+        if colorspace not in ("Gray", "YCbCr", "RGB"):
+            return None
+        left, top, cw, ch = box_fn(full_w, full_h)
+        k = _reduction(cw, ch, size)
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(full_w / k),
+                                     min_height=math.ceil(full_h / k))
+    except ValueError:  # simplejpeg reports every libjpeg error (incl. recoverable ones) as ValueError
+        return None
+    fx, fy = full_w / rgb.shape[1], full_h / rgb.shape[0]
+    return _resize_crop(rgb, (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy), size)
+
+
+def _decode_pil(data: bytes, size: int, box_fn) -> torch.Tensor:
+    """PIL path (any format PIL reads; pillow-simd when installed): decode, reduced with ``draft`` when the
+    crop allows it, convert to RGB, crop and resize. Returns a ``size×size×3`` uint8 tensor."""
     img = Image.open(io.BytesIO(data))
     full_w, full_h = img.size
     left, top, cw, ch = box_fn(full_w, full_h)
     if img.format == "JPEG":
-        reduce = min(cw / size, ch / size)
-        if reduce >= 2:
-            img.draft("RGB", (math.ceil(full_w / reduce), math.ceil(full_h / reduce)))
+        k = _reduction(cw, ch, size)
+        if k > 1:
+            img.draft("RGB", (math.ceil(full_w / k), math.ceil(full_h / k)))
     if img.mode != "RGB":
         img = img.convert("RGB")
     fx, fy = full_w / img.width, full_h / img.height
     box = (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy)
-    return img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return torch.from_numpy(np.array(img.resize((size, size), Image.Resampling.BILINEAR, box=box)))
 
 
-def decode_train(data: bytes, size: int, rng: random.Random) -> np.ndarray:
-    """JPEG bytes → RandomResizedCrop(size) + random horizontal flip (p=0.5) → ``size×size×3`` uint8.
+def _decode_box(data: bytes, size: int, box_fn) -> torch.Tensor:
+    out = _decode_turbo(data, size, box_fn)
+    return out if out is not None else _decode_pil(data, size, box_fn)
+
+
+def decode_train(data: bytes, size: int, rng: random.Random) -> torch.Tensor:
+    """JPEG bytes → RandomResizedCrop(size) + random horizontal flip (p=0.5) → ``size×size×3`` uint8 tensor.
+
+    The result may be a non-contiguous view; copy it into the batch (``batch[i] = ...``).
 
     Raises:
         PIL.UnidentifiedImageError / OSError: the bytes do not decode.
     """
     out = _decode_box(data, size, lambda w, h: random_resized_crop_box(w, h, rng))
     if rng.random() < 0.5:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out, dtype=np.uint8)
+        out = out.flip(1)
+    return out
 
 
-def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT) -> np.ndarray:
-    """JPEG bytes → Resize(round(size/crop_pct)) + CenterCrop(size) → ``size×size×3`` uint8.
+def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT) -> torch.Tensor:
+    """JPEG bytes → Resize(round(size/crop_pct)) + CenterCrop(size) → ``size×size×3`` uint8 tensor (maybe a view).
 
     Raises:
         PIL.UnidentifiedImageError / OSError: the bytes do not decode.
     """
-    return np.asarray(_decode_box(data, size, lambda w, h: center_crop_box(w, h, size, crop_pct)), dtype=np.uint8)
+    return _decode_box(data, size, lambda w, h: center_crop_box(w, h, size, crop_pct))
+
+
+def decoder_name() -> str:
+    """Which decoders this process uses, e.g. ``"simplejpeg 1.9.0 (libjpeg-turbo) + pillow-simd 12.1.1.post0"``."""
+    pil = f"pillow-simd {PIL.__version__}" if is_pillow_simd() else f"pillow {PIL.__version__}"
+    if simplejpeg is None:
+        return f"{pil} (simplejpeg not installed)"
+    return f"simplejpeg {simplejpeg.__version__} (libjpeg-turbo) + {pil}"
+
+
+@functools.cache
+def is_pillow_simd() -> bool:
+    """True when the ``PIL`` package this process imports is pillow-simd's (``make simd``), not stock Pillow's."""
+    try:
+        return importlib.metadata.distribution("pillow-simd").version == PIL.__version__
+    except importlib.metadata.PackageNotFoundError:
+        return False

@@ -57,6 +57,8 @@ class LoaderConfig:
         synthetic_train_samples / synthetic_val_samples / synthetic_classes: epoch sizes and class count
             of the synthetic backend when no dataset is given (defaults: ILSVRC2012's).
         data_root: the ``--data`` folder (the ``folder`` backend reads its ImageFolder tree directly).
+        normalize: True: images arrive as ImageNet-normalised float32; False: as uint8 0..255 (the same
+            geometry), for loader benchmarks and for models that normalise themselves.
     """
 
     batch_size: int
@@ -69,6 +71,7 @@ class LoaderConfig:
     synthetic_val_samples: int = IMAGENET_VAL_SAMPLES
     synthetic_classes: int = IMAGENET_CLASSES
     data_root: Path | None = None
+    normalize: bool = True
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,8 @@ class Batch:
     """One batch on the training device.
 
     Attributes:
-        images: ``N×3×H×W`` float32, normalised with the ImageNet mean/std, channels-last strides.
+        images: ``N×3×H×W`` channels-last strides: float32 normalised with the ImageNet mean/std, or uint8 0..255
+            when the loader was built with ``LoaderConfig.normalize=False``.
         labels: ``N`` int64 class indices.
         keys: the samples' shard keys, where the backend knows them (empty otherwise).
     """
@@ -124,14 +128,51 @@ def build_loader(kind: LoaderKind, cfg: LoaderConfig, split: Split, info: Datase
     return cls(cfg=cfg, split=Split(split), info=info, device=device, rank=rank, world_size=world_size)
 
 
-def normalize_on_device(images_nhwc_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``N×H×W×3`` uint8 (host, ideally pinned) → ``N×3×H×W`` float32 normalised, channels-last, on ``device``.
+def normalize_on_device(images_nhwc_u8: torch.Tensor, device: torch.device, normalize: bool = True) -> torch.Tensor:
+    """``N×H×W×3`` uint8 (host, ideally pinned) → ``N×3×H×W`` on ``device`` with channels-last strides:
+    float32 ImageNet-normalised, or the uint8 values themselves when ``normalize`` is False.
 
     The NHWC buffer permuted to NCHW already has channels-last strides, so no layout copy is made.
     """
     x = images_nhwc_u8.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    if not normalize:
+        return x
     mean, inv_std = _normalization_constants(device)
     return x.float().sub_(mean).mul_(inv_std)
+
+
+def to_device_prefetched(host_batches: Iterator[tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]],
+                         device: torch.device, normalize: bool = True) -> Iterator[Batch]:
+    """Host batches ``(N×H×W×3 uint8, N int64, keys)`` → :class:`Batch` on ``device``.
+
+    On CUDA the copy and normalisation of batch ``i+1`` are queued on a side stream as soon as batch ``i`` is
+    handed out, so they overlap the training step (timm's PrefetchLoader idea); the consumer's stream waits
+    for that side stream before it uses a batch, and the tensors are recorded on the consumer's stream so the
+    caching allocator does not reuse them early. Elsewhere each batch is converted when it is asked for.
+    """
+    if device.type != "cuda":
+        for images, labels, keys in host_batches:
+            yield Batch(normalize_on_device(images, device, normalize), labels.to(device), keys)
+        return
+    side = torch.cuda.Stream(device=device)
+
+    def upload(item):
+        images, labels, keys = item
+        with torch.cuda.stream(side):
+            return Batch(normalize_on_device(images, device, normalize), labels.to(device, non_blocking=True), keys)
+
+    it = iter(host_batches)
+    nxt = next(it, None)
+    ready = upload(nxt) if nxt is not None else None
+    while ready is not None:
+        current = torch.cuda.current_stream(device)
+        current.wait_stream(side)
+        ready.images.record_stream(current)
+        ready.labels.record_stream(current)
+        batch = ready
+        nxt = next(it, None)
+        ready = upload(nxt) if nxt is not None else None
+        yield batch
 
 
 @functools.cache
@@ -142,4 +183,5 @@ def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.
     return mean, inv_std
 
 
-__all__ = ["Batch", "Loader", "LoaderConfig", "LoaderKind", "Split", "build_loader", "normalize_on_device"]
+__all__ = ["Batch", "Loader", "LoaderConfig", "LoaderKind", "Split", "build_loader", "normalize_on_device",
+           "to_device_prefetched"]

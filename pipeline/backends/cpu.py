@@ -1,9 +1,11 @@
-"""CPU decode backend: webdataset shards → DataLoader workers (PIL / pillow-simd) → uint8 batches → device.
+"""CPU decode backend: webdataset shards → DataLoader workers (libjpeg-turbo / PIL) → uint8 batches → device.
 
-Each worker reads its part of the epoch (see :mod:`pipeline.plan`) with webdataset's tar iterators,
+Each worker reads its part of the epoch (see :mod:`pipeline.plan`) with :mod:`pipeline.tarstream` (local
+files, or http(s):// / s3:// URLs streamed through webdataset's ``gopen``),
 shuffles train samples through a buffer, decodes and crops with :mod:`pipeline.transforms`, and
-collates whole batches itself as ``N×H×W×3`` uint8. The training process only copies the batch to the
-device (pinned memory, non-blocking on CUDA) and normalises it there, in channels-last layout.
+collates whole batches itself as ``N×H×W×3`` uint8. Workers decode straight into shared memory, so the
+hand-off copies nothing; the training process only copies the batch to the device (pinned memory,
+non-blocking, one batch ahead on a side stream on CUDA) and normalises it there, in channels-last layout.
 """
 
 from __future__ import annotations
@@ -12,17 +14,15 @@ import itertools
 import multiprocessing
 import random
 import sys
-import tarfile
 from typing import Iterator
 
-import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline import plan as epoch_plan
-from pipeline.backends import Batch, LoaderConfig, Split, normalize_on_device
+from pipeline.backends import Batch, LoaderConfig, Split, to_device_prefetched
 from pipeline.info import DatasetInfo
+from pipeline.tarstream import ShardReadError, iter_samples
 from pipeline.transforms import decode_train, decode_val
 
 
@@ -30,23 +30,20 @@ class SampleDecodeError(RuntimeError):
     """A sample in a shard could not be decoded; the message names the shard and the key."""
 
 
-class ShardReadError(RuntimeError):
-    """A shard could not be read (truncated, not a tar, member missing); the message names it."""
-
-
 def read_segments(paths: list[str], segments) -> Iterator[tuple[str, str, bytes, int]]:
-    """Yield ``(shard path, key, jpg bytes, label)`` for every sample of ``segments``, in order."""
+    """Yield ``(shard path or URL, key, jpg bytes, label)`` for every sample of ``segments``, in order.
+
+    Raises:
+        ShardReadError: a shard cannot be read, or a sample lacks its ``jpg`` / ``cls`` member (names the shard).
+    """
     for seg in segments:
         url = paths[seg.shard]
-        samples = wds.tariterators.tarfile_samples([{"url": url}])
-        try:
-            for sample in itertools.islice(samples, seg.skip, seg.skip + seg.take):
-                yield url, sample["__key__"], sample["jpg"], int(sample["cls"])
-        except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
-            raise ShardReadError(f"{url}: unreadable shard ({type(exc).__name__}: {exc}); "
-                                 f"run `shard-imagenet verify` on its folder") from None
-        finally:
-            samples.close()
+        for key, members in iter_samples(url, seg.skip, seg.take):
+            try:
+                yield url, key, members["jpg"], int(members["cls"])
+            except (KeyError, ValueError) as exc:
+                raise ShardReadError(f"{url}: sample {key} has no usable {exc} member; run `shard-imagenet verify` "
+                                     f"on its folder") from None
 
 
 def shuffled(items, buffer_size: int, rng: random.Random):
@@ -116,7 +113,9 @@ class ShardBatches(IterableDataset):
             chunk = list(itertools.islice(samples, bs))
             if not chunk:
                 return
-            images = np.empty((len(chunk), size, size, 3), dtype=np.uint8)
+            images = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8)
+            if wi is not None:  # decode straight into shared memory: the hand-off to the main process copies nothing
+                images.share_memory_()
             ok, skipped = [], []
             for i, (url, key, data, _) in enumerate(chunk):
                 try:
@@ -136,7 +135,7 @@ class ShardBatches(IterableDataset):
                         images[i], labels[i], keys[i] = images[j], labels[j], keys[j]
                 else:  # eval: leave it out (the eval count shows it)
                     images, labels, keys = images[ok], labels[ok], [keys[i] for i in ok]
-            yield torch.from_numpy(images), labels, keys, skipped
+            yield images, labels, keys, skipped
 
 
 class CpuLoader:
@@ -177,9 +176,11 @@ class CpuLoader:
                                       persistent_workers=self.cfg.workers > 0,
                                       multiprocessing_context="fork" if self.cfg.workers > 0 else None,
                                       prefetch_factor=2 if self.cfg.workers > 0 else None)
+        yield from to_device_prefetched(self._host_batches(), self.device, self.cfg.normalize)
+
+    def _host_batches(self):
         for images, labels, keys, skipped in self._loader:
             for what in skipped:
                 self.skipped.append(what)
                 print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
-            yield Batch(normalize_on_device(images, self.device), labels.to(self.device, non_blocking=True),
-                        tuple(keys))
+            yield images, labels, tuple(keys)

@@ -58,7 +58,8 @@ def rank_share(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
 class DaliLoader:
     """The ``dali`` backend for one split on one rank (see module docstring). Implements ``Loader``.
 
-    Yields :class:`Batch` with ``images`` ``N×3×S×S`` float32 (ImageNet-normalised, channels-last strides: an
+    Yields :class:`Batch` with ``images`` ``N×3×S×S`` float32 (ImageNet-normalised; uint8 0..255 with
+    ``normalize=False``; channels-last strides: an
     ``N×S×S×3`` buffer permuted, no layout copy) and ``labels`` ``N`` int64, both on ``device``; ``keys`` is
     empty. Train batches are always full; the last val batch of a rank may be partial.
 
@@ -106,7 +107,11 @@ class DaliLoader:
             if cuda else None
         size = cfg.image_size
         decode_device = "mixed" if cuda else "cpu"
-        mean, std = list(IMAGENET_MEAN_255), list(IMAGENET_STD_255)
+        if cfg.normalize:
+            norm = dict(dtype=types.FLOAT, mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255))
+        else:
+            norm = dict(dtype=types.UINT8)
+        self._dtype = torch.float32 if cfg.normalize else torch.uint8
 
         @pipeline_def(batch_size=bs, num_threads=max(1, cfg.workers), device_id=device_id,
                       seed=cfg.seed + 1_000_003 * rank, prefetch_queue_depth=2)
@@ -121,13 +126,12 @@ class DaliLoader:
                                                        random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3],
                                                        num_attempts=10)
                 images = fn.resize(images, resize_x=size, resize_y=size)
-                images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="HWC", mean=mean,
-                                                  std=std, mirror=fn.random.coin_flip(probability=0.5))
+                images = fn.crop_mirror_normalize(images, output_layout="HWC",
+                                                  mirror=fn.random.coin_flip(probability=0.5), **norm)
             else:
                 images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
                 images = fn.resize(images, resize_shorter=round(size / cfg.crop_pct))
-                images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="HWC", crop=(size, size),
-                                                  mean=mean, std=std)
+                images = fn.crop_mirror_normalize(images, output_layout="HWC", crop=(size, size), **norm)
             return images, labels
 
         self._pipe = graph()
@@ -155,15 +159,15 @@ class DaliLoader:
         self._pos = 0
 
     def _to_torch(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """DALI outputs → (``N×3×S×S`` float32 channels-last, ``N`` int64) on ``self.device``, owned by torch."""
+        """DALI outputs → (``N×3×S×S`` float32 or uint8 channels-last, ``N`` int64) on ``self.device``, owned by torch."""
         if self.device.type == "cuda":
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             dense = images.as_tensor()
-            nhwc = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
+            nhwc = torch.empty(dense.shape(), dtype=self._dtype, device=self.device)
             feed_ndarray(dense, nhwc, cuda_stream=torch.cuda.current_stream(self.device))
         else:
-            nhwc = torch.from_numpy(np.array(images.as_tensor(), dtype=np.float32, copy=True))  # DALI reuses its buffer
+            nhwc = torch.from_numpy(np.array(images.as_tensor(), copy=True))  # DALI reuses its buffer
         lbl = torch.from_numpy(np.array(labels.as_tensor(), dtype=np.int64).reshape(-1))
         return nhwc.permute(0, 3, 1, 2), lbl.to(self.device, non_blocking=True)
 

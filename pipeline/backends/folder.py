@@ -15,14 +15,15 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
 from pipeline import plan as epoch_plan
-from pipeline.backends import Batch, LoaderConfig, Split, _normalization_constants
+from pipeline.backends import Batch, LoaderConfig, Split, to_device_prefetched
 from pipeline.info import DatasetInfo
 
 
 class FolderLoader:
     """The ``folder`` backend for one split on one rank. Implements ``Loader``.
 
-    Yields ``N×3×S×S`` float32 channels-last normalised images and ``N`` int64 labels.
+    Yields ``N×3×S×S`` channels-last images (float32 normalised, or uint8 with ``normalize=False``) and ``N``
+    int64 labels.
 
     Raises:
         ValueError: no ``data_root`` in the config, or ``<data_root>/<split>`` is not an ImageFolder tree.
@@ -47,6 +48,7 @@ class FolderLoader:
                              f"train/<class>/ and val/<class>/") from None
         self.split = split
         self.device = device
+        self.normalize = cfg.normalize
         self.num_samples = len(dataset)
         self.num_classes = len(dataset.classes)
         self.classes = tuple(dataset.classes)
@@ -71,7 +73,5 @@ class FolderLoader:
             self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        mean, inv_std = _normalization_constants(self.device)
-        for images, labels in self.loader:
-            x = images.to(self.device, non_blocking=True).float().contiguous(memory_format=torch.channels_last)
-            yield Batch(x.sub_(mean).mul_(inv_std), labels.to(self.device, non_blocking=True))
+        host = ((images.permute(0, 2, 3, 1).contiguous(), labels, ()) for images, labels in self.loader)  # → NHWC
+        yield from to_device_prefetched(host, self.device, self.normalize)
