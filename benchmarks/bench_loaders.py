@@ -32,13 +32,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import DEFAULT_SAMPLES, sample_tree, shard_sample_tree  # noqa: E402
+
 import PIL  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader  # noqa: E402
 from pipeline.info import load_info  # noqa: E402
-from pipeline.sharding import ShardConfig, shard_tree  # noqa: E402
 from pipeline.transforms import decoder_name  # noqa: E402
 
 
@@ -70,7 +71,7 @@ class EpochRunner:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", type=Path, default=REPO.parent / "shared" / "data" / "imagenet-samples")
+    p.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)
@@ -82,17 +83,8 @@ def main() -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        originals = sorted(str(f) for f in args.samples.iterdir() if f.suffix == ".JPEG")
-        files = []
-        for copy in range(args.copies):  # longer epochs: the steady state, not epoch start-up, is measured
-            for f in originals:
-                d = tmp / "tree" / "train" / Path(f).name[:9]
-                d.mkdir(parents=True, exist_ok=True)
-                link = d / f"c{copy}_{Path(f).name}"
-                os.symlink(f, link)
-                files.append(str(link))
-        shard_tree(ShardConfig(src=tmp / "tree", out=tmp / "shards", shard_size=100, workers=args.workers,
-                               progress=False))
+        files = sample_tree(args.samples, tmp / "tree", args.copies)
+        shard_sample_tree(tmp / "tree", tmp / "shards", args.workers)
         info = load_info(tmp / "shards")
         cfg = LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
                            data_root=tmp / "tree", normalize=False)  # uint8 batches from every backend
@@ -113,7 +105,7 @@ def main() -> int:
                 n = run()
                 rates[mode].append(n / (time.perf_counter() - t0))
     med = {m: statistics.median(r) for m, r in rates.items()}
-    print(f"{len(originals)} real JPEGs x {args.copies} = {len(files)} per epoch, RandomResizedCrop {args.image_size} + flip, uint8 batches of {args.batch_size}, "
+    print(f"{len(files) // args.copies} real JPEGs x {args.copies} = {len(files)} per epoch, RandomResizedCrop {args.image_size} + flip, uint8 batches of {args.batch_size}, "
           f"{args.workers} workers, median of {args.repeat} warm epochs (epoch = whole batches only)")
     print(f"cpu backend decoders: {decoder_name()}; decode row: PIL {PIL.__version__} full decode")
     for mode, rate in med.items():

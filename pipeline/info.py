@@ -7,6 +7,9 @@
 
 It is the last file the sharder writes, so its presence means the shards are complete.
 ``classes.txt`` holds one class name (the wnid for ImageNet) per line; line i is class index i.
+
+A dataset may also live behind a URL prefix (``http(s)://host/path``, ``s3://bucket/prefix``): the same files,
+fetched with :mod:`pipeline.tarstream` (only the ``cpu`` backend streams shards from URLs).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.tarstream import ShardReadError, is_url, join, read_location
 
 INFO_FILE = "_info.json"
 CLASSES_FILE = "classes.txt"
@@ -53,13 +58,13 @@ class DatasetInfo:
     """A sharded dataset folder: its splits and classes.
 
     Attributes:
-        root: the folder.
+        root: the folder (a ``Path``), or its URL prefix (a ``str``).
         splits: split name → :class:`SplitInfo`.
         classes: class names; the label of class ``classes[i]`` is ``i``.
         extra: the other top-level keys of ``_info.json`` (seed, source, layout, ...).
     """
 
-    root: Path
+    root: Path | str
     splits: dict[str, SplitInfo]
     classes: tuple[str, ...]
     extra: dict
@@ -79,9 +84,14 @@ class DatasetInfo:
                                f"shard a tree with a {name}/ folder")
         return self.splits[name]
 
+    @property
+    def remote(self) -> bool:
+        """True when the dataset is read from a URL (shards are streamed, not opened as files)."""
+        return is_url(self.root)
+
     def shard_paths(self, name: str) -> list[str]:
-        """Absolute paths of the shards of split ``name``, in order."""
-        return [str(self.root / f) for f in self.split(name).filenames]
+        """Absolute paths (or URLs) of the shards of split ``name``, in order."""
+        return [join(self.root, f) for f in self.split(name).filenames]
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -103,23 +113,33 @@ def write_info(root: Path, splits: list[SplitInfo], **extra) -> None:
 
 
 def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
-    """Read a shard folder written by ``shard-imagenet``.
+    """Read a shard folder written by ``shard-imagenet``, from disk or from a URL prefix.
 
     Args:
-        root: the folder.
-        check_files: also check that every listed shard exists with the manifest's size (a stat each).
+        root: the folder, or an ``http(s)://`` / ``s3://`` URL of a copy of it.
+        check_files: also check that every listed shard exists with the manifest's size (a stat each;
+            local folders only: remote shards are checked as they are read).
 
     Raises:
         DatasetError: ``_info.json`` or ``classes.txt`` missing or malformed, or (with ``check_files``) a
             listed shard missing or of the wrong size.
     """
-    root = Path(root)
-    info_path = root / INFO_FILE
-    if not info_path.is_file():
-        raise DatasetError(f"{info_path}: not found; run `shard-imagenet SRC --out {root}` first "
+    remote = is_url(root)
+    root = str(root).rstrip("/") if remote else Path(root)
+    info_loc = join(root, INFO_FILE)
+    if remote:
+        try:
+            info_text = read_location(info_loc).decode("utf-8")
+        except (ShardReadError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{info_loc}: cannot fetch ({exc}); check the URL (it must hold the files "
+                               f"shard-imagenet wrote)") from None
+    elif not Path(info_loc).is_file():
+        raise DatasetError(f"{info_loc}: not found; run `shard-imagenet SRC --out {root}` first "
                            f"(or point --data at the folder that holds the shards)")
+    else:
+        info_text = Path(info_loc).read_text()
     try:
-        obj = json.loads(info_path.read_text())
+        obj = json.loads(info_text)
         splits = {}
         for name, s in obj["splits"].items():
             split = SplitInfo(name=s.get("name", name), num_samples=int(s["num_samples"]),
@@ -127,18 +147,25 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
             if len(split.filenames) != len(split.shard_lengths) or sum(split.shard_lengths) != split.num_samples:
                 raise ValueError(f"split '{name}': filenames, shard_lengths and num_samples disagree")
             splits[name] = split
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{info_path}: malformed ({exc}); re-run shard-imagenet") from None
-    classes_path = root / CLASSES_FILE
-    if not classes_path.is_file():
-        raise DatasetError(f"{classes_path}: not found; re-run shard-imagenet")
-    text = classes_path.read_text(encoding="utf-8", errors="surrogateescape")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{info_loc}: malformed ({exc}); re-run shard-imagenet") from None
+    classes_loc = join(root, CLASSES_FILE)
+    if remote:
+        try:
+            raw = read_location(classes_loc)
+        except ShardReadError as exc:
+            raise DatasetError(f"{classes_loc}: cannot fetch ({exc}); re-run shard-imagenet / re-upload") from None
+    elif not Path(classes_loc).is_file():
+        raise DatasetError(f"{classes_loc}: not found; re-run shard-imagenet")
+    else:
+        raw = Path(classes_loc).read_bytes()
+    text = raw.decode("utf-8", errors="surrogateescape")
     classes = tuple(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"))  # names kept exactly
     if "num_classes" in obj and obj["num_classes"] != len(classes):
-        raise DatasetError(f"{classes_path}: {len(classes)} classes, {INFO_FILE} says {obj['num_classes']}; "
+        raise DatasetError(f"{classes_loc}: {len(classes)} classes, {INFO_FILE} says {obj['num_classes']}; "
                            f"re-run shard-imagenet")
     sizes = {e["filename"]: e["bytes"] for entries in obj.get("manifest", {}).values() for e in entries}
-    for split in splits.values() if check_files else ():
+    for split in splits.values() if check_files and not remote else ():
         for f in split.filenames:
             path = root / f
             if not path.is_file():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 from typing import BinaryIO, Iterator
 
 BLOCK = 512
@@ -48,7 +49,7 @@ def open_shard(location: str) -> BinaryIO:
         ValueError: an unsupported URL scheme.
     """
     if location.startswith("s3://"):
-        location = f"pipe:aws s3 cp --quiet '{location}' -"
+        location = f"pipe:aws s3 cp --quiet {shlex.quote(location)} -"
     if is_url(location):
         import webdataset as wds  # only needed for remote shards
 

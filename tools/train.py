@@ -28,10 +28,18 @@ def _positive(kind):
     return parse
 
 
+def _data_location(text: str) -> Path | str:
+    """``--data``: a URL prefix stays a string, anything else is a local path."""
+    from pipeline.tarstream import is_url
+
+    return text if is_url(text) else Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, help="shard folder written by shard-imagenet (an ImageFolder root with train/ and val/ for "
-                        "--loader folder; optional for synthetic)")
+    p.add_argument("--data", type=_data_location,
+                   help="shard folder written by shard-imagenet, or its http(s):// / s3:// URL prefix (cpu loader); "
+                        "an ImageFolder root with train/ and val/ for --loader folder; optional for synthetic")
     p.add_argument("--loader", type=LoaderKind, choices=list(LoaderKind), default=LoaderKind.CPU,
                    metavar="{" + ",".join(k.value for k in LoaderKind) + "}", help="decode backend (default: cpu)")
     p.add_argument("--epochs", type=_positive(int), default=1, help="epochs, each followed by eval (default: 1)")
@@ -97,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup-epochs and --weight-decay must be >= 0, --label-smoothing in [0, 1)")
     from train.loop import run  # imported late: torch start-up is not needed for --help
 
-    from pipeline.backends.cpu import SampleDecodeError, ShardReadError
+    from pipeline.backends.cpu import SampleDecodeError
+    from pipeline.tarstream import ShardReadError
 
     try:
         run(config_from_args(args))

@@ -34,7 +34,7 @@ class TrainConfig:
     """One run.
 
     Attributes:
-        data: shard folder written by shard-imagenet (None only for the synthetic loader).
+        data: shard folder written by shard-imagenet, or its URL prefix (None only for the synthetic loader).
         loader: decode backend.
         loader_cfg: options of the backend (batch size is per rank).
         optim: optimizer and schedule.
@@ -46,7 +46,7 @@ class TrainConfig:
         eval: evaluate after every epoch (FlagPerf does).
     """
 
-    data: Path | None
+    data: Path | str | None
     loader: LoaderKind
     loader_cfg: LoaderConfig
     optim: OptimConfig = field(default_factory=OptimConfig)

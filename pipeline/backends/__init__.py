@@ -56,7 +56,7 @@ class LoaderConfig:
         crop_pct: eval centre-crop ratio (0.875 = Resize 256 / CenterCrop 224).
         synthetic_train_samples / synthetic_val_samples / synthetic_classes: epoch sizes and class count
             of the synthetic backend when no dataset is given (defaults: ILSVRC2012's).
-        data_root: the ``--data`` folder (the ``folder`` backend reads its ImageFolder tree directly).
+        data_root: the ``--data`` folder or URL (the ``folder`` backend reads its ImageFolder tree directly).
         normalize: True: images arrive as ImageNet-normalised float32; False: as uint8 0..255 (the same
             geometry), for loader benchmarks and for models that normalise themselves.
     """
@@ -70,7 +70,7 @@ class LoaderConfig:
     synthetic_train_samples: int = IMAGENET_TRAIN_SAMPLES
     synthetic_val_samples: int = IMAGENET_VAL_SAMPLES
     synthetic_classes: int = IMAGENET_CLASSES
-    data_root: Path | None = None
+    data_root: Path | str | None = None
     normalize: bool = True
 
 

@@ -73,6 +73,9 @@ class DaliLoader:
         pipeline_def, fn, types = _import_dali()
         if info is None:
             raise ValueError("--loader dali needs --data DIR (a folder written by shard-imagenet)")
+        if info.remote:
+            raise ValueError(f"--loader dali reads shards from disk only, not {info.root}; copy them to a local or "
+                             f"mounted folder, or stream them with --loader cpu")
         if cfg.batch_size < 1 or cfg.image_size < 8 or cfg.workers < 0 or not 0 <= rank < world_size:
             raise ValueError(f"bad loader options: batch_size={cfg.batch_size}, image_size={cfg.image_size}, "
                              f"workers={cfg.workers}, rank={rank}, world_size={world_size}")

@@ -17,6 +17,7 @@ from torchvision import datasets, transforms
 from pipeline import plan as epoch_plan
 from pipeline.backends import Batch, LoaderConfig, Split, to_device_prefetched
 from pipeline.info import DatasetInfo
+from pipeline.tarstream import is_url
 
 
 class FolderLoader:
@@ -31,8 +32,9 @@ class FolderLoader:
 
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
                  rank: int = 0, world_size: int = 1):
-        if cfg.data_root is None:
-            raise ValueError("--loader folder needs --data DIR: an ImageFolder root holding train/<class>/ and val/<class>/")
+        if cfg.data_root is None or is_url(cfg.data_root):
+            raise ValueError("--loader folder needs --data DIR: a local ImageFolder root holding train/<class>/ and "
+                             "val/<class>/")
         size = cfg.image_size
         if split is Split.TRAIN:
             tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
