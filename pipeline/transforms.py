@@ -17,6 +17,7 @@ import importlib.metadata
 import io
 import math
 import random
+import time
 
 import numpy as np
 import PIL
@@ -104,7 +105,7 @@ def _resize_crop(rgb: np.ndarray, box: tuple[float, float, float, float], size: 
     return out[0].permute(1, 2, 0)
 
 
-def _decode_turbo(data: bytes, size: int, box_fn) -> torch.Tensor | None:
+def _decode_turbo(data: bytes, size: int, box_fn, times: list[float] | None = None) -> torch.Tensor | None:
     """Fast path: libjpeg-turbo through simplejpeg, reduced in the DCT domain when the crop allows it.
 
     Returns None where it does not apply (no simplejpeg, not a JPEG, CMYK/YCCK, a libjpeg error); the
@@ -112,6 +113,7 @@ def _decode_turbo(data: bytes, size: int, box_fn) -> torch.Tensor | None:
     """
     if simplejpeg is None or data[:2] != b"\xff\xd8":
         return None
+    t0 = time.perf_counter()
     try:
         full_h, full_w, colorspace, _ = simplejpeg.decode_jpeg_header(data)  # (height, width, colorspace, subsampling)
         if colorspace not in ("Gray", "YCbCr", "RGB"):
@@ -122,13 +124,19 @@ def _decode_turbo(data: bytes, size: int, box_fn) -> torch.Tensor | None:
                                      min_height=math.ceil(full_h / k))
     except ValueError:  # simplejpeg reports every libjpeg error (incl. recoverable ones) as ValueError
         return None
+    t1 = time.perf_counter()
     fx, fy = full_w / rgb.shape[1], full_h / rgb.shape[0]
-    return _resize_crop(rgb, (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy), size)
+    out = _resize_crop(rgb, (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy), size)
+    if times is not None:
+        times[0] += t1 - t0
+        times[1] += time.perf_counter() - t1
+    return out
 
 
-def _decode_pil(data: bytes, size: int, box_fn) -> torch.Tensor:
+def _decode_pil(data: bytes, size: int, box_fn, times: list[float] | None = None) -> torch.Tensor:
     """PIL path (any format PIL reads; pillow-simd when installed): decode, reduced with ``draft`` when the
     crop allows it, convert to RGB, crop and resize. Returns a ``size×size×3`` uint8 tensor."""
+    t0 = time.perf_counter()
     img = Image.open(io.BytesIO(data))
     full_w, full_h = img.size
     left, top, cw, ch = box_fn(full_w, full_h)
@@ -136,39 +144,51 @@ def _decode_pil(data: bytes, size: int, box_fn) -> torch.Tensor:
         k = _reduction(cw, ch, size)
         if k > 1:
             img.draft("RGB", (math.ceil(full_w / k), math.ceil(full_h / k)))
+    img.load()
     if img.mode != "RGB":
         img = img.convert("RGB")
+    t1 = time.perf_counter()
     fx, fy = full_w / img.width, full_h / img.height
     box = (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy)
-    return torch.from_numpy(np.array(img.resize((size, size), Image.Resampling.BILINEAR, box=box)))
-
-
-def _decode_box(data: bytes, size: int, box_fn) -> torch.Tensor:
-    out = _decode_turbo(data, size, box_fn)
-    return out if out is not None else _decode_pil(data, size, box_fn)
-
-
-def decode_train(data: bytes, size: int, rng: random.Random) -> torch.Tensor:
-    """JPEG bytes → RandomResizedCrop(size) + random horizontal flip (p=0.5) → ``size×size×3`` uint8 tensor.
-
-    The result may be a non-contiguous view; copy it into the batch (``batch[i] = ...``).
-
-    Raises:
-        PIL.UnidentifiedImageError / OSError: the bytes do not decode.
-    """
-    out = _decode_box(data, size, lambda w, h: random_resized_crop_box(w, h, rng))
-    if rng.random() < 0.5:
-        out = out.flip(1)
+    out = torch.from_numpy(np.array(img.resize((size, size), Image.Resampling.BILINEAR, box=box)))
+    if times is not None:
+        times[0] += t1 - t0
+        times[1] += time.perf_counter() - t1
     return out
 
 
-def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT) -> torch.Tensor:
-    """JPEG bytes → Resize(round(size/crop_pct)) + CenterCrop(size) → ``size×size×3`` uint8 tensor (maybe a view).
+def _decode_box(data: bytes, size: int, box_fn, times: list[float] | None) -> torch.Tensor:
+    out = _decode_turbo(data, size, box_fn, times)
+    return out if out is not None else _decode_pil(data, size, box_fn, times)
+
+
+def decode_train(data: bytes, size: int, rng: random.Random, times: list[float] | None = None) -> torch.Tensor:
+    """JPEG bytes → RandomResizedCrop(size) + random horizontal flip (p=0.5) → ``size×size×3`` uint8 tensor.
+
+    The result may be a non-contiguous view; copy it into the batch (``batch[i] = ...``). With ``times``
+    (``[decode_s, augment_s]``), the seconds spent decoding and cropping/resizing/flipping are added to it.
 
     Raises:
         PIL.UnidentifiedImageError / OSError: the bytes do not decode.
     """
-    return _decode_box(data, size, lambda w, h: center_crop_box(w, h, size, crop_pct))
+    out = _decode_box(data, size, lambda w, h: random_resized_crop_box(w, h, rng), times)
+    if rng.random() < 0.5:
+        t0 = time.perf_counter()
+        out = out.flip(1)
+        if times is not None:
+            times[1] += time.perf_counter() - t0
+    return out
+
+
+def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT, times: list[float] | None = None) -> torch.Tensor:
+    """JPEG bytes → Resize(round(size/crop_pct)) + CenterCrop(size) → ``size×size×3`` uint8 tensor (maybe a view).
+
+    ``times`` as in :func:`decode_train`.
+
+    Raises:
+        PIL.UnidentifiedImageError / OSError: the bytes do not decode.
+    """
+    return _decode_box(data, size, lambda w, h: center_crop_box(w, h, size, crop_pct), times)
 
 
 def decoder_name() -> str:

@@ -170,3 +170,20 @@ def test_random_resized_crop_matches_torchvision_statistically():
     (a1, r1), (a2, r2) = stats(ours), stats(ref)
     assert np.abs(a1 - a2).max() < 0.03, (a1, a2)
     assert np.abs(r1 - r2).max() < 0.03, (r1, r2)
+
+
+def test_cpu_loader_reports_per_stage_seconds(demo_shards):
+    import time
+
+    info = load_info(demo_shards)
+    for workers in (0, 2):
+        loader = build_loader(LoaderKind.CPU, LoaderConfig(batch_size=4, image_size=32, workers=workers),
+                              Split.TRAIN, info, CPU)
+        t0 = time.perf_counter()
+        n = sum(len(b.keys) for b in epoch(loader, 0))
+        wall = time.perf_counter() - t0
+        assert loader.stage_samples == n == 44
+        assert set(loader.stage_seconds) == {"read", "decode", "augment", "collate"}
+        assert all(v > 0 for v in loader.stage_seconds.values())
+        if workers == 0:  # in-process: the stages are the epoch's work, nothing else
+            assert sum(loader.stage_seconds.values()) <= wall

@@ -14,6 +14,7 @@ import itertools
 import multiprocessing
 import random
 import sys
+import time
 from typing import Iterator
 
 import torch
@@ -24,6 +25,9 @@ from pipeline.backends import Batch, LoaderConfig, Split, to_device_prefetched
 from pipeline.info import DatasetInfo
 from pipeline.tarstream import ShardReadError, iter_samples
 from pipeline.transforms import decode_train, decode_val
+
+
+STAGES = ("read", "decode", "augment", "collate")
 
 
 class SampleDecodeError(RuntimeError):
@@ -66,7 +70,8 @@ def shuffled(items, buffer_size: int, rng: random.Random):
 class ShardBatches(IterableDataset):
     """Iterable dataset of whole uint8 batches for one rank; DataLoader workers split it by plan.
 
-    Yields ``(images N×S×S×3 uint8, labels N int64, keys list[str], skipped list[str])``. A sample that fails
+    Yields ``(images N×S×S×3 uint8, labels N int64, keys list[str], skipped list[str], stage times)``, the stage
+    times being ``(read_s, decode_s, augment_s, collate_s, samples)`` of that batch in its worker. A sample that fails
     to decode is named in ``skipped``; in train its slot is filled with another sample of the same batch
     (so every rank still runs the same number of full steps), in eval it is left out.
 
@@ -109,17 +114,23 @@ class ShardBatches(IterableDataset):
         if train:
             samples = shuffled(samples, self.cfg.shuffle_buffer, rng)
         size, bs = self.cfg.image_size, self.cfg.batch_size
+        clock = time.perf_counter
         while True:
+            t0 = clock()
             chunk = list(itertools.islice(samples, bs))
             if not chunk:
                 return
+            t_read = clock() - t0
+            t0 = clock()
             images = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8)
             if wi is not None:  # decode straight into shared memory: the hand-off to the main process copies nothing
                 images.share_memory_()
             ok, skipped = [], []
+            work = [0.0, 0.0]  # decode, augment (s), added to by decode_train / decode_val
             for i, (url, key, data, _) in enumerate(chunk):
                 try:
-                    images[i] = decode_train(data, size, rng) if train else decode_val(data, size, self.cfg.crop_pct)
+                    images[i] = (decode_train(data, size, rng, work) if train
+                                 else decode_val(data, size, self.cfg.crop_pct, work))
                     ok.append(i)
                 except Exception as exc:
                     skipped.append(f"{url}: {key}: cannot decode ({type(exc).__name__}: {exc})")
@@ -135,7 +146,8 @@ class ShardBatches(IterableDataset):
                         images[i], labels[i], keys[i] = images[j], labels[j], keys[j]
                 else:  # eval: leave it out (the eval count shows it)
                     images, labels, keys = images[ok], labels[ok], [keys[i] for i in ok]
-            yield images, labels, keys, skipped
+            collate = clock() - t0 - work[0] - work[1]  # batch allocation, copies into it, labels, skipped samples
+            yield images, labels, keys, skipped, (t_read, work[0], work[1], collate, len(chunk))
 
 
 class CpuLoader:
@@ -161,6 +173,11 @@ class CpuLoader:
             self._len = epoch_plan.eval_batches_per_rank(self.dataset.lengths, cfg.batch_size, rank, world_size,
                                                          max(1, cfg.workers))
         self.skipped: list[str] = []  # "<shard>: <key>: <why>" of every sample that failed to decode
+        # per-stage CPU seconds summed over this rank's workers since the loader was built, and the samples
+        # they cover (read = tar reading + shuffle buffer; decode = JPEG → RGB; augment = crop, resize, flip;
+        # collate = copies into the shared-memory batch)
+        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.stage_samples = 0
         self._loader: DataLoader | None = None
 
     def __len__(self) -> int:
@@ -179,8 +196,11 @@ class CpuLoader:
         yield from to_device_prefetched(self._host_batches(), self.device, self.cfg.normalize)
 
     def _host_batches(self):
-        for images, labels, keys, skipped in self._loader:
+        for images, labels, keys, skipped, stages in self._loader:
             for what in skipped:
                 self.skipped.append(what)
                 print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
+            for name, seconds in zip(STAGES, stages[:4]):
+                self.stage_seconds[name] += seconds
+            self.stage_samples += stages[4]
             yield images, labels, tuple(keys)
