@@ -79,7 +79,8 @@ def test_torchrun_two_ranks_equal_steps_exact_val_count(demo_shards, tmp_path):
     check_metrics(m)
     # train: 45 samples over 2 ranks of batch 4 → 22 per rank → 5 steps per epoch on every rank
     assert m["world_size"] == 2 and m["rank_steps_min"] == m["rank_steps_max"] == m["steps"] == 10
-    assert m["trained_images"] == 10 * 8
+    assert m["total_trained_images"] == 10 * 8 and m["warmup_steps"] == 2  # auto: min(20, 10 // 5)
+    assert m["trained_images"] == (10 - 2) * 8
     assert m["eval_images"] == 13  # 13 val images over 2 ranks: each counted exactly once
     assert "| CPUx1x2 |" in proc.stdout
 

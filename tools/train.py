@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-val-samples", type=_positive(int), default=50_000,
                    help="synthetic eval size without --data (default: ILSVRC2012 val; on a slow device lower it "
                         "or pass --no-eval)")
+    p.add_argument("--warmup-steps", type=int, help="first steps left out of p_whole/p_train/p_core and reported "
+                                                     "separately (default: min(20, total steps // 5))")
     p.add_argument("--metrics-json", type=Path, help="write the metrics here (rank 0)")
     return p
 
@@ -93,6 +95,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         metrics_json=args.metrics_json,
         eval=not args.no_eval,
+        warmup_steps=args.warmup_steps,
     )
 
 

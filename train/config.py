@@ -44,6 +44,8 @@ class TrainConfig:
         seed: seed of model init and data order.
         metrics_json: where rank 0 writes the metrics (None = not written).
         eval: evaluate after every epoch (FlagPerf does).
+        warmup_steps: first train steps left out of p_whole / p_train / p_core (start-up: allocator, cudnn
+            autotuning, worker start, compile) and reported separately; None = min(20, total steps // 5).
     """
 
     data: Path | str | None
@@ -56,3 +58,17 @@ class TrainConfig:
     seed: int = 0
     metrics_json: Path | None = None
     eval: bool = True
+    warmup_steps: int | None = None
+
+    def resolved_warmup_steps(self, total_steps: int) -> int:
+        """Warm-up steps for a run of ``total_steps``.
+
+        Raises:
+            ValueError: an explicit count that leaves no measured step.
+        """
+        if self.warmup_steps is None:
+            return min(20, total_steps // 5)
+        if not 0 <= self.warmup_steps < total_steps:
+            raise ValueError(f"--warmup-steps {self.warmup_steps} must be >= 0 and below the run's {total_steps} "
+                             f"steps (nothing would be measured)")
+        return self.warmup_steps

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.backends import Batch, Loader, LoaderKind, Split, build_loader
 from pipeline.info import DatasetInfo, load_info
+from pipeline.sharding import default_workers
 from train import distributed
 from train.config import TrainConfig
 from train.metrics import (TABLE_HEADER, MemoryUse, RunTimes, flagperf_metrics, flagperf_row, peak_memory,
@@ -27,7 +28,8 @@ from train.metrics import (TABLE_HEADER, MemoryUse, RunTimes, flagperf_metrics, 
 from train.model import build_resnet50
 from train.precision import Precision, autocast, make_grad_scaler, resolve_precision
 from train.schedule import warmup_cosine
-from train.timing import Stopwatch, device_sync, timed_call, timed_iter
+from train.timing import Mark, Stopwatch, after_calls, device_sync, timed_call, timed_iter
+from train.verdict import Evidence, Verdict, decide
 
 
 @dataclass
@@ -154,13 +156,21 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     # has arrived puts that wait into data wait, so compute (p_core) holds no other rank's loading time.
     data_ready = (lambda: (sync(), distributed.barrier(env), sync())) if env.distributed else sync
     data_sw, compute_sw, eval_sw = Stopwatch(), Stopwatch(), Stopwatch()
-    timed_step = timed_call(step, compute_sw, sync)
+    warm_steps = cfg.resolved_warmup_steps(total_steps)
+    marks: list[Mark] = []
+
+    def mark() -> None:  # clocks at the end of warm-up: p_* count what follows
+        marks.append(Mark(time.perf_counter(), data_sw.total, compute_sw.total, eval_sw.total))
+
+    timed_step = after_calls(timed_call(step, compute_sw, sync), warm_steps, mark)
     last_eval: EvalResult | None = None
     done = 0
     epochs_run = 0
     distributed.barrier(env)
     sync()
     loop_start = time.perf_counter()
+    if warm_steps == 0:
+        mark()
     for epoch in range(cfg.epochs):
         n = min(steps_per_epoch, total_steps - done)
         if n <= 0:
@@ -191,22 +201,30 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     e2e = time.time() - process_start_time()
     skipped = [*getattr(train_loader, "skipped", []), *getattr(val_loader, "skipped", [])]
     (skipped_total,) = distributed.all_reduce([float(len(skipped))], "sum", env)
-    local = RunTimes(e2e=e2e, loop=loop_s, eval=eval_sw.total, compute=compute_sw.total, data=data_sw.total)
+    w = marks[0]  # measured part: from the end of warm-up to the end of the loop
+    local = RunTimes(e2e=e2e, loop=loop_start + loop_s - w.time, eval=eval_sw.total - w.eval,
+                     compute=compute_sw.total - w.compute, data=data_sw.total - w.data)
+    warmup_s = w.time - loop_start
     *maxes, mem_used, steps_max, neg_steps_min = distributed.all_reduce(
         [local.e2e, local.loop, local.eval, local.compute, local.data, mem.used_gib, done, -done], "max", env)
     times = RunTimes(*maxes)
-    trained_images = done * global_batch
+    trained_images = (done - warm_steps) * global_batch
     acc1 = last_eval.acc1 if last_eval is not None else None
     metrics = flagperf_metrics(trained_images, times, acc1, MemoryUse(mem_used, mem.total_gib, mem.kind))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # FlagPerf's "<nodes>x<procs per node>"
     config_name = f"{'CUDA' if env.device.type == 'cuda' else 'CPU'}x{env.world_size // per_node}x{per_node}"
     fix_hp = f"bs={lcfg.batch_size},lr={peak_lr:g}"
+    verdict = run_verdict(metrics.p_core, metrics.p_train, times.data / max(times.loop - times.eval, 1e-9),
+                          train_loader, lcfg.workers)
     result = {
         **metrics.to_json(),
         "acc5": last_eval.acc5 if last_eval is not None else None,
         "eval_images": last_eval.count if last_eval is not None else 0,
         "val_samples": val_loader.num_samples if val_loader is not None else 0,
         "steps": done,
+        "warmup_steps": warm_steps,  # left out of p_whole / p_train / p_core
+        "warmup_s_rank0": warmup_s,
+        "total_trained_images": done * global_batch,  # trained_images (the p_* numerator) excludes warm-up
         "skipped_samples": int(skipped_total),  # failed to decode in the loader (all ranks); named on stderr
         "skipped_examples_rank0": skipped[:10],
         "rank_steps_min": int(-neg_steps_min),
@@ -222,6 +240,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         "times_s": asdict(times),
         "data_wait_fraction": times.data / max(times.loop - times.eval, 1e-9),
         "rank0_times_s": asdict(local),
+        "verdict": verdict.to_json(),
+        "loader_stage_seconds_per_image_rank0": _stage_seconds_per_image(train_loader),
         "config": config_name,
         "fix_hp": fix_hp,
         "argv": sys.argv,
@@ -233,7 +253,23 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         print(f"time split (s, rank 0): loop {t.loop:.1f} = train {t.loop - t.eval:.1f} (compute {t.compute:.1f}, "
               f"data wait {t.data:.1f}, other {t.loop - t.eval - t.compute - t.data:.1f}) + eval {t.eval:.1f}; "
               f"p_core/p_train = {metrics.p_core / metrics.p_train:.2f}")
+        for line in verdict.lines:
+            print(f"verdict: {line}")
         if cfg.metrics_json is not None:
             cfg.metrics_json.parent.mkdir(parents=True, exist_ok=True)
             cfg.metrics_json.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _stage_seconds_per_image(loader) -> dict[str, float] | None:
+    """Per-image seconds by loader stage on one core (backends that time their stages), else None."""
+    n = getattr(loader, "stage_samples", 0)
+    return {k: v / n for k, v in loader.stage_seconds.items()} if n else None
+
+
+def run_verdict(p_core: float, p_train: float, data_wait_fraction: float, loader, workers: int) -> Verdict:
+    """The I/O verdict of a finished run from its own timers (see :mod:`train.verdict`)."""
+    cores = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return decide(Evidence(compute_rate=p_core, input_rate=p_train, stage_seconds=_stage_seconds_per_image(loader),
+                           workers=max(1, workers), cores=cores, data_wait_fraction=data_wait_fraction,
+                           from_run=True))

@@ -77,3 +77,28 @@ def timed_call(fn: Callable[..., T], stopwatch: Stopwatch, sync: Callable[[], No
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def after_calls(fn: Callable[..., T], n: int, hook: Callable[[], None]) -> Callable[..., T]:
+    """Wrap ``fn`` so ``hook()`` runs once, right after its ``n``-th call returns (never when ``n`` is 0)."""
+    calls = 0
+
+    def wrapped(*args, **kwargs):
+        nonlocal calls
+        out = fn(*args, **kwargs)
+        calls += 1
+        if calls == n:
+            hook()
+        return out
+
+    return wrapped
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Readings of the run's clocks at one instant: wall time (``perf_counter``) and stopwatch totals (s)."""
+
+    time: float
+    data: float
+    compute: float
+    eval: float

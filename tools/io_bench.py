@@ -1,0 +1,113 @@
+"""``io-bench --data DIR [--loader cpu,dali,folder] [--workers 1,2] [--batch-size N] [--image-size N] [--out DIR]``.
+
+Measures, on your shards and machine, where the input pipeline's time goes (storage read rate, per-stage cost
+of each decode backend, loader-only throughput over a sweep of worker counts), the training step's compute-only
+rate and the end-to-end rate, and says in plain words whether training is I/O-bound or compute-bound, by how
+much, which stage dominates, how many cores per accelerator would feed it, and which lever closes the gap.
+Writes ``report.md``, ``results.json`` and two PNG plots into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from pipeline.backends import LoaderKind
+from pipeline.info import DatasetError
+from train.precision import Precision
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"worker counts must be >= 1, got {text!r}")
+    return tuple(sorted(set(values)))
+
+
+def _loader_list(text: str) -> tuple[LoaderKind, ...]:
+    allowed = (LoaderKind.CPU, LoaderKind.DALI, LoaderKind.FOLDER)
+    try:
+        kinds = tuple(LoaderKind(v.strip()) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--loader takes a comma list of {', '.join(k.value for k in allowed)}; "
+                                         f"got {text!r}") from None
+    if any(k not in allowed for k in kinds):
+        raise argparse.ArgumentTypeError(f"--loader: the synthetic backend is always measured (compute-only); "
+                                         f"choose from {', '.join(k.value for k in allowed)}")
+    return kinds
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="io-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="shard folder written by shard-imagenet (or its http(s)/s3 URL)")
+    p.add_argument("--loader", type=_loader_list, default=(LoaderKind.CPU, LoaderKind.DALI, LoaderKind.FOLDER),
+                   help="backends to measure, comma list (default: cpu,dali,folder; unavailable ones are skipped)")
+    p.add_argument("--workers", type=_int_list, help="worker counts to sweep, comma list (default: 1,2,4,... cores)")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--image-size", type=_positive, default=224)
+    p.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
+                   metavar="{" + ",".join(k.value for k in Precision) + "}")
+    p.add_argument("--repeat", type=_positive, default=3, help="timed windows per sweep point (default: 3)")
+    p.add_argument("--loader-batches", type=_positive, default=10, help="batches per timed window (default: 10)")
+    p.add_argument("--steps", type=_positive, default=10,
+                   help="training steps of the compute-only and end-to-end runs (default: 10; on a CPU lower the "
+                        "batch size or image size rather than this)")
+    p.add_argument("--folder-root", type=Path, help="ImageFolder tree for the folder baseline (default: the "
+                                                     "source tree recorded in _info.json, if it still exists)")
+    p.add_argument("--max-size", type=_positive, help="--max-size the pre-resized-shards lever is computed for "
+                                                      "(default: 10/7 of the image size, 320 for 224)")
+    p.add_argument("--out", type=Path, default=Path("io-bench"), help="report folder (default: ./io-bench)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tqdm import tqdm
+
+    from pipeline.tarstream import ShardReadError, is_url
+    from train.iobench import IoBenchConfig, run_io_bench
+    from train.ioreport import write_report
+
+    data = args.data if is_url(args.data) else Path(args.data)
+    cfg = IoBenchConfig(data=data, loaders=args.loader, workers=args.workers, batch_size=args.batch_size,
+                        image_size=args.image_size, precision=args.precision, repeat=args.repeat,
+                        loader_batches=args.loader_batches, train_steps=args.steps, folder_root=args.folder_root,
+                        max_size=args.max_size)
+    bar = tqdm(desc="io-bench", unit="step", bar_format="{desc}: {n_fmt} steps done [{elapsed}]")
+
+    def progress(line: str) -> None:
+        bar.set_description_str(f"io-bench: {line}")
+        bar.update(1)
+
+    try:
+        result = run_io_bench(cfg, progress)
+    except (DatasetError, ValueError, ShardReadError) as exc:
+        bar.close()
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else str(exc)
+        print(f"io-bench: error: {last}", file=sys.stderr)
+        return 2
+    bar.close()
+    report = write_report(result, args.out)
+    if result.verdict:
+        for line in result.verdict.lines:
+            print(f"verdict: {line}")
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Is a run I/O-bound or compute-bound, by how much, why, and what would close the gap.
+
+Pure formulas over measured rates, shared by ``io-bench`` (loader-only and compute-only measurements) and by
+``train``'s end-of-run summary (its own timers). Definitions:
+
+* compute rate C (img/s): what the training step sustains with its input ready (p_core; ``--loader synthetic``).
+* input rate I (img/s): what the input pipeline delivers: measured loader-only, or from a training run
+  p_train (the rate the loop actually ran at, which the input caps when it is the bottleneck).
+* I/O-bound when I < ``IO_BOUND_BELOW`` × C: the step would wait for data more than 10% of the time
+  (threshold of this project, not from elsewhere); compute-bound otherwise.
+* per-core input rate r (img/s per core): 1 / (sum of the per-stage seconds per image on one core), or the
+  loader rate at one worker. Cores needed per accelerator to feed it = ceil(C / r), as loader workers scale
+  about linearly with cores until the cores run out (checked by io-bench's worker sweep).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+IO_BOUND_BELOW = 0.9  # input rate / compute rate under which a run is called I/O-bound
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One way to raise the input rate, with its effect.
+
+    Attributes:
+        name: what to do, in words (``"--workers 8"``, ``"--loader dali"``, ``"--max-size 320 shards"``).
+        rate: input rate (img/s) with it.
+        basis: ``"measured"`` or ``"extrapolated: <how>"``.
+    """
+
+    name: str
+    rate: float
+    basis: str
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What is known about one configuration.
+
+    Attributes:
+        compute_rate: C, img/s (p_core).
+        input_rate: I, img/s (loader-only rate, or p_train of a run).
+        stage_seconds: per-image seconds on one core by stage (read, decode, augment, collate), when known.
+        per_core_rate: r, img/s per loader core, when known (else derived from ``stage_seconds``).
+        workers: loader workers (processes / DALI threads) per accelerator in the measurement.
+        cores: CPU cores available per accelerator.
+        levers: alternatives measured or extrapolated by the caller (DALI, pre-resized shards, ...).
+        data_wait_fraction: share of the train loop spent waiting for data, when measured in a run.
+        from_run: ``input_rate`` is a training run's p_train (a lower bound of what the input could deliver
+            when the run is compute-bound), not a loader-only measurement.
+    """
+
+    compute_rate: float
+    input_rate: float
+    stage_seconds: dict[str, float] | None = None
+    per_core_rate: float | None = None
+    workers: int = 1
+    cores: int = 1
+    levers: tuple[Lever, ...] = ()
+    data_wait_fraction: float | None = None
+    from_run: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The conclusion, with the numbers behind it.
+
+    Attributes:
+        io_bound: True when the input pipeline is the bottleneck.
+        ratio: input rate / compute rate (below 1: the accelerator waits).
+        dominant_stage: the stage with the largest per-image cost, and its share of the total, when known.
+        cores_needed: loader cores per accelerator to reach the compute rate, when the per-core rate is known.
+        levers: every lever considered, best first, including ``more workers`` where cores are left.
+        lines: the verdict in plain words, one sentence per line.
+    """
+
+    io_bound: bool
+    ratio: float
+    dominant_stage: tuple[str, float] | None
+    cores_needed: int | None
+    levers: tuple[Lever, ...]
+    lines: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict:
+        return {"io_bound": self.io_bound, "ratio": self.ratio,
+                "dominant_stage": list(self.dominant_stage) if self.dominant_stage else None,
+                "cores_needed": self.cores_needed,
+                "levers": [{"name": lv.name, "rate": lv.rate, "basis": lv.basis} for lv in self.levers],
+                "lines": list(self.lines)}
+
+
+def per_core_rate(e: Evidence) -> float | None:
+    """r in img/s per core: given, or 1 / sum of the per-stage seconds per image."""
+    if e.per_core_rate:
+        return e.per_core_rate
+    if e.stage_seconds and sum(e.stage_seconds.values()) > 0:
+        return 1.0 / sum(e.stage_seconds.values())
+    return None
+
+
+def decide(e: Evidence) -> Verdict:
+    """Turn measured rates into a :class:`Verdict` (formulas in the module docstring).
+
+    Raises:
+        ValueError: a rate is not positive.
+    """
+    if e.compute_rate <= 0 or e.input_rate <= 0:
+        raise ValueError(f"rates must be > 0 (compute {e.compute_rate}, input {e.input_rate})")
+    ratio = e.input_rate / e.compute_rate
+    io_bound = ratio < IO_BOUND_BELOW
+    dominant = None
+    if e.stage_seconds and sum(e.stage_seconds.values()) > 0:
+        total = sum(e.stage_seconds.values())
+        name = max(e.stage_seconds, key=e.stage_seconds.get)
+        dominant = (name, e.stage_seconds[name] / total)
+    r = per_core_rate(e)
+    cores_needed = math.ceil(e.compute_rate / r) if r else None
+    levers = list(e.levers)
+    if r and e.workers < e.cores:
+        levers.append(Lever(f"--workers {e.cores} (all {e.cores} cores)", min(e.cores * r, e.input_rate * e.cores /
+                                                                              max(e.workers, 1)),
+                            f"extrapolated: {r:.0f} img/s per core x {e.cores} cores"))
+    levers.sort(key=lambda lv: lv.rate, reverse=True)
+
+    lines = []
+    if e.from_run:
+        rates = (f"the train loop ran at {e.input_rate:.0f} img/s, the training step alone at {e.compute_rate:.0f} "
+                 f"img/s (p_train/p_core {ratio:.2f})")
+        lines.append(f"I/O-bound: {rates}; the input pipeline is the bottleneck." if io_bound else
+                     f"compute-bound: {rates}; the input keeps up.")
+    elif io_bound:
+        lines.append(f"I/O-bound: the input pipeline delivers {e.input_rate:.0f} img/s, the training step could take "
+                     f"{e.compute_rate:.0f} img/s; the accelerator waits {100 * (1 - ratio):.0f}% of the time "
+                     f"({1 / ratio:.2f}x more input needed).")
+    else:
+        lines.append(f"compute-bound: the input pipeline delivers {e.input_rate:.0f} img/s, the training step takes "
+                     f"{e.compute_rate:.0f} img/s ({ratio:.2f}x headroom in the input).")
+    if e.data_wait_fraction is not None:
+        lines.append(f"data wait: {100 * e.data_wait_fraction:.0f}% of the train loop.")
+    if dominant:
+        lines.append(f"dominant stage: {dominant[0]} ({100 * dominant[1]:.0f}% of a loader core's time per image).")
+    if cores_needed is not None:
+        lines.append(f"cores per accelerator to reach the compute rate: {cores_needed} at {r:.0f} img/s per core "
+                     f"(this machine gives {e.cores}).")
+    if io_bound:
+        closing = [lv for lv in levers if lv.rate >= IO_BOUND_BELOW * e.compute_rate]
+        for lv in levers:
+            enough = "closes the gap" if lv in closing else f"{lv.rate / e.compute_rate:.2f}x of compute"
+            lines.append(f"lever: {lv.name}: {lv.rate:.0f} img/s ({enough}; {lv.basis}).")
+        if not closing:
+            lines.append("no single lever measured here closes the gap: combine them, or add CPU cores per accelerator.")
+    return Verdict(io_bound, ratio, dominant, cores_needed, tuple(levers), tuple(lines))
