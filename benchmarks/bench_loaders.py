@@ -10,7 +10,9 @@ by one untimed epoch, so this is the steady state of a long run) of:
 * cpu       this project's webdataset + DataLoader + libjpeg-turbo (simplejpeg, DCT-scaled) backend;
 * dali      DALI's webdataset reader + decoder + crop on the CPU (device_id=None) when no GPU is present;
 * folder    torchvision ImageFolder + PIL + RandomResizedCrop (the baseline users compare against);
-* decode    PIL full decode of every file on all workers, no crop: the decode-only ceiling.
+* cpu-320   the cpu backend on shards re-made with ``shard-imagenet --max-size 320`` (pre-resized);
+* decode    PIL full decode of every file on all workers, no crop;
+* decode-turbo  simplejpeg (libjpeg-turbo) full decode of every file: the decode-only ceiling.
 
 Each is run ``--repeat`` times interleaved, median reported, and printed as a ratio of ``folder`` and of
 ``dali``. All backends hand out uint8 batches (no normalisation). Targets (issue 4): cpu ≥ 1.2× dali-on-CPU
@@ -49,9 +51,17 @@ def _decode(path: str) -> int:
     return 1
 
 
-def decode_only(files: list[str], workers: int) -> None:
+def _decode_turbo(path: str) -> int:
+    import simplejpeg
+
+    with open(path, "rb") as f:
+        simplejpeg.decode_jpeg(f.read(), colorspace="RGB")
+    return 1
+
+
+def decode_only(files: list[str], workers: int, fn=_decode) -> None:
     with ProcessPoolExecutor(workers) as pool:
-        sum(pool.map(_decode, files, chunksize=16))
+        sum(pool.map(fn, files, chunksize=16))
 
 
 class EpochRunner:
@@ -77,6 +87,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--copies", type=int, default=4, help="each image enters the epoch this many times (default 4)")
+    p.add_argument("--max-size", type=int, default=320, help="longer-side limit of the pre-resized shard set (320)")
     args = p.parse_args()
     if not args.samples.is_dir():
         p.error(f"{args.samples}: not found; pass --samples DIR of JPEG files")
@@ -86,12 +97,19 @@ def main() -> int:
         files = sample_tree(args.samples, tmp / "tree", args.copies)
         shard_sample_tree(tmp / "tree", tmp / "shards", args.workers)
         info = load_info(tmp / "shards")
+        from pipeline.sharding import ShardConfig, shard_tree
+
+        shard_tree(ShardConfig(src=tmp / "tree", out=tmp / "shards-small", shard_size=100, workers=args.workers,
+                               max_size=args.max_size, progress=False))
+        info_small = load_info(tmp / "shards-small")
         cfg = LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
                            data_root=tmp / "tree", normalize=False)  # uint8 batches from every backend
         modes = {
             "cpu": EpochRunner(LoaderKind.CPU, cfg, info),
             "folder": EpochRunner(LoaderKind.FOLDER, cfg, info),
+            f"cpu-{args.max_size}": EpochRunner(LoaderKind.CPU, cfg, info_small),
             "decode": lambda: decode_only(files, args.workers) or len(files),
+            "decode-turbo": lambda: decode_only(files, args.workers, _decode_turbo) or len(files),
         }
         try:
             import nvidia.dali  # noqa: F401
@@ -107,10 +125,12 @@ def main() -> int:
     med = {m: statistics.median(r) for m, r in rates.items()}
     print(f"{len(files) // args.copies} real JPEGs x {args.copies} = {len(files)} per epoch, RandomResizedCrop {args.image_size} + flip, uint8 batches of {args.batch_size}, "
           f"{args.workers} workers, median of {args.repeat} warm epochs (epoch = whole batches only)")
-    print(f"cpu backend decoders: {decoder_name()}; decode row: PIL {PIL.__version__} full decode")
+    print(f"cpu backend decoders: {decoder_name()}; decode: PIL {PIL.__version__} full decode; decode-turbo: "
+          f"simplejpeg full decode (the libjpeg-turbo ceiling); cpu-{args.max_size}: cpu backend on shards made with "
+          f"shard-imagenet --max-size {args.max_size}")
     for mode, rate in med.items():
         vs = [f"{rate / med[b]:.2f}x {b}" for b in ("folder", "dali") if b in med and b != mode]
-        print(f"{mode:<7} {rate:8.0f} img/s  (spread {min(rates[mode]):.0f}-{max(rates[mode]):.0f})  {'  '.join(vs)}")
+        print(f"{mode:<12} {rate:8.0f} img/s  (spread {min(rates[mode]):.0f}-{max(rates[mode]):.0f})  {'  '.join(vs)}")
     return 0
 
 

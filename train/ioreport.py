@@ -54,6 +54,7 @@ def _plots(r: IoBenchResult, out: Path) -> list[str]:
         if r.compute:
             ax.axhline(r.compute["p_core"], color="black", linestyle="--",
                        label=f"compute (p_core {r.compute['p_core']:.0f} img/s)")
+        ax.set_xticks(sorted({w for pts in r.sweep.values() for w in pts}))
         ax.set_xlabel("loader workers (processes / DALI threads)")
         ax.set_ylabel("img/s")
         ax.set_title("loader-only throughput vs workers")
@@ -111,7 +112,8 @@ def render_markdown(r: IoBenchResult, plots: list[str]) -> str:
             total = sum(row.values())
             lines.append(f"| {kind} | " + " | ".join(f"{1000 * row.get(s, 0):.2f}" for s in stages) +
                          f" | {1000 * total:.2f} | {1 / total:.0f} |")
-        notes = [f"{k}: {s['note']}" for k, s in r.stages.items() if s.get("note")]
+        notes = [s["note"] if s["note"].startswith(f"{k}:") else f"{k}: {s['note']}"
+                 for k, s in r.stages.items() if s.get("note")]
         lines += [""] + [f"- {n}" for n in notes] + [""]
         if r.stage_fidelity:
             f = r.stage_fidelity
