@@ -46,7 +46,7 @@ simd: $(BIN)/.installed
 	@for h in jpeglib.h zlib.h; do printf '#include <stddef.h>\n#include <stdio.h>\n#include <%s>\n' $$h | cc -E -x c - >/dev/null 2>&1 || \
 	  { echo "make simd: $$h not found; install the headers: sudo apt-get install -y libjpeg-dev zlib1g-dev"; exit 1; }; done
 	$(BIN)/python -m pip uninstall --quiet -y pillow pillow-simd
-	CC="$(SIMD_CC)" $(BIN)/python -m pip install --quiet --no-deps --no-binary :all: $(PILLOW_SIMD) || \
+	CC="$(SIMD_CC)" $(BIN)/python -m pip install --quiet --no-deps --no-binary pillow-simd $(PILLOW_SIMD) || \
 	  { $(BIN)/python -m pip install --quiet pillow; echo "make simd: build failed, stock Pillow restored"; exit 1; }
 	$(BIN)/python -c "from pipeline.transforms import decoder_name; print('decoders:', decoder_name())"
 

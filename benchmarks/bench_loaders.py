@@ -128,9 +128,23 @@ def main() -> int:
     print(f"cpu backend decoders: {decoder_name()}; decode: PIL {PIL.__version__} full decode; decode-turbo: "
           f"simplejpeg full decode (the libjpeg-turbo ceiling); cpu-{args.max_size}: cpu backend on shards made with "
           f"shard-imagenet --max-size {args.max_size}")
-    for mode, rate in med.items():
+    loaders = [m for m in ("cpu", f"cpu-{args.max_size}", "dali", "folder") if m in med]
+    print("loaders (img/s, median and spread; ratios to the baselines):")
+    for mode in loaders:
+        rate = med[mode]
         vs = [f"{rate / med[b]:.2f}x {b}" for b in ("folder", "dali") if b in med and b != mode]
-        print(f"{mode:<12} {rate:8.0f} img/s  (spread {min(rates[mode]):.0f}-{max(rates[mode]):.0f})  {'  '.join(vs)}")
+        print(f"  {mode:<12} {rate:8.0f}  ({min(rates[mode]):.0f}-{max(rates[mode]):.0f})  {'  '.join(vs)}")
+    print("decode-only ceilings (full decode, no crop, no batching):")
+    for mode in ("decode", "decode-turbo"):
+        print(f"  {mode:<12} {med[mode]:8.0f}  ({min(rates[mode]):.0f}-{max(rates[mode]):.0f})  "
+              f"cpu backend = {med['cpu'] / med[mode]:.2f}x of it")
+    for base, target in (("folder", 2.0), ("dali", 1.2)):
+        if base in med:
+            got = med["cpu"] / med[base]
+            print(f"target cpu >= {target}x {base}: {got:.2f}x, {'met' if got >= target else 'NOT met'}")
+    spread = max((max(r) - min(r)) / statistics.median(r) for r in rates.values())
+    if spread > 0.25:
+        print(f"warning: a row's spread is {100 * spread:.0f}% of its median: the machine was busy; re-run")
     return 0
 
 

@@ -19,7 +19,9 @@ def check_costs(c: StageCosts, backend: str, in_process_wall: bool) -> None:
     assert c.backend == backend
     assert tuple(c.seconds_per_image) == STAGES == CPU_STAGES
     assert all(v >= 0 and math.isfinite(v) for v in c.seconds_per_image.values()), c
-    assert c.seconds_per_image["decode"] > 0
+    # DALI's stages come from differences of separately timed pipelines: on tiny images under load a
+    # difference can be lost in the noise (clamped to 0); the directly timed backends must see decode
+    assert c.seconds_per_image["decode"] > 0 or (backend == "dali" and c.total > 0)
     assert c.samples > 0 and c.wall_seconds > 0 and c.note
     assert c.total == pytest.approx(sum(c.seconds_per_image.values()))
     j = c.to_json()

@@ -83,6 +83,7 @@ class DaliLoader:
         self.cfg = cfg
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
+        self._root = info.root
         self.num_samples = info.split(self.split.value).num_samples
         self.num_classes = info.num_classes
         self.epoch = 0
@@ -153,7 +154,13 @@ class DaliLoader:
 
     def _run(self):
         self._pos += 1
-        return self._pipe.run()
+        try:
+            return self._pipe.run()
+        except RuntimeError as exc:  # DALI stops the pipeline on the first sample it cannot decode
+            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise ValueError(f"DALI failed reading the {self.split.value} shards in {self._root} ({first[:200]}); "
+                             f"DALI cannot skip a damaged sample: run `shard-imagenet verify {self._root}` to find it, "
+                             f"or train with --loader cpu, which skips and names such samples") from None
 
     def _finish_reader_epoch(self) -> None:
         """Read (and drop) the batches left in the reader's epoch, so the next iteration starts a new one."""

@@ -8,6 +8,8 @@ normalised on the device. Epochs follow the same contract as the other backends.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -18,6 +20,21 @@ from pipeline import plan as epoch_plan
 from pipeline.backends import Batch, LoaderConfig, Split, to_device_prefetched
 from pipeline.info import DatasetInfo
 from pipeline.tarstream import is_url
+
+
+class _FixedClassesImageFolder(datasets.ImageFolder):
+    """ImageFolder whose class list is given (train's), so val labels index the same classes as train's."""
+
+    def __init__(self, root: str, classes: list[str], **kwargs):
+        self._given = classes
+        super().__init__(root, **kwargs)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        present = sorted(e.name for e in os.scandir(directory) if e.is_dir())
+        unknown = [c for c in present if c not in set(self._given)]
+        if unknown:
+            raise FileNotFoundError(f"class folder(s) {', '.join(unknown[:3])} not in train/")
+        return list(self._given), {c: i for i, c in enumerate(self._given)}
 
 
 class FolderLoader:
@@ -42,9 +59,11 @@ class FolderLoader:
         else:
             tf = transforms.Compose([transforms.Resize(round(size / cfg.crop_pct)), transforms.CenterCrop(size),
                                      transforms.PILToTensor()])
-        root = cfg.data_root / split.value
+        root = Path(cfg.data_root) / split.value
         try:
-            dataset = datasets.ImageFolder(str(root), transform=tf)
+            # class indices always come from train/ (val/ may hold a subset of the classes, as in a split run)
+            classes = datasets.folder.find_classes(str(Path(cfg.data_root) / Split.TRAIN.value))[0]
+            dataset = _FixedClassesImageFolder(str(root), classes, transform=tf)
         except (FileNotFoundError, OSError) as exc:
             raise ValueError(f"{root}: not an ImageFolder tree ({exc}); give --data the folder holding "
                              f"train/<class>/ and val/<class>/") from None

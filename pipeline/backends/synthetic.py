@@ -42,7 +42,10 @@ class SyntheticLoader:
             n = hi - lo
             self._sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + rank)
-        images = torch.randn(bs, 3, cfg.image_size, cfg.image_size, generator=gen)
+        if cfg.normalize:
+            images = torch.randn(bs, 3, cfg.image_size, cfg.image_size, generator=gen)
+        else:  # the uint8 contract of normalize=False
+            images = torch.randint(0, 256, (bs, 3, cfg.image_size, cfg.image_size), generator=gen, dtype=torch.uint8)
         self._images = images.to(device).contiguous(memory_format=torch.channels_last)
         self._labels = torch.randint(0, num_classes, (bs,), generator=gen).to(device)
         self.num_classes = num_classes

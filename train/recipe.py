@@ -1,0 +1,103 @@
+"""The training recipe's pieces: SGD parameter groups, LR schedules, EMA of weights, progressive resolution.
+
+Defaults (train/config.py) follow NVIDIA DeepLearningExamples' ResNet50 v1.5 recipe (PyTorch/Classification/
+ConvNets/resnet50v1.5/README.md): SGD with momentum 0.875, LR 0.256 per 256 images of global batch (linear
+scaling, Goyal et al. 2017), cosine schedule after a linear warmup, weight decay 1/32768 = 3.0517578125e-05 not
+applied to batch-norm parameters (nor, here, to biases), label smoothing 0.1. Zero-initialising the last BN
+gamma of each residual block is Goyal et al. 2017's recommendation (torchvision's ``zero_init_residual``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+
+class Schedule(str, Enum):
+    """LR schedule after warmup: cosine to zero, or step decay by ``gamma`` at given epochs."""
+
+    COSINE = "cosine"
+    STEP = "step"
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, decay_bn_and_bias: bool) -> list[dict]:
+    """SGD parameter groups: weights of conv / linear layers with ``weight_decay``; batch-norm weights and all
+    biases with 0 unless ``decay_bn_and_bias`` (1-D parameters are exactly those)."""
+    if decay_bn_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: Schedule = Schedule.COSINE,
+              milestones: tuple[int, ...] = (), gamma: float = 0.1) -> float:
+    """LR multiplier at 0-based ``step``: linear warmup ``(step+1)/warmup`` (Goyal et al. 2017), then cosine
+    ``0.5(1+cos(pi t))`` to zero (Loshchilov & Hutter 2017), or ``gamma`` per milestone passed (steps)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule is Schedule.STEP:
+        return gamma ** sum(step >= m for m in milestones)
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    schedule: Schedule = Schedule.COSINE, milestones: tuple[int, ...] = (), gamma: float = 0.1):
+    """A ``LambdaLR`` applying :func:`lr_factor`; call ``.step()`` after every optimizer step."""
+    schedule = Schedule(schedule)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, schedule, milestones, gamma))
+
+
+def build_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """Exponential moving average of ``model``'s weights and buffers (torch's ``AveragedModel`` with its EMA
+    update): ``ema = decay * ema + (1 - decay) * weights`` after every step (``ema.update_parameters(model)``).
+
+    Raises:
+        ValueError: ``decay`` not in (0, 1).
+    """
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"--ema-decay must be in (0, 1), got {decay}")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Train resolution per epoch (FFCV's ImageNet example: progressive low-to-high resizing) and eval resolution.
+
+    Attributes:
+        start: train side (px) up to epoch ``ramp_start``; end: train side from epoch ``ramp_end`` on; linear
+            in between, rounded down to a multiple of ``step`` px.
+        eval: eval side (px); training at a lower resolution than eval is the "FixRes" effect (Touvron et al.
+            2019): objects look larger at train time under RandomResizedCrop, so eval at ~1.15x fits them.
+    """
+
+    start: int
+    end: int
+    ramp_start: int
+    ramp_end: int
+    eval: int
+    step: int = 32
+
+    def train_size(self, epoch: int) -> int:
+        """Train image side (px) in 0-based ``epoch``."""
+        if epoch <= self.ramp_start or self.ramp_end <= self.ramp_start:
+            size = self.start if epoch <= self.ramp_start else self.end
+        elif epoch >= self.ramp_end:
+            size = self.end
+        else:
+            t = (epoch - self.ramp_start) / (self.ramp_end - self.ramp_start)
+            size = self.start + t * (self.end - self.start)
+        return max(self.step, int(size) // self.step * self.step) if self.step > 1 else int(size)
+
+
+__all__ = ["Schedule", "parameter_groups", "lr_factor", "build_scheduler", "build_ema", "Resolution"]
