@@ -1,0 +1,197 @@
+"""Checkpoints: exact save/load round trip, clear errors, atomic files, and resume after ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train import checkpoint
+from train.checkpoint import CheckpointError, Header, Progress
+from train.schedule import warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def header(num_classes: int = 3) -> Header:
+    return Header(num_classes=num_classes, world_size=1, global_batch=4, image_size=32, precision="fp32",
+                  total_steps=10)
+
+
+def make(num_classes: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, num_classes))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    sched = warmup_cosine(opt, 2, 10)
+    return model, opt, sched
+
+
+def train_steps(model, opt, sched, n: int) -> None:
+    for _ in range(n):
+        x, y = torch.randn(4, 5), torch.randint(0, 3, (4,))
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
+def draws() -> tuple:
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_round_trip_restores_everything_exactly(tmp_path):
+    model, opt, sched = make()
+    ema = torch.nn.Linear(5, 3)
+    train_steps(model, opt, sched, 3)
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    path = checkpoint.save_checkpoint(tmp_path, header(), Progress(epoch=1, step=3, epoch_step=1), model, opt, sched,
+                                      ema=ema)
+    assert path.name == "ckpt-step00000003.pt" and not list(tmp_path.glob("*.tmp"))
+    expected_draws = draws()
+    # continue the original three more steps: the reference for the restored copy
+    train_steps(model, opt, sched, 3)
+
+    model2, opt2, sched2 = make(seed=99)
+    ema2 = torch.nn.Linear(5, 3)
+    loaded = checkpoint.load_checkpoint(path, header(), model2, opt2, sched2, ema=ema2)
+    assert loaded.progress == Progress(epoch=1, step=3, epoch_step=1) and loaded.header == header()
+    assert draws() == expected_draws  # python, numpy and torch RNG restored
+    for a, b in zip(ema.state_dict().values(), ema2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert sched2.last_epoch == 3
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    draws()
+    train_steps(model2, opt2, sched2, 3)  # same data (same RNG), same state → bitwise the same result
+    for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert sched.get_last_lr() == sched2.get_last_lr()
+    for s1, s2 in zip(opt.state.values(), opt2.state.values()):
+        assert torch.equal(s1["momentum_buffer"], s2["momentum_buffer"])
+
+
+def test_other_class_count_is_a_one_line_error(tmp_path):
+    model, opt, sched = make()
+    path = checkpoint.save_checkpoint(tmp_path, header(3), Progress(step=1), model, opt, sched)
+    model5, opt5, sched5 = make(num_classes=5)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load_checkpoint(path, header(5), model5, opt5, sched5)
+    msg = str(e.value)
+    assert isinstance(e.value, ValueError) and len(msg.splitlines()) == 1
+    assert str(path) in msg and "class count 3" in msg and "--checkpoint-dir" in msg
+
+
+def test_truncated_or_foreign_file_is_a_clear_error(tmp_path):
+    model, opt, sched = make()
+    path = checkpoint.save_checkpoint(tmp_path, header(), Progress(step=2), model, opt, sched)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load_checkpoint(path, header(), *make())
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and str(path) in msg and "unreadable" in msg and "delete it" in msg
+    foreign = tmp_path / "ckpt-step00000009.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        checkpoint.load_checkpoint(foreign, header(), *make())
+
+
+def test_latest_ignores_tmp_and_only_k_are_kept(tmp_path):
+    assert checkpoint.latest_checkpoint(tmp_path / "absent") is None
+    model, opt, sched = make()
+    for step in (2, 4, 6):
+        checkpoint.save_checkpoint(tmp_path, header(), Progress(step=step), model, opt, sched, keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["ckpt-step00000004.pt", "ckpt-step00000006.pt"]
+    leftover = tmp_path / "ckpt-step00000008.pt.123.tmp"  # a kill mid-write leaves this
+    leftover.write_bytes(b"partial")
+    (tmp_path / "notes.txt").write_text("x")
+    assert checkpoint.latest_checkpoint(tmp_path).name == "ckpt-step00000006.pt"
+    checkpoint.save_checkpoint(tmp_path, header(), Progress(step=7), model, opt, sched, keep=2)
+    assert not leftover.exists()  # the next save removes stale temp files
+    assert checkpoint.latest_checkpoint(tmp_path).name == "ckpt-step00000007.pt"
+    assert len(checkpoint.list_checkpoints(tmp_path)) == 2
+
+
+def test_resume_needs_a_checkpoint_dir(capsys):
+    from tools import train as train_cli
+
+    with pytest.raises(SystemExit):
+        train_cli.main(["--loader", "synthetic", "--resume"])
+    assert "--checkpoint-dir" in capsys.readouterr().err
+
+
+# --- kill -9 and resume ------------------------------------------------------------------------------------------
+
+PLANNED_STEPS = 33  # 3 epochs of 11 steps (45 samples, batch 4)
+
+
+def train_cmd(shards: Path, ckdir: Path, metrics: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tools.train", "--data", str(shards), "--loader", "cpu", "--epochs", "3", "--batch-size", "4", "--image-size", "32", "--workers", "1",
+            "--checkpoint-dir", str(ckdir), "--checkpoint-every", "2", "--no-eval", "--metrics-json", str(metrics),
+            *extra]
+
+
+def final_weights(ckdir: Path) -> dict:
+    path = checkpoint.latest_checkpoint(ckdir)
+    assert path is not None and path.name == f"ckpt-step{PLANNED_STEPS:08d}.pt"
+    return checkpoint.read_checkpoint(path)["model"]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(demo_shards, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads in every run: same float summation order
+    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
+    # the uninterrupted reference runs alongside the run that gets killed (2 cores: one each)
+    ref = subprocess.Popen(train_cmd(demo_shards, ref_dir, tmp_path / "ref.json"), cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = subprocess.Popen(train_cmd(demo_shards, kill_dir, tmp_path / "killed.json"), cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for = kill_dir / "ckpt-step00000014.pt"  # 3 batches into epoch 2: mid-epoch
+        deadline = time.monotonic() + 300
+        while not wait_for.exists():
+            assert victim.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(60) == -signal.SIGKILL
+    finally:
+        try:
+            os.killpg(victim.pid, signal.SIGKILL)  # its loader worker, if still there
+        except ProcessLookupError:
+            pass
+    assert not (tmp_path / "killed.json").exists()
+    killed_at = checkpoint.latest_checkpoint(kill_dir)
+    for p in checkpoint.list_checkpoints(kill_dir):  # what kill -9 left under final names is complete
+        checkpoint.read_checkpoint(p)
+
+    resumed = subprocess.run(train_cmd(demo_shards, kill_dir, tmp_path / "resumed.json", "--resume"), cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    out, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, out[-3000:]
+
+    m = json.loads((tmp_path / "resumed.json").read_text())
+    step = int(killed_at.name[len("ckpt-step"):-len(".pt")])
+    assert f"resume: {killed_at} at step {step}/{PLANNED_STEPS}" in resumed.stdout
+    assert m["steps"] == json.loads((tmp_path / "ref.json").read_text())["steps"] == PLANNED_STEPS
+    assert m["resumed_from_step"] == step and 14 <= step < PLANNED_STEPS
+    assert m["total_trained_images"] == PLANNED_STEPS * 4 and m["checkpoint_s"] > 0
+    assert not list(kill_dir.glob("*.tmp"))
+    assert len(checkpoint.list_checkpoints(kill_dir)) == 2  # keep=2
+    for p in checkpoint.list_checkpoints(kill_dir):
+        checkpoint.read_checkpoint(p)
+    # same seed, same data order (replayed loader position), same optimizer/schedule/RNG state: bitwise equal
+    ref_w, res_w = final_weights(ref_dir), final_weights(kill_dir)
+    assert ref_w.keys() == res_w.keys()
+    for k in ref_w:
+        assert torch.equal(ref_w[k], res_w[k]), k

@@ -1,0 +1,286 @@
+"""Checkpoints that survive ``kill -9``: atomic writes by rank 0, the last K kept, exact resume.
+
+A checkpoint is ``<dir>/ckpt-step{step:08d}.pt``, written to a ``.tmp`` file in the same folder, fsync'd,
+then ``os.replace``'d onto its final name (and the folder fsync'd): a file with the final name is always
+complete; a kill mid-write leaves only a ``*.tmp`` that :func:`latest_checkpoint` ignores and the next
+save removes. Older checkpoints are deleted only after the new one is in place (the last ``keep`` stay).
+
+Contents (only tensors and plain Python values, so ``torch.load(weights_only=True)`` reads it): a header
+(format version, model name, class count, world size, global batch, image size, precision, total steps),
+the model (unwrapped from DDP), optimizer, GradScaler, LR scheduler and EMA states, the position
+(epoch, global step, batches done in that epoch) and the RNG states (Python ``random``, NumPy, torch CPU,
+torch CUDA).
+
+Resume positions the loader by replaying it: ``set_epoch(epoch)`` and then :func:`skip_batches` draws
+and drops the batches already trained in that epoch (their decode cost is paid again, at most one epoch of
+loading, no compute). That is exact because the data order of a backend depends only on
+(seed, epoch, rank, worker), not on what ran before.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+MODEL_NAME = "resnet50"
+_NAME = re.compile(r"^ckpt-step(\d{8,})\.pt$")
+T = TypeVar("T")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here (unreadable, or from a different model / run shape)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a checkpoint was made for; checked against the resuming run."""
+
+    num_classes: int
+    world_size: int
+    global_batch: int
+    image_size: int
+    precision: str
+    total_steps: int
+    model: str = MODEL_NAME
+    version: int = FORMAT_VERSION
+
+
+@dataclass
+class Progress:
+    """Where training stands: ``step`` steps done in total, ``epoch_step`` of them in epoch ``epoch`` (0-based)."""
+
+    epoch: int = 0
+    step: int = 0
+    epoch_step: int = 0
+
+
+@dataclass
+class Loaded:
+    """A loaded checkpoint: its file, header and position (the states are already restored)."""
+
+    path: Path
+    header: Header
+    progress: Progress
+    extra: dict = field(default_factory=dict)
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"ckpt-step{step:08d}.pt"
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints in ``directory`` (final names only, ``*.tmp`` ignored), oldest step first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint with the highest step in ``directory``, or None when there is none."""
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside a DDP (or ``torch.compile``) wrapper."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def rng_state() -> dict:
+    """RNG states as tensors / plain values (``weights_only``-loadable)."""
+    py = random.getstate()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only when CUDA is present here too)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(directory: Path, header: Header, progress: Progress, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler=None, scaler: torch.amp.GradScaler | None = None,
+                    ema: torch.nn.Module | dict | None = None, keep: int = 2) -> Path:
+    """Write ``ckpt-step{progress.step:08d}.pt`` atomically, then delete all but the newest ``keep``.
+
+    Call on rank 0 only (see :func:`save_on_main`). Returns the final path.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    for stale in d.glob("ckpt-step*.tmp"):  # left by a process killed mid-write: never a complete checkpoint
+        stale.unlink(missing_ok=True)
+    payload = {
+        "header": dict(vars(header)),
+        "progress": dict(vars(progress)),
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": (ema if isinstance(ema, dict) else unwrap(ema).state_dict()) if ema is not None else None,
+        "rng": rng_state(),
+    }
+    final = checkpoint_path(d, progress.step)
+    tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(d)
+    for old in list_checkpoints(d)[:-keep]:  # only now that the new one is complete
+        old.unlink(missing_ok=True)
+    return final
+
+
+def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict:
+    """The raw payload of ``path`` (``weights_only``).
+
+    Raises:
+        CheckpointError: unreadable / truncated / not a checkpoint of this format.
+    """
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # truncated zip, bad pickle, foreign globals: all mean "unusable file"
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}); "
+                              f"delete it to resume from the previous one, or start without --resume") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("header"), dict) or "model" not in payload:
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this trainer; delete it or point "
+                              f"--checkpoint-dir elsewhere")
+    return payload
+
+
+def check_header(path: Path, saved: dict, expected: Header) -> Header:
+    """Compare a saved header with this run's.
+
+    Raises:
+        CheckpointError: a different format, model or class count, or a world size / global batch that changes
+            the data order (the saved loader position would be meaningless).
+    """
+    version = saved.get("version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}, this trainer reads "
+                              f"{FORMAT_VERSION}; start without --resume or use another --checkpoint-dir")
+    try:
+        header = Header(**saved)
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint {path} has a malformed header ({exc}); delete it") from None
+    for name, what in (("model", "model"), ("num_classes", "class count"), ("world_size", "world size"),
+                       ("global_batch", "global batch size")):
+        have, want = getattr(header, name), getattr(expected, name)
+        if have != want:
+            raise CheckpointError(f"checkpoint {path} is for {what} {have}, this run has {want}; resume with the "
+                                  f"same settings, or use another --checkpoint-dir to start fresh")
+    return header
+
+
+def load_checkpoint(path: Path, expected: Header, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler=None, scaler: torch.amp.GradScaler | None = None, ema: torch.nn.Module | None = None,
+                    map_location: torch.device | str = "cpu", restore_rng: bool = True) -> Loaded:
+    """Restore every state saved by :func:`save_checkpoint` into the given objects (all ranks call this).
+
+    Raises:
+        CheckpointError: see :func:`read_checkpoint` and :func:`check_header`.
+    """
+    path = Path(path)
+    payload = read_checkpoint(path, map_location)
+    header = check_header(path, payload["header"], expected)
+    try:
+        unwrap(model).load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if scheduler is not None and payload.get("scheduler") is not None:
+            scheduler.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload.get("scaler") is not None:
+            scaler.load_state_dict(payload["scaler"])
+        if ema is not None and payload.get("ema") is not None:
+            unwrap(ema).load_state_dict(payload["ema"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({first}); use another "
+                              f"--checkpoint-dir to start fresh") from None
+    if restore_rng and payload.get("rng") is not None:
+        set_rng_state(payload["rng"])
+    return Loaded(path, header, Progress(**payload["progress"]))
+
+
+def skip_batches(loader: Iterable[T], count: int) -> Iterator[T]:
+    """An iterator over ``loader`` with its first ``count`` items drawn and dropped (the resume position).
+
+    Raises:
+        RuntimeError: the loader has fewer than ``count`` items.
+    """
+    it = iter(loader)
+    for i in range(count):
+        try:
+            next(it)
+        except StopIteration:
+            raise RuntimeError(f"loader yielded {i} batches while skipping {count} already trained") from None
+    return it
+
+
+def every_n_steps(fn: Callable[..., T], progress: Progress, every: int | None,
+                  hook: Callable[[], None]) -> Callable[..., T]:
+    """Wrap a step so each call advances ``progress`` and ``hook()`` runs when ``progress.step % every == 0``.
+
+    ``every`` None: only counts (the loop saves at epoch ends itself).
+    """
+
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        progress.step += 1
+        progress.epoch_step += 1
+        if every is not None and progress.step % every == 0:
+            hook()
+        return out
+
+    return wrapped
