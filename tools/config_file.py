@@ -148,6 +148,8 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, (tuple, list)):  # comma-list flags (--milestones 30,60,80) are written as their text
+        return json.dumps(",".join(str(_plain(v)) for v in value))
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
 
 

@@ -1,4 +1,4 @@
-"""``train --data DIR --loader cpu|synthetic [options]``: ResNet50 v1.5 on webdataset shards.
+"""``train --data DIR --loader cpu|dali|folder|synthetic [options]``: ResNet50 v1.5 on webdataset shards.
 
 Single process: ``train --data shards/``. Several (DDP, gloo on CPU / NCCL on CUDA):
 ``torchrun --nproc-per-node N $(which train) --data shards/``. Prints one row of FlagPerf's
@@ -15,8 +15,9 @@ from pathlib import Path
 
 from pipeline.backends import LoaderConfig, LoaderKind
 from pipeline.info import DatasetError
-from train.config import OptimConfig, TrainConfig
+from train.config import CheckpointConfig, OptimConfig, TrainConfig
 from train.precision import Precision
+from train.recipe import Resolution, Schedule
 
 
 def _positive(kind):
@@ -35,6 +36,27 @@ def _data_location(text: str) -> Path | str:
     return text if is_url(text) else Path(text)
 
 
+def _epoch_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"epochs must be >= 0, got {text!r}")
+    return values
+
+
+def _resolution(args: argparse.Namespace) -> Resolution | None:
+    if args.min_train_size is None and args.eval_size is None:
+        return None
+    start = args.min_train_size or args.image_size
+    ramp = args.ramp_epochs or (0, max(0, args.epochs - 1))
+    if len(ramp) != 2:
+        raise argparse.ArgumentTypeError("--ramp-epochs takes FIRST,LAST")
+    return Resolution(start=start, end=args.image_size, ramp_start=ramp[0], ramp_end=ramp[1],
+                      eval=args.eval_size or args.image_size, step=32 if start % 32 == 0 else 8)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=_data_location,
@@ -46,11 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive(int), help="stop after this many train steps in total")
     p.add_argument("--batch-size", type=_positive(int), default=256, help="per-rank batch size (default: 256)")
     p.add_argument("--image-size", type=_positive(int), default=224, help="train/eval crop side, px (default: 224)")
-    p.add_argument("--lr", type=_positive(float), help="peak learning rate (default: 0.1 × global batch / 256)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    # recipe defaults: NVIDIA DLE ResNet50 v1.5 (see train/recipe.py)
+    p.add_argument("--lr", type=_positive(float), help="peak learning rate (default: --lr-per-256 × global batch / 256)")
+    p.add_argument("--lr-per-256", type=_positive(float), default=0.256, help="peak LR per 256 images (default: 0.256)")
+    p.add_argument("--momentum", type=float, default=0.875, help="SGD momentum (default: 0.875)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=1 / 32768, help="(default: 1/32768 = 3.05e-5)")
+    p.add_argument("--decay-bn-bias", action="store_true", help="also apply weight decay to BN parameters and biases")
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length (default: 1)")
+    p.add_argument("--warmup-epochs", type=float, default=8.0, help="linear warmup length (default: 8)")
+    p.add_argument("--schedule", type=Schedule, choices=list(Schedule), default=Schedule.COSINE,
+                   metavar="{" + ",".join(k.value for k in Schedule) + "}",
+                   help="after warmup: cosine to 0, or step (x --gamma at each of --milestones) (default: cosine)")
+    p.add_argument("--milestones", type=_epoch_list, default=(30, 60, 80), help="step schedule epochs (30,60,80)")
+    p.add_argument("--gamma", type=float, default=0.1, help="step schedule factor (default: 0.1)")
+    p.add_argument("--no-zero-init-residual", action="store_true",
+                   help="keep torchvision's default init of the last BN of each block (default: zero-init)")
+    p.add_argument("--ema-decay", type=float, help="keep and evaluate an EMA of the weights (e.g. 0.9999)")
+    p.add_argument("--target-acc1", type=float, help="stop after the first eval reaching this top-1 %% (FlagPerf)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 math in fp32 mode on CUDA (default: off)")
+    p.add_argument("--min-train-size", type=_positive(int), help="progressive resizing: train at this side first, "
+                                                                   "growing to --image-size over --ramp-epochs")
+    p.add_argument("--ramp-epochs", type=_epoch_list, default=None, help="FIRST,LAST epoch of the resize ramp "
+                                                                          "(default: 0,epochs-1)")
+    p.add_argument("--eval-size", type=_positive(int), help="eval side, px (default: --image-size)")
     p.add_argument("--workers", type=int, help="CPU decode workers (DALI threads) per rank (default: the cores "
                                                 "available divided by the ranks on this node)")
     p.add_argument("--shuffle-buffer", type=_positive(int), default=500, help="per-worker train shuffle buffer")
@@ -67,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, help="first steps left out of p_whole/p_train/p_core and reported "
                                                      "separately (default: min(20, total steps // 5))")
     p.add_argument("--metrics-json", type=Path, help="write the metrics here (rank 0)")
+    p.add_argument("--checkpoint-dir", type=Path, help="write checkpoints ckpt-step{step:08d}.pt here (rank 0, atomic: "
+                                                      "a kill -9 never leaves a partial one under the final name)")
+    p.add_argument("--checkpoint-every", type=_positive(int), metavar="N",
+                   help="save every N train steps (default: at every epoch end); always also at the end of the run")
+    p.add_argument("--checkpoint-keep", type=_positive(int), default=2, metavar="K",
+                   help="keep the newest K checkpoints (default: 2)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, "
+                        "LR schedule, RNG); with no checkpoint there, start fresh with a note")
     return p
 
 
@@ -87,8 +138,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                 seed=args.seed, shuffle_buffer=args.shuffle_buffer,
                                 synthetic_train_samples=args.synthetic_train_samples,
                                 synthetic_val_samples=args.synthetic_val_samples),
-        optim=OptimConfig(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                          label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs),
+        optim=OptimConfig(lr=args.lr, lr_per_256=args.lr_per_256, momentum=args.momentum, nesterov=args.nesterov,
+                          weight_decay=args.weight_decay, decay_bn_and_bias=args.decay_bn_bias,
+                          label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
+                          schedule=args.schedule, milestones=args.milestones, gamma=args.gamma),
         epochs=args.epochs,
         max_steps=args.max_steps,
         precision=args.precision,
@@ -96,16 +149,30 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         metrics_json=args.metrics_json,
         eval=not args.no_eval,
         warmup_steps=args.warmup_steps,
+        zero_init_residual=not args.no_zero_init_residual,
+        ema_decay=args.ema_decay,
+        target_acc1=args.target_acc1,
+        compile=args.compile,
+        tf32=args.tf32,
+        resolution=_resolution(args),
+        checkpoint=CheckpointConfig(dir=args.checkpoint_dir, every=args.checkpoint_every, keep=args.checkpoint_keep,
+                                    resume=args.resume),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tools.config_file import parse_args_with_config, resolved_path, write_resolved
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args_with_config(parser, argv)  # adds --config FILE.toml: defaults < file < flags
     if args.workers is not None and args.workers < 0:
         parser.error("--workers must be >= 0")
     if args.warmup_epochs < 0 or not 0 <= args.label_smoothing < 1 or args.weight_decay < 0:
         parser.error("--warmup-epochs and --weight-decay must be >= 0, --label-smoothing in [0, 1)")
+    if (args.resume or args.checkpoint_every is not None) and args.checkpoint_dir is None:
+        parser.error("--resume and --checkpoint-every need --checkpoint-dir DIR")
+    if args.metrics_json is not None and os.environ.get("RANK", "0") == "0":
+        write_resolved(parser, args, resolved_path(args.metrics_json))  # metrics.json -> metrics.config.toml
     from train.loop import run  # imported late: torch start-up is not needed for --help
 
     from pipeline.backends.cpu import SampleDecodeError

@@ -7,26 +7,55 @@ from pathlib import Path
 
 from pipeline.backends import LoaderConfig, LoaderKind
 from train.precision import Precision
+from train.recipe import Resolution, Schedule
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with momentum, label smoothing and a warmup + cosine schedule.
+    """SGD, LR schedule and regularisation; defaults are NVIDIA DLE's ResNet50 v1.5 recipe (see train/recipe.py).
 
     Attributes:
-        lr: peak learning rate; None = 0.1 × global batch / 256 (Goyal et al. 2017 linear scaling).
-        momentum, weight_decay, label_smoothing: as in NVIDIA DLE's ResNet50 v1.5 recipe.
-        warmup_epochs: epochs of linear warmup (fractions allowed).
+        lr: peak learning rate; None = ``lr_per_256`` × global batch / 256 (Goyal et al. 2017 linear scaling).
+        lr_per_256: peak LR per 256 images of global batch (DLE: 0.256).
+        momentum: SGD momentum (DLE: 0.875); nesterov: Nesterov momentum.
+        weight_decay: L2 on conv / linear weights (DLE: 1/32768); decay_bn_and_bias: also on BN and biases.
+        label_smoothing: cross-entropy label smoothing (0.1).
+        warmup_epochs: epochs of linear LR warmup (fractions allowed).
+        schedule: ``cosine`` (to zero) or ``step`` (× ``gamma`` at each of ``milestones``, in epochs).
     """
 
     lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr_per_256: float = 0.256
+    momentum: float = 0.875
+    nesterov: bool = False
+    weight_decay: float = 1.0 / 32768
+    decay_bn_and_bias: bool = False
     label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 8.0
+    schedule: Schedule = Schedule.COSINE
+    milestones: tuple[int, ...] = (30, 60, 80)
+    gamma: float = 0.1
 
     def peak_lr(self, global_batch: int) -> float:
-        return self.lr if self.lr is not None else 0.1 * global_batch / 256
+        return self.lr if self.lr is not None else self.lr_per_256 * global_batch / 256
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoints (see :mod:`train.checkpoint`); ``dir`` None = none written.
+
+    Attributes:
+        dir: folder of ``ckpt-step{step:08d}.pt`` files (rank 0 writes).
+        every: save every this many train steps (None = at every epoch end); always at the end of the run.
+        keep: newest checkpoints kept; older ones are deleted once a new one is complete.
+        resume: continue from the newest checkpoint in ``dir``; with none there the run starts fresh
+            (a note says so), so a requeued job can always pass it.
+    """
+
+    dir: Path | None = None
+    every: int | None = None
+    keep: int = 2
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +75,14 @@ class TrainConfig:
         eval: evaluate after every epoch (FlagPerf does).
         warmup_steps: first train steps left out of p_whole / p_train / p_core (start-up: allocator, cudnn
             autotuning, worker start, compile) and reported separately; None = min(20, total steps // 5).
+        zero_init_residual: zero-initialise the last BN gamma of every residual block (Goyal et al. 2017).
+        ema_decay: keep an exponential moving average of the weights with this decay and evaluate it too
+            (None = no EMA).
+        target_acc1: stop after the first evaluation whose top-1 (%) reaches it (FlagPerf's ``target_acc1``).
+        compile: ``torch.compile`` the model (its compile time falls in the warm-up steps).
+        tf32: allow TF32 matmuls / convolutions on CUDA in fp32 mode (off: true fp32).
+        resolution: progressive train resolution and a separate eval resolution (None: ``image_size`` for both).
+        checkpoint: checkpoint / resume options.
     """
 
     data: Path | str | None
@@ -59,6 +96,13 @@ class TrainConfig:
     metrics_json: Path | None = None
     eval: bool = True
     warmup_steps: int | None = None
+    zero_init_residual: bool = True
+    ema_decay: float | None = None
+    target_acc1: float | None = None
+    compile: bool = False
+    tf32: bool = False
+    resolution: Resolution | None = None
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def resolved_warmup_steps(self, total_steps: int) -> int:
         """Warm-up steps for a run of ``total_steps``.

@@ -21,13 +21,13 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.backends import Batch, Loader, LoaderKind, Split, build_loader
 from pipeline.info import DatasetInfo, load_info
 from pipeline.sharding import default_workers
-from train import distributed
+from train import checkpoint, distributed
 from train.config import TrainConfig
 from train.metrics import (TABLE_HEADER, MemoryUse, RunTimes, flagperf_metrics, flagperf_row, peak_memory,
                            process_start_time)
 from train.model import build_resnet50
-from train.precision import Precision, autocast, make_grad_scaler, resolve_precision
-from train.schedule import warmup_cosine
+from train.precision import Precision, autocast, make_grad_scaler, model_dtype, resolve_precision, set_tf32
+from train.recipe import build_ema, build_scheduler, parameter_groups
 from train.timing import Mark, Stopwatch, after_calls, device_sync, timed_call, timed_iter
 from train.verdict import Evidence, Verdict, decide
 
@@ -46,10 +46,13 @@ class TrainStep:
     precision: Precision
     device: torch.device
     scaler: torch.amp.GradScaler | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    raw_model: torch.nn.Module | None = None  # the module the EMA follows (not the DDP wrapper)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        images = batch.images.half() if self.precision is Precision.FP16 else batch.images
         with autocast(self.precision, self.device):
-            loss = self.criterion(self.model(batch.images), batch.labels)
+            loss = self.criterion(self.model(images), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -59,6 +62,8 @@ class TrainStep:
             loss.backward()
             self.optimizer.step()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw_model)
         return loss.detach()
 
 
@@ -82,8 +87,9 @@ def evaluate(model: torch.nn.Module, loader: Loader, precision: Precision, env: 
     count = 0
     with torch.inference_mode():
         for batch in loader:
+            images = batch.images.half() if precision is Precision.FP16 else batch.images
             with autocast(precision, env.device):
-                logits = model(batch.images)
+                logits = model(images)
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
             hits = top.eq(batch.labels.view(-1, 1))
@@ -123,27 +129,35 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         raise ValueError(f"--loader {cfg.loader.value} needs --data DIR (a folder written by shard-imagenet)")
     lcfg = dataclasses.replace(cfg.loader_cfg, data_root=cfg.data)
     train_loader = build_loader(cfg.loader, lcfg, Split.TRAIN, info, env.device, env.rank, env.world_size)
-    val_loader = (build_loader(cfg.loader, lcfg, Split.VAL, info, env.device, env.rank, env.world_size)
+    val_cfg = dataclasses.replace(lcfg, image_size=cfg.resolution.eval) if cfg.resolution is not None else lcfg
+    val_loader = (build_loader(cfg.loader, val_cfg, Split.VAL, info, env.device, env.rank, env.world_size)
                   if cfg.eval else None)
     num_classes = train_loader.num_classes
 
     precision = resolve_precision(cfg.precision, env.device)
-    model = build_resnet50(num_classes, env.device)
+    if env.device.type == "cuda":
+        set_tf32(cfg.tf32)
+    model = build_resnet50(num_classes, env.device, cfg.zero_init_residual, model_dtype(precision))
+    ema = build_ema(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     ddp_model = (DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
                  if env.distributed else model)
+    if cfg.compile:  # compile time lands in the first steps, which the warm-up leaves out of p_*
+        ddp_model = torch.compile(ddp_model)
     global_batch = lcfg.batch_size * env.world_size
     peak_lr = cfg.optim.peak_lr(global_batch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
+    o = cfg.optim
+    optimizer = torch.optim.SGD(parameter_groups(model, o.weight_decay, o.decay_bn_and_bias), lr=peak_lr,
+                                momentum=o.momentum, nesterov=o.nesterov)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     warmup_steps = min(total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
-    scheduler = warmup_cosine(optimizer, warmup_steps, total_steps)
+    scheduler = build_scheduler(optimizer, warmup_steps, total_steps, o.schedule,
+                                tuple(m * steps_per_epoch for m in o.milestones), o.gamma)
     step = TrainStep(ddp_model, optimizer, scheduler,
                      torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-                     precision, env.device, make_grad_scaler(precision, env.device))
+                     precision, env.device, make_grad_scaler(precision, env.device), ema, model)
 
     device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else platform.processor() or "cpu"
     _log(env, f"train: {cfg.loader.value} loader, {cfg.data if cfg.data is not None else 'synthetic data'}, "
@@ -151,64 +165,130 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
               f"precision {precision.value}, batch {lcfg.batch_size}/rank (global {global_batch}), "
               f"image {lcfg.image_size}px, lr {peak_lr:g}, {steps_per_epoch} steps/epoch, {total_steps} steps")
 
+    ck = cfg.checkpoint
+    header = checkpoint.Header(num_classes=num_classes, world_size=env.world_size, global_batch=global_batch,
+                               image_size=lcfg.image_size, precision=precision.value, total_steps=total_steps)
+    progress = checkpoint.Progress()  # advanced by every step (checkpoint.every_n_steps), saved in checkpoints
+    resumed_from: str | None = None
+    if ck.resume and ck.dir is not None:
+        found = checkpoint.latest_checkpoint(ck.dir)
+        if found is None:
+            _log(env, f"resume: no checkpoint in {ck.dir}: starting from step 0")
+        else:  # every rank loads (onto its own device): same weights, optimizer, schedule and RNG everywhere
+            loaded = checkpoint.load_checkpoint(found, header, model, optimizer, scheduler, step.scaler, ema=ema,
+                                                map_location=env.device)
+            progress, resumed_from = loaded.progress, str(found)
+            if progress.step >= total_steps:
+                raise ValueError(f"checkpoint {found} is at step {progress.step}: this run of {total_steps} steps "
+                                 f"is already complete; nothing to resume (drop --resume or use another "
+                                 f"--checkpoint-dir to train again)")
+            _log(env, f"resume: {found} at step {progress.step}/{total_steps} (epoch {progress.epoch + 1}, "
+                      f"{progress.epoch_step} batches into it: replayed through the loader without training)")
+    start_step = progress.step
+
     sync = device_sync(env.device)
     # Under DDP a step's gradient all-reduce waits for the slowest rank's batch. A barrier when the batch
     # has arrived puts that wait into data wait, so compute (p_core) holds no other rank's loading time.
     data_ready = (lambda: (sync(), distributed.barrier(env), sync())) if env.distributed else sync
     data_sw, compute_sw, eval_sw = Stopwatch(), Stopwatch(), Stopwatch()
-    warm_steps = cfg.resolved_warmup_steps(total_steps)
+    # checkpoint writes and the resume replay of already-trained batches: timed apart, left out of p_*
+    ckpt_sw, skip_sw = Stopwatch(), Stopwatch()
+    # a resumed process measures its own steps: its warm-up is its own start-up
+    warm_steps = min(cfg.resolved_warmup_steps(total_steps), total_steps - start_step - 1)
     marks: list[Mark] = []
+    excluded_at_mark: list[float] = []
 
     def mark() -> None:  # clocks at the end of warm-up: p_* count what follows
         marks.append(Mark(time.perf_counter(), data_sw.total, compute_sw.total, eval_sw.total))
+        excluded_at_mark.append(ckpt_sw.total + skip_sw.total)
 
-    timed_step = after_calls(timed_call(step, compute_sw, sync), warm_steps, mark)
+    saved: list[str] = []
+
+    def save() -> None:  # rank 0 writes (atomically); every rank waits until the file is complete
+        with ckpt_sw.timing(sync):
+            if env.is_main:
+                saved.append(str(checkpoint.save_checkpoint(ck.dir, header, progress, model, optimizer, scheduler,
+                                                            step.scaler, keep=ck.keep, ema=ema)))
+            distributed.barrier(env)
+        saved_steps.append(progress.step)
+
+    saved_steps: list[int] = []
+    timed_step = checkpoint.every_n_steps(after_calls(timed_call(step, compute_sw, sync), warm_steps, mark), progress,
+                                          ck.every if ck.dir is not None else None, save)
     last_eval: EvalResult | None = None
-    done = 0
-    epochs_run = 0
+    ema_eval: EvalResult | None = None
+    target_reached: int | None = None
+    train_size = lcfg.image_size
+    done = start_step
+    epochs_run = progress.epoch
     distributed.barrier(env)
     sync()
     loop_start = time.perf_counter()
     if warm_steps == 0:
         mark()
-    for epoch in range(cfg.epochs):
-        n = min(steps_per_epoch, total_steps - done)
-        if n <= 0:
+    for epoch in range(progress.epoch, cfg.epochs):
+        skip = progress.epoch_step if epoch == progress.epoch else 0  # resume: batches trained before the restart
+        n = min(steps_per_epoch, total_steps - done + skip) - skip  # steps to run in this epoch
+        if n <= 0 and skip == 0:
             break
+        if cfg.resolution is not None and cfg.resolution.train_size(epoch) != train_size:
+            train_size = cfg.resolution.train_size(epoch)  # progressive resizing: a loader at the new size
+            train_loader = build_loader(cfg.loader, dataclasses.replace(lcfg, image_size=train_size), Split.TRAIN,
+                                        info, env.device, env.rank, env.world_size)
         train_loader.set_epoch(epoch)
+        progress.epoch, progress.epoch_step = epoch, skip
         epoch_start = time.perf_counter()
         data_before, compute_before = data_sw.total, compute_sw.total
+        excluded_before = ckpt_sw.total + skip_sw.total
         loss_sum = torch.zeros((), device=env.device)
-        for batch in timed_iter(train_loader, data_sw, n, data_ready):
+        with skip_sw.timing(sync):  # the data order depends on (seed, epoch, rank, worker) only: replay to position
+            batches = checkpoint.skip_batches(train_loader, skip) if n > 0 else train_loader
+        for batch in timed_iter(batches, data_sw, n, data_ready):
             loss_sum += timed_step(batch)
         done += n
         epochs_run += 1
-        epoch_train_s = time.perf_counter() - epoch_start
+        epoch_train_s = time.perf_counter() - epoch_start - (ckpt_sw.total + skip_sw.total - excluded_before)
         if val_loader is not None:
             val_loader.set_epoch(epoch)
             with eval_sw.timing(sync):
                 last_eval = evaluate(model, val_loader, precision, env)
+                if ema is not None:
+                    ema_eval = evaluate(ema.module, val_loader, precision, env)
         wait = data_sw.total - data_before
-        _log(env, f"epoch {epoch + 1}/{cfg.epochs}: steps {done}/{total_steps}, loss {loss_sum.item() / n:.4f}, "
+        if ck.dir is not None and ck.every is None and done < total_steps:  # default: a checkpoint per epoch
+            progress.epoch, progress.epoch_step = epoch + 1, 0  # after the eval: a resume starts the next epoch
+            save()
+        _log(env, f"epoch {epoch + 1}/{cfg.epochs}: steps {done}/{total_steps}, loss {loss_sum.item() / max(n, 1):.4f}, "
                   f"train {n * global_batch / epoch_train_s:.1f} img/s (data wait {100 * wait / epoch_train_s:.0f}%, "
                   f"compute {n * global_batch / max(compute_sw.total - compute_before, 1e-9):.1f} img/s)"
                   + (f", val top-1 {last_eval.acc1:.2f}% top-5 {last_eval.acc5:.2f}% on {last_eval.count} images"
-                     if last_eval is not None else ""))
+                     if last_eval is not None else "")
+                  + (f", EMA top-1 {ema_eval.acc1:.2f}%" if ema_eval is not None else ""))
+        if cfg.target_acc1 is not None and last_eval is not None and last_eval.acc1 >= cfg.target_acc1:
+            target_reached = epoch + 1
+            _log(env, f"target top-1 {cfg.target_acc1}% reached after epoch {epoch + 1}: stopping")
+            break
     sync()
     loop_s = time.perf_counter() - loop_start
+    excluded_s = ckpt_sw.total + skip_sw.total  # checkpoint writes + resume replay inside the loop
+    if ck.dir is not None and (not saved_steps or saved_steps[-1] != done):
+        save()  # always one at the end of the run (outside the loop time)
 
     mem = peak_memory(env.device)
     e2e = time.time() - process_start_time()
     skipped = [*getattr(train_loader, "skipped", []), *getattr(val_loader, "skipped", [])]
     (skipped_total,) = distributed.all_reduce([float(len(skipped))], "sum", env)
     w = marks[0]  # measured part: from the end of warm-up to the end of the loop
-    local = RunTimes(e2e=e2e, loop=loop_start + loop_s - w.time, eval=eval_sw.total - w.eval,
+    # p_whole / p_train divide by loop time: checkpoint writes and the resume replay after warm-up are taken out
+    # of it (reported as checkpoint_s / resume_skip_s), so saving does not lower the throughput figures
+    local = RunTimes(e2e=e2e, loop=loop_start + loop_s - w.time - (excluded_s - excluded_at_mark[0]),
+                     eval=eval_sw.total - w.eval,
                      compute=compute_sw.total - w.compute, data=data_sw.total - w.data)
     warmup_s = w.time - loop_start
     *maxes, mem_used, steps_max, neg_steps_min = distributed.all_reduce(
         [local.e2e, local.loop, local.eval, local.compute, local.data, mem.used_gib, done, -done], "max", env)
     times = RunTimes(*maxes)
-    trained_images = (done - warm_steps) * global_batch
+    trained_images = (done - start_step - warm_steps) * global_batch  # this process's measured steps
     acc1 = last_eval.acc1 if last_eval is not None else None
     metrics = flagperf_metrics(trained_images, times, acc1, MemoryUse(mem_used, mem.total_gib, mem.kind))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # FlagPerf's "<nodes>x<procs per node>"
@@ -222,6 +302,15 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         "eval_images": last_eval.count if last_eval is not None else 0,
         "val_samples": val_loader.num_samples if val_loader is not None else 0,
         "steps": done,
+        "ema_acc1": ema_eval.acc1 if ema_eval is not None else None,
+        "target_acc1": cfg.target_acc1,
+        "target_reached_epoch": target_reached,
+        "final_train_image_size": train_size,
+        "resumed_from_step": start_step,  # 0 = a fresh run; steps counts the whole run, resumed part included
+        "resumed_from": resumed_from,
+        "checkpoint_s": ckpt_sw.total,  # rank 0's checkpoint writes + barriers, left out of p_*
+        "resume_skip_s": skip_sw.total,  # replaying the resumed epoch's trained batches, left out of p_*
+        "checkpoints_written": saved,
         "warmup_steps": warm_steps,  # left out of p_whole / p_train / p_core
         "warmup_s_rank0": warmup_s,
         "total_trained_images": done * global_batch,  # trained_images (the p_* numerator) excludes warm-up
