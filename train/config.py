@@ -82,6 +82,7 @@ class TrainConfig:
         compile: ``torch.compile`` the model (its compile time falls in the warm-up steps).
         tf32: allow TF32 matmuls / convolutions on CUDA in fp32 mode (off: true fp32).
         resolution: progressive train resolution and a separate eval resolution (None: ``image_size`` for both).
+        log_jsonl: rank 0 appends one JSON line per ``log_every`` steps here (see train/steplog.py).
         checkpoint: checkpoint / resume options.
     """
 
@@ -102,6 +103,8 @@ class TrainConfig:
     compile: bool = False
     tf32: bool = False
     resolution: Resolution | None = None
+    log_jsonl: Path | None = None
+    log_every: int = 50
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def resolved_warmup_steps(self, total_steps: int) -> int:

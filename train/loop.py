@@ -28,6 +28,7 @@ from train.metrics import (TABLE_HEADER, MemoryUse, RunTimes, flagperf_metrics, 
 from train.model import build_resnet50
 from train.precision import Precision, autocast, make_grad_scaler, model_dtype, resolve_precision, set_tf32
 from train.recipe import build_ema, build_scheduler, parameter_groups
+from train.steplog import StepLog
 from train.timing import Mark, Stopwatch, after_calls, device_sync, timed_call, timed_iter
 from train.verdict import Evidence, Verdict, decide
 
@@ -215,6 +216,9 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     saved_steps: list[int] = []
     timed_step = checkpoint.every_n_steps(after_calls(timed_call(step, compute_sw, sync), warm_steps, mark), progress,
                                           ck.every if ck.dir is not None else None, save)
+    steplog = StepLog(cfg.log_jsonl if env.is_main else None, cfg.log_every, global_batch, data_sw, compute_sw,
+                      lambda: progress.epoch, lambda: optimizer.param_groups[0]["lr"], start_step)
+    timed_step = steplog.wrap(timed_step)  # one JSON line per --log-every steps (one .item() per window)
     last_eval: EvalResult | None = None
     ema_eval: EvalResult | None = None
     target_reached: int | None = None
@@ -270,11 +274,16 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
             break
     sync()
     loop_s = time.perf_counter() - loop_start
+    steplog.close()
     excluded_s = ckpt_sw.total + skip_sw.total  # checkpoint writes + resume replay inside the loop
     if ck.dir is not None and (not saved_steps or saved_steps[-1] != done):
         save()  # always one at the end of the run (outside the loop time)
 
     mem = peak_memory(env.device)
+    for loader in (train_loader, val_loader):  # stop loader workers now, so e2e_time includes their shutdown
+        close = getattr(loader, "close", None)
+        if close is not None:
+            close()
     e2e = time.time() - process_start_time()
     skipped = [*getattr(train_loader, "skipped", []), *getattr(val_loader, "skipped", [])]
     (skipped_total,) = distributed.all_reduce([float(len(skipped))], "sum", env)
@@ -326,6 +335,9 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         "device": str(env.device),
         "device_name": device_name,
         "mem_kind": mem.kind,
+        "mem_peak_allocated_gib_rank0": mem.allocated_gib,
+        "mem_peak_reserved_gib_rank0": mem.reserved_gib,
+        "mem_device_used_gib_nvml_rank0": mem.device_used_gib,
         "times_s": asdict(times),
         "data_wait_fraction": times.data / max(times.loop - times.eval, 1e-9),
         "rank0_times_s": asdict(local),

@@ -44,23 +44,36 @@ def process_start_time() -> float:
 
 @dataclass(frozen=True)
 class MemoryUse:
-    """Peak memory (GiB): ``used`` and the device's ``total``; ``kind`` says what was measured."""
+    """Peak memory (GiB): ``used`` (the FlagPerf ``mem`` numerator) and the device's ``total``; ``kind`` says what
+    ``used`` measures. ``allocated`` / ``reserved``: torch's peak allocated tensors and peak caching-allocator
+    reservation (CUDA; None on CPU). ``device_used``: the whole device's memory in use by every process at the end,
+    from NVML (None where NVML is not available)."""
 
     used_gib: float
     total_gib: float
     kind: str
+    allocated_gib: float | None = None
+    reserved_gib: float | None = None
+    device_used_gib: float | None = None
 
 
 def peak_memory(device: torch.device) -> MemoryUse:
     """Peak memory of this process on ``device``.
 
-    CUDA: ``torch.cuda.max_memory_reserved`` (what the caching allocator held, as nvidia-smi would show)
-    over the device's total. CPU: peak resident set size of the training process (``ru_maxrss``; loader
-    worker processes not included) over physical RAM.
+    CUDA: ``used`` = ``torch.cuda.max_memory_reserved`` (what the caching allocator held, as nvidia-smi would
+    show for this process) over the device's total, plus peak allocated and NVML's device-wide figure. CPU: peak
+    resident set size of the training process (``ru_maxrss``; loader worker processes not included) over
+    physical RAM.
     """
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
-        return MemoryUse(torch.cuda.max_memory_reserved(device) / GIB, total / GIB, "cuda-reserved")
+        try:
+            nvml = torch.cuda.device_memory_used(device) / GIB  # NVML through torch (pynvml / amdsmi)
+        except Exception:  # noqa: BLE001 - NVML missing or not initialisable: the field stays empty
+            nvml = None
+        reserved = torch.cuda.max_memory_reserved(device) / GIB
+        return MemoryUse(reserved, total / GIB, "cuda-reserved", torch.cuda.max_memory_allocated(device) / GIB,
+                         reserved, nvml)
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return MemoryUse(rss_kib * 1024 / GIB, total / GIB, "cpu-rss")

@@ -186,6 +186,13 @@ class CpuLoader:
     def set_epoch(self, epoch: int) -> None:
         self.dataset.epoch = epoch
 
+    def close(self) -> None:
+        """Stop the persistent DataLoader workers (they would otherwise stop at interpreter exit)."""
+        it = getattr(self._loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self._loader = None
+
     def __iter__(self) -> Iterator[Batch]:
         if self._loader is None:  # built once: its workers persist across epochs (no re-fork per epoch)
             self._loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.workers,
