@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, help="keep and evaluate an EMA of the weights (e.g. 0.9999)")
     p.add_argument("--target-acc1", type=float, help="stop after the first eval reaching this top-1 %% (FlagPerf)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-channels-last", action="store_true", help="NCHW model and batches (default: channels-last)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 math in fp32 mode on CUDA (default: off)")
     p.add_argument("--min-train-size", type=_positive(int), help="progressive resizing: train at this side first, "
                                                                    "growing to --image-size over --ramp-epochs")
@@ -159,6 +160,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         tf32=args.tf32,
         resolution=_resolution(args),
         log_jsonl=args.log_jsonl,
+        channels_last=not args.no_channels_last,
         log_every=args.log_every,
         checkpoint=CheckpointConfig(dir=args.checkpoint_dir, every=args.checkpoint_every, keep=args.checkpoint_keep,
                                     resume=args.resume),

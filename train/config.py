@@ -82,6 +82,7 @@ class TrainConfig:
         compile: ``torch.compile`` the model (its compile time falls in the warm-up steps).
         tf32: allow TF32 matmuls / convolutions on CUDA in fp32 mode (off: true fp32).
         resolution: progressive train resolution and a separate eval resolution (None: ``image_size`` for both).
+        channels_last: model and batches in channels-last memory format (False: NCHW, for comparison).
         log_jsonl: rank 0 appends one JSON line per ``log_every`` steps here (see train/steplog.py).
         checkpoint: checkpoint / resume options.
     """
@@ -104,6 +105,7 @@ class TrainConfig:
     tf32: bool = False
     resolution: Resolution | None = None
     log_jsonl: Path | None = None
+    channels_last: bool = True
     log_every: int = 50
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 

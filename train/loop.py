@@ -49,9 +49,12 @@ class TrainStep:
     scaler: torch.amp.GradScaler | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
     raw_model: torch.nn.Module | None = None  # the module the EMA follows (not the DDP wrapper)
+    channels_last: bool = True  # False: batches are made NCHW-contiguous before the forward pass
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         images = batch.images.half() if self.precision is Precision.FP16 else batch.images
+        if not self.channels_last:
+            images = images.contiguous()
         with autocast(self.precision, self.device):
             loss = self.criterion(self.model(images), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -138,7 +141,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     precision = resolve_precision(cfg.precision, env.device)
     if env.device.type == "cuda":
         set_tf32(cfg.tf32)
-    model = build_resnet50(num_classes, env.device, cfg.zero_init_residual, model_dtype(precision))
+    model = build_resnet50(num_classes, env.device, cfg.zero_init_residual, model_dtype(precision), cfg.channels_last)
     ema = build_ema(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     ddp_model = (DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
                  if env.distributed else model)
@@ -158,7 +161,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
                                 tuple(m * steps_per_epoch for m in o.milestones), o.gamma)
     step = TrainStep(ddp_model, optimizer, scheduler,
                      torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-                     precision, env.device, make_grad_scaler(precision, env.device), ema, model)
+                     precision, env.device, make_grad_scaler(precision, env.device), ema, model, cfg.channels_last)
 
     device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else platform.processor() or "cpu"
     _log(env, f"train: {cfg.loader.value} loader, {cfg.data if cfg.data is not None else 'synthetic data'}, "
@@ -315,6 +318,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         "target_acc1": cfg.target_acc1,
         "target_reached_epoch": target_reached,
         "final_train_image_size": train_size,
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
         "resumed_from_step": start_step,  # 0 = a fresh run; steps counts the whole run, resumed part included
         "resumed_from": resumed_from,
         "checkpoint_s": ckpt_sw.total,  # rank 0's checkpoint writes + barriers, left out of p_*
