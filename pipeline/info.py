@@ -134,6 +134,9 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
             raise DatasetError(f"{info_loc}: cannot fetch ({exc}); check the URL (it must hold the files "
                                f"shard-imagenet wrote)") from None
     elif not Path(info_loc).is_file():
+        if (Path(root) / "train").is_dir():  # an image tree, not shards: never suggest writing shards into it
+            raise DatasetError(f"{info_loc}: not found: {root} looks like an ImageFolder tree, not shards; train on it "
+                               f"with --loader folder, or shard it first: shard-imagenet {root} --out OTHER_DIR")
         raise DatasetError(f"{info_loc}: not found; run `shard-imagenet SRC --out {root}` first "
                            f"(or point --data at the folder that holds the shards)")
     else:

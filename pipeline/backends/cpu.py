@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Iterator
 
+import PIL
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -133,7 +134,8 @@ class ShardBatches(IterableDataset):
                                  else decode_val(data, size, self.cfg.crop_pct, work))
                     ok.append(i)
                 except Exception as exc:
-                    skipped.append(f"{url}: {key}: cannot decode ({type(exc).__name__}: {exc})")
+                    why = "not a decodable image" if isinstance(exc, PIL.UnidentifiedImageError) else f"{exc}"
+                    skipped.append(f"{url}: {key}: cannot decode ({type(exc).__name__}: {why})")
             if not ok:
                 raise SampleDecodeError(f"no sample of a batch decodes; first: {skipped[0]}")
             labels = torch.tensor([c[3] for c in chunk], dtype=torch.int64)
