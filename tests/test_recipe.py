@@ -53,7 +53,7 @@ def test_ema_tracks_weights():
     with torch.no_grad():
         model.weight.fill_(0.0)
     ema.update_parameters(model)
-    assert float(ema.module.weight[0, 0]) == pytest.approx(0.5)
+    assert float(ema.module.weight[0, 0].detach()) == pytest.approx(0.5)
     with pytest.raises(ValueError):
         build_ema(model, 1.0)
 
