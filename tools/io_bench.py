@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_io_bench(cfg, progress)
     except (DatasetError, ValueError, ShardReadError) as exc:
+        bar.leave = False  # clear the progress line: the error stands on its own line
         bar.close()
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else str(exc)

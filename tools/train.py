@@ -51,8 +51,6 @@ def _resolution(args: argparse.Namespace) -> Resolution | None:
         return None
     start = args.min_train_size or args.image_size
     ramp = args.ramp_epochs or (0, max(0, args.epochs - 1))
-    if len(ramp) != 2:
-        raise argparse.ArgumentTypeError("--ramp-epochs takes FIRST,LAST")
     return Resolution(start=start, end=args.image_size, ramp_start=ramp[0], ramp_end=ramp[1],
                       eval=args.eval_size or args.image_size, step=32 if start % 32 == 0 else 8)
 
@@ -178,6 +176,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup-epochs and --weight-decay must be >= 0, --label-smoothing in [0, 1)")
     if (args.resume or args.checkpoint_every is not None) and args.checkpoint_dir is None:
         parser.error("--resume and --checkpoint-every need --checkpoint-dir DIR")
+    if args.checkpoint_dir is not None:
+        try:
+            args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(args.checkpoint_dir, os.W_OK):
+                raise PermissionError("not writable")
+        except OSError as exc:
+            parser.error(f"--checkpoint-dir {args.checkpoint_dir}: cannot write there "
+                         f"({getattr(exc, 'strerror', None) or exc}); pick a writable folder")
+    if args.gamma <= 0:
+        parser.error(f"--gamma must be > 0, got {args.gamma}")
+    if list(args.milestones) != sorted(args.milestones):
+        parser.error(f"--milestones must be increasing, got {','.join(map(str, args.milestones))}")
+    if args.target_acc1 is not None and not 0 <= args.target_acc1 <= 100:
+        parser.error(f"--target-acc1 takes a top-1 in [0, 100], got {args.target_acc1}")
+    if args.target_acc1 is not None and args.no_eval:
+        print(f"train: note: --no-eval: the target top-1 {args.target_acc1}% is never checked", file=sys.stderr)
+    if args.min_train_size is not None and args.min_train_size > args.image_size:
+        parser.error(f"--min-train-size {args.min_train_size} is above --image-size {args.image_size} (the size the "
+                     f"ramp grows to)")
+    if args.ramp_epochs is not None:
+        if args.min_train_size is None:
+            parser.error("--ramp-epochs needs --min-train-size (the size the ramp starts from)")
+        if len(args.ramp_epochs) != 2 or args.ramp_epochs[0] > args.ramp_epochs[1]:
+            parser.error("--ramp-epochs takes FIRST,LAST with FIRST <= LAST, e.g. 10,70")
     if args.metrics_json is not None and os.environ.get("RANK", "0") == "0":
         write_resolved(parser, args, resolved_path(args.metrics_json))  # metrics.json -> metrics.config.toml
     from train.loop import run  # imported late: torch start-up is not needed for --help

@@ -216,7 +216,7 @@ def check_header(path: Path, saved: dict, expected: Header) -> Header:
     except TypeError as exc:
         raise CheckpointError(f"checkpoint {path} has a malformed header ({exc}); delete it") from None
     for name, what in (("model", "model"), ("num_classes", "class count"), ("world_size", "world size"),
-                       ("global_batch", "global batch size")):
+                       ("global_batch", "global batch size"), ("precision", "precision")):
         have, want = getattr(header, name), getattr(expected, name)
         if have != want:
             raise CheckpointError(f"checkpoint {path} is for {what} {have}, this run has {want}; resume with the "

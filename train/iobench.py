@@ -32,7 +32,7 @@ from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
 from pipeline.info import DatasetInfo, load_info
 from pipeline.sharding import default_workers
 from train.config import OptimConfig, TrainConfig
-from train.precision import Precision
+from train.precision import Precision, resolve_precision
 from train.verdict import Evidence, Lever, Verdict, decide
 
 
@@ -244,6 +244,9 @@ def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> I
     cores = default_workers()
     sweep = c.workers or default_sweep(cores)
     folder_root = resolve_folder_root(c, info)
+    if c.folder_root is not None and not (Path(c.folder_root) / "train").is_dir():
+        raise ValueError(f"--folder-root {c.folder_root}: no train/ folder in it; give the ImageFolder tree the "
+                         f"shards were made from (train/<class>/...)")
     import platform
 
     result = IoBenchResult(
@@ -251,7 +254,7 @@ def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> I
                  "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU only)",
                  "torch": torch.__version__},
         config={"data": str(c.data), "batch_size": c.batch_size, "image_size": c.image_size,
-                "precision": Precision(c.precision).value, "repeat": c.repeat, "loader_batches": c.loader_batches,
+                "precision": resolve_precision(c.precision, device).value, "repeat": c.repeat, "loader_batches": c.loader_batches,
                 "warmup_batches": c.warmup_batches, "train_steps": c.train_steps, "warmup_steps": c.warmup_steps, "workers": list(sweep),
                 "train_samples": info.split("train").num_samples, "folder_root": str(folder_root) if folder_root else None})
     loaders = []
@@ -306,6 +309,11 @@ def _end_to_end_lines(r: IoBenchResult) -> list[str]:
     """What the end-to-end runs add: their rates, and whether the step slowed down with a loader running."""
     lines = []
     compute = r.compute["p_core"] if r.compute else None
+    fastest_step = max((e["p_core"] for e in r.end_to_end.values()), default=0.0)
+    if compute and fastest_step > 1.25 * compute:
+        lines.append(f"check: the step alone ran at {fastest_step:.1f} img/s in an end-to-end run but "
+                     f"{compute:.1f} img/s compute-only: the compute-only run was disturbed (a busy machine?); "
+                     f"re-run with more --steps")
     for kind, e in r.end_to_end.items():
         lines.append(f"end to end with the {kind} loader: {e['p_train']:.1f} img/s (data wait "
                      f"{100 * e['data_wait_fraction']:.0f}%, step alone {e['p_core']:.1f} img/s).")

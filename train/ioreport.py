@@ -122,7 +122,7 @@ def render_markdown(r: IoBenchResult, plots: list[str]) -> str:
     if r.sweep:
         ws = sorted({w for pts in r.sweep.values() for w in pts})
         lines += ["## Loader-only throughput (img/s, median [min-max])", "",
-                  "| backend | " + " | ".join(f"{w} workers" for w in ws) + " |", "|---" * (len(ws) + 1) + "|"]
+                  "| backend | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in ws) + " |", "|---" * (len(ws) + 1) + "|"]
         for kind, pts in r.sweep.items():
             cells = [f"{pts[w].median:.0f} [{min(pts[w].samples):.0f}-{max(pts[w].samples):.0f}]" if w in pts else "-"
                      for w in ws]

@@ -186,6 +186,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
                 raise ValueError(f"checkpoint {found} is at step {progress.step}: this run of {total_steps} steps "
                                  f"is already complete; nothing to resume (drop --resume or use another "
                                  f"--checkpoint-dir to train again)")
+            if progress.epoch_step >= steps_per_epoch:  # saved at an epoch's end: the next epoch starts afresh
+                progress.epoch, progress.epoch_step = progress.epoch + 1, 0
             _log(env, f"resume: {found} at step {progress.step}/{total_steps} (epoch {progress.epoch + 1}, "
                       f"{progress.epoch_step} batches into it: replayed through the loader without training)")
     start_step = progress.step
@@ -199,6 +201,8 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     ckpt_sw, skip_sw = Stopwatch(), Stopwatch()
     # a resumed process measures its own steps: its warm-up is its own start-up
     warm_steps = min(cfg.resolved_warmup_steps(total_steps), total_steps - start_step - 1)
+    if cfg.compile and warm_steps == 0 and total_steps - start_step > 1:
+        warm_steps = 1  # the first compiled step holds the compilation: never in p_*
     marks: list[Mark] = []
     excluded_at_mark: list[float] = []
 
@@ -236,7 +240,7 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     for epoch in range(progress.epoch, cfg.epochs):
         skip = progress.epoch_step if epoch == progress.epoch else 0  # resume: batches trained before the restart
         n = min(steps_per_epoch, total_steps - done + skip) - skip  # steps to run in this epoch
-        if n <= 0 and skip == 0:
+        if n <= 0:
             break
         if cfg.resolution is not None and cfg.resolution.train_size(epoch) != train_size:
             train_size = cfg.resolution.train_size(epoch)  # progressive resizing: a loader at the new size
@@ -265,7 +269,9 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
         if ck.dir is not None and ck.every is None and done < total_steps:  # default: a checkpoint per epoch
             progress.epoch, progress.epoch_step = epoch + 1, 0  # after the eval: a resume starts the next epoch
             save()
-        _log(env, f"epoch {epoch + 1}/{cfg.epochs}: steps {done}/{total_steps}, loss {loss_sum.item() / max(n, 1):.4f}, "
+        _log(env, f"epoch {epoch + 1}/{cfg.epochs}: steps {done}/{total_steps}, loss {loss_sum.item() / max(n, 1):.4f}"
+                  + (f" (over the {n} steps since the resume)" if skip else "")
+                  + (f", train size {train_size}px" if cfg.resolution is not None else "") + ", "
                   f"train {n * global_batch / epoch_train_s:.1f} img/s (data wait {100 * wait / epoch_train_s:.0f}%, "
                   f"compute {n * global_batch / max(compute_sw.total - compute_before, 1e-9):.1f} img/s)"
                   + (f", val top-1 {last_eval.acc1:.2f}% top-5 {last_eval.acc5:.2f}% on {last_eval.count} images"

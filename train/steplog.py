@@ -1,7 +1,8 @@
 """JSONL log of the training run, one line per window of ``every`` steps (rank 0 writes).
 
 Each line: ``{"step", "epoch", "loss", "lr", "window_s", "img_per_s", "data_wait_s", "compute_s",
-"data_wait_fraction", "time"}``: loss is the mean over the window (one host synchronisation per window, none
+"data_wait_fraction", "time"}`` after a ``{"run_start", "first_step", "every", "global_batch"}`` line per
+process (a resumed run appends to the same file): loss is the mean over the window (one host synchronisation per window, none
 per step), img/s counts the global batch over the window's wall time, the two clocks are the loop's
 data-wait and compute stopwatches (their growth over the window).
 """
@@ -40,6 +41,8 @@ class StepLog:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", buffering=1)  # line-buffered: a killed run keeps its lines
+            self._file.write(json.dumps({"run_start": time.time(), "first_step": step0, "every": every,
+                                         "global_batch": global_batch}) + "\n")  # separates runs in one file
 
     def wrap(self, fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if self.path is None:

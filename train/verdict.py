@@ -119,9 +119,10 @@ def decide(e: Evidence) -> Verdict:
     r = per_core_rate(e)
     cores_needed = math.ceil(e.compute_rate / r) if r else None
     levers = list(e.levers)
-    if r and e.workers < e.cores:
-        levers.append(Lever(f"--workers {e.cores} (all {e.cores} cores)", min(e.cores * r, e.input_rate * e.cores /
-                                                                              max(e.workers, 1)),
+    if r and e.workers < e.cores and io_bound:
+        # a run's input rate is what the loop ran at, not what its loader could give: use the per-core rate
+        rate = e.cores * r if e.from_run else min(e.cores * r, e.input_rate * e.cores / max(e.workers, 1))
+        levers.append(Lever(f"--workers {e.cores} (all {e.cores} cores)", rate,
                             f"extrapolated: {r:.0f} img/s per core x {e.cores} cores"))
     levers.sort(key=lambda lv: lv.rate, reverse=True)
 
@@ -137,7 +138,7 @@ def decide(e: Evidence) -> Verdict:
                      f"({1 / ratio:.2f}x more input needed).")
     else:
         lines.append(f"compute-bound: the input pipeline delivers {e.input_rate:.0f} img/s, the training step takes "
-                     f"{e.compute_rate:.0f} img/s ({ratio:.2f}x headroom in the input).")
+                     f"{e.compute_rate:.0f} img/s ({ratio:.3g}x headroom in the input).")
     if e.data_wait_fraction is not None:
         lines.append(f"data wait: {100 * e.data_wait_fraction:.0f}% of the train loop.")
     if dominant:
