@@ -93,3 +93,11 @@ def test_folder_baseline_trains_on_an_imagefolder_tree(demo_shards, tmp_path):
     m = json.loads(out.read_text())
     check_metrics(m)
     assert m["loader"] == "folder" and m["steps"] == 2 and m["eval_images"] == 13
+
+
+def test_diverging_loss_is_a_one_line_error(demo_shards, capsys):
+    assert train_cli.main(["--data", str(demo_shards), "--loader", "cpu", "--max-steps", "6", "--batch-size", "4",
+                           "--image-size", "32", "--workers", "1", "--no-eval", "--lr", "1e6",
+                           "--warmup-epochs", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("train: error: the training loss became") and "lower --lr" in err[-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -266,6 +267,10 @@ def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
                 if ema is not None:
                     ema_eval = evaluate(ema.module, val_loader, precision, env)
         wait = data_sw.total - data_before
+        if n > 0 and not math.isfinite(loss_sum.item()):  # one host sync per epoch, which the log line needs anyway
+            raise ValueError(f"the training loss became {loss_sum.item()} in epoch {epoch + 1} (diverged): lower --lr "
+                             f"(now {peak_lr:g} peak), raise --warmup-epochs, or use --precision amp/bf16 instead "
+                             f"of fp16")
         if ck.dir is not None and ck.every is None and done < total_steps:  # default: a checkpoint per epoch
             progress.epoch, progress.epoch_step = epoch + 1, 0  # after the eval: a resume starts the next epoch
             save()
