@@ -81,4 +81,4 @@ def test_zero_init_residual():
     model = build_resnet50(10, CPU)
     last_bn = [b.bn3.weight for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
     assert all(float(w.detach().abs().sum()) == 0.0 for w in last_bn)
-    assert float(build_resnet50(10, CPU, zero_init_residual=False).layer1[0].bn3.weight.sum()) > 0
+    assert float(build_resnet50(10, CPU, zero_init_residual=False).layer1[0].bn3.weight.detach().sum()) > 0
