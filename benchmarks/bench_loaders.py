@@ -22,7 +22,6 @@ and ≥ 2.0× folder. Run it once with stock Pillow and once after ``make simd``
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import sys

@@ -812,9 +812,9 @@ class _Resolver:
         if member:
             mats.append((f"{self.disp(archive)}:{member[0]}", member[1]))
         if not mats:
-            raise _Unavailable(f"needs an ILSVRC2012_ID -> wnid map: pass --id-map (the devkit's data/meta.mat or a "
-                               f"map_clsloc.txt-style file), or put map_clsloc.txt / imagenet_folder_id_class.txt "
-                               f"in SRC")
+            raise _Unavailable("needs an ILSVRC2012_ID -> wnid map: pass --id-map (the devkit's data/meta.mat or a "
+                               "map_clsloc.txt-style file), or put map_clsloc.txt / imagenet_folder_id_class.txt "
+                               "in SRC")
         name, obj = mats[0]
         if not _have_scipy():
             raise _Unavailable(f"needs an ILSVRC2012_ID -> wnid map and only {name} was found: {_NO_SCIPY}")

@@ -17,7 +17,7 @@ import torch
 
 from train import checkpoint
 from train.checkpoint import CheckpointError, Header, Progress
-from train.schedule import warmup_cosine
+from train.recipe import build_scheduler
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def make(num_classes: int = 3, seed: int = 0):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, num_classes))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    sched = warmup_cosine(opt, 2, 10)
+    sched = build_scheduler(opt, 2, 10)
     return model, opt, sched
 
 

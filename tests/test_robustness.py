@@ -141,7 +141,6 @@ def test_verify_names_a_changed_key_and_goes_on_past_a_missing_shard(demo_shards
 
 def test_corrupt_sample_in_a_shard_is_skipped_counted_and_named(tmp_path, capsys):
     """A JPEG broken after sharding: train keeps full batches, eval leaves it out, both name it."""
-    import io
     import tarfile
 
     src = tmp_path / "src"

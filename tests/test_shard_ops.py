@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time

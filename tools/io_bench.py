@@ -10,11 +10,11 @@ Writes ``report.md``, ``results.json`` and two PNG plots into ``--out``.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from pipeline.backends import LoaderKind
+from tools.cli_common import error_line, positive
 from pipeline.info import DatasetError
 from train.precision import Precision
 
@@ -42,13 +42,6 @@ def _loader_list(text: str) -> tuple[LoaderKind, ...]:
     return kinds
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="io-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,18 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", type=_loader_list, default=(LoaderKind.CPU, LoaderKind.DALI, LoaderKind.FOLDER),
                    help="backends to measure, comma list (default: cpu,dali,folder; unavailable ones are skipped)")
     p.add_argument("--workers", type=_int_list, help="worker counts to sweep, comma list (default: 1,2,4,... cores)")
-    p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--image-size", type=_positive, default=224)
+    p.add_argument("--batch-size", type=positive(int), default=64)
+    p.add_argument("--image-size", type=positive(int), default=224)
     p.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
                    metavar="{" + ",".join(k.value for k in Precision) + "}")
-    p.add_argument("--repeat", type=_positive, default=3, help="timed windows per sweep point (default: 3)")
-    p.add_argument("--loader-batches", type=_positive, default=10, help="batches per timed window (default: 10)")
-    p.add_argument("--steps", type=_positive, default=10,
+    p.add_argument("--repeat", type=positive(int), default=3, help="timed windows per sweep point (default: 3)")
+    p.add_argument("--loader-batches", type=positive(int), default=10, help="batches per timed window (default: 10)")
+    p.add_argument("--steps", type=positive(int), default=10,
                    help="training steps of the compute-only and end-to-end runs (default: 10; on a CPU lower the "
                         "batch size or image size rather than this)")
     p.add_argument("--folder-root", type=Path, help="ImageFolder tree for the folder baseline (default: the "
                                                      "source tree recorded in _info.json, if it still exists)")
-    p.add_argument("--max-size", type=_positive, help="--max-size the pre-resized-shards lever is computed for "
+    p.add_argument("--max-size", type=positive(int), help="--max-size the pre-resized-shards lever is computed for "
                                                       "(default: 10/7 of the image size, 320 for 224)")
     p.add_argument("--out", type=Path, default=Path("io-bench"), help="report folder (default: ./io-bench)")
     return p
@@ -97,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ValueError, ShardReadError) as exc:
         bar.leave = False  # clear the progress line: the error stands on its own line
         bar.close()
-        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else str(exc)
-        print(f"io-bench: error: {last}", file=sys.stderr)
+        print(f"io-bench: error: {error_line(exc)}", file=sys.stderr)
         return 2
     bar.close()
     report = write_report(result, args.out)

@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
 from pipeline.backends import LoaderConfig, LoaderKind
 from pipeline.info import DatasetError
+from tools.cli_common import error_line, positive
 from train.config import CheckpointConfig, OptimConfig, TrainConfig
 from train.precision import Precision
 from train.recipe import Resolution, Schedule
-
-
-def _positive(kind):
-    def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
 
 
 def _data_location(text: str) -> Path | str:
@@ -62,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "an ImageFolder root with train/ and val/ for --loader folder; optional for synthetic")
     p.add_argument("--loader", type=LoaderKind, choices=list(LoaderKind), default=LoaderKind.CPU,
                    metavar="{" + ",".join(k.value for k in LoaderKind) + "}", help="decode backend (default: cpu)")
-    p.add_argument("--epochs", type=_positive(int), default=1, help="epochs, each followed by eval (default: 1)")
-    p.add_argument("--max-steps", type=_positive(int), help="stop after this many train steps in total")
-    p.add_argument("--batch-size", type=_positive(int), default=256, help="per-rank batch size (default: 256)")
-    p.add_argument("--image-size", type=_positive(int), default=224, help="train/eval crop side, px (default: 224)")
+    p.add_argument("--epochs", type=positive(int), default=1, help="epochs, each followed by eval (default: 1)")
+    p.add_argument("--max-steps", type=positive(int), help="stop after this many train steps in total")
+    p.add_argument("--batch-size", type=positive(int), default=256, help="per-rank batch size (default: 256)")
+    p.add_argument("--image-size", type=positive(int), default=224, help="train/eval crop side, px (default: 224)")
     # recipe defaults: NVIDIA DLE ResNet50 v1.5 (see train/recipe.py)
-    p.add_argument("--lr", type=_positive(float), help="peak learning rate (default: --lr-per-256 × global batch / 256)")
-    p.add_argument("--lr-per-256", type=_positive(float), default=0.256, help="peak LR per 256 images (default: 0.256)")
+    p.add_argument("--lr", type=positive(float), help="peak learning rate (default: --lr-per-256 × global batch / 256)")
+    p.add_argument("--lr-per-256", type=positive(float), default=0.256, help="peak LR per 256 images (default: 0.256)")
     p.add_argument("--momentum", type=float, default=0.875, help="SGD momentum (default: 0.875)")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     p.add_argument("--weight-decay", type=float, default=1 / 32768, help="(default: 1/32768 = 3.05e-5)")
@@ -87,22 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--no-channels-last", action="store_true", help="NCHW model and batches (default: channels-last)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 math in fp32 mode on CUDA (default: off)")
-    p.add_argument("--min-train-size", type=_positive(int), help="progressive resizing: train at this side first, "
+    p.add_argument("--min-train-size", type=positive(int), help="progressive resizing: train at this side first, "
                                                                    "growing to --image-size over --ramp-epochs")
     p.add_argument("--ramp-epochs", type=_epoch_list, default=None, help="FIRST,LAST epoch of the resize ramp "
                                                                           "(default: 0,epochs-1)")
-    p.add_argument("--eval-size", type=_positive(int), help="eval side, px (default: --image-size)")
+    p.add_argument("--eval-size", type=positive(int), help="eval side, px (default: --image-size)")
     p.add_argument("--workers", type=int, help="CPU decode workers (DALI threads) per rank (default: the cores "
                                                 "available divided by the ranks on this node)")
-    p.add_argument("--shuffle-buffer", type=_positive(int), default=500, help="per-worker train shuffle buffer")
+    p.add_argument("--shuffle-buffer", type=positive(int), default=500, help="per-worker train shuffle buffer")
     p.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
                    metavar="{" + ",".join(k.value for k in Precision) + "}",
                    help="auto = amp on CUDA, fp32 on CPU (default: auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="skip the per-epoch evaluation")
-    p.add_argument("--synthetic-train-samples", type=_positive(int), default=1_281_167,
+    p.add_argument("--synthetic-train-samples", type=positive(int), default=1_281_167,
                    help="synthetic epoch size without --data (default: ILSVRC2012 train)")
-    p.add_argument("--synthetic-val-samples", type=_positive(int), default=50_000,
+    p.add_argument("--synthetic-val-samples", type=positive(int), default=50_000,
                    help="synthetic eval size without --data (default: ILSVRC2012 val; on a slow device lower it "
                         "or pass --no-eval)")
     p.add_argument("--warmup-steps", type=int, help="first steps left out of p_whole/p_train/p_core and reported "
@@ -110,12 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-json", type=Path, help="write the metrics here (rank 0)")
     p.add_argument("--log-jsonl", type=Path, help="append one JSON line per --log-every steps here (rank 0): loss, "
                                                   "lr, img/s, data wait of the window")
-    p.add_argument("--log-every", type=_positive(int), default=50, help="steps per --log-jsonl line (default: 50)")
+    p.add_argument("--log-every", type=positive(int), default=50, help="steps per --log-jsonl line (default: 50)")
     p.add_argument("--checkpoint-dir", type=Path, help="write checkpoints ckpt-step{step:08d}.pt here (rank 0, atomic: "
                                                       "a kill -9 never leaves a partial one under the final name)")
-    p.add_argument("--checkpoint-every", type=_positive(int), metavar="N",
+    p.add_argument("--checkpoint-every", type=positive(int), metavar="N",
                    help="save every N train steps (default: at every epoch end); always also at the end of the run")
-    p.add_argument("--checkpoint-keep", type=_positive(int), default=2, metavar="K",
+    p.add_argument("--checkpoint-keep", type=positive(int), default=2, metavar="K",
                    help="keep the newest K checkpoints (default: 2)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, "
@@ -210,10 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(config_from_args(args))
     except (DatasetError, ValueError, SampleDecodeError, ShardReadError) as exc:
-        # errors raised in a DataLoader worker arrive wrapped with its traceback: keep the message line
-        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-        last = re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else str(exc)
-        print(f"train: error: {last}", file=sys.stderr)
+        print(f"train: error: {error_line(exc)}", file=sys.stderr)
         return 2
     return 0
 
