@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -25,6 +25,7 @@ IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 IMAGENET_TRAIN_SAMPLES = 1_281_167
 IMAGENET_VAL_SAMPLES = 50_000
 IMAGENET_CLASSES = 1000
+T = TypeVar("T")
 
 
 class LoaderKind(str, Enum):
@@ -34,6 +35,7 @@ class LoaderKind(str, Enum):
     FOLDER = "folder"
     SYNTHETIC = "synthetic"
     DALI = "dali"
+    NVJPEG = "nvjpeg"
 
 
 class Split(str, Enum):
@@ -107,12 +109,62 @@ class Loader(Protocol):
     def __iter__(self) -> Iterator[Batch]:
         """Yield this rank's batches of the current epoch."""
 
+    def iter_from(self, batches_done: int) -> Iterator[Batch]:
+        """Yield the current epoch's batches after its first ``batches_done`` (a resume mid-epoch).
+
+        Raises:
+            RuntimeError: the epoch has fewer than ``batches_done`` batches.
+        """
+
+    def state_dict(self) -> dict:
+        """Reader state a checkpoint stores beside the position, so :meth:`load_state_dict` + :meth:`iter_from`
+        reproduce the rest of the epoch exactly; ``{}`` where replaying the epoch reproduces it."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (before the next :meth:`iter_from`)."""
+
+    def close(self) -> None:
+        """Stop worker processes / threads now (the loader is not used afterwards)."""
+
+
+def replay_from(batches: Iterable[T], count: int) -> Iterator[T]:
+    """An iterator over ``batches`` with its first ``count`` items drawn and dropped.
+
+    Raises:
+        RuntimeError: ``batches`` has fewer than ``count`` items.
+    """
+    it = iter(batches)
+    for i in range(count):
+        try:
+            next(it)
+        except StopIteration:
+            raise RuntimeError(f"loader yielded {i} batches while skipping {count} already trained") from None
+    return it
+
+
+class ReplayResume:
+    """The resume half of :class:`Loader` for backends whose epoch order depends only on (seed, epoch, rank,
+    worker): a resume replays (reads and decodes, does not train) the batches already trained in the epoch."""
+
+    def iter_from(self, batches_done: int) -> Iterator[Batch]:
+        return replay_from(self, batches_done) if batches_done else iter(self)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the position is reproduced by replay."""
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
 
 _REGISTRY: dict[LoaderKind, str] = {
     LoaderKind.CPU: "pipeline.backends.cpu:CpuLoader",
     LoaderKind.FOLDER: "pipeline.backends.folder:FolderLoader",
     LoaderKind.SYNTHETIC: "pipeline.backends.synthetic:SyntheticLoader",
     LoaderKind.DALI: "pipeline.backends.dali:DaliLoader",
+    LoaderKind.NVJPEG: "pipeline.backends.nvjpeg:NvjpegLoader",
 }
 
 
@@ -183,5 +235,5 @@ def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.
     return mean, inv_std
 
 
-__all__ = ["Batch", "Loader", "LoaderConfig", "LoaderKind", "Split", "build_loader", "normalize_on_device",
-           "to_device_prefetched"]
+__all__ = ["Batch", "Loader", "LoaderConfig", "LoaderKind", "ReplayResume", "Split", "build_loader",
+           "normalize_on_device", "replay_from", "to_device_prefetched"]

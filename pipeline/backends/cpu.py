@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline import plan as epoch_plan
-from pipeline.backends import Batch, LoaderConfig, Split, to_device_prefetched
+from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split, to_device_prefetched
 from pipeline.info import DatasetInfo
 from pipeline.tarstream import ShardReadError, iter_samples
 from pipeline.transforms import decode_train, decode_val
@@ -152,7 +152,7 @@ class ShardBatches(IterableDataset):
             yield images, labels, keys, skipped, (t_read, work[0], work[1], collate, len(chunk))
 
 
-class CpuLoader:
+class CpuLoader(ReplayResume):
     """The ``cpu`` backend for one split on one rank (see module docstring). Implements ``Loader``."""
 
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,

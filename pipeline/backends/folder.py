@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
 from pipeline import plan as epoch_plan
-from pipeline.backends import Batch, LoaderConfig, Split, to_device_prefetched
+from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split, to_device_prefetched
 from pipeline.info import DatasetInfo
 from pipeline.tarstream import is_url
 
@@ -37,7 +37,7 @@ class _FixedClassesImageFolder(datasets.ImageFolder):
         return list(self._given), {c: i for i, c in enumerate(self._given)}
 
 
-class FolderLoader:
+class FolderLoader(ReplayResume):
     """The ``folder`` backend for one split on one rank. Implements ``Loader``.
 
     Yields ``N×3×S×S`` channels-last images (float32 normalised, or uint8 with ``normalize=False``) and ``N``

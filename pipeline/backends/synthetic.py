@@ -12,11 +12,11 @@ from typing import Iterator
 import torch
 
 from pipeline import plan as epoch_plan
-from pipeline.backends import Batch, LoaderConfig, Split
+from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split
 from pipeline.info import DatasetInfo
 
 
-class SyntheticLoader:
+class SyntheticLoader(ReplayResume):
     """The ``synthetic`` backend for one split on one rank. Implements ``Loader``."""
 
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
