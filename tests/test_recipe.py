@@ -7,7 +7,7 @@ import torch
 
 from train.model import build_resnet50
 from train.precision import Precision, autocast, make_grad_scaler, model_dtype
-from train.recipe import Resolution, Schedule, build_ema, build_scheduler, lr_factor, parameter_groups
+from train.recipe import ModelEma, Resolution, Schedule, build_scheduler, lr_factor, parameter_groups
 
 CPU = torch.device("cpu")
 
@@ -46,16 +46,41 @@ def test_ema_tracks_weights():
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(0.0)
-    ema = build_ema(model, 0.5)
+    ema = ModelEma(model, 0.5)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update_parameters(model)  # the first update copies the weights
+    ema.update(model)  # the first update copies the weights
     with torch.no_grad():
         model.weight.fill_(0.0)
-    ema.update_parameters(model)
+    ema.update(model)
     assert float(ema.module.weight[0, 0].detach()) == pytest.approx(0.5)
     with pytest.raises(ValueError):
-        build_ema(model, 1.0)
+        ModelEma(model, 1.0)
+
+
+def test_ema_matches_torch_averaged_model_and_its_count_survives_a_state_dict():
+    """Same numbers as torch's AveragedModel (EMA fn, buffers averaged), and the update count is in the state:
+    an EMA restored from a state_dict continues the average instead of restarting from the live weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ours, ref = ModelEma(model, 0.9), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(4):
+        model(torch.randn(8, 3)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ours.update(model)
+        ref.update_parameters(model)
+        if step == 1:  # checkpoint and restore mid-way
+            state = ours.state_dict()
+            ours = ModelEma(model, 0.9)
+            ours.load_state_dict(state)
+            assert ours.updates == 2
+    for (name, a), b in zip(ours.module.state_dict().items(), ref.module.state_dict().values()):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, atol=1e-6), name
 
 
 def test_progressive_resolution():

@@ -34,7 +34,8 @@ def test_few_train_steps_on_shards(demo_shards, tmp_path, capsys):
     assert rc == 0
     m = json.loads(out.read_text())
     check_metrics(m)
-    assert m["steps"] == 3 and m["epochs"] == 1 and m["trained_images"] == 12
+    # a run of more than one step never counts its first (allocator / cuDNN start-up): 2 of 3 steps measured
+    assert m["steps"] == 3 and m["epochs"] == 1 and m["warmup_steps"] == 1 and m["trained_images"] == 8
     assert m["eval_images"] == m["val_samples"] == 13
     assert m["precision"] == "fp32"  # auto on CPU
     printed = capsys.readouterr().out

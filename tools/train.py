@@ -18,6 +18,7 @@ from tools.cli_common import error_line, positive
 from train.config import CheckpointConfig, OptimConfig, TrainConfig
 from train.precision import Precision
 from train.recipe import Resolution, Schedule
+from train.timing import Timing
 
 
 def _data_location(text: str) -> Path | str:
@@ -111,14 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, "
                         "LR schedule, RNG); with no checkpoint there, start fresh with a note")
+    p.add_argument("--test-only", action="store_true",
+                   help="evaluate a checkpoint on val (top-1/top-5, FlagPerf row), no training: --checkpoint FILE, or "
+                        "the newest in --checkpoint-dir")
+    p.add_argument("--checkpoint", type=Path, metavar="FILE", help="the checkpoint --test-only evaluates")
+    p.add_argument("--timing", type=Timing, choices=list(Timing), default=None,
+                   metavar="{" + ",".join(k.value for k in Timing) + "}",
+                   help="events: CUDA events on the training stream, read once per log window / epoch (default on "
+                        "CUDA); sync: FlagPerf's device synchronisation at every timer edge (and a DDP barrier per "
+                        "step); the same on a CPU")
     return p
 
 
 def default_workers_per_rank() -> int:
     """Cores this process may use divided by torchrun's ranks on this node (``LOCAL_WORLD_SIZE``), at least 1."""
     from pipeline.sharding import default_workers
+    from train.distributed import local_world_size
 
-    return max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, default_workers() // local_world_size())
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -152,7 +163,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         channels_last=not args.no_channels_last,
         log_every=args.log_every,
         checkpoint=CheckpointConfig(dir=args.checkpoint_dir, every=args.checkpoint_every, keep=args.checkpoint_keep,
-                                    resume=args.resume),
+                                    resume=args.resume, file=args.checkpoint),
+        timing=args.timing,
+        test_only=args.test_only,
     )
 
 
@@ -167,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--warmup-epochs and --weight-decay must be >= 0, --label-smoothing in [0, 1)")
     if (args.resume or args.checkpoint_every is not None) and args.checkpoint_dir is None:
         parser.error("--resume and --checkpoint-every need --checkpoint-dir DIR")
+    if args.test_only and args.checkpoint is None and args.checkpoint_dir is None:
+        parser.error("--test-only needs --checkpoint FILE or --checkpoint-dir DIR (its newest checkpoint)")
+    if args.checkpoint is not None and not args.test_only:
+        parser.error("--checkpoint FILE is for --test-only (to continue training use --checkpoint-dir DIR --resume)")
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no such file")
     if args.checkpoint_dir is not None:
         try:
             args.checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -7,14 +7,15 @@ save removes. Older checkpoints are deleted only after the new one is in place (
 
 Contents (only tensors and plain Python values, so ``torch.load(weights_only=True)`` reads it): a header
 (format version, model name, class count, world size, global batch, image size, precision, total steps),
-the model (unwrapped from DDP), optimizer, GradScaler, LR scheduler and EMA states, the position
-(epoch, global step, batches done in that epoch) and the RNG states (Python ``random``, NumPy, torch CPU,
-torch CUDA).
+the model (unwrapped from DDP), optimizer, GradScaler, LR scheduler and EMA states (the EMA with its update
+count), the position (epoch, global step, batches done in that epoch), every rank's train-loader state
+(``Loader.state_dict``: DALI's reader and RNG state; empty for the other backends) and the RNG states (Python
+``random``, NumPy, torch CPU, torch CUDA). A checkpoint is read onto the CPU; ``load_state_dict`` copies each
+state onto the device of the object it restores.
 
-Resume positions the loader by replaying it: ``set_epoch(epoch)`` and then :func:`skip_batches` draws
-and drops the batches already trained in that epoch (their decode cost is paid again, at most one epoch of
-loading, no compute). That is exact because the data order of a backend depends only on
-(seed, epoch, rank, worker), not on what ran before.
+Resume positions the loader with ``set_epoch(epoch)``, ``load_state_dict(state of this rank)`` and
+``iter_from(batches done)``: backends whose data order depends only on (seed, epoch, rank, worker) replay
+(decode, do not train) the batches already trained in that epoch; DALI restores its own reader state.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: EMA update count and per-rank loader states
 MODEL_NAME = "resnet50"
 _NAME = re.compile(r"^ckpt-step(\d{8,})\.pt$")
 T = TypeVar("T")
@@ -69,7 +70,7 @@ class Loaded:
     path: Path
     header: Header
     progress: Progress
-    extra: dict = field(default_factory=dict)
+    loader_states: list = field(default_factory=list)  # Loader.state_dict() of every rank, by rank
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -122,7 +123,8 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    keys = np.asarray(n["keys"].cpu().tolist(), dtype=np.uint32)  # any device: .numpy() fails on CUDA tensors
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
@@ -143,10 +145,11 @@ def _fsync_dir(directory: Path) -> None:
 
 def save_checkpoint(directory: Path, header: Header, progress: Progress, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler=None, scaler: torch.amp.GradScaler | None = None,
-                    ema: torch.nn.Module | dict | None = None, keep: int = 2) -> Path:
+                    ema=None, keep: int = 2, loader_states: list | None = None) -> Path:
     """Write ``ckpt-step{progress.step:08d}.pt`` atomically, then delete all but the newest ``keep``.
 
-    Call on rank 0 only (see :func:`save_on_main`). Returns the final path.
+    ``ema``: a :class:`train.recipe.ModelEma` (or anything with ``state_dict()``); ``loader_states``: every rank's
+    ``Loader.state_dict()``, by rank. Call on rank 0 only. Returns the final path.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
@@ -161,7 +164,8 @@ def save_checkpoint(directory: Path, header: Header, progress: Progress, model: 
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": (ema if isinstance(ema, dict) else unwrap(ema).state_dict()) if ema is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "loader": list(loader_states or []),
         "rng": rng_state(),
     }
     final = checkpoint_path(d, progress.step)
@@ -180,14 +184,14 @@ def save_checkpoint(directory: Path, header: Header, progress: Progress, model: 
     return final
 
 
-def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict:
-    """The raw payload of ``path`` (``weights_only``).
+def read_checkpoint(path: Path) -> dict:
+    """The raw payload of ``path`` (``weights_only``), every tensor on the CPU.
 
     Raises:
         CheckpointError: unreadable / truncated / not a checkpoint of this format.
     """
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # truncated zip, bad pickle, foreign globals: all mean "unusable file"
@@ -225,15 +229,15 @@ def check_header(path: Path, saved: dict, expected: Header) -> Header:
 
 
 def load_checkpoint(path: Path, expected: Header, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler=None, scaler: torch.amp.GradScaler | None = None, ema: torch.nn.Module | None = None,
-                    map_location: torch.device | str = "cpu", restore_rng: bool = True) -> Loaded:
+                    scheduler=None, scaler: torch.amp.GradScaler | None = None, ema=None,
+                    restore_rng: bool = True) -> Loaded:
     """Restore every state saved by :func:`save_checkpoint` into the given objects (all ranks call this).
 
     Raises:
         CheckpointError: see :func:`read_checkpoint` and :func:`check_header`.
     """
     path = Path(path)
-    payload = read_checkpoint(path, map_location)
+    payload = read_checkpoint(path)
     header = check_header(path, payload["header"], expected)
     try:
         unwrap(model).load_state_dict(payload["model"])
@@ -243,29 +247,14 @@ def load_checkpoint(path: Path, expected: Header, model: torch.nn.Module, optimi
         if scaler is not None and payload.get("scaler") is not None:
             scaler.load_state_dict(payload["scaler"])
         if ema is not None and payload.get("ema") is not None:
-            unwrap(ema).load_state_dict(payload["ema"])
+            ema.load_state_dict(payload["ema"])
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this model ({first}); use another "
                               f"--checkpoint-dir to start fresh") from None
     if restore_rng and payload.get("rng") is not None:
         set_rng_state(payload["rng"])
-    return Loaded(path, header, Progress(**payload["progress"]))
-
-
-def skip_batches(loader: Iterable[T], count: int) -> Iterator[T]:
-    """An iterator over ``loader`` with its first ``count`` items drawn and dropped (the resume position).
-
-    Raises:
-        RuntimeError: the loader has fewer than ``count`` items.
-    """
-    it = iter(loader)
-    for i in range(count):
-        try:
-            next(it)
-        except StopIteration:
-            raise RuntimeError(f"loader yielded {i} batches while skipping {count} already trained") from None
-    return it
+    return Loaded(path, header, Progress(**payload["progress"]), list(payload.get("loader") or []))
 
 
 def every_n_steps(fn: Callable[..., T], progress: Progress, every: int | None,
@@ -284,3 +273,25 @@ def every_n_steps(fn: Callable[..., T], progress: Progress, every: int | None,
         return out
 
     return wrapped
+
+
+def load_weights(path: Path, model: torch.nn.Module, num_classes: int) -> tuple[Loaded, dict | None]:
+    """Load only the model weights of a checkpoint, for evaluation (``train --test-only``), whatever the world
+    size, batch or precision of the run that wrote it. Returns the checkpoint and its EMA state (None if none).
+
+    Raises:
+        CheckpointError: unreadable, another format or model, another class count, or weights that do not fit.
+    """
+    path = Path(path)
+    payload = read_checkpoint(path)
+    saved = payload["header"]
+    expected = Header(num_classes=num_classes, world_size=saved.get("world_size", 1),
+                      global_batch=saved.get("global_batch", 0), image_size=saved.get("image_size", 0),
+                      precision=saved.get("precision", ""), total_steps=saved.get("total_steps", 0))
+    header = check_header(path, saved, expected)
+    try:
+        unwrap(model).load_state_dict(payload["model"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({first})") from None
+    return Loaded(path, header, Progress(**payload["progress"])), payload.get("ema")

@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline.backends import LoaderConfig, LoaderKind
 from train.precision import Precision
 from train.recipe import Resolution, Schedule
+from train.timing import Timing
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,14 @@ class CheckpointConfig:
         keep: newest checkpoints kept; older ones are deleted once a new one is complete.
         resume: continue from the newest checkpoint in ``dir``; with none there the run starts fresh
             (a note says so), so a requeued job can always pass it.
+        file: a checkpoint file to evaluate (``--test-only --checkpoint FILE``).
     """
 
     dir: Path | None = None
     every: int | None = None
     keep: int = 2
     resume: bool = False
+    file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class TrainConfig:
         metrics_json: where rank 0 writes the metrics (None = not written).
         eval: evaluate after every epoch (FlagPerf does).
         warmup_steps: first train steps left out of p_whole / p_train / p_core (start-up: allocator, cudnn
-            autotuning, worker start, compile) and reported separately; None = min(20, total steps // 5).
+            autotuning, worker start, compile) and reported separately; None = min(20, steps // 5), at least 1
+            when the process runs more than one step.
         zero_init_residual: zero-initialise the last BN gamma of every residual block (Goyal et al. 2017).
         ema_decay: keep an exponential moving average of the weights with this decay and evaluate it too
             (None = no EMA).
@@ -85,6 +89,10 @@ class TrainConfig:
         channels_last: model and batches in channels-last memory format (False: NCHW, for comparison).
         log_jsonl: rank 0 appends one JSON line per ``log_every`` steps here (see train/steplog.py).
         checkpoint: checkpoint / resume options.
+        timing: how steps are timed on CUDA (see train/timing.py); None = ``events`` on CUDA, ``sync`` on CPU
+            (the same there).
+        test_only: evaluate a checkpoint on val, no training (``checkpoint.file``, or the newest in
+            ``checkpoint.dir``).
     """
 
     data: Path | str | None
@@ -108,15 +116,18 @@ class TrainConfig:
     channels_last: bool = True
     log_every: int = 50
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    timing: Timing | None = None
+    test_only: bool = False
 
     def resolved_warmup_steps(self, total_steps: int) -> int:
-        """Warm-up steps for a run of ``total_steps``.
+        """Warm-up steps for a process that runs ``total_steps``: explicit, or min(20, steps // 5) but never 0
+        when more than one step runs (the first step holds the allocator's and cuDNN's start-up).
 
         Raises:
             ValueError: an explicit count that leaves no measured step.
         """
         if self.warmup_steps is None:
-            return min(20, total_steps // 5)
+            return max(1, min(20, total_steps // 5)) if total_steps > 1 else 0
         if not 0 <= self.warmup_steps < total_steps:
             raise ValueError(f"--warmup-steps {self.warmup_steps} must be >= 0 and below the run's {total_steps} "
                              f"steps (nothing would be measured)")

@@ -76,6 +76,47 @@ def all_reduce(values: list[float], op: str, env: DistEnv) -> list[float]:
     return t.tolist()
 
 
+def all_gather_objects(obj: object, env: DistEnv) -> list:
+    """Every rank's ``obj`` (picklable), by rank; ``[obj]`` for a single process."""
+    if not env.distributed:
+        return [obj]
+    out: list = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def average_buffers(module: torch.nn.Module, env: DistEnv) -> None:
+    """Replace every floating-point buffer of ``module`` (BatchNorm running mean / var) by its mean over ranks.
+
+    DDP keeps parameters equal on every rank but broadcasts buffers from rank 0 only at the start of the next
+    forward, so after the last step every rank holds the running statistics of its own batches: ranks would
+    evaluate with different BN statistics and rank 0's checkpoint would not hold what the others evaluated.
+    The mean over ranks (timm's ``distribute_bn`` with ``reduce=True``) uses the statistics of every rank's
+    data, rather than rank 0's alone; afterwards every rank holds the same values. One all-reduce per dtype;
+    integer buffers (``num_batches_tracked``, equal on every rank) are left alone. No-op for one process.
+    """
+    if not env.distributed:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for b in module.buffers():
+        if b.is_floating_point():
+            by_dtype.setdefault(b.dtype, []).append(b)
+    for buffers in by_dtype.values():
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(env.world_size)
+        offset = 0
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
+
+
+def local_world_size() -> int:
+    """Ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def barrier(env: DistEnv) -> None:
     """Wait for every rank (no-op for a single process)."""
     if env.distributed:

@@ -1,8 +1,11 @@
 """The measured training loop: train epochs, evaluate after each, report FlagPerf metrics.
 
-The loop body has no timers: the train iterator is wrapped by :func:`train.timing.timed_iter` (data
-wait, host→device copy included) and the step by :func:`train.timing.timed_call` (compute, device
-synchronised). Loss is accumulated on the device and read once per epoch (no ``.item()`` per step).
+The loop body has no timers: the train iterator is wrapped by :func:`train.timing.timed_iter` (data wait) and
+the step by the run's step clock (:mod:`train.timing`: CUDA events read once per log window / epoch, or
+FlagPerf's synchronous timing with ``--timing sync``). The step holds no host synchronisation: the loss is
+accumulated on the device and read once per epoch, fused SGD on CUDA lets GradScaler skip its per-step
+``.item()``, and the EMA update is in-place device work. Under DDP the BatchNorm statistics are averaged over
+ranks before every evaluation and checkpoint (:func:`train.distributed.average_buffers`).
 """
 
 from __future__ import annotations
@@ -10,33 +13,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.backends import Batch, Loader, LoaderKind, Split, build_loader
+from pipeline.backends import Batch, Loader, LoaderConfig, LoaderKind, Split, build_loader
 from pipeline.info import DatasetInfo, load_info
 from pipeline.sharding import default_workers
 from train import checkpoint, distributed
 from train.config import TrainConfig
-from train.metrics import (TABLE_HEADER, MemoryUse, RunTimes, flagperf_metrics, flagperf_row, peak_memory,
-                           process_start_time)
+from train.memory import DeviceMemoryMonitor, MemoryUse, peak_memory, reset_peaks, start_monitor
+from train.metrics import (TABLE_HEADER, FlagPerfMetrics, RunTimes, flagperf_metrics, flagperf_row,
+                           process_start_time, software_versions)
 from train.model import build_resnet50
 from train.precision import Precision, autocast, make_grad_scaler, model_dtype, resolve_precision, set_tf32
-from train.recipe import build_ema, build_scheduler, parameter_groups
+from train.recipe import ModelEma, build_scheduler, parameter_groups
 from train.steplog import StepLog
-from train.timing import Mark, Stopwatch, after_calls, device_sync, timed_call, timed_iter
+from train.timing import Mark, RunClock, after_calls, make_clock, resolve_timing, timed_iter
 from train.verdict import Evidence, Verdict, decide
 
 
 @dataclass
 class TrainStep:
-    """One optimisation step on a device batch: forward (autocast), loss, backward, SGD, LR schedule.
+    """One optimisation step on a device batch: forward (autocast), loss, backward, SGD, LR schedule, EMA.
 
     Calling it returns the detached scalar loss (a device tensor: no host synchronisation).
     """
@@ -48,7 +51,7 @@ class TrainStep:
     precision: Precision
     device: torch.device
     scaler: torch.amp.GradScaler | None = None
-    ema: torch.optim.swa_utils.AveragedModel | None = None
+    ema: ModelEma | None = None
     raw_model: torch.nn.Module | None = None  # the module the EMA follows (not the DDP wrapper)
     channels_last: bool = True  # False: batches are made NCHW-contiguous before the forward pass
 
@@ -68,7 +71,7 @@ class TrainStep:
             self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.raw_model)
+            self.ema.update(self.raw_model)
         return loss.detach()
 
 
@@ -112,7 +115,8 @@ def _log(env: distributed.DistEnv, msg: str) -> None:
 
 
 def run(cfg: TrainConfig) -> dict:
-    """Train and evaluate as ``cfg`` says; return the metrics dict (also written to ``cfg.metrics_json``).
+    """Train and evaluate as ``cfg`` says (or only evaluate, ``cfg.test_only``); return the metrics dict (also
+    written to ``cfg.metrics_json``).
 
     Raises:
         pipeline.info.DatasetError: ``cfg.data`` is not a usable shard folder.
@@ -120,262 +124,425 @@ def run(cfg: TrainConfig) -> dict:
     """
     env = distributed.init_distributed()
     try:
-        return _run(cfg, env)
+        return test_only(cfg, env) if cfg.test_only else fit(cfg, env)
     finally:
         distributed.shutdown(env)
 
 
-def _run(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
-    reads_shards = cfg.loader not in (LoaderKind.SYNTHETIC, LoaderKind.FOLDER)
-    info: DatasetInfo | None = (load_info(cfg.data) if cfg.data is not None and cfg.loader is not LoaderKind.FOLDER
-                                else None)
-    if info is None and reads_shards:
-        raise ValueError(f"--loader {cfg.loader.value} needs --data DIR (a folder written by shard-imagenet)")
-    lcfg = dataclasses.replace(cfg.loader_cfg, data_root=cfg.data)
-    train_loader = build_loader(cfg.loader, lcfg, Split.TRAIN, info, env.device, env.rank, env.world_size)
-    val_cfg = dataclasses.replace(lcfg, image_size=cfg.resolution.eval) if cfg.resolution is not None else lcfg
-    val_loader = (build_loader(cfg.loader, val_cfg, Split.VAL, info, env.device, env.rank, env.world_size)
-                  if cfg.eval else None)
-    num_classes = train_loader.num_classes
+# --- building a run --------------------------------------------------------------------------------------------
 
-    precision = resolve_precision(cfg.precision, env.device)
+@dataclass
+class Session:
+    """Everything one process builds from the config before its first step."""
+
+    cfg: TrainConfig
+    env: distributed.DistEnv
+    info: DatasetInfo | None
+    lcfg: LoaderConfig
+    train_loader: Loader
+    val_loader: Loader | None
+    precision: Precision
+    model: torch.nn.Module
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: TrainStep
+    steps_per_epoch: int
+    total_steps: int
+    global_batch: int
+    peak_lr: float
+    device_name: str
+    monitor: DeviceMemoryMonitor | None = None
+    train_loader_size: int = 0  # image side of the current train loader (progressive resizing rebuilds it)
+
+    @property
+    def header(self) -> checkpoint.Header:
+        return checkpoint.Header(num_classes=self.train_loader.num_classes, world_size=self.env.world_size,
+                                 global_batch=self.global_batch, image_size=self.lcfg.image_size,
+                                 precision=self.precision.value, total_steps=self.total_steps)
+
+    def build_train_loader(self, image_size: int) -> Loader:
+        return build_loader(self.cfg.loader, dataclasses.replace(self.lcfg, image_size=image_size), Split.TRAIN,
+                            self.info, self.env.device, self.env.rank, self.env.world_size)
+
+    def sync_buffers(self) -> None:
+        """Average BN statistics over ranks (model and EMA) before an evaluation or a checkpoint."""
+        distributed.average_buffers(self.model, self.env)
+        if self.ema is not None:
+            distributed.average_buffers(self.ema.module, self.env)
+
+
+def _dataset(cfg: TrainConfig) -> DatasetInfo | None:
+    info = load_info(cfg.data) if cfg.data is not None and cfg.loader is not LoaderKind.FOLDER else None
+    if info is None and cfg.loader not in (LoaderKind.SYNTHETIC, LoaderKind.FOLDER):
+        raise ValueError(f"--loader {cfg.loader.value} needs --data DIR (a folder written by shard-imagenet)")
+    return info
+
+
+def _val_loader(cfg: TrainConfig, lcfg: LoaderConfig, info, env) -> Loader | None:
+    if not (cfg.eval or cfg.test_only):
+        return None
+    val_cfg = dataclasses.replace(lcfg, image_size=cfg.resolution.eval) if cfg.resolution is not None else lcfg
+    return build_loader(cfg.loader, val_cfg, Split.VAL, info, env.device, env.rank, env.world_size)
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def _build_model(cfg: TrainConfig, env, num_classes: int, precision: Precision):
     if env.device.type == "cuda":
         set_tf32(cfg.tf32)
     model = build_resnet50(num_classes, env.device, cfg.zero_init_residual, model_dtype(precision), cfg.channels_last)
-    ema = build_ema(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    return model, ema
+
+
+def build_session(cfg: TrainConfig, env: distributed.DistEnv) -> Session:
+    """Loaders, model (DDP, compile), EMA, fused SGD (CUDA), LR schedule and the step of one training process."""
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    info = _dataset(cfg)
+    lcfg = dataclasses.replace(cfg.loader_cfg, data_root=cfg.data)
+    train_loader = build_loader(cfg.loader, lcfg, Split.TRAIN, info, env.device, env.rank, env.world_size)
+    val_loader = _val_loader(cfg, lcfg, info, env)
+    precision = resolve_precision(cfg.precision, env.device)
+    model, ema = _build_model(cfg, env, train_loader.num_classes, precision)
     ddp_model = (DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
                  if env.distributed else model)
     if cfg.compile:  # compile time lands in the first steps, which the warm-up leaves out of p_*
         ddp_model = torch.compile(ddp_model)
     global_batch = lcfg.batch_size * env.world_size
-    peak_lr = cfg.optim.peak_lr(global_batch)
     o = cfg.optim
+    peak_lr = o.peak_lr(global_batch)
+    # fused SGD on CUDA: one kernel per step, and GradScaler hands it the scale and inf flag on the device
+    # instead of reading the inf check back with .item() (a host synchronisation per step)
     optimizer = torch.optim.SGD(parameter_groups(model, o.weight_decay, o.decay_bn_and_bias), lr=peak_lr,
-                                momentum=o.momentum, nesterov=o.nesterov)
+                                momentum=o.momentum, nesterov=o.nesterov, fused=env.device.type == "cuda")
     steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    warmup_steps = min(total_steps, round(cfg.optim.warmup_epochs * steps_per_epoch))
-    scheduler = build_scheduler(optimizer, warmup_steps, total_steps, o.schedule,
-                                tuple(m * steps_per_epoch for m in o.milestones), o.gamma)
-    step = TrainStep(ddp_model, optimizer, scheduler,
-                     torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or steps_per_epoch * cfg.epochs)
+    scheduler = build_scheduler(optimizer, min(total_steps, round(o.warmup_epochs * steps_per_epoch)), total_steps,
+                                o.schedule, tuple(m * steps_per_epoch for m in o.milestones), o.gamma)
+    step = TrainStep(ddp_model, optimizer, scheduler, torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing),
                      precision, env.device, make_grad_scaler(precision, env.device), ema, model, cfg.channels_last)
+    return Session(cfg, env, info, lcfg, train_loader, val_loader, precision, model, ema, optimizer, scheduler, step,
+                   steps_per_epoch, total_steps, global_batch, peak_lr, _device_name(env.device),
+                   train_loader_size=lcfg.image_size)
 
-    device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else platform.processor() or "cpu"
-    _log(env, f"train: {cfg.loader.value} loader, {cfg.data if cfg.data is not None else 'synthetic data'}, "
-              f"{num_classes} classes, device {env.device} ({device_name}), world size {env.world_size}, "
-              f"precision {precision.value}, batch {lcfg.batch_size}/rank (global {global_batch}), "
-              f"image {lcfg.image_size}px, lr {peak_lr:g}, {steps_per_epoch} steps/epoch, {total_steps} steps")
 
-    ck = cfg.checkpoint
-    header = checkpoint.Header(num_classes=num_classes, world_size=env.world_size, global_batch=global_batch,
-                               image_size=lcfg.image_size, precision=precision.value, total_steps=total_steps)
-    progress = checkpoint.Progress()  # advanced by every step (checkpoint.every_n_steps), saved in checkpoints
-    resumed_from: str | None = None
-    if ck.resume and ck.dir is not None:
-        found = checkpoint.latest_checkpoint(ck.dir)
-        if found is None:
-            _log(env, f"resume: no checkpoint in {ck.dir}: starting from step 0")
-        else:  # every rank loads (onto its own device): same weights, optimizer, schedule and RNG everywhere
-            loaded = checkpoint.load_checkpoint(found, header, model, optimizer, scheduler, step.scaler, ema=ema,
-                                                map_location=env.device)
-            progress, resumed_from = loaded.progress, str(found)
-            if progress.step >= total_steps:
-                raise ValueError(f"checkpoint {found} is at step {progress.step}: this run of {total_steps} steps "
-                                 f"is already complete; nothing to resume (drop --resume or use another "
-                                 f"--checkpoint-dir to train again)")
-            if progress.epoch_step >= steps_per_epoch:  # saved at an epoch's end: the next epoch starts afresh
-                progress.epoch, progress.epoch_step = progress.epoch + 1, 0
-            _log(env, f"resume: {found} at step {progress.step}/{total_steps} (epoch {progress.epoch + 1}, "
-                      f"{progress.epoch_step} batches into it: replayed through the loader without training)")
-    start_step = progress.step
+def _announce(s: Session, timing) -> None:
+    c, e = s.cfg, s.env
+    _log(e, f"train: {c.loader.value} loader, {c.data if c.data is not None else 'synthetic data'}, "
+            f"{s.train_loader.num_classes} classes, device {e.device} ({s.device_name}), world size {e.world_size}, "
+            f"precision {s.precision.value}, batch {s.lcfg.batch_size}/rank (global {s.global_batch}), "
+            f"image {s.lcfg.image_size}px, lr {s.peak_lr:g}, {s.steps_per_epoch} steps/epoch, {s.total_steps} steps, "
+            f"timing {timing.value}")
 
-    sync = device_sync(env.device)
-    # Under DDP a step's gradient all-reduce waits for the slowest rank's batch. A barrier when the batch
-    # has arrived puts that wait into data wait, so compute (p_core) holds no other rank's loading time.
-    data_ready = (lambda: (sync(), distributed.barrier(env), sync())) if env.distributed else sync
-    data_sw, compute_sw, eval_sw = Stopwatch(), Stopwatch(), Stopwatch()
-    # checkpoint writes and the resume replay of already-trained batches: timed apart, left out of p_*
-    ckpt_sw, skip_sw = Stopwatch(), Stopwatch()
-    # a resumed process measures its own steps: its warm-up is its own start-up
-    warm_steps = min(cfg.resolved_warmup_steps(total_steps), total_steps - start_step - 1)
-    if cfg.compile and warm_steps == 0 and total_steps - start_step > 1:
-        warm_steps = 1  # the first compiled step holds the compilation: never in p_*
-    marks: list[Mark] = []
-    excluded_at_mark: list[float] = []
 
-    def mark() -> None:  # clocks at the end of warm-up: p_* count what follows
-        marks.append(Mark(time.perf_counter(), data_sw.total, compute_sw.total, eval_sw.total))
-        excluded_at_mark.append(ckpt_sw.total + skip_sw.total)
+def _resume(s: Session) -> checkpoint.Loaded | None:
+    """Load the newest checkpoint of ``--checkpoint-dir`` on every rank (``--resume``), or None.
 
-    saved: list[str] = []
+    Raises:
+        ValueError / CheckpointError: the run is already complete, or the checkpoint does not fit.
+    """
+    ck = s.cfg.checkpoint
+    if not (ck.resume and ck.dir is not None):
+        return None
+    found = checkpoint.latest_checkpoint(ck.dir)
+    if found is None:
+        _log(s.env, f"resume: no checkpoint in {ck.dir}: starting from step 0")
+        return None
+    loaded = checkpoint.load_checkpoint(found, s.header, s.model, s.optimizer, s.scheduler, s.step.scaler, ema=s.ema)
+    p = loaded.progress
+    if p.step >= s.total_steps:
+        raise ValueError(f"checkpoint {found} is at step {p.step}: this run of {s.total_steps} steps is already "
+                         f"complete; nothing to resume (drop --resume or use another --checkpoint-dir to train again)")
+    if p.epoch_step >= s.steps_per_epoch:  # saved at an epoch's end: the next epoch starts afresh
+        p.epoch, p.epoch_step = p.epoch + 1, 0
+    _log(s.env, f"resume: {found} at step {p.step}/{s.total_steps} (epoch {p.epoch + 1}, {p.epoch_step} batches "
+                f"into it)")
+    return loaded
 
-    def save() -> None:  # rank 0 writes (atomically); every rank waits until the file is complete
-        with ckpt_sw.timing(sync):
-            if env.is_main:
-                saved.append(str(checkpoint.save_checkpoint(ck.dir, header, progress, model, optimizer, scheduler,
-                                                            step.scaler, keep=ck.keep, ema=ema)))
-            distributed.barrier(env)
-        saved_steps.append(progress.step)
 
-    saved_steps: list[int] = []
-    timed_step = checkpoint.every_n_steps(after_calls(timed_call(step, compute_sw, sync), warm_steps, mark), progress,
-                                          ck.every if ck.dir is not None else None, save)
-    steplog = StepLog(cfg.log_jsonl if env.is_main else None, cfg.log_every, global_batch, data_sw, compute_sw,
-                      lambda: progress.epoch, lambda: optimizer.param_groups[0]["lr"], start_step)
-    timed_step = steplog.wrap(timed_step)  # one JSON line per --log-every steps (one .item() per window)
+@dataclass
+class Checkpointer:
+    """Writes checkpoints of a session (rank 0 writes, every rank waits); ``saved``: paths, ``steps``: their steps."""
+
+    s: Session
+    clock: RunClock
+    progress: checkpoint.Progress
+    saved: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+    def save(self) -> None:
+        s, ck = self.s, self.s.cfg.checkpoint
+        with self.clock.checkpoint.timing(self.clock.sync):
+            s.sync_buffers()
+            states = distributed.all_gather_objects(s.train_loader.state_dict(), s.env)
+            if s.env.is_main:
+                self.saved.append(str(checkpoint.save_checkpoint(
+                    ck.dir, s.header, self.progress, s.model, s.optimizer, s.scheduler, s.step.scaler, keep=ck.keep,
+                    ema=s.ema, loader_states=states)))
+            distributed.barrier(s.env)
+        self.steps.append(self.progress.step)
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+
+@dataclass
+class LoopState:
+    """What the epochs leave behind for the report."""
+
+    start_step: int
+    warm_steps: int
+    done: int
+    epochs_run: int
+    train_size: int
+    loop_start: float = 0.0
+    loop_s: float = 0.0
+    marks: list[Mark] = field(default_factory=list)
     last_eval: EvalResult | None = None
     ema_eval: EvalResult | None = None
     target_reached: int | None = None
-    train_size = lcfg.image_size
-    done = start_step
-    epochs_run = progress.epoch
-    distributed.barrier(env)
-    sync()
-    loop_start = time.perf_counter()
-    if warm_steps == 0:
-        mark()
-    for epoch in range(progress.epoch, cfg.epochs):
-        skip = progress.epoch_step if epoch == progress.epoch else 0  # resume: batches trained before the restart
-        n = min(steps_per_epoch, total_steps - done + skip) - skip  # steps to run in this epoch
-        if n <= 0:
-            break
-        if cfg.resolution is not None and cfg.resolution.train_size(epoch) != train_size:
-            train_size = cfg.resolution.train_size(epoch)  # progressive resizing: a loader at the new size
-            train_loader = build_loader(cfg.loader, dataclasses.replace(lcfg, image_size=train_size), Split.TRAIN,
-                                        info, env.device, env.rank, env.world_size)
-        train_loader.set_epoch(epoch)
-        progress.epoch, progress.epoch_step = epoch, skip
-        epoch_start = time.perf_counter()
-        data_before, compute_before = data_sw.total, compute_sw.total
-        excluded_before = ckpt_sw.total + skip_sw.total
-        loss_sum = torch.zeros((), device=env.device)
-        with skip_sw.timing(sync):  # the data order depends on (seed, epoch, rank, worker) only: replay to position
-            batches = checkpoint.skip_batches(train_loader, skip) if n > 0 else train_loader
-        for batch in timed_iter(batches, data_sw, n, data_ready):
-            loss_sum += timed_step(batch)
-        done += n
-        epochs_run += 1
-        epoch_train_s = time.perf_counter() - epoch_start - (ckpt_sw.total + skip_sw.total - excluded_before)
-        if val_loader is not None:
-            val_loader.set_epoch(epoch)
-            with eval_sw.timing(sync):
-                last_eval = evaluate(model, val_loader, precision, env)
-                if ema is not None:
-                    ema_eval = evaluate(ema.module, val_loader, precision, env)
-        wait = data_sw.total - data_before
-        if n > 0 and not math.isfinite(loss_sum.item()):  # one host sync per epoch, which the log line needs anyway
-            raise ValueError(f"the training loss became {loss_sum.item()} in epoch {epoch + 1} (diverged): lower --lr "
-                             f"(now {peak_lr:g} peak), raise --warmup-epochs, or use --precision amp/bf16 instead "
-                             f"of fp16")
-        if ck.dir is not None and ck.every is None and done < total_steps:  # default: a checkpoint per epoch
-            progress.epoch, progress.epoch_step = epoch + 1, 0  # after the eval: a resume starts the next epoch
-            save()
-        _log(env, f"epoch {epoch + 1}/{cfg.epochs}: steps {done}/{total_steps}, loss {loss_sum.item() / max(n, 1):.4f}"
-                  + (f" (over the {n} steps since the resume)" if skip else "")
-                  + (f", train size {train_size}px" if cfg.resolution is not None else "") + ", "
-                  f"train {n * global_batch / epoch_train_s:.1f} img/s (data wait {100 * wait / epoch_train_s:.0f}%, "
-                  f"compute {n * global_batch / max(compute_sw.total - compute_before, 1e-9):.1f} img/s)"
-                  + (f", val top-1 {last_eval.acc1:.2f}% top-5 {last_eval.acc5:.2f}% on {last_eval.count} images"
-                     if last_eval is not None else "")
-                  + (f", EMA top-1 {ema_eval.acc1:.2f}%" if ema_eval is not None else ""))
-        if cfg.target_acc1 is not None and last_eval is not None and last_eval.acc1 >= cfg.target_acc1:
-            target_reached = epoch + 1
-            _log(env, f"target top-1 {cfg.target_acc1}% reached after epoch {epoch + 1}: stopping")
-            break
-    sync()
-    loop_s = time.perf_counter() - loop_start
-    steplog.close()
-    excluded_s = ckpt_sw.total + skip_sw.total  # checkpoint writes + resume replay inside the loop
-    if ck.dir is not None and (not saved_steps or saved_steps[-1] != done):
-        save()  # always one at the end of the run (outside the loop time)
 
-    mem = peak_memory(env.device)
-    for loader in (train_loader, val_loader):  # stop loader workers now, so e2e_time includes their shutdown
-        close = getattr(loader, "close", None)
-        if close is not None:
-            close()
-    e2e = time.time() - process_start_time()
-    skipped = [*getattr(train_loader, "skipped", []), *getattr(val_loader, "skipped", [])]
+
+def _warm_steps(cfg: TrainConfig, total_steps: int, start_step: int) -> int:
+    """Steps of this process left out of p_*: a resumed process measures its own start-up too."""
+    remaining = total_steps - start_step
+    cfg.resolved_warmup_steps(total_steps)  # validates an explicit --warmup-steps
+    warm = cfg.resolved_warmup_steps(remaining) if cfg.warmup_steps is None else min(cfg.warmup_steps, remaining - 1)
+    if cfg.compile and warm == 0 and remaining > 1:
+        warm = 1  # the first compiled step holds the compilation: never in p_*
+    return max(0, warm)
+
+
+def _eval_epoch(s: Session, clock: RunClock, st: LoopState, epoch: int) -> None:
+    if s.val_loader is None:
+        return
+    s.val_loader.set_epoch(epoch)
+    with clock.eval.timing(clock.sync):
+        s.sync_buffers()
+        st.last_eval = evaluate(s.model, s.val_loader, s.precision, s.env)
+        if s.ema is not None:
+            st.ema_eval = evaluate(s.ema.module, s.val_loader, s.precision, s.env)
+
+
+def _epoch_line(s: Session, st: LoopState, epoch: int, n: int, skip: int, loss: float, train_s: float,
+                wait_s: float, compute_s: float) -> str:
+    gb = s.global_batch
+    ev, ema = st.last_eval, st.ema_eval
+    return (f"epoch {epoch + 1}/{s.cfg.epochs}: steps {st.done}/{s.total_steps}, loss {loss / max(n, 1):.4f}"
+            + (f" (over the {n} steps since the resume)" if skip else "")
+            + (f", train size {st.train_size}px" if s.cfg.resolution is not None else "")
+            + f", train {n * gb / train_s:.1f} img/s (data wait {100 * wait_s / train_s:.0f}%, "
+              f"compute {n * gb / max(compute_s, 1e-9):.1f} img/s)"
+            + (f", val top-1 {ev.acc1:.2f}% top-5 {ev.acc5:.2f}% on {ev.count} images" if ev is not None else "")
+            + (f", EMA top-1 {ema.acc1:.2f}%" if ema is not None else ""))
+
+
+def _epoch_batches(s: Session, clock: RunClock, epoch: int, skip: int, loader_states: list | None):
+    """The train iterator of ``epoch``, positioned after ``skip`` batches (resume), timed as resume replay."""
+    if s.cfg.resolution is not None and s.cfg.resolution.train_size(epoch) != s.train_loader_size:
+        s.train_loader.close()  # progressive resizing: a loader at the new size
+        s.train_loader_size = s.cfg.resolution.train_size(epoch)
+        s.train_loader = s.build_train_loader(s.train_loader_size)
+    s.train_loader.set_epoch(epoch)
+    if not (skip or loader_states):
+        return iter(s.train_loader)
+    with clock.resume_skip.timing(clock.sync):  # once, in the resumed epoch
+        if loader_states:
+            s.train_loader.load_state_dict(loader_states[s.env.rank] if s.env.rank < len(loader_states) else {})
+        return s.train_loader.iter_from(skip)
+
+
+def _run_epoch(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, timed_step, epoch: int,
+               loader_states: list | None) -> bool:
+    """Train one epoch (or its rest after a resume), evaluate, checkpoint, log. Returns False to stop."""
+    p = ckpt.progress
+    skip = p.epoch_step if epoch == p.epoch else 0
+    n = min(s.steps_per_epoch, s.total_steps - st.done + skip) - skip  # steps to run in this epoch
+    if n <= 0:
+        return False
+    p.epoch, p.epoch_step = epoch, skip
+    t0, data0, compute0, excl0 = time.perf_counter(), clock.data.total, clock.compute.total, clock.excluded
+    batches = _epoch_batches(s, clock, epoch, skip, loader_states)
+    loss_sum = torch.zeros((), device=s.env.device)
+    for batch in timed_iter(batches, clock.data, n, clock.data_ready):
+        loss_sum += timed_step(batch)
+    clock.sync()  # once per epoch: the epoch's wall time ends when its last step has finished
+    st.done, st.epochs_run, st.train_size = st.done + n, st.epochs_run + 1, s.train_loader_size
+    train_s = time.perf_counter() - t0 - (clock.excluded - excl0)
+    compute_s = clock.compute.total - compute0
+    _eval_epoch(s, clock, st, epoch)
+    loss = loss_sum.item()  # one host read per epoch, which the log line needs anyway
+    if not math.isfinite(loss):
+        raise ValueError(f"the training loss became {loss} in epoch {epoch + 1} (diverged): lower --lr (now "
+                         f"{s.peak_lr:g} peak), raise --warmup-epochs, or use --precision amp/bf16 instead of fp16")
+    if s.cfg.checkpoint.dir is not None and s.cfg.checkpoint.every is None and st.done < s.total_steps:
+        p.epoch, p.epoch_step = epoch + 1, 0  # after the eval: a resume starts the next epoch
+        ckpt.save()
+    _log(s.env, _epoch_line(s, st, epoch, n, skip, loss, train_s, clock.data.total - data0, compute_s))
+    if s.cfg.target_acc1 is not None and st.last_eval is not None and st.last_eval.acc1 >= s.cfg.target_acc1:
+        st.target_reached = epoch + 1
+        _log(s.env, f"target top-1 {s.cfg.target_acc1}% reached after epoch {epoch + 1}: stopping")
+        return False
+    return True
+
+
+def _wrap_step(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, steplog: StepLog):
+    """The step with its clock, the warm-up mark, checkpoints every N steps and the JSONL log around it."""
+    def mark() -> None:  # end of warm-up: p_* count what follows; torch's memory peaks restart here
+        st.marks.append(clock.mark())
+        reset_peaks(s.env.device)
+
+    ck = s.cfg.checkpoint
+    timed = after_calls(clock.compute.wrap(s.step), st.warm_steps, mark)
+    timed = checkpoint.every_n_steps(timed, ckpt.progress, ck.every if ck.dir is not None else None, ckpt.save)
+    return steplog.wrap(timed), mark
+
+
+def fit(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
+    """Train ``cfg``'s run in this process (one rank) and report it (see :func:`run`)."""
+    s = build_session(cfg, env)
+    timing = resolve_timing(cfg.timing, env.device)
+    _announce(s, timing)
+    loaded = _resume(s)
+    progress = loaded.progress if loaded is not None else checkpoint.Progress()
+    clock = make_clock(timing, env.device, (lambda: distributed.barrier(env)) if env.distributed else None)
+    ckpt = Checkpointer(s, clock, progress)
+    st = LoopState(start_step=progress.step, warm_steps=_warm_steps(cfg, s.total_steps, progress.step),
+                   done=progress.step, epochs_run=progress.epoch, train_size=s.lcfg.image_size)
+    steplog = StepLog(cfg.log_jsonl if env.is_main else None, cfg.log_every, s.global_batch, clock.data,
+                      clock.compute, lambda: progress.epoch, lambda: s.optimizer.param_groups[0]["lr"], st.start_step)
+    timed_step, mark = _wrap_step(s, clock, st, ckpt, steplog)
+    s.monitor = start_monitor(env.device)
+    distributed.barrier(env)
+    clock.sync()
+    st.loop_start = time.perf_counter()
+    if st.warm_steps == 0:
+        mark()
+    states = loaded.loader_states if loaded is not None else None
+    for epoch in range(progress.epoch, cfg.epochs):
+        if not _run_epoch(s, clock, st, ckpt, timed_step, epoch, states if epoch == progress.epoch else None):
+            break
+    clock.sync()
+    st.loop_s = time.perf_counter() - st.loop_start
+    if not st.marks:  # stopped before the warm-up ended: every step is measured
+        st.marks.append(Mark(st.loop_start, 0.0, 0.0, 0.0, 0.0))
+        st.warm_steps = 0
+    steplog.close()
+    excluded_s = clock.excluded  # checkpoint writes + resume replay inside the loop
+    if cfg.checkpoint.dir is not None and (not ckpt.steps or ckpt.steps[-1] != st.done):
+        ckpt.save()  # always one at the end of the run (outside the loop time)
+    return _report(s, clock, st, ckpt, loaded, excluded_s)
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+def _close_and_stop(s: Session) -> tuple[MemoryUse, float]:
+    """Peak memory, then stop loader workers (so e2e_time includes their shutdown); returns (memory, e2e)."""
+    mem = peak_memory(s.env.device, s.monitor)
+    for loader in (s.train_loader, s.val_loader):
+        if loader is not None:
+            loader.close()
+    return mem, time.time() - process_start_time()
+
+
+def _config_name(env: distributed.DistEnv) -> str:
+    per_node = distributed.local_world_size()  # FlagPerf's "<nodes>x<procs per node>"
+    return f"{'CUDA' if env.device.type == 'cuda' else 'CPU'}x{max(1, env.world_size // per_node)}x{per_node}"
+
+
+def _times(s: Session, clock: RunClock, st: LoopState, e2e: float, excluded_s: float) -> tuple[RunTimes, RunTimes]:
+    """(this rank's measured times, their maxima over ranks)."""
+    w = st.marks[0]  # measured part: from the end of warm-up to the end of the loop
+    # checkpoint writes and the resume replay after warm-up are taken out of the loop time (reported apart)
+    local = RunTimes(e2e=e2e, loop=st.loop_start + st.loop_s - w.time - (excluded_s - w.excluded),
+                     eval=clock.eval.total - w.eval, compute=clock.compute.total - w.compute,
+                     data=clock.data.total - w.data)
+    maxes = distributed.all_reduce([local.e2e, local.loop, local.eval, local.compute, local.data], "max", s.env)
+    return local, RunTimes(*maxes)
+
+
+def _report(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, loaded, excluded_s: float) -> dict:
+    env = s.env
+    mem, e2e = _close_and_stop(s)
+    skipped = [*getattr(s.train_loader, "skipped", []), *getattr(s.val_loader, "skipped", [])]
+    local, times = _times(s, clock, st, e2e, excluded_s)
+    mem_used, steps_max, neg_min = distributed.all_reduce([mem.used_gib, st.done, -st.done], "max", env)
     (skipped_total,) = distributed.all_reduce([float(len(skipped))], "sum", env)
-    w = marks[0]  # measured part: from the end of warm-up to the end of the loop
-    # p_whole / p_train divide by loop time: checkpoint writes and the resume replay after warm-up are taken out
-    # of it (reported as checkpoint_s / resume_skip_s), so saving does not lower the throughput figures
-    local = RunTimes(e2e=e2e, loop=loop_start + loop_s - w.time - (excluded_s - excluded_at_mark[0]),
-                     eval=eval_sw.total - w.eval,
-                     compute=compute_sw.total - w.compute, data=data_sw.total - w.data)
-    warmup_s = w.time - loop_start
-    *maxes, mem_used, steps_max, neg_steps_min = distributed.all_reduce(
-        [local.e2e, local.loop, local.eval, local.compute, local.data, mem.used_gib, done, -done], "max", env)
-    times = RunTimes(*maxes)
-    trained_images = (done - start_step - warm_steps) * global_batch  # this process's measured steps
-    acc1 = last_eval.acc1 if last_eval is not None else None
-    metrics = flagperf_metrics(trained_images, times, acc1, MemoryUse(mem_used, mem.total_gib, mem.kind))
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # FlagPerf's "<nodes>x<procs per node>"
-    config_name = f"{'CUDA' if env.device.type == 'cuda' else 'CPU'}x{env.world_size // per_node}x{per_node}"
-    fix_hp = f"bs={lcfg.batch_size},lr={peak_lr:g}"
-    verdict = run_verdict(metrics.p_core, metrics.p_train, times.data / max(times.loop - times.eval, 1e-9),
-                          train_loader, lcfg.workers)
+    trained_images = (st.done - st.start_step - st.warm_steps) * s.global_batch  # this process's measured steps
+    metrics = flagperf_metrics(trained_images, times, st.last_eval.acc1 if st.last_eval else None,
+                               dataclasses.replace(mem, used_gib=mem_used))
+    wait_fraction = times.data / max(times.loop - times.eval, 1e-9)
+    verdict = run_verdict(metrics.p_core, metrics.p_train, wait_fraction, s.train_loader, s.lcfg.workers)
+    fix_hp = f"bs={s.lcfg.batch_size},lr={s.peak_lr:g}"
     result = {
         **metrics.to_json(),
-        "acc5": last_eval.acc5 if last_eval is not None else None,
-        "eval_images": last_eval.count if last_eval is not None else 0,
-        "val_samples": val_loader.num_samples if val_loader is not None else 0,
-        "steps": done,
-        "ema_acc1": ema_eval.acc1 if ema_eval is not None else None,
-        "target_acc1": cfg.target_acc1,
-        "target_reached_epoch": target_reached,
-        "final_train_image_size": train_size,
-        "channels_last": cfg.channels_last,
-        "compile": cfg.compile,
-        "resumed_from_step": start_step,  # 0 = a fresh run; steps counts the whole run, resumed part included
-        "resumed_from": resumed_from,
-        "checkpoint_s": ckpt_sw.total,  # rank 0's checkpoint writes + barriers, left out of p_*
-        "resume_skip_s": skip_sw.total,  # replaying the resumed epoch's trained batches, left out of p_*
-        "checkpoints_written": saved,
-        "warmup_steps": warm_steps,  # left out of p_whole / p_train / p_core
-        "warmup_s_rank0": warmup_s,
-        "total_trained_images": done * global_batch,  # trained_images (the p_* numerator) excludes warm-up
+        **_eval_json(st.last_eval, s.val_loader),
+        "steps": st.done,
+        "ema_acc1": st.ema_eval.acc1 if st.ema_eval is not None else None,
+        "target_acc1": s.cfg.target_acc1,
+        "target_reached_epoch": st.target_reached,
+        "final_train_image_size": st.train_size,
+        "channels_last": s.cfg.channels_last,
+        "compile": s.cfg.compile,
+        "resumed_from_step": st.start_step,  # 0 = a fresh run; steps counts the whole run, resumed part included
+        "resumed_from": str(loaded.path) if loaded is not None else None,
+        "checkpoint_s": clock.checkpoint.total,  # rank 0's checkpoint writes + barriers, left out of p_*
+        "resume_skip_s": clock.resume_skip.total,  # positioning the resumed epoch's loader, left out of p_*
+        "checkpoints_written": ckpt.saved,
+        "warmup_steps": st.warm_steps,  # left out of p_whole / p_train / p_core
+        "warmup_s_rank0": st.marks[0].time - st.loop_start,
+        "total_trained_images": st.done * s.global_batch,  # trained_images (the p_* numerator) excludes warm-up
         "skipped_samples": int(skipped_total),  # failed to decode in the loader (all ranks); named on stderr
         "skipped_examples_rank0": skipped[:10],
-        "rank_steps_min": int(-neg_steps_min),
+        "rank_steps_min": int(-neg_min),
         "rank_steps_max": int(steps_max),
-        "epochs": epochs_run,
-        "global_batch_size": global_batch,
-        "world_size": env.world_size,
-        "precision": precision.value,
-        "loader": cfg.loader.value,
-        "device": str(env.device),
-        "device_name": device_name,
-        "mem_kind": mem.kind,
-        "mem_peak_allocated_gib_rank0": mem.allocated_gib,
-        "mem_peak_reserved_gib_rank0": mem.reserved_gib,
-        "mem_device_used_gib_nvml_rank0": mem.device_used_gib,
+        "epochs": st.epochs_run,
+        "timing": clock.timing.value,
+        "device_syncs_rank0": clock.sync.count,  # host waits for the device in the loop (events: per window/epoch)
+        "data_wait_fraction": wait_fraction,
         "times_s": asdict(times),
-        "data_wait_fraction": times.data / max(times.loop - times.eval, 1e-9),
         "rank0_times_s": asdict(local),
         "verdict": verdict.to_json(),
-        "loader_stage_seconds_per_image_rank0": _stage_seconds_per_image(train_loader),
-        "config": config_name,
-        "fix_hp": fix_hp,
-        "argv": sys.argv,
+        "loader_stage_seconds_per_image_rank0": _stage_seconds_per_image(s.train_loader),
+        **_run_json(s, mem, fix_hp),
     }
     if env.is_main:
-        print(TABLE_HEADER)
-        print(flagperf_row(metrics, config_name, precision.value, fix_hp))
-        t = local  # one rank's own times add up; the metrics above use the maximum over ranks
-        print(f"time split (s, rank 0): loop {t.loop:.1f} = train {t.loop - t.eval:.1f} (compute {t.compute:.1f}, "
-              f"data wait {t.data:.1f}, other {t.loop - t.eval - t.compute - t.data:.1f}) + eval {t.eval:.1f}; "
-              f"p_core/p_train = {metrics.p_core / metrics.p_train:.2f}")
-        for line in verdict.lines:
-            print(f"verdict: {line}")
-        if cfg.metrics_json is not None:
-            cfg.metrics_json.parent.mkdir(parents=True, exist_ok=True)
-            cfg.metrics_json.write_text(json.dumps(result, indent=1) + "\n")
+        _print_summary(metrics, result, local, verdict)
+        _write_json(s.cfg, result)
     return result
+
+
+def _eval_json(ev: EvalResult | None, val_loader) -> dict:
+    return {"acc5": ev.acc5 if ev is not None else None, "eval_images": ev.count if ev is not None else 0,
+            "val_samples": val_loader.num_samples if val_loader is not None else 0}
+
+
+def _run_json(s: Session, mem: MemoryUse, fix_hp: str) -> dict:
+    """What ran where: sizes, precision, loader, device, memory detail, versions, FlagPerf labels."""
+    return {"global_batch_size": s.global_batch, "world_size": s.env.world_size, "precision": s.precision.value,
+            "loader": s.cfg.loader.value, "device": str(s.env.device), "device_name": s.device_name,
+            "mem_kind": mem.kind, "mem_peak_allocated_gib_rank0": mem.allocated_gib,
+            "mem_peak_reserved_gib_rank0": mem.reserved_gib, "mem_device_used_gib_nvml_rank0": mem.device_used_gib,
+            "versions": software_versions(), "config": _config_name(s.env), "fix_hp": fix_hp, "argv": sys.argv}
+
+
+def _print_summary(metrics: FlagPerfMetrics, result: dict, t: RunTimes, verdict: Verdict) -> None:
+    print(TABLE_HEADER)
+    print(flagperf_row(metrics, result["config"], result["precision"], result["fix_hp"]))
+    # one rank's own times add up; the metrics above use the maximum over ranks
+    print(f"time split (s, rank 0): loop {t.loop:.1f} = train {t.loop - t.eval:.1f} (compute {t.compute:.1f}, "
+          f"data wait {t.data:.1f}, other {t.loop - t.eval - t.compute - t.data:.1f}) + eval {t.eval:.1f}; "
+          f"p_core/p_train = {metrics.p_core / metrics.p_train:.2f}; timing {result['timing']}")
+    for line in verdict.lines:
+        print(f"verdict: {line}")
+
+
+def _write_json(cfg: TrainConfig, result: dict) -> None:
+    if cfg.metrics_json is not None:
+        cfg.metrics_json.parent.mkdir(parents=True, exist_ok=True)
+        cfg.metrics_json.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def _stage_seconds_per_image(loader) -> dict[str, float] | None:
@@ -386,7 +553,65 @@ def _stage_seconds_per_image(loader) -> dict[str, float] | None:
 
 def run_verdict(p_core: float, p_train: float, data_wait_fraction: float, loader, workers: int) -> Verdict:
     """The I/O verdict of a finished run from its own timers (see :mod:`train.verdict`)."""
-    cores = max(1, default_workers() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    cores = max(1, default_workers() // distributed.local_world_size())
     return decide(Evidence(compute_rate=p_core, input_rate=p_train, stage_seconds=_stage_seconds_per_image(loader),
                            workers=max(1, workers), cores=cores, data_wait_fraction=data_wait_fraction,
                            from_run=True))
+
+
+# --- evaluation of a checkpoint --------------------------------------------------------------------------------
+
+def _checkpoint_to_test(cfg: TrainConfig):
+    ck = cfg.checkpoint
+    path = ck.file if ck.file is not None else (checkpoint.latest_checkpoint(ck.dir) if ck.dir is not None else None)
+    if path is None:
+        where = f"--checkpoint-dir {ck.dir} holds none" if ck.dir is not None else "none given"
+        raise ValueError(f"--test-only needs a checkpoint: {where}; pass --checkpoint FILE or --checkpoint-dir DIR "
+                         f"--resume")
+    return path
+
+
+def test_only(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
+    """Evaluate a checkpoint on the val split (every image once over all ranks): top-1 / top-5 and the FlagPerf row
+    (no training: p_whole / p_train / p_core are ``/``). Returns the metrics dict (also ``cfg.metrics_json``).
+
+    Raises:
+        ValueError / CheckpointError: no checkpoint, or one of another model / class count.
+    """
+    path = _checkpoint_to_test(cfg)
+    info = _dataset(cfg)
+    lcfg = dataclasses.replace(cfg.loader_cfg, data_root=cfg.data)
+    val_loader = _val_loader(cfg, lcfg, info, env)
+    precision = resolve_precision(cfg.precision, env.device)
+    model, _ = _build_model(dataclasses.replace(cfg, ema_decay=None), env, val_loader.num_classes, precision)
+    loaded, ema_state = checkpoint.load_weights(path, model, val_loader.num_classes)
+    ema = None
+    if ema_state is not None:  # evaluate the checkpoint's EMA beside the model
+        ema = ModelEma(model, float(ema_state.get("decay", 0.5)))
+        ema.load_state_dict(ema_state)
+    monitor = start_monitor(env.device)
+    sync = make_clock(resolve_timing(cfg.timing, env.device), env.device).sync
+    sync()
+    t0 = time.perf_counter()
+    result = evaluate(model, val_loader, precision, env)
+    ema_result = evaluate(ema.module, val_loader, precision, env) if ema is not None else None
+    sync()
+    eval_s = time.perf_counter() - t0
+    mem = peak_memory(env.device, monitor)
+    val_loader.close()
+    e2e = time.time() - process_start_time()
+    metrics = FlagPerfMetrics(e2e, None, None, None, result.acc1, mem.used_gib, mem.total_gib, 0)
+    out = {**metrics.to_json(), **_eval_json(result, val_loader), "test_only": True, "checkpoint": str(path),
+           "checkpoint_step": loaded.progress.step, "ema_acc1": ema_result.acc1 if ema_result else None,
+           "eval_s": eval_s, "eval_img_per_s": result.count / max(eval_s, 1e-9), "world_size": env.world_size,
+           "precision": precision.value, "loader": cfg.loader.value, "device": str(env.device),
+           "device_name": _device_name(env.device), "mem_kind": mem.kind, "versions": software_versions(),
+           "config": _config_name(env), "fix_hp": f"bs={lcfg.batch_size},test-only", "argv": sys.argv}
+    if env.is_main:
+        print(f"test: {path} (step {loaded.progress.step}): val top-1 {result.acc1:.2f}% top-5 {result.acc5:.2f}% on "
+              f"{result.count} images" + (f", EMA top-1 {ema_result.acc1:.2f}%" if ema_result else "")
+              + f", {out['eval_img_per_s']:.1f} img/s")
+        print(TABLE_HEADER)
+        print(flagperf_row(metrics, out["config"], precision.value, out["fix_hp"]))
+        _write_json(cfg, out)
+    return out

@@ -9,7 +9,8 @@ p_train     trained images / time of the train loop without the evaluation (img/
 p_core      trained images / pure compute time: from a batch on the device to its optimizer step
             done, excluding data-loader wait and host→device copy (img/s)
 acc1        top-1 accuracy (%) of the last evaluation, every val image counted once over all ranks
-mem         peak device memory used / device total (GiB); on CPU, peak process RSS / physical RAM
+mem         peak device memory used / device total (GiB; see train/memory.py); on CPU, peak process
+            RSS / physical RAM
 ==========  =====================================================================================
 
 Trained images = steps × world size × per-rank batch size. Times are the maximum over ranks.
@@ -19,13 +20,14 @@ Since compute ⊂ (loop − eval) ⊂ loop, p_core ≥ p_train ≥ p_whole alway
 from __future__ import annotations
 
 import os
-import resource
+import platform
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-GIB = 1024 ** 3
+from train.memory import MemoryUse, driver_version
+
 _IMPORT_TIME = time.time()
 
 
@@ -40,43 +42,6 @@ def process_start_time() -> float:
         return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return _IMPORT_TIME
-
-
-@dataclass(frozen=True)
-class MemoryUse:
-    """Peak memory (GiB): ``used`` (the FlagPerf ``mem`` numerator) and the device's ``total``; ``kind`` says what
-    ``used`` measures. ``allocated`` / ``reserved``: torch's peak allocated tensors and peak caching-allocator
-    reservation (CUDA; None on CPU). ``device_used``: the whole device's memory in use by every process at the end,
-    from NVML (None where NVML is not available)."""
-
-    used_gib: float
-    total_gib: float
-    kind: str
-    allocated_gib: float | None = None
-    reserved_gib: float | None = None
-    device_used_gib: float | None = None
-
-
-def peak_memory(device: torch.device) -> MemoryUse:
-    """Peak memory of this process on ``device``.
-
-    CUDA: ``used`` = ``torch.cuda.max_memory_reserved`` (what the caching allocator held, as nvidia-smi would
-    show for this process) over the device's total, plus peak allocated and NVML's device-wide figure. CPU: peak
-    resident set size of the training process (``ru_maxrss``; loader worker processes not included) over
-    physical RAM.
-    """
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        try:
-            nvml = torch.cuda.device_memory_used(device) / GIB  # NVML through torch (pynvml / amdsmi)
-        except Exception:  # noqa: BLE001 - NVML missing or not initialisable: the field stays empty
-            nvml = None
-        reserved = torch.cuda.max_memory_reserved(device) / GIB
-        return MemoryUse(reserved, total / GIB, "cuda-reserved", torch.cuda.max_memory_allocated(device) / GIB,
-                         reserved, nvml)
-    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return MemoryUse(rss_kib * 1024 / GIB, total / GIB, "cpu-rss")
 
 
 @dataclass(frozen=True)
@@ -103,9 +68,9 @@ class FlagPerfMetrics:
     """The FlagPerf row (see module docstring) plus what it was computed from."""
 
     e2e_time: float
-    p_whole: float
-    p_train: float
-    p_core: float
+    p_whole: float | None  # None: no training (``--test-only``)
+    p_train: float | None
+    p_core: float | None
     acc1: float | None  # None when the run did not evaluate
     mem_used_gib: float
     mem_total_gib: float
@@ -147,7 +112,28 @@ TABLE_HEADER = ("| config | precision | fix_hp | e2e_time | p_whole | p_train | 
                 "| ------ | --------- | ------ | -------- | ------- | ------- | ------ | --- | --- |")
 
 
+def _cell(value: float | None, fmt: str) -> str:
+    return "/" if value is None else format(value, fmt)
+
+
 def flagperf_row(m: FlagPerfMetrics, config: str, precision: str, fix_hp: str) -> str:
-    """One row of FlagPerf's results table (its README's columns), markdown."""
-    return (f"| {config} | {precision} | {fix_hp} | {m.e2e_time:.0f} | {m.p_whole:.1f} | {m.p_train:.1f} "
-            f"| {m.p_core:.1f} | {'/' if m.acc1 is None else f'{m.acc1:.1f}%'} | {m.mem} |")
+    """One row of FlagPerf's results table (its README's columns), markdown; ``/`` where a figure does not exist."""
+    acc = "/" if m.acc1 is None else f"{m.acc1:.1f}%"
+    return (f"| {config} | {precision} | {fix_hp} | {m.e2e_time:.0f} | {_cell(m.p_whole, '.1f')} "
+            f"| {_cell(m.p_train, '.1f')} | {_cell(m.p_core, '.1f')} | {acc} | {m.mem} |")
+
+
+def software_versions() -> dict[str, str | None]:
+    """Versions a run depends on: Python, torch, torchvision, CUDA / cuDNN of the torch build, the NVIDIA driver
+    (NVML) and DALI; None where absent."""
+    import torchvision
+
+    try:
+        from nvidia import dali
+        dali_version = dali.__version__
+    except ImportError:
+        dali_version = None
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "cudnn": str(cudnn) if cudnn else None,
+            "driver": driver_version() if torch.cuda.is_available() else None, "dali": dali_version}

@@ -9,6 +9,8 @@ gamma of each residual block is Goyal et al. 2017's recommendation (torchvision'
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -56,18 +58,59 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
         optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, schedule, milestones, gamma))
 
 
-def build_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """Exponential moving average of ``model``'s weights and buffers (torch's ``AveragedModel`` with its EMA
-    update): ``ema = decay * ema + (1 - decay) * weights`` after every step (``ema.update_parameters(model)``).
+class ModelEma:
+    """Exponential moving average of a model's weights and floating-point buffers (BN running statistics):
+    ``ema = decay * ema + (1 - decay) * current`` after every step (the first update copies the model),
+    integer buffers (BN's ``num_batches_tracked``) copied. Same formula as torch's ``AveragedModel`` with
+    ``get_ema_multi_avg_fn`` and ``use_buffers=True``, but with the update count kept on the host: torch's
+    version moves its CPU counter to the GPU every step (a blocking copy: a host synchronisation per step),
+    and the count is part of :meth:`state_dict`, so a resumed EMA continues instead of restarting.
+
+    ``module`` is the averaged copy (evaluate it like the model). All updates are in-place ``_foreach`` ops
+    on the model's device: no host synchronisation.
 
     Raises:
         ValueError: ``decay`` not in (0, 1).
     """
-    if not 0.0 < decay < 1.0:
-        raise ValueError(f"--ema-decay must be in (0, 1), got {decay}")
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"--ema-decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _pairs(self, model: torch.nn.Module):
+        mine = itertools.chain(self.module.parameters(), self.module.buffers())
+        theirs = itertools.chain(model.parameters(), model.buffers())
+        return list(zip(mine, theirs, strict=True))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Fold ``model``'s current weights into the average (``model``: the plain module, not a DDP wrapper)."""
+        pairs = self._pairs(model)
+        floats = [(a, b.detach()) for a, b in pairs if a.is_floating_point()]
+        for a, b in pairs:
+            if not a.is_floating_point():
+                a.copy_(b)
+        ema, cur = [a for a, _ in floats], [b for _, b in floats]
+        if self.updates == 0:
+            torch._foreach_copy_(ema, cur)
+        else:
+            torch._foreach_lerp_(ema, cur, 1.0 - self.decay)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output (the decay of the running config is kept).
+
+        Raises:
+            KeyError / RuntimeError: not an EMA state of this model.
+        """
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
 
 
 @dataclass(frozen=True)
@@ -100,4 +143,4 @@ class Resolution:
         return max(self.step, int(size) // self.step * self.step) if self.step > 1 else int(size)
 
 
-__all__ = ["Schedule", "parameter_groups", "lr_factor", "build_scheduler", "build_ema", "Resolution"]
+__all__ = ["Schedule", "parameter_groups", "lr_factor", "build_scheduler", "ModelEma", "Resolution"]
