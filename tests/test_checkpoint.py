@@ -121,6 +121,25 @@ def test_latest_ignores_tmp_and_only_k_are_kept(tmp_path):
     assert len(checkpoint.list_checkpoints(tmp_path)) == 2
 
 
+def test_checkpoints_are_read_onto_the_cpu_whatever_the_training_device(tmp_path, monkeypatch):
+    """Loading onto the training device (map_location=cuda) made the NumPy RNG restore call .numpy() on a CUDA
+    tensor (a TypeError on the first GPU resume): every read maps to the CPU, and load_state_dict moves each state
+    onto its own object's device."""
+    model, opt, sched = make()
+    path = checkpoint.save_checkpoint(tmp_path, header(), Progress(step=1), model, opt, sched)
+    seen = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    checkpoint.load_checkpoint(path, header(), *make())
+    checkpoint.load_weights(path, make()[0], 3)
+    assert seen == ["cpu", "cpu"]
+
+
 def test_resume_needs_a_checkpoint_dir(capsys):
     from tools import train as train_cli
 
@@ -137,13 +156,17 @@ PLANNED_STEPS = 33  # 3 epochs of 11 steps (45 samples, batch 4)
 def train_cmd(shards: Path, ckdir: Path, metrics: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tools.train", "--data", str(shards), "--loader", "cpu", "--epochs", "3", "--batch-size", "4", "--image-size", "32", "--workers", "1",
             "--checkpoint-dir", str(ckdir), "--checkpoint-every", "2", "--no-eval", "--metrics-json", str(metrics),
-            *extra]
+            "--ema-decay", "0.9", *extra]
 
 
 def final_weights(ckdir: Path) -> dict:
+    """The final checkpoint's model weights and EMA weights (``ema.*`` keys) and EMA update count."""
     path = checkpoint.latest_checkpoint(ckdir)
     assert path is not None and path.name == f"ckpt-step{PLANNED_STEPS:08d}.pt"
-    return checkpoint.read_checkpoint(path)["model"]
+    payload = checkpoint.read_checkpoint(path)
+    ema = payload["ema"]
+    assert ema["updates"] == PLANNED_STEPS  # the EMA continued over the resume instead of restarting
+    return {**payload["model"], **{f"ema.{k}": v for k, v in ema["module"].items()}}
 
 
 @pytest.mark.slow
@@ -190,7 +213,7 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(demo_shards, 
     assert len(checkpoint.list_checkpoints(kill_dir)) == 2  # keep=2
     for p in checkpoint.list_checkpoints(kill_dir):
         checkpoint.read_checkpoint(p)
-    # same seed, same data order (replayed loader position), same optimizer/schedule/RNG state: bitwise equal
+    # same seed, same data order (replayed loader position), same optimizer/schedule/RNG/EMA state: bitwise equal
     ref_w, res_w = final_weights(ref_dir), final_weights(kill_dir)
     assert ref_w.keys() == res_w.keys()
     for k in ref_w:

@@ -68,11 +68,11 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_equal_steps_exact_val_count(demo_shards, tmp_path):
-    out = tmp_path / "m.json"
+def test_torchrun_two_ranks_equal_steps_exact_val_count(demo_shards, tmp_path, capsys):
+    out, ckdir = tmp_path / "m.json", tmp_path / "ck"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "-m", "tools.train", "--data", str(demo_shards), "--loader", "cpu",
-           "--epochs", "2", *SMALL, "--metrics-json", str(out)]
+           "--epochs", "2", *SMALL, "--metrics-json", str(out), "--checkpoint-dir", str(ckdir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -84,6 +84,57 @@ def test_torchrun_two_ranks_equal_steps_exact_val_count(demo_shards, tmp_path):
     assert m["trained_images"] == (10 - 2) * 8
     assert m["eval_images"] == 13  # 13 val images over 2 ranks: each counted exactly once
     assert "| CPUx1x2 |" in proc.stdout
+    # BN statistics are averaged over ranks before every eval and checkpoint: both ranks evaluated the model the
+    # final checkpoint holds, so one process evaluating that checkpoint finds the same top-1 / top-5
+    capsys.readouterr()
+    test_json = tmp_path / "test.json"
+    assert train_cli.main(["--data", str(demo_shards), "--loader", "cpu", *SMALL, "--test-only", "--checkpoint-dir",
+                           str(ckdir), "--metrics-json", str(test_json)]) == 0
+    t = json.loads(test_json.read_text())
+    assert t["test_only"] and t["checkpoint_step"] == 10 and t["eval_images"] == 13
+    assert (t["acc1"], t["acc5"]) == (m["acc1"], m["acc5"])
+    assert t["p_core"] is None and "| CPUx1x1 | fp32 | bs=4,test-only |" in capsys.readouterr().out
+
+
+def test_average_buffers_makes_ranks_agree():
+    """Two gloo ranks with different BN running statistics end with their mean; integer buffers untouched."""
+    import torch.multiprocessing as mp
+
+    port = free_port()
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_average_worker, args=(r, port, results)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    got = dict(results.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(60)
+    assert got[0] == got[1] == ([0.5, 0.5], [2.0, 2.0], 3)
+
+
+def _average_worker(rank: int, port: int, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from train.distributed import DistEnv, average_buffers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    bn = torch.nn.BatchNorm1d(2)
+    bn.running_mean.fill_(float(rank))
+    bn.running_var.fill_(1.0 + 2.0 * rank)
+    bn.num_batches_tracked.fill_(3)
+    average_buffers(bn, DistEnv(rank, 2, rank, torch.device("cpu")))
+    results.put((rank, (bn.running_mean.tolist(), bn.running_var.tolist(), int(bn.num_batches_tracked))))
+    dist.destroy_process_group()
+
+
+def test_test_only_needs_a_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(["--loader", "synthetic", "--test-only"])
+    assert "--checkpoint FILE" in capsys.readouterr().err
+    assert train_cli.main(["--loader", "synthetic", *SMALL, "--test-only", "--checkpoint-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds none" in err
 
 
 def test_folder_baseline_trains_on_an_imagefolder_tree(demo_shards, tmp_path):
