@@ -55,3 +55,16 @@ def test_process_start_is_in_the_past_and_memory_is_measured():
     assert 0 < time.time() - start < 3600
     mem = peak_memory(torch.device("cpu"))
     assert 0 < mem.used_gib < mem.total_gib and mem.kind == "cpu-rss"
+
+
+def test_device_memory_monitor_keeps_the_peak_of_its_samples():
+    from train.memory import DeviceMemoryMonitor
+
+    readings = iter([3, 9, 4] + [5] * 1000)
+    monitor = DeviceMemoryMonitor(lambda: next(readings), "test", interval=0.001).start()
+    deadline = time.monotonic() + 30
+    while monitor.peak < 9 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert monitor.stop() == 9 and monitor.kind == "test"
+    failing = DeviceMemoryMonitor(lambda: 1 / 0, "broken").start()  # a failing reader leaves the peak at 0
+    assert failing.stop() == 0
