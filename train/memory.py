@@ -52,7 +52,7 @@ def nvml_used_reader(device: torch.device) -> Callable[[], int] | None:
 
         pynvml.nvmlInit()
         uuid = f"GPU-{torch.cuda.get_device_properties(device).uuid}"
-        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid.encode())  # bytes: older nvidia-ml-py take no str
         pynvml.nvmlDeviceGetMemoryInfo(handle)
     except Exception:  # noqa: BLE001 - not installed, no driver library, unknown UUID: use cudaMemGetInfo
         return None
