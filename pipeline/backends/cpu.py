@@ -6,6 +6,10 @@ shuffles train samples through a buffer, decodes and crops with :mod:`pipeline.t
 collates whole batches itself as ``N×H×W×3`` uint8. Workers decode straight into shared memory, so the
 hand-off copies nothing; the training process only copies the batch to the device (pinned memory,
 non-blocking, one batch ahead on a side stream on CUDA) and normalises it there, in channels-last layout.
+
+The reading half (epoch plan, tar reading, shuffle buffer, batch-sized chunks: :class:`ShardSamples`), the
+loader half (option checks, epoch length, persistent workers: :class:`ShardLoaderBase`) and the policy for
+samples that do not decode (:func:`keep_decoded`) are shared with the ``nvjpeg`` backend.
 """
 
 from __future__ import annotations
@@ -68,16 +72,42 @@ def shuffled(items, buffer_size: int, rng: random.Random):
     yield from buf
 
 
-class ShardBatches(IterableDataset):
-    """Iterable dataset of whole uint8 batches for one rank; DataLoader workers split it by plan.
+def skip_reason(url: str, key: str, exc: BaseException) -> str:
+    """``"<shard>: <key>: cannot decode (<error type>: <why>)"``: the line a skipped sample is named by."""
+    why = "not a decodable image" if isinstance(exc, PIL.UnidentifiedImageError) else f"{exc}"
+    return f"{url}: {key}: cannot decode ({type(exc).__name__}: {why})"
 
-    Yields ``(images N×S×S×3 uint8, labels N int64, keys list[str], skipped list[str], stage times)``, the stage
-    times being ``(read_s, decode_s, augment_s, collate_s, samples)`` of that batch in its worker. A sample that fails
-    to decode is named in ``skipped``; in train its slot is filled with another sample of the same batch
-    (so every rank still runs the same number of full steps), in eval it is left out.
+
+def keep_decoded(images: torch.Tensor, labels: torch.Tensor, keys: list[str], ok: list[int], skipped: list[str],
+                 train: bool, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Apply the skipped-sample policy to one batch whose rows ``ok`` decoded (the others hold garbage).
+
+    Train: every other row is overwritten by a random decoded row of the same batch (image, label and key), so
+    the batch stays full and every rank runs the same number of steps. Val: the other rows are left out.
+    ``images`` is ``N×…`` on any device, ``labels`` ``N`` int64, ``keys`` ``N`` keys; ``skipped`` names the
+    failures (only the first is used, in the error).
 
     Raises:
-        SampleDecodeError: not one sample of a batch decodes.
+        SampleDecodeError: not one row decoded (the message names the first failure).
+    """
+    if not ok:
+        raise SampleDecodeError(f"no sample of a batch decodes; first: {skipped[0]}")
+    if len(ok) == len(keys):
+        return images, labels, keys
+    if not train:  # eval: leave them out (the eval count shows it)
+        return images[ok], labels[ok], [keys[i] for i in ok]
+    good = set(ok)
+    for i in (i for i in range(len(keys)) if i not in good):  # train: reuse decoded samples in their place
+        j = ok[rng.randrange(len(ok))]
+        images[i], labels[i], keys[i] = images[j], labels[j], keys[j]
+    return images, labels, keys
+
+
+class ShardSamples(IterableDataset):
+    """One rank's share of a split, as the raw samples of whole batches; DataLoader workers split it by plan.
+
+    Subclasses turn :meth:`chunks` into what their workers hand over. The epoch (:attr:`epoch`) lives in
+    shared memory, so :meth:`set_epoch`-style updates reach persistent (forked) workers.
     """
 
     def __init__(self, info: DatasetInfo, split: Split, cfg: LoaderConfig, rank: int, world_size: int):
@@ -105,26 +135,50 @@ class ShardBatches(IterableDataset):
                                          num_workers, c.seed, self.epoch)
         return epoch_plan.plan_eval(self.lengths, c.batch_size, self.rank, self.world_size, worker, num_workers)
 
-    def __iter__(self):
+    def chunks(self) -> Iterator[tuple[random.Random, list[tuple[str, str, bytes, int]], float]]:
+        """Yield ``(rng, chunk, read_s)`` for each batch of this worker's plan in the current epoch.
+
+        ``chunk`` holds up to ``batch_size`` samples ``(shard, key, jpg bytes, label)`` (train: shuffled through
+        the buffer), ``read_s`` the seconds spent reading them; ``rng`` is the worker's generator, seeded by
+        (seed, epoch, rank, worker, split), which also drew the shuffle (callers draw crops from it).
+        """
         wi = get_worker_info()
         worker, num_workers = (wi.id, wi.num_workers) if wi is not None else (0, 1)
         plan = self.worker_plan(worker, num_workers)
         rng = random.Random(f"{self.cfg.seed}/{self.epoch}/{self.rank}/{worker}/{self.split.value}")  # str seeds are stable
         samples = read_segments(self.paths, plan.segments)
-        train = self.split is Split.TRAIN
-        if train:
+        if self.split is Split.TRAIN:
             samples = shuffled(samples, self.cfg.shuffle_buffer, rng)
-        size, bs = self.cfg.image_size, self.cfg.batch_size
         clock = time.perf_counter
         while True:
             t0 = clock()
-            chunk = list(itertools.islice(samples, bs))
+            chunk = list(itertools.islice(samples, self.cfg.batch_size))
             if not chunk:
                 return
-            t_read = clock() - t0
+            yield rng, chunk, clock() - t0
+
+
+class ShardBatches(ShardSamples):
+    """Iterable dataset of whole uint8 batches for one rank; DataLoader workers split it by plan.
+
+    Yields ``(images N×S×S×3 uint8, labels N int64, keys list[str], skipped list[str], stage times)``, the stage
+    times being ``(read_s, decode_s, augment_s, collate_s, samples)`` of that batch in its worker. A sample that fails
+    to decode is named in ``skipped``; in train its slot is filled with another sample of the same batch
+    (so every rank still runs the same number of full steps), in eval it is left out.
+
+    Raises:
+        SampleDecodeError: not one sample of a batch decodes.
+    """
+
+    def __iter__(self):
+        in_worker = get_worker_info() is not None
+        train = self.split is Split.TRAIN
+        size = self.cfg.image_size
+        clock = time.perf_counter
+        for rng, chunk, t_read in self.chunks():
             t0 = clock()
             images = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8)
-            if wi is not None:  # decode straight into shared memory: the hand-off to the main process copies nothing
+            if in_worker:  # decode straight into shared memory: the hand-off to the main process copies nothing
                 images.share_memory_()
             ok, skipped = [], []
             work = [0.0, 0.0]  # decode, augment (s), added to by decode_train / decode_val
@@ -134,31 +188,29 @@ class ShardBatches(IterableDataset):
                                  else decode_val(data, size, self.cfg.crop_pct, work))
                     ok.append(i)
                 except Exception as exc:
-                    why = "not a decodable image" if isinstance(exc, PIL.UnidentifiedImageError) else f"{exc}"
-                    skipped.append(f"{url}: {key}: cannot decode ({type(exc).__name__}: {why})")
-            if not ok:
-                raise SampleDecodeError(f"no sample of a batch decodes; first: {skipped[0]}")
+                    skipped.append(skip_reason(url, key, exc))
             labels = torch.tensor([c[3] for c in chunk], dtype=torch.int64)
-            keys = [c[1] for c in chunk]
-            if skipped:
-                bad = [i for i in range(len(chunk)) if i not in ok]
-                if train:  # keep the batch full (equal steps on every rank): reuse decoded samples in its place
-                    for i in bad:
-                        j = ok[rng.randrange(len(ok))]
-                        images[i], labels[i], keys[i] = images[j], labels[j], keys[j]
-                else:  # eval: leave it out (the eval count shows it)
-                    images, labels, keys = images[ok], labels[ok], [keys[i] for i in ok]
+            images, labels, keys = keep_decoded(images, labels, [c[1] for c in chunk], ok, skipped, train, rng)
             collate = clock() - t0 - work[0] - work[1]  # batch allocation, copies into it, labels, skipped samples
             yield images, labels, keys, skipped, (t_read, work[0], work[1], collate, len(chunk))
 
 
-class CpuLoader(ReplayResume):
-    """The ``cpu`` backend for one split on one rank (see module docstring). Implements ``Loader``."""
+class ShardLoaderBase(ReplayResume):
+    """What the shard backends (``cpu``, ``nvjpeg``) share for one split on one rank: option checks, the epoch
+    length (train: equal full-batch steps on every rank; val: this rank's batches), :meth:`set_epoch`, the
+    persistent forked DataLoader workers over :meth:`make_dataset` (:meth:`worker_loader`) and :meth:`close`.
+
+    Raises:
+        ValueError: no dataset, bad options, or a train split too small for one step per rank.
+    """
+
+    kind = "cpu"  # the --loader name, for messages
+    pin_memory = True  # pin the workers' tensors before they are handed over (when the device is CUDA)
 
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
                  rank: int = 0, world_size: int = 1):
         if info is None:
-            raise ValueError("--loader cpu needs --data DIR (a folder written by shard-imagenet)")
+            raise ValueError(f"--loader {self.kind} needs --data DIR (a folder written by shard-imagenet)")
         if cfg.batch_size < 1 or cfg.image_size < 8 or cfg.workers < 0:
             raise ValueError(f"bad loader options: batch_size={cfg.batch_size}, image_size={cfg.image_size}, "
                              f"workers={cfg.workers}")
@@ -166,8 +218,9 @@ class CpuLoader(ReplayResume):
         self.device = device
         self.num_samples = info.split(split.value).num_samples
         self.num_classes = info.num_classes
-        self.dataset = ShardBatches(info, split, cfg, rank, world_size)
+        self.dataset = self.make_dataset(info, split, cfg, rank, world_size)
         self.cfg = cfg
+        self.rank = rank
         if split is Split.TRAIN:
             self._len = epoch_plan.train_steps_per_epoch(self.num_samples, world_size, cfg.batch_size)
             self.dataset.worker_plan(0, 1)  # raises early when the split is too small for one step per rank
@@ -175,12 +228,11 @@ class CpuLoader(ReplayResume):
             self._len = epoch_plan.eval_batches_per_rank(self.dataset.lengths, cfg.batch_size, rank, world_size,
                                                          max(1, cfg.workers))
         self.skipped: list[str] = []  # "<shard>: <key>: <why>" of every sample that failed to decode
-        # per-stage CPU seconds summed over this rank's workers since the loader was built, and the samples
-        # they cover (read = tar reading + shuffle buffer; decode = JPEG → RGB; augment = crop, resize, flip;
-        # collate = copies into the shared-memory batch)
-        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
-        self.stage_samples = 0
         self._loader: DataLoader | None = None
+
+    def make_dataset(self, info: DatasetInfo, split: Split, cfg: LoaderConfig, rank: int,
+                     world_size: int) -> ShardSamples:
+        return ShardBatches(info, split, cfg, rank, world_size)
 
     def __len__(self) -> int:
         return self._len
@@ -195,20 +247,42 @@ class CpuLoader(ReplayResume):
             it._shutdown_workers()
         self._loader = None
 
-    def __iter__(self) -> Iterator[Batch]:
-        if self._loader is None:  # built once: its workers persist across epochs (no re-fork per epoch)
-            self._loader = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.workers,
-                                      pin_memory=self.device.type == "cuda",
-                                      persistent_workers=self.cfg.workers > 0,
-                                      multiprocessing_context="fork" if self.cfg.workers > 0 else None,
-                                      prefetch_factor=2 if self.cfg.workers > 0 else None)
-        yield from to_device_prefetched(self._host_batches(), self.device, self.cfg.normalize)
+    def worker_loader(self) -> DataLoader:
+        """The DataLoader over :attr:`dataset`, built once: its workers persist across epochs (no re-fork)."""
+        if self._loader is None:
+            w = self.cfg.workers
+            self._loader = DataLoader(self.dataset, batch_size=None, num_workers=w,
+                                      pin_memory=self.pin_memory and self.device.type == "cuda",
+                                      persistent_workers=w > 0, multiprocessing_context="fork" if w > 0 else None,
+                                      prefetch_factor=2 if w > 0 else None)
+        return self._loader
 
-    def _host_batches(self):
-        for images, labels, keys, skipped, stages in self._loader:
+    def note_skipped(self, what: str) -> None:
+        """Record a sample that did not decode and name it on stderr."""
+        self.skipped.append(what)
+        print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
+
+
+class CpuLoader(ShardLoaderBase):
+    """The ``cpu`` backend for one split on one rank (see module docstring). Implements ``Loader``."""
+
+    def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__(cfg, split, info, device, rank, world_size)
+        # per-stage CPU seconds summed over this rank's workers since the loader was built, and the samples
+        # they cover (read = tar reading + shuffle buffer; decode = JPEG → RGB; augment = crop, resize, flip;
+        # collate = copies into the shared-memory batch)
+        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.stage_samples = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        loader = self.worker_loader()
+        yield from to_device_prefetched(self._host_batches(loader), self.device, self.cfg.normalize)
+
+    def _host_batches(self, loader: DataLoader):
+        for images, labels, keys, skipped, stages in loader:
             for what in skipped:
-                self.skipped.append(what)
-                print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
+                self.note_skipped(what)
             for name, seconds in zip(STAGES, stages[:4]):
                 self.stage_seconds[name] += seconds
             self.stage_samples += stages[4]

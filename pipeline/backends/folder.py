@@ -4,6 +4,11 @@
 no shards), PIL decode with torchvision's own ``RandomResizedCrop`` + ``RandomHorizontalFlip`` (train) or
 ``Resize`` + ``CenterCrop`` (val), ``DistributedSampler``-style splitting, DataLoader workers, uint8 batches
 normalised on the device. Epochs follow the same contract as the other backends.
+
+The workers end each sample as an ``S×S×3`` (HWC) uint8 tensor, so the DataLoader's default collate stacks the
+batch as ``N×S×S×3`` uint8 (in shared memory, in a worker) and, on CUDA, pins it: that tensor goes to
+:func:`pipeline.backends.to_device_prefetched` untouched (its non-blocking copy really is asynchronous, and the
+training process spends no time on a layout copy); on the device the NHWC batch viewed as NCHW is channels-last.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
@@ -37,6 +43,11 @@ class _FixedClassesImageFolder(datasets.ImageFolder):
         return list(self._given), {c: i for i, c in enumerate(self._given)}
 
 
+def pil_to_hwc_tensor(img) -> torch.Tensor:
+    """PIL RGB image → ``H×W×3`` uint8 tensor (HWC, the layout the batch keeps up to the device)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+
+
 class FolderLoader(ReplayResume):
     """The ``folder`` backend for one split on one rank. Implements ``Loader``.
 
@@ -55,10 +66,10 @@ class FolderLoader(ReplayResume):
         size = cfg.image_size
         if split is Split.TRAIN:
             tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                                     transforms.PILToTensor()])
+                                     pil_to_hwc_tensor])
         else:
             tf = transforms.Compose([transforms.Resize(round(size / cfg.crop_pct)), transforms.CenterCrop(size),
-                                     transforms.PILToTensor()])
+                                     pil_to_hwc_tensor])
         root = Path(cfg.data_root) / split.value
         try:
             # class indices always come from train/ (val/ may hold a subset of the classes, as in a split run)
@@ -94,5 +105,6 @@ class FolderLoader(ReplayResume):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        host = ((images.permute(0, 2, 3, 1).contiguous(), labels, ()) for images, labels in self.loader)  # → NHWC
+        # the DataLoader's own N×S×S×3 uint8 tensors (pinned on CUDA), handed over as they are
+        host = ((images, labels, ()) for images, labels in self.loader)
         yield from to_device_prefetched(host, self.device, self.normalize)

@@ -1,0 +1,327 @@
+"""``nvjpeg`` backend: webdataset shards → DataLoader workers (bytes only) → nvJPEG decode + crop on the device.
+
+Its one job: turn one split's shards into device batches for one rank with the JPEG decode and the
+augmentation on the accelerator (torchvision's nvJPEG binding, no DALI), so the host's cores only read tars.
+
+Data flow and what runs where:
+
+1. DataLoader workers (persistent, forked; ``--workers`` of them, 0 = in the training process) read their part
+   of the epoch exactly as the cpu backend's do (:class:`pipeline.backends.cpu.ShardSamples`: epoch plan, tar
+   reader, train shuffle buffer; same samples per rank and epoch) and decode nothing. Each batch is handed over
+   as one :class:`ByteBatch`: all its JPEG files concatenated in ONE flat uint8 tensor (written straight into
+   shared memory), ``N+1`` int64 offsets, ``N`` int64 labels, and the keys, shards and a per-sample flag
+   "nvJPEG can take it" read from the JPEG's frame header (:func:`nvjpeg_decodable`) as plain lists: three
+   shared-memory segments per batch, however large it is.
+2. The training process cuts the buffer into ``N`` views (no copy) and decodes the flagged ones with one
+   ``torchvision.io.decode_jpeg(list, device=<device>, mode=RGB)`` call (batched nvJPEG on CUDA; on a machine
+   without CUDA the same call decodes on the CPU), each into a ``3×H×W`` uint8 tensor on the device.
+3. Per image, on the device: the crop box (train: RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3, drawn by
+   :func:`pipeline.transforms.random_resized_crop_box` from a ``random.Random`` seeded by (seed, epoch, rank,
+   split), then a horizontal flip with p=0.5; val: :func:`pipeline.transforms.center_crop_box`, the geometry of
+   Resize(round(size / crop_pct)) + CenterCrop(size)), only the crop converted to float32 and resized with
+   ``F.interpolate(bilinear, antialias=True)`` into an ``N×S×S×3`` float32 batch, rounded to uint8; then
+   :func:`pipeline.backends.normalize_on_device`: ``Batch.images`` ``N×3×S×S`` float32 ImageNet-normalised with
+   channels-last strides (uint8 0..255 with ``LoaderConfig.normalize=False``), ``Batch.labels`` ``N`` int64 on
+   the device, ``Batch.keys`` the samples' keys.
+
+On CUDA, steps 2-3 of batch ``i+1`` run on a side stream while batch ``i`` trains: each batch records an event
+on the side stream, the consumer's stream waits for that event only, and the batch's tensors are recorded on
+the consumer's stream so the caching allocator does not reuse them early. Known traps of the GPU decoder
+handled here (torchvision's CUDA decoder as of 0.29):
+
+* ``decode_jpeg(device="cuda")`` allocates its outputs on the caller's current stream but decodes on a private
+  stream without waiting for the caller's work (pytorch/vision#9606), and nvJPEG's hardware engine writes before
+  work queued ahead of it on its own stream (meta-pytorch/torchcodec#1634): a block freed on the allocating
+  stream while kernels still read it can be overwritten. So the decode runs with the side stream current, and
+  the host waits for the side stream (``Stream.synchronize``, not a device-wide sync) right before each call.
+* The call blocks the host until its decode is done, and one bad bitstream fails the whole call with no partial
+  result: the batch is then decoded one image at a time to find the culprits.
+* CMYK / YCCK (4 components), arithmetic-coded, lossless, 12-bit and non-JPEG data are not given to nvJPEG (the
+  header flag); ``decode_jpeg`` on the CPU converts CMYK to RGB; PNG and the rest go to PIL.
+* nvJPEG leaks memory before CUDA 11.6 (torchvision warns once); files the hardware engine does not take
+  (progressive ones; all of them on GPUs without the engine) are decoded one by one inside the call, on the SMs.
+* torchvision 0.29 deprecates its decoders in favour of TorchCodec: the per-call DeprecationWarning is silenced.
+
+Robustness (the cpu backend's policy): a sample nvJPEG rejects is retried on the CPU (``decode_jpeg``, then PIL
+through :mod:`pipeline.transforms`, which also crops it); one that decodes nowhere is named on stderr
+(``warning: skipped sample <shard>: <key>: ...``) and kept in ``skipped``; in train another decoded sample of
+the same batch takes its slot, in val it is left out. Damage that leaves a decodable bitstream (e.g. altered scan
+data) is not detected by any decoder and gives wrong pixels.
+
+Raises (while iterating): ``SampleDecodeError`` when not one sample of a batch decodes, ``ShardReadError`` for
+an unreadable shard; at construction ``ValueError`` for missing data, bad options, or a CUDA device this
+torchvision cannot decode on.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+import warnings
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torch.utils.data import get_worker_info
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from pipeline.backends import Batch, LoaderConfig, Split, normalize_on_device
+from pipeline.backends.cpu import ShardLoaderBase, ShardSamples, keep_decoded, skip_reason
+from pipeline.info import DatasetInfo
+from pipeline.transforms import center_crop_box, decode_train, decode_val, random_resized_crop_box
+
+# Frame (SOF) markers that start a frame header; DHT (C4), JPG (C8) and DAC (CC) share the range but are not frames.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# Huffman-coded baseline, extended sequential and progressive frames: what nvJPEG decodes (at 8 bits).
+_NVJPEG_SOF = frozenset({0xC0, 0xC1, 0xC2})
+
+
+class ByteBatch(NamedTuple):
+    """One batch as a worker hands it over: the encoded files, not pixels.
+
+    Attributes:
+        data: ``B`` uint8, the ``N`` JPEG files concatenated (``B`` = their total size in bytes).
+        offsets: ``N+1`` int64; file ``i`` is ``data[offsets[i]:offsets[i+1]]``.
+        labels: ``N`` int64 class indices.
+        keys: ``N`` sample keys.
+        shards: ``N`` shard paths / URLs the samples come from (for messages).
+        gpu_ok: ``N`` flags, :func:`nvjpeg_decodable` of each file.
+    """
+
+    data: torch.Tensor
+    offsets: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+    shards: list[str]
+    gpu_ok: list[bool]
+
+
+def nvjpeg_decodable(data: bytes) -> bool:
+    """True when ``data`` is a JPEG nvJPEG can decode to RGB: its frame header (SOF) is Huffman baseline,
+    extended or progressive, 8 bits per sample, 1 or 3 components. False for CMYK / YCCK, arithmetic-coded,
+    lossless, 12-bit, non-JPEG and truncated headers (those go to the CPU decoders).
+    """
+    if data[:2] != b"\xff\xd8":
+        return False
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length field
+            pos += 2
+            continue
+        if marker in _SOF_MARKERS:
+            return pos + 10 <= n and marker in _NVJPEG_SOF and data[pos + 4] == 8 and data[pos + 9] in (1, 3)
+        if marker == 0xDA:  # a scan before any frame header: not a valid JPEG
+            return False
+        pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+    return False
+
+
+def pack_batch(chunk: list[tuple[str, str, bytes, int]], shared: bool) -> ByteBatch:
+    """Samples ``(shard, key, jpg bytes, label)`` → one :class:`ByteBatch`; ``shared``: allocate ``data`` in shared
+    memory (in a DataLoader worker, so the hand-off to the training process copies nothing)."""
+    sizes = [len(c[2]) for c in chunk]
+    bounds = [0, *itertools.accumulate(sizes)]
+    data = torch.empty(bounds[-1], dtype=torch.uint8)
+    if shared:
+        data.share_memory_()
+    flat = data.numpy()
+    for (_, _, jpg, _), lo, hi in zip(chunk, bounds, bounds[1:]):
+        flat[lo:hi] = np.frombuffer(jpg, dtype=np.uint8)
+    return ByteBatch(data, torch.tensor(bounds, dtype=torch.int64), torch.tensor([c[3] for c in chunk],
+                     dtype=torch.int64), [c[1] for c in chunk], [c[0] for c in chunk],
+                     [nvjpeg_decodable(c[2]) for c in chunk])
+
+
+class ShardBytes(ShardSamples):
+    """Iterable dataset of :class:`ByteBatch` for one rank (the cpu backend's plan and reader, nothing decoded)."""
+
+    def __iter__(self) -> Iterator[ByteBatch]:
+        shared = get_worker_info() is not None
+        for _, chunk, _ in self.chunks():
+            yield pack_batch(chunk, shared)
+
+
+def _decode(streams: torch.Tensor | list[torch.Tensor], device: torch.device):
+    """``torchvision.io.decode_jpeg(streams, mode=RGB, device=device)`` without its deprecation warning (0.29)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(streams, mode=ImageReadMode.RGB, device=device)
+
+
+def batch_decode(streams: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode 1-D uint8 CPU tensors (JPEG files) into ``3×H×W`` uint8 tensors on ``device`` in one call; when
+    that call fails (one bad file fails it all), one by one, with None for each file that does not decode."""
+    if not streams:
+        return []
+    try:
+        return list(_decode(streams, device))
+    except (RuntimeError, ValueError):
+        if device.type == "cuda":  # the failed call may leave nvJPEG work writing into outputs it already freed
+            torch.cuda.synchronize(device)
+    out: list[torch.Tensor | None] = []
+    for s in streams:
+        try:
+            out.append(_decode(s, device))
+        except (RuntimeError, ValueError):
+            out.append(None)
+    return out
+
+
+def decode_images(streams: list[torch.Tensor], gpu_ok: list[bool], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode a batch's files into ``3×H×W`` uint8 RGB tensors on ``device``, None where no torchvision decoder
+    can: the flagged files in one :func:`batch_decode` on ``device``; the others, and (on CUDA) those nvJPEG
+    rejected, with ``decode_jpeg`` on the CPU, copied to ``device``."""
+    out: list[torch.Tensor | None] = [None] * len(streams)
+    first = [i for i, ok in enumerate(gpu_ok) if ok]
+    for i, img in zip(first, batch_decode([streams[i] for i in first], device)):
+        out[i] = img
+    cpu = torch.device("cpu")
+    for i, s in enumerate(streams):
+        if out[i] is None and (device.type != "cpu" or not gpu_ok[i]):
+            try:
+                out[i] = _decode(s, cpu).to(device)
+            except (RuntimeError, ValueError):
+                pass  # PIL gets its turn in NvjpegLoader
+    return out
+
+
+def resized_crop(img: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """Crop ``box`` (left, top, width, height in pixels of ``img``; edges rounded to whole pixels, kept inside)
+    out of a ``3×H×W`` uint8 image and resize it to ``size × size``: bilinear, antialiased, on float32, on the
+    image's device. Returns ``3×size×size`` float32 in 0..255 (not rounded)."""
+    _, h, w = img.shape
+    left = min(max(0, int(round(box[0]))), w - 1)
+    top = min(max(0, int(round(box[1]))), h - 1)
+    right = max(left + 1, min(w, int(round(box[0] + box[2]))))
+    bottom = max(top + 1, min(h, int(round(box[1] + box[3]))))
+    crop = img[None, :, top:bottom, left:right].float()
+    return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def side_stream_batches(items: Iterable[ByteBatch], device: torch.device,
+                        to_batch: Callable[[ByteBatch], Batch]) -> Iterator[Batch]:
+    """``to_batch`` over ``items``, one batch ahead on a side CUDA stream (see the module docstring); elsewhere
+    each batch is made when it is asked for."""
+    if device.type != "cuda":
+        yield from map(to_batch, items)
+        return
+    side = torch.cuda.Stream(device=device)
+
+    def prepare(item: ByteBatch) -> tuple[Batch, torch.cuda.Event]:
+        side.synchronize()  # host wait: no block freed on the side stream is still in use when nvJPEG writes
+        with torch.cuda.stream(side):
+            batch = to_batch(item)
+        done = torch.cuda.Event()
+        done.record(side)
+        return batch, done
+
+    def hand_over(batch: Batch, done: torch.cuda.Event) -> Batch:
+        current = torch.cuda.current_stream(device)
+        current.wait_event(done)
+        batch.images.record_stream(current)
+        batch.labels.record_stream(current)
+        return batch
+
+    pending = None
+    for item in items:
+        ready = prepare(item)  # batch i+1 is queued before batch i is handed out
+        if pending is not None:
+            yield hand_over(*pending)
+        pending = ready
+    if pending is not None:
+        yield hand_over(*pending)
+
+
+def _check_device_decoder(device: torch.device) -> None:
+    """Decode one tiny JPEG on ``device`` (also initialises nvJPEG before the first batch).
+
+    Raises:
+        ValueError: this torchvision cannot decode JPEGs on ``device`` (e.g. built without nvJPEG).
+    """
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (20, 120, 220)).save(buf, "JPEG")
+    try:
+        _decode([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], device)
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or ["?"])[0]
+        raise ValueError(f"--loader nvjpeg: torchvision {torchvision.__version__} cannot decode JPEGs on {device} "
+                         f"({first}); use --loader cpu or dali") from None
+
+
+class NvjpegLoader(ShardLoaderBase):
+    """The ``nvjpeg`` backend for one split on one rank (see module docstring). Implements ``Loader``.
+
+    Yields :class:`Batch`: ``N×3×S×S`` channels-last float32 normalised (uint8 with ``normalize=False``) on the
+    device, ``N`` int64 labels, the keys; train: ``len(self)`` full batches, the same on every rank; val: every
+    image of this rank's share once, the last batch maybe partial.
+    """
+
+    kind = "nvjpeg"
+    pin_memory = False  # decode_jpeg reads the files on the host (nvJPEG stages them itself); pinning copies them
+
+    def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__(cfg, split, info, device, rank, world_size)
+        if device.type == "cuda":
+            _check_device_decoder(device)
+
+    def make_dataset(self, info: DatasetInfo, split: Split, cfg: LoaderConfig, rank: int,
+                     world_size: int) -> ShardBytes:
+        return ShardBytes(info, split, cfg, rank, world_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        loader = self.worker_loader()
+        rng = random.Random(f"{self.cfg.seed}/{self.dataset.epoch}/{self.rank}/{self.split.value}/nvjpeg")
+        yield from side_stream_batches(loader, self.device, lambda item: self._to_batch(item, rng))
+
+    def _to_batch(self, item: ByteBatch, rng: random.Random) -> Batch:
+        """One :class:`ByteBatch` → :class:`Batch` on the device (decode, crop, resize, flip, normalise)."""
+        n, size = len(item.keys), self.cfg.image_size
+        bounds = item.offsets.tolist()  # a host tensor: no device sync
+        streams = [item.data[bounds[i]:bounds[i + 1]] for i in range(n)]
+        decoded = decode_images(streams, item.gpu_ok, self.device)
+        crops = torch.empty((n, size, size, 3), dtype=torch.float32, device=self.device)
+        ok, skipped = [], []
+        for i in range(n):
+            try:
+                crops[i] = self._augment(decoded[i], streams[i], rng)
+                ok.append(i)
+            except Exception as exc:
+                skipped.append(skip_reason(item.shards[i], item.keys[i], exc))
+        for what in skipped:
+            self.note_skipped(what)
+        crops, labels, keys = keep_decoded(crops, item.labels, list(item.keys), ok, skipped,
+                                           self.split is Split.TRAIN, rng)
+        images = crops.round_().clamp_(0, 255).to(torch.uint8)  # N×S×S×3, as the other backends' batches
+        return Batch(normalize_on_device(images, self.device, self.cfg.normalize),
+                     labels.to(self.device, non_blocking=True), tuple(keys))
+
+    def _augment(self, img: torch.Tensor | None, stream: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        """A decoded ``3×H×W`` uint8 image (None: decode it on the CPU here) → its ``S×S×3`` crop on the device
+        (float32 0..255, or uint8 from the CPU path).
+
+        Raises:
+            PIL.UnidentifiedImageError / OSError: PIL cannot decode ``stream`` either.
+        """
+        size, train = self.cfg.image_size, self.split is Split.TRAIN
+        if img is None:  # no torchvision decoder took it: pipeline.transforms (libjpeg-turbo, then PIL) decodes
+            # and crops it on the CPU
+            data = stream.numpy().tobytes()
+            out = decode_train(data, size, rng) if train else decode_val(data, size, self.cfg.crop_pct)
+            return out.to(self.device)
+        _, h, w = img.shape
+        box = random_resized_crop_box(w, h, rng) if train else center_crop_box(w, h, size, self.cfg.crop_pct)
+        x = resized_crop(img, box, size)
+        if train and rng.random() < 0.5:
+            x = x.flip(-1)
+        return x.permute(1, 2, 0)
