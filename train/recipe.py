@@ -90,9 +90,9 @@ class ModelEma:
         """Fold ``model``'s current weights into the average (``model``: the plain module, not a DDP wrapper)."""
         pairs = self._pairs(model)
         floats = [(a, b.detach()) for a, b in pairs if a.is_floating_point()]
-        for a, b in pairs:
-            if not a.is_floating_point():
-                a.copy_(b)
+        ints = [(a, b) for a, b in pairs if not a.is_floating_point()]
+        if ints:
+            torch._foreach_copy_([a for a, _ in ints], [b for _, b in ints])
         ema, cur = [a for a, _ in floats], [b for _, b in floats]
         if self.updates == 0:
             torch._foreach_copy_(ema, cur)
