@@ -25,6 +25,9 @@ class HostEvent:
     def synchronize(self) -> None:
         HostEvent.syncs += 1
 
+    def query(self) -> bool:  # recorded on the host: always complete
+        return True
+
 
 def test_event_clock_waits_only_when_its_total_is_read():
     HostEvent.syncs = 0
@@ -39,6 +42,11 @@ def test_event_clock_waits_only_when_its_total_is_read():
     assert clock.total == first and HostEvent.syncs == 1  # nothing pending: no second wait
     step()
     assert clock.total > first and HostEvent.syncs == 2
+    drained = EventStepClock(HostEvent, drain_every=4)  # a long epoch: finished events are read without waiting
+    step = drained.wrap(lambda: None)
+    for _ in range(10):
+        step()
+    assert len(drained.pending) == 2 and drained.count == 8 and HostEvent.syncs == 2
 
 
 def test_modes_resolve_per_device_and_cpu_events_take_no_waits():

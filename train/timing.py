@@ -123,15 +123,27 @@ class EventStepClock:
     resolved: float = 0.0
     count: int = 0
     pending: list = field(default_factory=list)
+    drain_every: int = 256  # steps between non-blocking reads of finished events (bounds the pending list)
+
+    def _resolve(self, n: int) -> None:
+        self.resolved += sum(start.elapsed_time(end) for start, end in self.pending[:n]) / 1000.0
+        self.count += n
+        del self.pending[:n]
 
     @property
     def total(self) -> float:
         if self.pending:
-            self.pending[-1][1].synchronize()
-            self.resolved += sum(start.elapsed_time(end) for start, end in self.pending) / 1000.0
-            self.count += len(self.pending)
-            self.pending.clear()
+            self.pending[-1][1].synchronize()  # events of one stream complete in order: all are done now
+            self._resolve(len(self.pending))
         return self.resolved
+
+    def _drain_finished(self) -> None:
+        """Resolve the leading steps whose end event has completed (``query()``: no waiting)."""
+        n = 0
+        while n < len(self.pending) and self.pending[n][1].query():
+            n += 1
+        if n:
+            self._resolve(n)
 
     def wrap(self, fn: Callable[..., T]) -> Callable[..., T]:
         def timed(*args, **kwargs):
@@ -140,6 +152,8 @@ class EventStepClock:
             out = fn(*args, **kwargs)
             end.record()
             self.pending.append((start, end))
+            if len(self.pending) % self.drain_every == 0:
+                self._drain_finished()
             return out
         return timed
 
