@@ -9,17 +9,21 @@ WORKERS ?= 2
 # Training flags of the demo: a low-resolution run that learns the embedded classes in a few minutes on 2 cores.
 DEMO_TRAIN_ARGS ?= --epochs 8 --batch-size 32 --image-size 64 --warmup-epochs 1 --workers 1
 
-.PHONY: demo test install simd unsimd clean
+# Every install into $(VENV) takes the exact tested versions of constraints.txt (pyproject.toml: the ranges).
+CONSTRAINTS := constraints.txt
+PIP := $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 
-$(BIN)/.installed: pyproject.toml
+.PHONY: demo test install simd unsimd clean gpu-wheels gpu-check gpu-smoke
+
+$(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) -e '.[dev]'
 	touch $@
 
 # The tests also exercise DALI's CPU pipelines (nvidia-dali-cuda130 runs without a GPU with device_id=None).
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,dali]'
+	$(PIP) -e '.[dev,dali]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -52,8 +56,34 @@ simd: $(BIN)/.installed
 
 unsimd: $(BIN)/.installed
 	$(BIN)/python -m pip uninstall --quiet -y pillow-simd pillow
-	$(BIN)/python -m pip install --quiet pillow
+	$(PIP) pillow
 	$(BIN)/python -c "from pipeline.transforms import decoder_name; print('decoders:', decoder_name())"
+
+# GPU check (README: "GPU check"). The GPU machine has torch but not these pure/small wheels: fetch them here for
+# its Python 3.12 (CPython, manylinux x86_64) at the versions of constraints.txt into $(GPU_WHEELS)/ (git-ignored),
+# and carry that folder there; benchmarks/gpu_check.py installs them into a temporary folder before it runs.
+GPU_WHEELS ?= .gpu-wheels
+GPU_WHEEL_PKGS := simplejpeg webdataset braceexpand
+GPU_PY_VERSION ?= 3.12
+GPU_PYTHON ?= python3
+pin = $(shell grep -m1 -i '^$(1)==' $(CONSTRAINTS))
+gpu-wheels:
+	rm -rf $(GPU_WHEELS)
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d $(GPU_WHEELS) $(foreach p,$(GPU_WHEEL_PKGS),$(call pin,$(p)))
+	@ls -l $(GPU_WHEELS)
+	@w=$$(du -cb $(GPU_WHEELS)/*.whl | tail -n1 | cut -f1); \
+	 t=$$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -n1 | cut -f1); \
+	 awk -v w=$$w -v t=$$t 'BEGIN { printf "wheels %.2f MiB + working tree %.2f MiB = %.2f MiB of the 64 MiB a device call carries\n", w / 1048576, t / 1048576, (w + t) / 1048576 }'
+
+# On the GPU machine (its own python3; nothing installed from a registry there): one run, <= 8 minutes.
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py
+
+# The same code path with tiny sizes on this machine's CPU (< 3 minutes).
+gpu-smoke: $(BIN)/.installed-test
+	$(BIN)/python benchmarks/gpu_check.py --smoke
 
 clean:
 	rm -rf build
