@@ -750,8 +750,8 @@ def run_legs(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- report
-COLUMNS = ("leg", "status", "p_core", "p_train", "data wait", "vs synthetic", "mem GiB", "wall s", "torch", "CUDA",
-           "driver")
+COLUMNS = ("leg", "status", "p_core", "p_train", "data wait", "vs synthetic", "mem GiB", "torch peak alloc/res GiB",
+           "wall s", "torch", "CUDA", "driver")
 
 
 def _entry_note(entry: dict) -> str:
@@ -779,12 +779,19 @@ def leg_row(entry: dict, baselines: dict[str, float]) -> list[str]:
         if entry["kind"] == "io-bench" and entry["status"] == OK:
             status += " (verdict below)"
         wall = f"{entry['wall_s']:.0f}" if "wall_s" in entry else "-"
-        return [entry["name"], status.replace("|", "/"), "-", "-", "-", "-", "-", wall, "-", "-", "-"]
+        return [entry["name"], status.replace("|", "/"), "-", "-", "-", "-", "-", "-", wall, "-", "-", "-"]
     base = baselines.get(entry["precision"])
     versions = m.get("versions") or {}
     return [entry["name"], OK, f"{m['p_core']:.1f}", f"{m['p_train']:.1f}", f"{100 * m['data_wait_fraction']:.1f}%",
-            f"{m['p_train'] / base:.2f}x" if base else "-", str(m.get("mem", "-")), f"{entry['wall_s']:.0f}",
+            f"{m['p_train'] / base:.2f}x" if base else "-", str(m.get("mem", "-")), _torch_peaks(m),
+            f"{entry['wall_s']:.0f}",
             *(str(versions.get(k) or "-") for k in ("torch", "cuda", "driver"))]
+
+
+def _torch_peaks(m: dict) -> str:
+    """torch's peak allocated / reserved GiB after warm-up (CUDA runs), or '-'."""
+    a, r = m.get("mem_peak_allocated_gib_rank0"), m.get("mem_peak_reserved_gib_rank0")
+    return f"{a:.1f}/{r:.1f}" if a is not None and r is not None else "-"
 
 
 def step_summary(legs: list[dict]) -> str:

@@ -152,6 +152,7 @@ class Session:
     global_batch: int
     peak_lr: float
     device_name: str
+    versions: dict
     monitor: DeviceMemoryMonitor | None = None
     train_loader_size: int = 0  # image side of the current train loader (progressive resizing rebuilds it)
 
@@ -226,7 +227,7 @@ def build_session(cfg: TrainConfig, env: distributed.DistEnv) -> Session:
                      precision, env.device, make_grad_scaler(precision, env.device), ema, model, cfg.channels_last)
     return Session(cfg, env, info, lcfg, train_loader, val_loader, precision, model, ema, optimizer, scheduler, step,
                    steps_per_epoch, total_steps, global_batch, peak_lr, _device_name(env.device),
-                   train_loader_size=lcfg.image_size)
+                   software_versions(), train_loader_size=lcfg.image_size)
 
 
 def _announce(s: Session, timing) -> None:
@@ -525,7 +526,7 @@ def _run_json(s: Session, mem: MemoryUse, fix_hp: str) -> dict:
             "loader": s.cfg.loader.value, "device": str(s.env.device), "device_name": s.device_name,
             "mem_kind": mem.kind, "mem_peak_allocated_gib_rank0": mem.allocated_gib,
             "mem_peak_reserved_gib_rank0": mem.reserved_gib, "mem_device_used_gib_nvml_rank0": mem.device_used_gib,
-            "versions": software_versions(), "config": _config_name(s.env), "fix_hp": fix_hp, "argv": sys.argv}
+            "versions": s.versions, "config": _config_name(s.env), "fix_hp": fix_hp, "argv": sys.argv}
 
 
 def _print_summary(metrics: FlagPerfMetrics, result: dict, t: RunTimes, verdict: Verdict) -> None:
@@ -589,6 +590,7 @@ def test_only(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     if ema_state is not None:  # evaluate the checkpoint's EMA beside the model
         ema = ModelEma(model, float(ema_state.get("decay", 0.5)))
         ema.load_state_dict(ema_state)
+    versions = software_versions()
     monitor = start_monitor(env.device)
     sync = make_clock(resolve_timing(cfg.timing, env.device), env.device).sync
     sync()
@@ -605,7 +607,7 @@ def test_only(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
            "checkpoint_step": loaded.progress.step, "ema_acc1": ema_result.acc1 if ema_result else None,
            "eval_s": eval_s, "eval_img_per_s": result.count / max(eval_s, 1e-9), "world_size": env.world_size,
            "precision": precision.value, "loader": cfg.loader.value, "device": str(env.device),
-           "device_name": _device_name(env.device), "mem_kind": mem.kind, "versions": software_versions(),
+           "device_name": _device_name(env.device), "mem_kind": mem.kind, "versions": versions,
            "config": _config_name(env), "fix_hp": f"bs={lcfg.batch_size},test-only", "argv": sys.argv}
     if env.is_main:
         print(f"test: {path} (step {loaded.progress.step}): val top-1 {result.acc1:.2f}% top-5 {result.acc5:.2f}% on "
