@@ -90,6 +90,7 @@ def test_last_error_line():
 
 def test_table_rows_figures_failures_and_skips():
     m = {"p_core": 1000.0, "p_train": 990.0, "data_wait_fraction": 0.001, "mem": "20.0/139.8",
+         "mem_peak_allocated_gib_rank0": 11.04, "mem_peak_reserved_gib_rank0": 12.5,
          "versions": {"torch": "2.11.0", "cuda": "13.0", "driver": "580.1"}}
     legs = [gc.leg_entry(gc.LegSpec("synthetic-amp", "synthetic"), gc.OK, metrics=m, wall_s=20.0),
             gc.leg_entry(gc.LegSpec("cpu", "loader", loader="cpu"), gc.OK, metrics={**m, "p_train": 500.0},
@@ -99,7 +100,8 @@ def test_table_rows_figures_failures_and_skips():
             gc.leg_entry(gc.LegSpec("dali", "loader", loader="dali"), gc.NOT_INSTALLED, reason="ModuleNotFoundError")]
     rows = {r[0]: r for r in (gc.leg_row(e, gc.synthetic_baselines(legs)) for e in legs)}
     assert rows["synthetic-amp"][1:6] == ["ok", "1000.0", "990.0", "0.1%", "0.99x"]
-    assert rows["cpu"][5] == "0.50x" and rows["cpu"][8:] == ["2.11.0", "13.0", "580.1"]
+    assert rows["cpu"][5] == "0.50x" and rows["cpu"][6:8] == ["20.0/139.8", "11.0/12.5"]
+    assert rows["cpu"][9:] == ["2.11.0", "13.0", "580.1"]
     assert rows["nvjpeg"][1] == "failed: exit 1: Boom/Error" and rows["nvjpeg"][2] == "-"
     assert rows["dali"][1] == "not installed: ModuleNotFoundError"
 
