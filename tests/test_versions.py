@@ -5,6 +5,7 @@ installs use it."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -47,13 +48,17 @@ def test_ranges_cover_the_gpu_machine_and_this_venv():
     assert PROJECT["optional-dependencies"]["gpu"] == ["nvidia-ml-py"]
 
 
+IN_PROJECT_VENV = Path(sys.prefix).resolve() == (REPO / ".venv").resolve()
+
+
 def test_every_requirement_is_pinned_inside_its_range_and_installed_so():
     pins = _pins()
     for req in _requirements():
         name = canonicalize_name(req.name)
         assert name in pins, f"constraints.txt has no pin for {req.name}"
         assert req.specifier.contains(pins[name]), f"{req.name}=={pins[name]} is outside {req.specifier}"
-        assert Version(metadata.version(req.name)) == pins[name], f"{req.name}: venv differs from constraints.txt"
+        if IN_PROJECT_VENV:  # `make test`'s venv installs exactly the pins; any other environment only the ranges
+            assert Version(metadata.version(req.name)) == pins[name], f"{req.name}: venv differs from constraints.txt"
 
 
 def test_makefile_installs_use_the_constraints():
