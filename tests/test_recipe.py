@@ -107,3 +107,23 @@ def test_zero_init_residual():
     last_bn = [b.bn3.weight for layer in (model.layer1, model.layer2, model.layer3, model.layer4) for b in layer]
     assert all(float(w.detach().abs().sum()) == 0.0 for w in last_bn)
     assert float(build_resnet50(10, CPU, zero_init_residual=False).layer1[0].bn3.weight.detach().sum()) > 0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_sgd_after_a_step_the_grad_scaler_skipped_is_plain_momentum_sgd(fused):
+    """Fused SGD (the CUDA choice) lazily allocates its momentum with empty_like and, on a step GradScaler skips
+    for inf gradients, leaves it uninitialised: zero buffers made up front keep the next step exact. Runs torch's
+    CPU fused kernel, the same logic as CUDA's."""
+    from train.recipe import build_sgd
+
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = build_sgd([{"params": [p], "weight_decay": 0.0}], lr=0.1, momentum=0.875, nesterov=False, fused=fused)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    scaler.scale(torch.ones(()))  # initialises the scale, as scaling the loss does
+    for grad in (torch.full((4,), float("inf")), torch.ones(4)):  # step 1 overflows: GradScaler skips it
+        opt.zero_grad()
+        p.grad = grad * scaler.get_scale()  # what backward() of the scaled loss gives
+        scaler.step(opt)
+        scaler.update()
+    assert torch.allclose(p.detach(), torch.full((4,), 0.9), rtol=0, atol=1e-7), p
+    assert torch.equal(opt.state[p]["momentum_buffer"], torch.ones(4))

@@ -31,7 +31,7 @@ from train.metrics import (TABLE_HEADER, FlagPerfMetrics, RunTimes, flagperf_met
                            process_start_time, software_versions)
 from train.model import build_resnet50
 from train.precision import Precision, autocast, make_grad_scaler, model_dtype, resolve_precision, set_tf32
-from train.recipe import ModelEma, build_scheduler, parameter_groups
+from train.recipe import ModelEma, build_scheduler, build_sgd, parameter_groups
 from train.steplog import StepLog
 from train.timing import Mark, RunClock, after_calls, make_clock, resolve_timing, timed_iter
 from train.verdict import Evidence, Verdict, decide
@@ -217,8 +217,8 @@ def build_session(cfg: TrainConfig, env: distributed.DistEnv) -> Session:
     peak_lr = o.peak_lr(global_batch)
     # fused SGD on CUDA: one kernel per step, and GradScaler hands it the scale and inf flag on the device
     # instead of reading the inf check back with .item() (a host synchronisation per step)
-    optimizer = torch.optim.SGD(parameter_groups(model, o.weight_decay, o.decay_bn_and_bias), lr=peak_lr,
-                                momentum=o.momentum, nesterov=o.nesterov, fused=env.device.type == "cuda")
+    optimizer = build_sgd(parameter_groups(model, o.weight_decay, o.decay_bn_and_bias), peak_lr, o.momentum,
+                          o.nesterov, fused=env.device.type == "cuda")
     steps_per_epoch = len(train_loader)
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or steps_per_epoch * cfg.epochs)
     scheduler = build_scheduler(optimizer, min(total_steps, round(o.warmup_epochs * steps_per_epoch)), total_steps,

@@ -37,6 +37,23 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, decay_bn_and_b
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_sgd(groups: list[dict], lr: float, momentum: float, nesterov: bool, fused: bool) -> torch.optim.SGD:
+    """SGD over ``groups`` with every momentum buffer created as zeros up front.
+
+    ``fused=True`` (CUDA: one kernel per step, and GradScaler passes it the scale and the inf flag on the device,
+    no per-step ``.item()``) has a trap: its first step allocates the momentum buffers with ``empty_like`` and,
+    when GradScaler found inf gradients and the kernel skips that step, leaves them uninitialised, so the next
+    step adds garbage momentum. A zero buffer gives exactly the first step's ``buf = grad`` (``m * 0 + g == g``),
+    so with the buffers made here every backend and precision trains bitwise as with lazily made ones.
+    """
+    optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
+    if momentum > 0:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+    return optimizer
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: Schedule = Schedule.COSINE,
               milestones: tuple[int, ...] = (), gamma: float = 0.1) -> float:
     """LR multiplier at 0-based ``step``: linear warmup ``(step+1)/warmup`` (Goyal et al. 2017), then cosine
@@ -143,4 +160,4 @@ class Resolution:
         return max(self.step, int(size) // self.step * self.step) if self.step > 1 else int(size)
 
 
-__all__ = ["Schedule", "parameter_groups", "lr_factor", "build_scheduler", "ModelEma", "Resolution"]
+__all__ = ["Schedule", "build_sgd", "parameter_groups", "lr_factor", "build_scheduler", "ModelEma", "Resolution"]
