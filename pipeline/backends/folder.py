@@ -74,7 +74,7 @@ class FolderLoader(ReplayResume):
         try:
             # class indices always come from train/ (val/ may hold a subset of the classes, as in a split run)
             classes = datasets.folder.find_classes(str(Path(cfg.data_root) / Split.TRAIN.value))[0]
-            dataset = _FixedClassesImageFolder(str(root), classes, transform=tf)
+            dataset = _FixedClassesImageFolder(str(root), classes, transform=tf, allow_empty=split is Split.VAL)
         except (FileNotFoundError, OSError) as exc:
             raise ValueError(f"{root}: not an ImageFolder tree ({exc}); give --data the folder holding "
                              f"train/<class>/ and val/<class>/") from None
@@ -84,7 +84,13 @@ class FolderLoader(ReplayResume):
         self.num_samples = len(dataset)
         self.num_classes = len(dataset.classes)
         self.classes = tuple(dataset.classes)
-        common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=device.type == "cuda")
+        # the workers' torch seeds (base seed + worker id) come from this generator, re-seeded by (seed, epoch, rank)
+        # in set_epoch: an epoch's crops do not depend on the global RNG, so a resume's replay is exact
+        self._seed, self._rank = cfg.seed, rank
+        self._generator = torch.Generator()
+        self._generator.manual_seed(self._epoch_seed(0))
+        common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                      generator=self._generator)
         if split is Split.TRAIN:
             if epoch_plan.train_steps_per_epoch(self.num_samples, world_size, cfg.batch_size) == 0:
                 raise ValueError(f"train split has {self.num_samples} samples, fewer than world size × batch size"
@@ -100,7 +106,11 @@ class FolderLoader(ReplayResume):
     def __len__(self) -> int:
         return len(self.loader)
 
+    def _epoch_seed(self, epoch: int) -> int:
+        return (self._seed * 1_000_003 + epoch) * 1009 + self._rank
+
     def set_epoch(self, epoch: int) -> None:
+        self._generator.manual_seed(self._epoch_seed(epoch))
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
 
