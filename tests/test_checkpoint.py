@@ -250,3 +250,35 @@ def test_resume_in_a_later_epoch_matches_the_uninterrupted_run(loader, demo_shar
         assert torch.equal(v, b["model"][k]), k
     for k, v in a["ema"]["module"].items():
         assert torch.equal(v, b["ema"]["module"][k]), k
+
+
+def test_resume_with_settings_that_change_the_data_order_is_a_one_line_error(demo_shards, tmp_path, capsys):
+    """--workers (cpu/nvjpeg/folder: which worker reads what), --seed, --shuffle-buffer, --image-size and --loader
+    fix the order of a resumed epoch: a resume with another value would silently train other samples."""
+    from tools import train as train_cli
+
+    base = ["--data", str(demo_shards), "--loader", "cpu", "--epochs", "2", "--batch-size", "4", "--image-size", "32",
+            "--no-eval", "--checkpoint-dir", str(tmp_path), "--checkpoint-every", "2", "--max-steps", "2"]
+    assert train_cli.main([*base, "--workers", "1"]) == 0
+    capsys.readouterr()
+    for changed, what in ((["--workers", "2"], "--workers 1"), (["--workers", "1", "--seed", "5"], "--seed 0"),
+                          (["--workers", "1", "--loader", "nvjpeg"], "--loader cpu")):
+        argv = [*base, "--max-steps", "4", "--resume", *changed]
+        assert train_cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"is for {what}" in err, err
+
+
+def test_a_failed_checkpoint_write_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    model, opt, sched = make()
+    checkpoint.save_checkpoint(tmp_path, header(), Progress(step=1), model, opt, sched)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.save_checkpoint(tmp_path, header(), Progress(step=2), model, opt, sched)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and "No space left on device" in msg and "--resume" in msg
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-step00000001.pt"]

@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--checkpoint FILE is for --test-only (to continue training use --checkpoint-dir DIR --resume)")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no such file")
-    if args.checkpoint_dir is not None:
+    if args.checkpoint_dir is not None and args.test_only and not args.checkpoint_dir.is_dir():
+        parser.error(f"--checkpoint-dir {args.checkpoint_dir}: no such folder (--test-only reads its newest checkpoint)")
+    if args.checkpoint_dir is not None and not args.test_only:
         try:
             args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             if not os.access(args.checkpoint_dir, os.W_OK):

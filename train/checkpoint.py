@@ -52,6 +52,12 @@ class Header:
     total_steps: int
     model: str = MODEL_NAME
     version: int = FORMAT_VERSION
+    # what fixes the data order of a resumed epoch: the backend, its seed, shuffle buffer and (for backends whose
+    # order depends on it: cpu, nvjpeg, folder) the worker count; None = not recorded / does not matter
+    loader: str | None = None
+    seed: int | None = None
+    shuffle_buffer: int | None = None
+    workers: int | None = None
 
 
 @dataclass
@@ -176,6 +182,11 @@ def save_checkpoint(directory: Path, header: Header, progress: Progress, model: 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except (OSError, RuntimeError) as exc:  # ENOSPC, EROFS, quota (torch.save reports write errors as RuntimeError)
+        why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"cannot write checkpoint {final} ({why}); free space in {d} or use another "
+                              f"--checkpoint-dir, then rerun with --resume (the previous checkpoints are intact)") \
+            from None
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(d)
@@ -204,7 +215,7 @@ def read_checkpoint(path: Path) -> dict:
     return payload
 
 
-def check_header(path: Path, saved: dict, expected: Header) -> Header:
+def check_header(path: Path, saved: dict, expected: Header, for_training: bool = True) -> Header:
     """Compare a saved header with this run's.
 
     Raises:
@@ -220,11 +231,14 @@ def check_header(path: Path, saved: dict, expected: Header) -> Header:
     except TypeError as exc:
         raise CheckpointError(f"checkpoint {path} has a malformed header ({exc}); delete it") from None
     for name, what in (("model", "model"), ("num_classes", "class count"), ("world_size", "world size"),
-                       ("global_batch", "global batch size"), ("precision", "precision")):
+                       ("global_batch", "global batch size"), ("precision", "precision"), ("image_size", "--image-size"),
+                       ("loader", "--loader"), ("seed", "--seed"), ("shuffle_buffer", "--shuffle-buffer"),
+                       ("workers", "--workers")):
         have, want = getattr(header, name), getattr(expected, name)
         if have != want:
-            raise CheckpointError(f"checkpoint {path} is for {what} {have}, this run has {want}; resume with the "
-                                  f"same settings, or use another --checkpoint-dir to start fresh")
+            hint = ("resume with the same settings, or use another --checkpoint-dir to start fresh" if for_training
+                    else "evaluate it with a dataset of the same classes")
+            raise CheckpointError(f"checkpoint {path} is for {what} {have}, this run has {want}; {hint}")
     return header
 
 
@@ -285,10 +299,12 @@ def load_weights(path: Path, model: torch.nn.Module, num_classes: int) -> tuple[
     path = Path(path)
     payload = read_checkpoint(path)
     saved = payload["header"]
-    expected = Header(num_classes=num_classes, world_size=saved.get("world_size", 1),
-                      global_batch=saved.get("global_batch", 0), image_size=saved.get("image_size", 0),
-                      precision=saved.get("precision", ""), total_steps=saved.get("total_steps", 0))
-    header = check_header(path, saved, expected)
+    fields = set(Header.__dataclass_fields__) - {"model", "version"}
+    try:
+        expected = Header(**{**{k: v for k, v in saved.items() if k in fields}, "num_classes": num_classes})
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint {path} has a malformed header ({exc})") from None
+    header = check_header(path, saved, expected, for_training=False)
     try:
         unwrap(model).load_state_dict(payload["model"])
     except (RuntimeError, KeyError, ValueError) as exc:

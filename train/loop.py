@@ -158,9 +158,13 @@ class Session:
 
     @property
     def header(self) -> checkpoint.Header:
+        order_by_workers = self.cfg.loader in (LoaderKind.CPU, LoaderKind.NVJPEG, LoaderKind.FOLDER)
         return checkpoint.Header(num_classes=self.train_loader.num_classes, world_size=self.env.world_size,
                                  global_batch=self.global_batch, image_size=self.lcfg.image_size,
-                                 precision=self.precision.value, total_steps=self.total_steps)
+                                 precision=self.precision.value, total_steps=self.total_steps,
+                                 loader=self.cfg.loader.value, seed=self.lcfg.seed,
+                                 shuffle_buffer=self.lcfg.shuffle_buffer,
+                                 workers=self.lcfg.workers if order_by_workers else None)
 
     def build_train_loader(self, image_size: int) -> Loader:
         return build_loader(self.cfg.loader, dataclasses.replace(self.lcfg, image_size=image_size), Split.TRAIN,
@@ -501,7 +505,7 @@ def _report(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, load
         "rank_steps_max": int(steps_max),
         "epochs": st.epochs_run,
         "timing": clock.timing.value,
-        "device_syncs_rank0": clock.sync.count,  # host waits for the device in the loop (events: per window/epoch)
+        "device_syncs_rank0": clock.sync.count,  # device-wide syncs by the loop's clocks (events: per epoch)
         "data_wait_fraction": wait_fraction,
         "times_s": asdict(times),
         "rank0_times_s": asdict(local),
@@ -567,8 +571,8 @@ def _checkpoint_to_test(cfg: TrainConfig):
     path = ck.file if ck.file is not None else (checkpoint.latest_checkpoint(ck.dir) if ck.dir is not None else None)
     if path is None:
         where = f"--checkpoint-dir {ck.dir} holds none" if ck.dir is not None else "none given"
-        raise ValueError(f"--test-only needs a checkpoint: {where}; pass --checkpoint FILE or --checkpoint-dir DIR "
-                         f"--resume")
+        raise ValueError(f"--test-only needs a checkpoint: {where}; pass --checkpoint FILE or the --checkpoint-dir "
+                         f"a training run wrote")
     return path
 
 
@@ -596,9 +600,9 @@ def test_only(cfg: TrainConfig, env: distributed.DistEnv) -> dict:
     sync()
     t0 = time.perf_counter()
     result = evaluate(model, val_loader, precision, env)
-    ema_result = evaluate(ema.module, val_loader, precision, env) if ema is not None else None
     sync()
-    eval_s = time.perf_counter() - t0
+    eval_s = time.perf_counter() - t0  # the model's pass only (eval_img_per_s); the EMA's comes after
+    ema_result = evaluate(ema.module, val_loader, precision, env) if ema is not None else None
     mem = peak_memory(env.device, monitor)
     val_loader.close()
     e2e = time.time() - process_start_time()
