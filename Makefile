@@ -52,12 +52,12 @@ simd: $(BIN)/.installed
 	$(BIN)/python -m pip uninstall --quiet -y pillow pillow-simd
 	CC="$(SIMD_CC)" $(BIN)/python -m pip install --quiet --no-deps --no-binary pillow-simd $(PILLOW_SIMD) || \
 	  { $(BIN)/python -m pip install --quiet pillow; echo "make simd: build failed, stock Pillow restored"; exit 1; }
-	$(BIN)/python -c "from pipeline.transforms import decoder_name; print('decoders:', decoder_name())"
+	$(BIN)/python -c "from pipeline.read.transforms import decoder_name; print('decoders:', decoder_name())"
 
 unsimd: $(BIN)/.installed
 	$(BIN)/python -m pip uninstall --quiet -y pillow-simd pillow
 	$(PIP) pillow
-	$(BIN)/python -c "from pipeline.transforms import decoder_name; print('decoders:', decoder_name())"
+	$(BIN)/python -c "from pipeline.read.transforms import decoder_name; print('decoders:', decoder_name())"
 
 # GPU check (README: "GPU check"). The GPU machine has torch but not these pure/small wheels: fetch them here for
 # its Python 3.12 (CPython, manylinux x86_64) at the versions of constraints.txt into $(GPU_WHEELS)/ (git-ignored),

@@ -40,8 +40,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader  # noqa: E402
-from pipeline.info import load_info  # noqa: E402
-from pipeline.transforms import decoder_name  # noqa: E402
+from pipeline.dataset import load_info  # noqa: E402
+from pipeline.read.transforms import decoder_name  # noqa: E402
 
 
 def _decode(path: str) -> int:
@@ -96,7 +96,7 @@ def main() -> int:
         files = sample_tree(args.samples, tmp / "tree", args.copies)
         shard_sample_tree(tmp / "tree", tmp / "shards", args.workers)
         info = load_info(tmp / "shards")
-        from pipeline.sharding import ShardConfig, shard_tree
+        from pipeline.shard.run import ShardConfig, shard_tree
 
         shard_tree(ShardConfig(src=tmp / "tree", out=tmp / "shards-small", shard_size=100, workers=args.workers,
                                max_size=args.max_size, progress=False))

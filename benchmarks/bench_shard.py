@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.sharding import ShardConfig, default_workers, shard_tree  # noqa: E402
+from pipeline.shard.run import ShardConfig, default_workers, shard_tree  # noqa: E402
 
 
 def build_tree(samples: Path, root: Path) -> tuple[int, int]:

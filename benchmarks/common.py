@@ -33,7 +33,7 @@ def sample_tree(samples: Path, out: Path, copies: int) -> list[str]:
 
 def shard_sample_tree(tree: Path, out: Path, workers: int, shard_size: int = 100) -> Path:
     """Shard ``tree`` into ``out`` with this project's sharder; returns ``out``."""
-    from pipeline.sharding import ShardConfig, shard_tree
+    from pipeline.shard.run import ShardConfig, shard_tree
 
     shard_tree(ShardConfig(src=tree, out=out, shard_size=shard_size, workers=workers, progress=False))
     return out

@@ -40,7 +40,7 @@ def samples_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory) -> Path:
     """The embedded demo dataset (small variant), sharded in uneven shards: train 45 in 4 tars, val 13."""
-    from pipeline.sharding import ShardConfig, shard_tree
+    from pipeline.shard.run import ShardConfig, shard_tree
     from tools.make_demo_imagenet import DEMO_WNIDS, write_demo_tree
 
     base = tmp_path_factory.mktemp("demo")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.backends import LoaderKind
 from tools.cli_common import error_line, positive
-from pipeline.info import DatasetError
+from pipeline.dataset import DatasetError
 from train.precision import Precision
 
 
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tqdm import tqdm
 
-    from pipeline.tarstream import ShardReadError, is_url
-    from train.iobench import IoBenchConfig, run_io_bench
-    from train.ioreport import write_report
+    from pipeline.read.tarstream import ShardReadError, is_url
+    from train.iobench.run import IoBenchConfig, run_io_bench
+    from train.iobench.report import write_report
 
     data = args.data if is_url(args.data) else Path(args.data)
     cfg = IoBenchConfig(data=data, loaders=args.loader, workers=args.workers, batch_size=args.batch_size,

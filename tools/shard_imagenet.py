@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.images import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY
-from pipeline.info import DatasetError
-from pipeline.layout import LayoutError, LayoutKind, LayoutOptions
-from pipeline.sharding import ShardConfig, default_workers, format_summary, shard_tree
+from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY
+from pipeline.dataset import DatasetError
+from pipeline.source import LayoutError, LayoutKind, LayoutOptions
+from pipeline.shard.run import ShardConfig, default_workers, format_summary, shard_tree
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def verify_main(argv: list[str]) -> int:
-    from pipeline.verify import verify_dataset
+    from pipeline.shard.verify import verify_dataset
 
     p = argparse.ArgumentParser(prog="shard-imagenet verify",
                                 description="Re-read every shard: counts, checksums, labels, decodability, index.")

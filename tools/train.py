@@ -13,17 +13,17 @@ import sys
 from pathlib import Path
 
 from pipeline.backends import LoaderConfig, LoaderKind
-from pipeline.info import DatasetError
+from pipeline.dataset import DatasetError
 from tools.cli_common import error_line, positive
 from train.config import CheckpointConfig, OptimConfig, TrainConfig
 from train.precision import Precision
 from train.recipe import Resolution, Schedule
-from train.timing import Timing
+from train.clock import Timing
 
 
 def _data_location(text: str) -> Path | str:
     """``--data``: a URL prefix stays a string, anything else is a local path."""
-    from pipeline.tarstream import is_url
+    from pipeline.read.tarstream import is_url
 
     return text if is_url(text) else Path(text)
 
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_workers_per_rank() -> int:
     """Cores this process may use divided by torchrun's ranks on this node (``LOCAL_WORLD_SIZE``), at least 1."""
-    from pipeline.sharding import default_workers
+    from pipeline.shard.run import default_workers
     from train.distributed import local_world_size
 
     return max(1, default_workers() // local_world_size())
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.loop import run  # imported late: torch start-up is not needed for --help
 
     from pipeline.backends.cpu import SampleDecodeError
-    from pipeline.tarstream import ShardReadError
+    from pipeline.read.tarstream import ShardReadError
 
     try:
         run(config_from_args(args))

@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline.backends import LoaderConfig, LoaderKind
 from train.precision import Precision
 from train.recipe import Resolution, Schedule
-from train.timing import Timing
+from train.clock import Timing
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The measured training loop: train epochs, evaluate after each, report FlagPerf metrics.
 
-The loop body has no timers: the train iterator is wrapped by :func:`train.timing.timed_iter` (data wait) and
-the step by the run's step clock (:mod:`train.timing`: CUDA events read once per log window / epoch, or
+The loop body has no timers: the train iterator is wrapped by :func:`train.clock.timed_iter` (data wait) and
+the step by the run's step clock (:mod:`train.clock`: CUDA events read once per log window / epoch, or
 FlagPerf's synchronous timing with ``--timing sync``). The step holds no host synchronisation: the loss is
 accumulated on the device and read once per epoch, fused SGD on CUDA lets GradScaler skip its per-step
 ``.item()``, and the EMA update is in-place device work. Under DDP the BatchNorm statistics are averaged over
@@ -22,8 +22,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.backends import Batch, Loader, LoaderConfig, LoaderKind, Split, build_loader
-from pipeline.info import DatasetInfo, load_info
-from pipeline.sharding import default_workers
+from pipeline.dataset import DatasetInfo, load_info
+from pipeline.shard.run import default_workers
 from train import checkpoint, distributed
 from train.config import TrainConfig
 from train.memory import DeviceMemoryMonitor, MemoryUse, peak_memory, reset_peaks, start_monitor
@@ -33,8 +33,8 @@ from train.model import build_resnet50
 from train.precision import Precision, autocast, make_grad_scaler, model_dtype, resolve_precision, set_tf32
 from train.recipe import ModelEma, build_scheduler, build_sgd, parameter_groups
 from train.steplog import StepLog
-from train.timing import Mark, RunClock, after_calls, make_clock, resolve_timing, timed_iter
-from train.verdict import Evidence, Verdict, decide
+from train.clock import Mark, RunClock, after_calls, make_clock, resolve_timing, timed_iter
+from train.iobench.verdict import Evidence, Verdict, decide
 
 
 @dataclass
@@ -119,7 +119,7 @@ def run(cfg: TrainConfig) -> dict:
     written to ``cfg.metrics_json``).
 
     Raises:
-        pipeline.info.DatasetError: ``cfg.data`` is not a usable shard folder.
+        pipeline.dataset.DatasetError: ``cfg.data`` is not a usable shard folder.
         ValueError: options that cannot work (e.g. a batch larger than the train split allows).
     """
     env = distributed.init_distributed()
@@ -557,7 +557,7 @@ def _stage_seconds_per_image(loader) -> dict[str, float] | None:
 
 
 def run_verdict(p_core: float, p_train: float, data_wait_fraction: float, loader, workers: int) -> Verdict:
-    """The I/O verdict of a finished run from its own timers (see :mod:`train.verdict`)."""
+    """The I/O verdict of a finished run from its own timers (see :mod:`train.iobench.verdict`)."""
     cores = max(1, default_workers() // distributed.local_world_size())
     return decide(Evidence(compute_rate=p_core, input_rate=p_train, stage_seconds=_stage_seconds_per_image(loader),
                            workers=max(1, workers), cores=cores, data_wait_fraction=data_wait_fraction,

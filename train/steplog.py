@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from train.timing import Stopwatch
+from train.clock import Stopwatch
 
 
 class StepLog:

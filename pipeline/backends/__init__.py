@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 
 import torch
 
-from pipeline.info import DatasetInfo
+from pipeline.dataset import DatasetInfo
 
 # ImageNet channel statistics on the 0..255 scale (torchvision / timm IMAGENET_DEFAULT_MEAN/STD × 255).
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)

@@ -1,8 +1,8 @@
 """CPU decode backend: webdataset shards → DataLoader workers (libjpeg-turbo / PIL) → uint8 batches → device.
 
-Each worker reads its part of the epoch (see :mod:`pipeline.plan`) with :mod:`pipeline.tarstream` (local
+Each worker reads its part of the epoch (see :mod:`pipeline.read.plan`) with :mod:`pipeline.read.tarstream` (local
 files, or http(s):// / s3:// URLs streamed through webdataset's ``gopen``),
-shuffles train samples through a buffer, decodes and crops with :mod:`pipeline.transforms`, and
+shuffles train samples through a buffer, decodes and crops with :mod:`pipeline.read.transforms`, and
 collates whole batches itself as ``N×H×W×3`` uint8. Workers decode straight into shared memory, so the
 hand-off copies nothing; the training process only copies the batch to the device (pinned memory,
 non-blocking, one batch ahead on a side stream on CUDA) and normalises it there, in channels-last layout.
@@ -25,11 +25,11 @@ import PIL
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline import plan as epoch_plan
+from pipeline.read import plan as epoch_plan
 from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split, to_device_prefetched
-from pipeline.info import DatasetInfo
-from pipeline.tarstream import ShardReadError, iter_samples
-from pipeline.transforms import decode_train, decode_val
+from pipeline.dataset import DatasetInfo
+from pipeline.read.tarstream import ShardReadError, iter_samples
+from pipeline.read.transforms import decode_train, decode_val
 
 
 STAGES = ("read", "decode", "augment", "collate")

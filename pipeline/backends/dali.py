@@ -10,7 +10,7 @@ Epochs follow the same contract as the ``cpu`` backend, although DALI's reader s
 
 * train: the reader shuffles through a buffer of ``cfg.shuffle_buffer`` samples and moves every rank on
   to the next part of the split each epoch; every rank yields exactly
-  :func:`pipeline.plan.train_steps_per_epoch` full batches (every part holds at least that many samples),
+  :func:`pipeline.read.plan.train_steps_per_epoch` full batches (every part holds at least that many samples),
   and the rest of its part is read and dropped;
 * val: every rank keeps its own part (``stick_to_shard``) and yields exactly its samples, in shard
   order: the padding DALI adds to the last batch (``pad_last_batch``) is cut off, so every val image is
@@ -52,9 +52,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipeline import plan as epoch_plan
+from pipeline.read import plan as epoch_plan
 from pipeline.backends import IMAGENET_MEAN_255, IMAGENET_STD_255, Batch, LoaderConfig, Split, replay_from
-from pipeline.info import DatasetInfo
+from pipeline.dataset import DatasetInfo
 
 INSTALL_HINT = "--loader dali needs NVIDIA DALI: pip install 'imagenet-pipeline[dali]' (nvidia-dali-cuda130)"
 READER_NAME = "Reader"

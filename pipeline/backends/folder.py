@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
-from pipeline import plan as epoch_plan
+from pipeline.read import plan as epoch_plan
 from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split, to_device_prefetched
-from pipeline.info import DatasetInfo
-from pipeline.tarstream import is_url
+from pipeline.dataset import DatasetInfo
+from pipeline.read.tarstream import is_url
 
 
 class _FixedClassesImageFolder(datasets.ImageFolder):

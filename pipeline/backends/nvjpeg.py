@@ -16,8 +16,8 @@ Data flow and what runs where:
    ``torchvision.io.decode_jpeg(list, device=<device>, mode=RGB)`` call (batched nvJPEG on CUDA; on a machine
    without CUDA the same call decodes on the CPU), each into a ``3×H×W`` uint8 tensor on the device.
 3. Per image, on the device: the crop box (train: RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3, drawn by
-   :func:`pipeline.transforms.random_resized_crop_box` from a ``random.Random`` seeded by (seed, epoch, rank,
-   split), then a horizontal flip with p=0.5; val: :func:`pipeline.transforms.center_crop_box`, the geometry of
+   :func:`pipeline.read.transforms.random_resized_crop_box` from a ``random.Random`` seeded by (seed, epoch, rank,
+   split), then a horizontal flip with p=0.5; val: :func:`pipeline.read.transforms.center_crop_box`, the geometry of
    Resize(round(size / crop_pct)) + CenterCrop(size)), only the crop converted to float32 and resized with
    ``F.interpolate(bilinear, antialias=True)`` into an ``N×S×S×3`` float32 batch, rounded to uint8; then
    :func:`pipeline.backends.normalize_on_device`: ``Batch.images`` ``N×3×S×S`` float32 ImageNet-normalised with
@@ -43,7 +43,7 @@ handled here (torchvision's CUDA decoder as of 0.29):
 * torchvision 0.29 deprecates its decoders in favour of TorchCodec: the per-call DeprecationWarning is silenced.
 
 Robustness (the cpu backend's policy): a sample nvJPEG rejects is retried on the CPU (``decode_jpeg``, then PIL
-through :mod:`pipeline.transforms`, which also crops it); one that decodes nowhere is named on stderr
+through :mod:`pipeline.read.transforms`, which also crops it); one that decodes nowhere is named on stderr
 (``warning: skipped sample <shard>: <key>: ...``) and kept in ``skipped``; in train another decoded sample of
 the same batch takes its slot, in val it is left out. Damage that leaves a decodable bitstream (e.g. altered scan
 data) is not detected by any decoder and gives wrong pixels.
@@ -71,8 +71,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from pipeline.backends import Batch, LoaderConfig, Split, normalize_on_device
 from pipeline.backends.cpu import ShardLoaderBase, ShardSamples, keep_decoded, skip_reason
-from pipeline.info import DatasetInfo
-from pipeline.transforms import center_crop_box, decode_train, decode_val, random_resized_crop_box
+from pipeline.dataset import DatasetInfo
+from pipeline.read.transforms import center_crop_box, decode_train, decode_val, random_resized_crop_box
 
 # Frame (SOF) markers that start a frame header; DHT (C4), JPG (C8) and DAC (CC) share the range but are not frames.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -314,7 +314,7 @@ class NvjpegLoader(ShardLoaderBase):
             PIL.UnidentifiedImageError / OSError: PIL cannot decode ``stream`` either.
         """
         size, train = self.cfg.image_size, self.split is Split.TRAIN
-        if img is None:  # no torchvision decoder took it: pipeline.transforms (libjpeg-turbo, then PIL) decodes
+        if img is None:  # no torchvision decoder took it: pipeline.read.transforms (libjpeg-turbo, then PIL) decodes
             # and crops it on the CPU
             data = stream.numpy().tobytes()
             out = decode_train(data, size, rng) if train else decode_val(data, size, self.cfg.crop_pct)

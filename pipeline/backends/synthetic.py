@@ -11,9 +11,9 @@ from typing import Iterator
 
 import torch
 
-from pipeline import plan as epoch_plan
+from pipeline.read import plan as epoch_plan
 from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split
-from pipeline.info import DatasetInfo
+from pipeline.dataset import DatasetInfo
 
 
 class SyntheticLoader(ReplayResume):

@@ -1,0 +1,180 @@
+"""The dataset description written next to the shards, and read back by every loader.
+
+``_info.json`` follows timm's webdataset reader (timm/data/readers/reader_wds.py)::
+
+    {"name": ..., "splits": {"train": {"name": "train", "num_samples": N,
+                                       "filenames": [...], "shard_lengths": [...]}, ...}, ...}
+
+It is the last file the sharder writes, so its presence means the shards are complete.
+``classes.txt`` holds one class name (the wnid for ImageNet) per line; line i is class index i.
+
+A dataset may also live behind a URL prefix (``http(s)://host/path``, ``s3://bucket/prefix``): the same files,
+fetched with :mod:`pipeline.read.tarstream` (only the ``cpu`` backend streams shards from URLs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.read.tarstream import ShardReadError, is_url, join, read_location
+
+INFO_FILE = "_info.json"
+CLASSES_FILE = "classes.txt"
+REJECTS_FILE = "rejects.tsv"
+REPORT_FILE = "report.json"
+SHARD_PATTERN = "imagenet-{split}-{index:06d}.tar"
+
+
+class DatasetError(Exception):
+    """A shard folder that cannot be used as it is (message names the file and what to do)."""
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split (``train`` or ``val``) of a sharded dataset.
+
+    Attributes:
+        name: split name.
+        num_samples: total samples, equal to ``sum(shard_lengths)``.
+        filenames: shard file names, relative to the dataset folder, in order.
+        shard_lengths: samples per shard, aligned with ``filenames``.
+    """
+
+    name: str
+    num_samples: int
+    filenames: tuple[str, ...]
+    shard_lengths: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "num_samples": self.num_samples,
+                "filenames": list(self.filenames), "shard_lengths": list(self.shard_lengths)}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A sharded dataset folder: its splits and classes.
+
+    Attributes:
+        root: the folder (a ``Path``), or its URL prefix (a ``str``).
+        splits: split name → :class:`SplitInfo`.
+        classes: class names; the label of class ``classes[i]`` is ``i``.
+        extra: the other top-level keys of ``_info.json`` (seed, source, layout, ...).
+    """
+
+    root: Path | str
+    splits: dict[str, SplitInfo]
+    classes: tuple[str, ...]
+    extra: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> SplitInfo:
+        """Return split ``name``.
+
+        Raises:
+            DatasetError: the dataset has no such split.
+        """
+        if name not in self.splits:
+            raise DatasetError(f"{self.root / INFO_FILE}: no '{name}' split (has: {', '.join(self.splits)}); "
+                               f"shard a tree with a {name}/ folder")
+        return self.splits[name]
+
+    @property
+    def remote(self) -> bool:
+        """True when the dataset is read from a URL (shards are streamed, not opened as files)."""
+        return is_url(self.root)
+
+    def shard_paths(self, name: str) -> list[str]:
+        """Absolute paths (or URLs) of the shards of split ``name``, in order."""
+        return [join(self.root, f) for f in self.split(name).filenames]
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_info(root: Path, splits: list[SplitInfo], **extra) -> None:
+    """Write ``_info.json`` (timm format plus ``extra`` top-level keys) into ``root``."""
+    obj = {"name": extra.pop("name", "imagenet"), **extra,
+           "splits": {s.name: s.to_json() for s in splits}}
+    write_json_atomic(Path(root) / INFO_FILE, obj)
+
+
+def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
+    """Read a shard folder written by ``shard-imagenet``, from disk or from a URL prefix.
+
+    Args:
+        root: the folder, or an ``http(s)://`` / ``s3://`` URL of a copy of it.
+        check_files: also check that every listed shard exists with the manifest's size (a stat each;
+            local folders only: remote shards are checked as they are read).
+
+    Raises:
+        DatasetError: ``_info.json`` or ``classes.txt`` missing or malformed, or (with ``check_files``) a
+            listed shard missing or of the wrong size.
+    """
+    remote = is_url(root)
+    root = str(root).rstrip("/") if remote else Path(root)
+    info_loc = join(root, INFO_FILE)
+    if remote:
+        try:
+            info_text = read_location(info_loc).decode("utf-8")
+        except (ShardReadError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{info_loc}: cannot fetch ({exc}); check the URL (it must hold the files "
+                               f"shard-imagenet wrote)") from None
+    elif not Path(info_loc).is_file():
+        if (Path(root) / "train").is_dir():  # an image tree, not shards: never suggest writing shards into it
+            raise DatasetError(f"{info_loc}: not found: {root} looks like an ImageFolder tree, not shards; train on it "
+                               f"with --loader folder, or shard it first: shard-imagenet {root} --out OTHER_DIR")
+        raise DatasetError(f"{info_loc}: not found; run `shard-imagenet SRC --out {root}` first "
+                           f"(or point --data at the folder that holds the shards)")
+    else:
+        info_text = Path(info_loc).read_text()
+    try:
+        obj = json.loads(info_text)
+        splits = {}
+        for name, s in obj["splits"].items():
+            split = SplitInfo(name=s.get("name", name), num_samples=int(s["num_samples"]),
+                              filenames=tuple(s["filenames"]), shard_lengths=tuple(int(n) for n in s["shard_lengths"]))
+            if len(split.filenames) != len(split.shard_lengths) or sum(split.shard_lengths) != split.num_samples:
+                raise ValueError(f"split '{name}': filenames, shard_lengths and num_samples disagree")
+            splits[name] = split
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{info_loc}: malformed ({exc}); re-run shard-imagenet") from None
+    classes_loc = join(root, CLASSES_FILE)
+    if remote:
+        try:
+            raw = read_location(classes_loc)
+        except ShardReadError as exc:
+            raise DatasetError(f"{classes_loc}: cannot fetch ({exc}); re-run shard-imagenet / re-upload") from None
+    elif not Path(classes_loc).is_file():
+        raise DatasetError(f"{classes_loc}: not found; re-run shard-imagenet")
+    else:
+        raw = Path(classes_loc).read_bytes()
+    text = raw.decode("utf-8", errors="surrogateescape")
+    classes = tuple(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"))  # names kept exactly
+    if "num_classes" in obj and obj["num_classes"] != len(classes):
+        raise DatasetError(f"{classes_loc}: {len(classes)} classes, {INFO_FILE} says {obj['num_classes']}; "
+                           f"re-run shard-imagenet")
+    sizes = {e["filename"]: e["bytes"] for entries in obj.get("manifest", {}).values() for e in entries}
+    for split in splits.values() if check_files and not remote else ():
+        for f in split.filenames:
+            path = root / f
+            if not path.is_file():
+                raise DatasetError(f"{path}: listed in {INFO_FILE} but missing; re-run shard-imagenet")
+            if f in sizes and path.stat().st_size != sizes[f]:
+                raise DatasetError(f"{path}: {path.stat().st_size} bytes, the manifest says {sizes[f]} (truncated "
+                                   f"or replaced); run `shard-imagenet verify {root}`, then re-shard")
+    extra = {k: v for k, v in obj.items() if k != "splits"}
+    return DatasetInfo(root=root, splits=splits, classes=classes, extra=extra)

@@ -1,0 +1,501 @@
+"""Shard an ImageNet source tree into webdataset tars: parallel, resumable, splittable across machines.
+
+Every input file ends either in a shard or in ``rejects.tsv`` with its reason. Train samples are
+shuffled globally with the seed; val samples keep sorted order. Each sample is four adjacent members::
+
+    <key>.jpg    clean RGB JPEG bytes (see pipeline.shard.clean)
+    <key>.cls    class index, ASCII decimal (as webdataset and timm read it)
+    <key>.lbl    class index, 4-byte little-endian int32 (fixed width: DALI batches it, dtypes=INT32)
+    <key>.json   {"path": original relative path, "size": original bytes, "class": name, ...}
+
+Keys are ``<8-digit index in sorted order>_<file stem with every character outside [A-Za-z0-9_-]
+replaced by _>``: unique, the same for a given input whatever the seed, free of dots.
+
+The ordered input of a split is cut into shards of ``shard_size`` *input files*, so which files go into
+which shard is known before any image is read. That makes each shard an independent task: workers write
+whole shards, ``--num-jobs``/``--job-index`` split the shards between machines, and ``--resume`` skips a
+shard whose tar and part record (``_parts/NAME.json``, written last) match the task. Rejected files make a
+shard shorter; a shard whose files are all rejected is not written. The folder is complete when
+``_info.json`` exists; it is written by whichever job finds every part record present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+import os
+import random
+import re
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline import dataset as dsinfo
+from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, ImageRejected, RejectReason, normalize_image
+from pipeline.source import LayoutOptions, SourceItem, SourceTree, scan_source
+from pipeline.shard.writer import TMP_SUFFIX, ShardWriter
+
+FORMAT_VERSION = 3  # bump when the bytes written for the same input change
+PARTS_DIR = "_parts"
+_KEY_STEM_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_KEY_STEM_MAX = 64
+_SHARD_NAME = re.compile(r"imagenet-(train|val)-\d{6}\.(tar|idx)")
+
+
+def default_workers() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """Options of one sharding run.
+
+    Attributes:
+        src: source root (any layout :func:`pipeline.source.scan_source` detects).
+        out: output folder (created if needed).
+        shard_size: input files per tar (a tar holds fewer samples when some files are rejected).
+        seed: seed of the global train shuffle.
+        workers: processes, each writing whole shards.
+        quality: JPEG quality for images that must be re-encoded.
+        max_pixels: decompression-bomb threshold (pixels): larger images are downscaled to it.
+        max_size: optional longer-side limit (px); larger images are downscaled and re-encoded.
+        resume: keep complete shards of an earlier, identical run (False: rewrite this job's shards).
+        num_jobs / job_index: this run writes shards ``t`` with ``t % num_jobs == job_index``.
+        layout: how to read ``src`` (detected by default).
+        progress: show a tqdm bar.
+    """
+
+    src: Path
+    out: Path
+    shard_size: int = 1000
+    seed: int = 0
+    workers: int = field(default_factory=default_workers)
+    quality: int = DEFAULT_QUALITY
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_size: int | None = None
+    resume: bool = True
+    num_jobs: int = 1
+    job_index: int = 0
+    layout: LayoutOptions = field(default_factory=LayoutOptions)
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raises ValueError naming the bad option."""
+        if self.shard_size < 1:
+            raise ValueError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+        if self.max_pixels < 1 or (self.max_size is not None and self.max_size < 1):
+            raise ValueError("--max-pixels and --max-size must be >= 1")
+        if self.num_jobs < 1 or not 0 <= self.job_index < self.num_jobs:
+            raise ValueError(f"--job-index must be in [0, --num-jobs={self.num_jobs}), got {self.job_index}")
+
+
+@dataclass(frozen=True)
+class Reject:
+    """An input file that is in no shard: its relative path, reason and one-line detail."""
+
+    relpath: str
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write: its split, file name, and its input files with their sorted-order indices."""
+
+    split: str
+    name: str
+    items: tuple[tuple[int, SourceItem], ...]
+    fingerprint: str
+
+
+@dataclass
+class PartRecord:
+    """What a finished shard task produced (persisted as ``_parts/NAME.json``).
+
+    ``filename`` is None when every input of the task was rejected (no tar is written).
+    """
+
+    name: str
+    split: str
+    fingerprint: str
+    filename: str | None
+    num_samples: int
+    num_bytes: int
+    sha256: str
+    bytes_in: int
+    conversions: dict[str, int]
+    rejects: list[list[str]]  # [relpath, reason, detail]
+
+    @classmethod
+    def load(cls, path: Path) -> "PartRecord | None":
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+@dataclass
+class SplitSummary:
+    """Counts of one split: files seen, samples written, rejects, conversions by kind, shards written."""
+
+    files: int = 0
+    written: int = 0
+    rejected: int = 0
+    conversions: Counter = field(default_factory=Counter)
+    shards: list[PartRecord] = field(default_factory=list)
+
+
+@dataclass
+class ShardSummary:
+    """Result of :func:`shard_tree`.
+
+    Attributes:
+        layout: the detected source layout, in words.
+        notes: what the layout scan noticed (label files not used, folders ignored, ...).
+        splits: split name → :class:`pipeline.dataset.SplitInfo` as written (empty until every job finished).
+        counts: split name → :class:`SplitSummary` over all shards (this job's and, when complete, all).
+        rejects: every rejected input file.
+        elapsed_s: wall time of this run (s).
+        bytes_in / bytes_out: bytes read from the source / written into shards by this run.
+        images_done: input files processed by this run (excluding shards kept by --resume).
+        complete: every shard of every job exists and the metadata files were written.
+        pending: shard tasks not yet done (by other jobs).
+    """
+
+    layout: str
+    notes: list[str]
+    splits: dict[str, dsinfo.SplitInfo]
+    counts: dict[str, SplitSummary]
+    rejects: list[Reject]
+    elapsed_s: float
+    bytes_in: int
+    bytes_out: int
+    images_done: int
+    complete: bool
+    pending: int
+    kept: int
+
+    @property
+    def unusable(self) -> int:
+        """Rejected files that belong to no split's sample list (no class folder, no label)."""
+        return len(self.rejects) - sum(c.rejected for c in self.counts.values())
+
+    @property
+    def files(self) -> int:
+        return sum(c.files for c in self.counts.values()) + self.unusable
+
+
+def sample_key(index: int, relpath: str) -> str:
+    """Shard key of the ``index``-th file (sorted order) of a split: ``00000042_n01440764_10026``.
+
+    The file name without its last extension, every character outside ``[A-Za-z0-9_-]`` replaced by ``_``
+    (so ``a.b.JPEG`` → ``a_b``), cut to 64 characters, after the index that keeps keys unique.
+    """
+    name = relpath.rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{index:08d}_{_KEY_STEM_CHARS.sub('_', stem)[:_KEY_STEM_MAX]}"
+
+
+def _json_bytes(meta: dict) -> bytes:
+    """UTF-8 JSON; a path that is not valid UTF-8 (undecodable bytes) falls back to ASCII escapes."""
+    try:
+        return json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(meta, ensure_ascii=True).encode("ascii")
+
+
+def _tsv(text: str) -> str:
+    """Escape backslash, tab and newlines so one reject stays one TSV row."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def plan_tasks(tree: SourceTree, cfg: ShardConfig) -> list[ShardTask]:
+    """Cut every split's ordered input into shard tasks (train shuffled with the seed, val sorted)."""
+    settings = json.dumps([FORMAT_VERSION, cfg.seed, cfg.shard_size, cfg.quality, cfg.max_pixels, cfg.max_size,
+                           tree.classes])
+    tasks = []
+    for split, items in tree.items.items():
+        indexed = list(enumerate(items))
+        if split == "train":
+            random.Random(cfg.seed).shuffle(indexed)
+        pattern = dsinfo.SHARD_PATTERN.replace("{split}", split)
+        for k in range(0, len(indexed), cfg.shard_size):
+            chunk = tuple(indexed[k:k + cfg.shard_size])
+            h = hashlib.sha256(settings.encode("utf-8", "surrogateescape"))
+            for index, item in chunk:
+                h.update(f"\0{index}\0{item.relpath}\0{item.label}\0{_source_stamp(item)}".encode(
+                    "utf-8", "surrogateescape"))
+            tasks.append(ShardTask(split, pattern.format(index=k // cfg.shard_size), chunk, h.hexdigest()))
+    return tasks
+
+
+def _source_stamp(item: SourceItem) -> str:
+    """Size and modification time (ns) of the file, or of the archive holding the member: a changed
+    input (even one of the same size) changes its shard's fingerprint, so --resume rewrites that shard."""
+    try:
+        st = os.stat(item.path)
+    except OSError:
+        return "missing"
+    return f"{item.offset}:{item.size if item.size >= 0 else st.st_size}:{st.st_mtime_ns}"
+
+
+# Worker-side state: the run's settings and a shared progress counter (set by the pool initializer).
+_WORKER: dict = {}
+
+
+def _init_worker(out: str, quality: int, max_pixels: int, max_size: int | None, classes: list[str], counter) -> None:
+    _WORKER.update(out=Path(out), quality=quality, max_pixels=max_pixels, max_size=max_size, classes=classes,
+                   counter=counter)
+
+
+def _write_shard(task: ShardTask) -> PartRecord:
+    """Worker: read, check and convert the task's files, write the tar + index, then the part record."""
+    w = _WORKER
+    out: Path = w["out"]
+    writer = ShardWriter(out, task.name, len(task.items) or 1)
+    conversions: Counter = Counter()
+    rejects: list[list[str]] = []
+    bytes_in = written = 0
+    for n, (index, item) in enumerate(task.items, 1):
+        try:
+            data = item.read_bytes()
+            bytes_in += len(data)
+            result = normalize_image(data, quality=w["quality"], max_pixels=w["max_pixels"], max_size=w["max_size"])
+        except OSError as exc:
+            rejects.append([item.relpath, RejectReason.UNDECODABLE.value, f"cannot read: {exc.strerror or exc}"])
+        except ImageRejected as exc:
+            rejects.append([item.relpath, exc.reason.value, exc.detail])
+        else:
+            meta = {"path": item.relpath, "size": len(data), "label": item.label, "class": w["classes"][item.label],
+                    "width": result.width, "height": result.height, "conversion": result.conversion,
+                    "jpg_sha256": hashlib.sha256(result.jpeg).hexdigest()}
+            writer.write(sample_key(index, item.relpath), {
+                "jpg": result.jpeg,
+                "cls": str(item.label).encode("ascii"),
+                "lbl": struct.pack("<i", item.label),
+                "json": _json_bytes(meta),
+            })
+            written += 1
+            if result.conversion:
+                conversions[result.conversion] += 1
+        if n % 16 == 0 or n == len(task.items):
+            with w["counter"].get_lock():
+                w["counter"].value += 16 if n % 16 == 0 else n % 16
+    records = writer.close()
+    rec = records[0] if records else None
+    part = PartRecord(task.name, task.split, task.fingerprint, rec.filename if rec else None,
+                      written, rec.num_bytes if rec else 0, rec.sha256 if rec else "", bytes_in,
+                      dict(sorted(conversions.items())), rejects)
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    dsinfo.write_json_atomic(out / PARTS_DIR / f"{task.name}.json", part.__dict__)
+    return part
+
+
+def _complete_part(out: Path, task: ShardTask) -> PartRecord | None:
+    """The part record of ``task`` when its shard is complete on disk (matching fingerprint and size)."""
+    part = PartRecord.load(out / PARTS_DIR / f"{task.name}.json")
+    if part is None or part.fingerprint != task.fingerprint:
+        return None
+    if part.filename is not None:
+        tar = out / part.filename
+        if not tar.is_file() or tar.stat().st_size != part.num_bytes or not tar.with_suffix(".idx").is_file():
+            return None
+    return part
+
+
+def _discard(out: Path, task: ShardTask) -> None:
+    """Remove every file of ``task`` (record first, so a half-removed shard is never taken as complete)."""
+    for p in (out / PARTS_DIR / f"{task.name}.json", out / task.name, out / task.name.replace(".tar", ".idx"),
+              out / (task.name + TMP_SUFFIX), out / (task.name.replace(".tar", ".idx") + TMP_SUFFIX)):
+        p.unlink(missing_ok=True)
+
+
+def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary:
+    """Shard ``cfg.src`` into ``cfg.out`` (this job's share of the shards).
+
+    Writes the tars with their DALI index files and part records; when every shard of every job exists,
+    also ``classes.txt``, ``rejects.tsv``, ``report.json`` and, last, ``_info.json``.
+
+    Raises:
+        pipeline.source.LayoutError: the source is not a layout the sharder understands.
+        ValueError: bad option values.
+    """
+    cfg.validate()
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    src = Path(cfg.src).resolve()
+    if out.resolve() == src or src in out.resolve().parents:
+        raise ValueError(f"--out {out} is inside the source {cfg.src}: its shards would be read as input; "
+                         f"choose a folder outside it")
+    tree = tree or scan_source(cfg.src, cfg.layout)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / dsinfo.INFO_FILE).unlink(missing_ok=True)  # incomplete until the last job finishes
+    tasks = plan_tasks(tree, cfg)
+    mine = [t for i, t in enumerate(tasks) if i % cfg.num_jobs == cfg.job_index]
+    todo, kept = [], 0
+    for t in mine:
+        if cfg.resume and _complete_part(out, t) is not None:
+            kept += 1
+        else:
+            _discard(out, t)
+            todo.append(t)
+
+    counter = multiprocessing.get_context("fork").Value("q", 0)
+    total_files = sum(len(t.items) for t in todo)
+    bar = tqdm(total=total_files, unit="img", desc=f"shard-imagenet {tree.root.name}", disable=not cfg.progress,
+               dynamic_ncols=True)
+    init_args = (str(out), cfg.quality, cfg.max_pixels, cfg.max_size, list(tree.classes), counter)
+    bytes_in = bytes_out = 0
+    try:
+        if cfg.workers > 1 and len(todo) > 1:
+            ctx = multiprocessing.get_context("fork")
+            pool = ProcessPoolExecutor(min(cfg.workers, len(todo)), ctx, _init_worker, init_args)
+            try:
+                pending_futures = {pool.submit(_write_shard, t) for t in todo}
+                while pending_futures:
+                    done, pending_futures = wait(pending_futures, timeout=0.25, return_when=FIRST_COMPLETED)
+                    bar.update(counter.value - bar.n)
+                    for fut in done:
+                        try:
+                            part = fut.result()
+                        except BrokenProcessPool:
+                            raise RuntimeError("a sharder worker process died (out of memory or a crash in an "
+                                               "image decoder); complete shards are kept: run the same command "
+                                               "again to resume") from None
+                        bytes_in += part.bytes_in
+                        bytes_out += part.num_bytes
+            except BaseException:
+                # Ctrl-C or an error: drop queued shards and stop the workers now (their .tmp files are
+                # removed by the next run; complete shards are kept for --resume).
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
+        else:
+            _init_worker(*init_args)
+            for t in todo:
+                part = _write_shard(t)
+                bytes_in += part.bytes_in
+                bytes_out += part.num_bytes
+                bar.update(counter.value - bar.n)
+        bar.update(counter.value - bar.n)
+    finally:
+        bar.close()
+
+    parts = {t.name: _complete_part(out, t) for t in tasks}
+    pending = sum(p is None for p in parts.values())
+    summary = _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, total_files, pending, kept)
+    if pending == 0:
+        _finalize(out, tree, tasks, parts, cfg, summary)
+        summary.complete = True
+    return summary
+
+
+def _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, images_done, pending, kept) -> ShardSummary:
+    counts = {split: SplitSummary(files=len(items)) for split, items in tree.items.items()}
+    rejects = [Reject(u.item.relpath, u.reason, u.detail) for u in tree.unusable]
+    splits: dict[str, dsinfo.SplitInfo] = {}
+    for t in tasks:
+        part = parts[t.name]
+        if part is None:
+            continue
+        c = counts[t.split]
+        c.written += part.num_samples
+        c.rejected += len(part.rejects)
+        c.conversions.update(part.conversions)
+        if part.filename is not None:
+            c.shards.append(part)
+        rejects += [Reject(r[0], RejectReason(r[1]), r[2]) for r in part.rejects]
+    if pending == 0:
+        for split, c in counts.items():
+            splits[split] = dsinfo.SplitInfo(split, sum(p.num_samples for p in c.shards),
+                                             tuple(p.filename for p in c.shards),
+                                             tuple(p.num_samples for p in c.shards))
+    rejects.sort(key=lambda r: r.relpath)
+    return ShardSummary(tree.layout, list(tree.notes), splits, counts, rejects, time.perf_counter() - start, bytes_in, bytes_out,
+                        images_done, False, pending, kept)
+
+
+def _finalize(out: Path, tree: SourceTree, tasks, parts, cfg: ShardConfig, summary: ShardSummary) -> None:
+    """Write the metadata files (identical whichever job writes them), then ``_info.json``; drop stale files."""
+    wanted = {t.name for t in tasks} | {t.name.replace(".tar", ".idx") for t in tasks}
+    for p in out.iterdir():
+        ours = _SHARD_NAME.fullmatch(p.name.removesuffix(TMP_SUFFIX))
+        if ours and (p.name.endswith(TMP_SUFFIX) or p.name not in wanted):
+            p.unlink(missing_ok=True)
+    task_parts = {f"{t.name}.json" for t in tasks}
+    if (out / PARTS_DIR).is_dir():
+        for p in (out / PARTS_DIR).iterdir():
+            if p.name not in task_parts:
+                p.unlink(missing_ok=True)
+    (out / dsinfo.CLASSES_FILE).write_text("".join(f"{c}\n" for c in tree.classes), encoding="utf-8",
+                                          errors="surrogateescape")
+    # file names that are not valid UTF-8 are written back as their original bytes
+    with open(out / (dsinfo.REJECTS_FILE + TMP_SUFFIX), "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write("path\treason\tdetail\n")
+        for r in summary.rejects:
+            f.write(f"{_tsv(r.relpath)}\t{r.reason.value}\t{_tsv(r.detail)}\n")
+    os.replace(out / (dsinfo.REJECTS_FILE + TMP_SUFFIX), out / dsinfo.REJECTS_FILE)
+    dsinfo.write_json_atomic(out / dsinfo.REPORT_FILE, report_dict(summary, cfg, tree))
+    manifest = {s: [{"filename": p.filename, "num_samples": p.num_samples, "bytes": p.num_bytes,
+                     "sha256": p.sha256} for p in c.shards] for s, c in summary.counts.items()}
+    dsinfo.write_info(out, list(summary.splits.values()), name="imagenet", layout=tree.kind,
+                      layout_detail=tree.layout,
+                      seed=cfg.seed, shard_size=cfg.shard_size, num_classes=len(tree.classes),
+                      quality=cfg.quality, max_size=cfg.max_size, max_pixels=cfg.max_pixels,
+                      format_version=FORMAT_VERSION, label_members={"cls": "ascii decimal", "lbl": "int32 little-endian"},
+                      manifest=manifest)
+
+
+def report_dict(summary: ShardSummary, cfg: ShardConfig, tree: SourceTree) -> dict:
+    """The counts of a complete run as a JSON-able dict (``report.json``); no timings, so every job writes the same."""
+    return {
+        "source": str(tree.root), "layout": tree.kind, "layout_detail": tree.layout, "layout_notes": tree.notes,
+        "files": summary.files,
+        "written": sum(c.written for c in summary.counts.values()), "rejected": len(summary.rejects),
+        "splits": {s: {"files": c.files, "written": c.written, "rejected": c.rejected,
+                       "conversions": dict(sorted(c.conversions.items()))} for s, c in summary.counts.items()},
+        "conversions": dict(sorted(sum((c.conversions for c in summary.counts.values()), Counter()).items())),
+        "rejects_by_reason": dict(sorted(Counter(r.reason.value for r in summary.rejects).items())),
+        "seed": cfg.seed, "shard_size": cfg.shard_size, "quality": cfg.quality, "max_size": cfg.max_size,
+        "max_pixels": cfg.max_pixels,
+    }
+
+
+def format_summary(summary: ShardSummary) -> str:
+    """Human-readable summary table with this run's throughput (img/s, MB/s)."""
+    lines = [f"layout: {summary.layout}", *(f"note: {n}" for n in summary.notes),
+             f"{'split':<6} {'files':>8} {'written':>8} {'rejected':>8} {'shards':>6}  conversions"]
+    for split, c in summary.counts.items():
+        conv = ", ".join(f"{k}: {v}" for k, v in sorted(c.conversions.items())) or "-"
+        lines.append(f"{split:<6} {c.files:>8} {c.written:>8} {c.rejected:>8} {len(c.shards):>6}  {conv}")
+    if summary.unusable:
+        n = summary.unusable
+        lines.append(f"{'other':<6} {n:>8} {0:>8} {n:>8} {0:>6}  (files without a class: see rejects.tsv)")
+    total_written = sum(c.written for c in summary.counts.values())
+    if summary.complete:
+        lines.append(f"total: {summary.files} files = {total_written} in shards + {len(summary.rejects)} rejected")
+    else:
+        lines.append(f"this job is done; {summary.pending} shard(s) of other jobs still missing: _info.json is "
+                     f"written by the job that finishes last (or re-run any job)")
+    if summary.rejects:
+        by_reason = Counter(r.reason.value for r in summary.rejects)
+        lines.append("rejects by reason: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_reason.items())))
+    s = max(summary.elapsed_s, 1e-9)
+    kept = f", {summary.kept} complete shard(s) kept (--resume)" if summary.kept else ""
+    lines.append(f"time: {summary.elapsed_s:.1f} s, {summary.images_done / s:.0f} img/s, "
+                 f"{summary.bytes_in / s / 1e6:.1f} MB/s read, {summary.bytes_out / 1e6:.1f} MB written{kept}")
+    return "\n".join(lines)

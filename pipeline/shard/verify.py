@@ -1,0 +1,150 @@
+"""``shard-imagenet verify OUT``: re-read every shard and check it against what the sharder recorded.
+
+Per shard: size and sha256 against the ``_info.json`` manifest; sample count against ``shard_lengths``;
+every sample has ``jpg``, ``cls``, ``lbl`` and ``json`` members, adjacent; ``cls``, ``lbl`` and the json
+label agree and index ``classes.txt``; the JPEG matches the sha256 recorded in its json and decodes to
+3-channel RGB; the ``.idx`` file lists exactly the tar's member offsets and sizes. Every shard is checked,
+whatever was found in the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import struct
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.dataset import DatasetInfo, load_info
+from pipeline.shard.writer import IDX_VERSION, index_name
+
+REQUIRED = ("jpg", "cls", "lbl", "json")
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """One thing wrong with a shard: the shard file, the sample key (or "" for the whole shard), what."""
+
+    shard: str
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.shard}: {self.key + ': ' if self.key else ''}{self.problem}"
+
+
+def _check_shard(args: tuple[str, str, int, dict, int]) -> list[ShardProblem]:
+    root, filename, expected_len, manifest, num_classes = args
+    path = Path(root) / filename
+    problems: list[ShardProblem] = []
+
+    def bad(key: str, what: str) -> None:
+        problems.append(ShardProblem(filename, key, what))
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return [ShardProblem(filename, "", f"cannot read ({exc.strerror or exc})")]
+    if manifest:
+        if len(data) != manifest["bytes"]:
+            bad("", f"size {len(data)} bytes, manifest says {manifest['bytes']}")
+        if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+            bad("", "sha256 differs from the manifest")
+    samples: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    members: list[tuple[str, str, int, int]] = []  # key, ext, data offset, size
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                if m.pax_headers:
+                    bad("", f"member {m.name} has PAX headers (DALI cannot read them)")
+                base = m.name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    bad("", f"member {m.name} has no extension")
+                    continue
+                key, ext = m.name.split(".", 1)
+                if order and order[-1] != key and key in samples:
+                    bad(key, "members of the sample are not adjacent")
+                if not order or order[-1] != key:
+                    order.append(key)
+                samples.setdefault(key, {})[ext] = data[m.offset_data:m.offset_data + m.size]
+                members.append((key, ext, m.offset_data, m.size))
+    except tarfile.TarError as exc:
+        return [ShardProblem(filename, "", f"not a readable tar ({exc})")]
+    if len(samples) != expected_len:
+        bad("", f"{len(samples)} samples, _info.json says {expected_len}")
+    for key in order:
+        s = samples[key]
+        missing = [e for e in REQUIRED if e not in s]
+        if missing:
+            bad(key, f"missing member(s) {', '.join(missing)}")
+            continue
+        try:
+            cls = int(s["cls"].decode("ascii"))
+            (lbl,) = struct.unpack("<i", s["lbl"])
+            meta = json.loads(s["json"])
+        except (ValueError, UnicodeDecodeError, struct.error) as exc:
+            bad(key, f"unreadable label/json member ({exc})")
+            continue
+        if not (cls == lbl == meta.get("label")):
+            bad(key, f"labels disagree: cls={cls} lbl={lbl} json={meta.get('label')}")
+        if not 0 <= cls < num_classes:
+            bad(key, f"label {cls} outside 0..{num_classes - 1}")
+        recorded = meta.get("jpg_sha256")
+        if recorded is not None and hashlib.sha256(s["jpg"]).hexdigest() != recorded:
+            bad(key, "jpg bytes differ from the sha256 recorded when the shard was written")
+        try:
+            img = Image.open(io.BytesIO(s["jpg"]))
+            img.load()
+            if img.format != "JPEG" or img.mode != "RGB":
+                bad(key, f"image is {img.format} {img.mode}, expected JPEG RGB")
+        except Exception as exc:
+            bad(key, f"image does not decode ({type(exc).__name__}: {exc})")
+    problems += _check_index(path, filename, members)
+    return problems
+
+
+def _check_index(path: Path, filename: str, members: list[tuple[str, str, int, int]]) -> list[ShardProblem]:
+    idx = path.with_name(index_name(path.name))
+    if not idx.is_file():
+        return [ShardProblem(filename, "", f"index file {idx.name} missing")]
+    lines = idx.read_text().splitlines()
+    want_samples = len({m[0] for m in members})
+    if not lines or lines[0] != f"{IDX_VERSION} {want_samples}":
+        return [ShardProblem(filename, "", f"{idx.name}: header {lines[:1]} != '{IDX_VERSION} {want_samples}'")]
+    listed = []
+    for line in lines[1:]:
+        parts = line.split(" ")
+        for i in range(0, len(parts) - 3, 4):
+            listed.append((parts[i + 3].split(".", 1)[0], parts[i], int(parts[i + 1]), int(parts[i + 2])))
+    if listed != members:
+        return [ShardProblem(filename, "", f"{idx.name}: offsets/sizes do not match the tar")]
+    return []
+
+
+def verify_dataset(root: str | Path, workers: int = 1) -> tuple[DatasetInfo, list[ShardProblem]]:
+    """Check every shard of the dataset at ``root``; returns the info and every problem found.
+
+    Raises:
+        pipeline.dataset.DatasetError: ``_info.json`` / ``classes.txt`` missing or malformed, a shard missing.
+    """
+    info = load_info(root, check_files=False)  # a missing or truncated shard is reported below, not fatal
+    manifest = {e["filename"]: e for entries in info.extra.get("manifest", {}).values() for e in entries}
+    jobs = [(str(info.root), f, n, manifest.get(f, {}), info.num_classes)
+            for s in info.splits.values() for f, n in zip(s.filenames, s.shard_lengths)]
+    if workers > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            results = pool.map(_check_shard, jobs)
+    else:
+        results = [_check_shard(j) for j in jobs]
+    problems = [p for r in results for p in r]
+    if not manifest:
+        problems.insert(0, ShardProblem("_info.json", "", "no manifest: checksums not checked"))
+    return info, problems

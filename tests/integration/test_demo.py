@@ -1,0 +1,40 @@
+"""The embedded demo dataset, and `make demo` exactly as the README runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tools.make_demo_imagenet import DEMO_WNIDS, write_demo_tree
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_tree_is_deterministic_and_has_the_imagenet_quirks(tmp_path):
+    assert write_demo_tree(tmp_path / "a", 3, 1, seed=0) == 40
+    write_demo_tree(tmp_path / "b", 3, 1, seed=0)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.JPEG"))
+    assert len(files) == 40 and {f.parts[1] for f in files} == set(DEMO_WNIDS)
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    kinds = {(Image.open(tmp_path / "a" / f).format, Image.open(tmp_path / "a" / f).mode) for f in files}
+    assert kinds == {("JPEG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", "RGB")}
+
+
+@pytest.mark.slow
+def test_make_demo_learns_above_chance(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    work = tmp_path / "demo"
+    proc = subprocess.run(["make", "demo", f"WORK={work}"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = json.loads((work / "metrics.json").read_text())
+    assert m["eval_images"] == 200 and m["steps"] > 0
+    assert m["acc1"] > 40.0, m  # 10 classes: chance is 10%
+    assert m["p_core"] >= m["p_train"] >= m["p_whole"] > 0
+    assert "| CPUx1x1 | fp32 |" in proc.stdout
+    assert "cmyk->rgb: 1, grayscale->rgb: 1, png->jpeg: 1" in proc.stdout

@@ -1,0 +1,399 @@
+"""``io-bench`` measurements: where the input pipeline's time goes, and whether it holds the accelerator back.
+
+On the user's own shards and machine it measures, in this order:
+
+1. storage: raw sequential read rate of the train shards (page cache dropped first where the OS allows);
+2. stages: per-image cost of read / decode / augment / collate on one core for each backend
+   (:mod:`train.iobench.stages`), plus the host→device copy where an accelerator exists;
+3. loader sweep: loader-only img/s (batches on the device, normalised, no model) for each backend and worker
+   count, after warm-up batches, ``repeat`` windows each, median and spread;
+4. compute-only: the training step fed by the ``synthetic`` backend (the same model, precision, batch and
+   image size): its p_core, exactly as ``train --loader synthetic`` measures it (same code path);
+5. end to end: ``train`` with each real backend: p_train, p_core, data wait;
+6. a verdict (:mod:`train.iobench.verdict`) with the levers: more workers (measured in the sweep, or extrapolated),
+   DALI (measured), pre-resized shards (``shard-imagenet --max-size``; extrapolated from decoded pixels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
+from pipeline.dataset import DatasetInfo, load_info
+from pipeline.shard.run import default_workers
+from train.config import OptimConfig, TrainConfig
+from train.precision import Precision, resolve_precision
+from train.iobench.verdict import Evidence, Lever, Verdict, decide
+
+
+@dataclass(frozen=True)
+class IoBenchConfig:
+    """Options of one io-bench run.
+
+    Attributes:
+        data: shard folder written by shard-imagenet (or its URL prefix: the cpu backend only).
+        loaders: backends to measure (unavailable ones are skipped with the reason in the report).
+        workers: worker counts of the sweep; None = 1, 2, 4, ... and the number of cores.
+        batch_size, image_size, precision: of the loaders and of the training step.
+        repeat: timed windows per sweep point; loader_batches: batches per window (at least 5 per worker);
+            warmup_batches: untimed batches first (plus one per worker).
+        train_steps: measured steps of the compute-only and end-to-end training runs (after ``warmup_steps``).
+        warmup_steps: training steps run first and left out of the rates.
+        stage_samples: images per backend in the per-stage measurement.
+        folder_root: ImageFolder tree for the ``folder`` baseline (None: the source recorded in ``_info.json``
+            when it is a local class-folder tree).
+        max_size: ``--max-size`` value the pre-resized-shards lever is extrapolated for (None: 1.43 x image size,
+            i.e. 320 px for 224).
+        device: where batches go and the step runs (None: CUDA when available, else CPU).
+    """
+
+    data: Path | str
+    loaders: tuple[LoaderKind, ...] = (LoaderKind.CPU, LoaderKind.DALI, LoaderKind.FOLDER)
+    workers: tuple[int, ...] | None = None
+    batch_size: int = 64
+    image_size: int = 224
+    precision: Precision = Precision.AUTO
+    repeat: int = 3
+    loader_batches: int = 10
+    warmup_batches: int = 2
+    train_steps: int = 10
+    warmup_steps: int = 2
+    stage_samples: int = 256
+    folder_root: Path | None = None
+    max_size: int | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class RateStats:
+    """Repeated rate measurements (img/s): median and spread."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def to_json(self) -> dict:
+        return {"median": self.median, "min": min(self.samples), "max": max(self.samples), "runs": list(self.samples)}
+
+
+@dataclass
+class IoBenchResult:
+    """Everything io-bench measured (``to_json`` is results.json)."""
+
+    machine: dict
+    config: dict
+    storage: dict | None = None
+    stages: dict[str, dict] = field(default_factory=dict)
+    h2d_seconds_per_image: float | None = None
+    sweep: dict[str, dict[int, RateStats]] = field(default_factory=dict)
+    stage_fidelity: dict | None = None
+    compute: dict | None = None
+    end_to_end: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    max_size_lever: dict | None = None
+    verdict: Verdict | None = None
+
+    def to_json(self) -> dict:
+        return {"machine": self.machine, "config": self.config, "storage": self.storage, "stages": self.stages,
+                "h2d_seconds_per_image": self.h2d_seconds_per_image,
+                "sweep": {k: {str(w): r.to_json() for w, r in v.items()} for k, v in self.sweep.items()},
+                "stage_fidelity": self.stage_fidelity, "compute": self.compute, "end_to_end": self.end_to_end,
+                "skipped": self.skipped, "max_size_lever": self.max_size_lever,
+                "verdict": self.verdict.to_json() if self.verdict else None}
+
+
+def default_sweep(cores: int) -> tuple[int, ...]:
+    """1, 2, 4, ... below ``cores``, and ``cores`` itself."""
+    out, w = [], 1
+    while w < cores:
+        out.append(w)
+        w *= 2
+    return tuple(out + [cores])
+
+
+def batches_forever(loader) -> Iterator:
+    """The loader's batches across epochs (``set_epoch`` 0, 1, 2, ...), never stopping."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def time_windows(batches: Iterator, n: int, warmup: int, repeat: int, sync: Callable[[], None],
+                 on_window_start: Callable[[], None] | None = None,
+                 on_window_end: Callable[[float], None] | None = None) -> RateStats:
+    """img/s of ``repeat`` windows of ``n`` batches each after ``warmup`` untimed batches (median + spread).
+
+    ``on_window_start`` / ``on_window_end(wall_s)`` let a caller read the backend's counters per window.
+    """
+    for _ in range(warmup):
+        next(batches)
+    sync()
+    rates = []
+    for _ in range(repeat):
+        if on_window_start:
+            on_window_start()
+        t0 = time.perf_counter()
+        images = 0
+        for _ in range(n):
+            images += next(batches).labels.shape[0]
+        sync()
+        wall = time.perf_counter() - t0
+        if on_window_end:
+            on_window_end(wall)
+        rates.append(images / wall)
+    return RateStats(tuple(rates))
+
+
+def h2d_seconds_per_image(batch_size: int, image_size: int, device: torch.device, repeat: int = 10) -> float | None:
+    """Seconds per image of a pinned uint8 NHWC batch copied to ``device`` and normalised there; None on CPU."""
+    if device.type != "cuda":
+        return None
+    from pipeline.backends import normalize_on_device
+
+    host = torch.empty((batch_size, image_size, image_size, 3), dtype=torch.uint8).pin_memory()
+    normalize_on_device(host, device)
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        normalize_on_device(host, device)
+    torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / (repeat * batch_size)
+
+
+def mean_pixels(info: DatasetInfo, limit: int = 200, max_size: int | None = None) -> float:
+    """Mean decoded pixels per train image over the first ``limit`` samples (JPEG headers only); with
+    ``max_size``, as if every image's longer side had been limited to it (``shard-imagenet --max-size``)."""
+    import simplejpeg
+
+    from pipeline.read.tarstream import iter_samples
+
+    total, n = 0.0, 0
+    for path in info.shard_paths("train"):
+        for _, members in iter_samples(path):
+            try:
+                h, w, _, _ = simplejpeg.decode_jpeg_header(members["jpg"])
+            except (KeyError, ValueError):
+                continue
+            scale = min(1.0, max_size / max(w, h)) if max_size else 1.0
+            total += round(w * scale) * round(h * scale)
+            n += 1
+            if n >= limit:
+                return total / n
+    return total / max(n, 1)
+
+
+def _run_quiet(cfg: TrainConfig, log: io.StringIO) -> dict:
+    from train.loop import run
+
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        return run(cfg)
+
+
+def _train_config(c: IoBenchConfig, kind: LoaderKind, workers: int, folder_root) -> TrainConfig:
+    data = folder_root if kind is LoaderKind.FOLDER else c.data
+    return TrainConfig(data=data, loader=kind,
+                       loader_cfg=LoaderConfig(batch_size=c.batch_size, image_size=c.image_size, workers=workers),
+                       optim=OptimConfig(warmup_epochs=0.0), epochs=10 ** 6,
+                       max_steps=c.warmup_steps + c.train_steps, precision=c.precision, eval=False,
+                       warmup_steps=c.warmup_steps)
+
+
+def resolve_folder_root(c: IoBenchConfig, info: DatasetInfo) -> Path | None:
+    """The ImageFolder tree of the ``folder`` baseline: given, or the sharder's recorded class-folder source."""
+    if c.folder_root is not None:
+        return Path(c.folder_root)
+    if info.remote:
+        return None
+    try:  # shard-imagenet records its source tree in report.json
+        report = json.loads((Path(info.root) / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    src = report.get("source")
+    if src and report.get("layout") == "class-folders" and (Path(src) / "train").is_dir():
+        return Path(src)
+    return None
+
+
+def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> IoBenchResult:
+    """Measure everything listed in the module docstring; ``progress`` receives one line per step.
+
+    Raises:
+        pipeline.dataset.DatasetError: ``c.data`` is not a usable shard folder.
+        ValueError: bad options.
+    """
+    from train.iobench import stages
+
+    if c.batch_size < 1 or c.image_size < 8 or c.repeat < 1 or c.loader_batches < 1 or c.train_steps < 1:
+        raise ValueError("--batch-size, --repeat, --loader-batches, --steps must be >= 1 and --image-size >= 8")
+    info = load_info(c.data)
+    device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cores = default_workers()
+    sweep = c.workers or default_sweep(cores)
+    folder_root = resolve_folder_root(c, info)
+    if c.folder_root is not None and not (Path(c.folder_root) / "train").is_dir():
+        raise ValueError(f"--folder-root {c.folder_root}: no train/ folder in it; give the ImageFolder tree the "
+                         f"shards were made from (train/<class>/...)")
+    import platform
+
+    result = IoBenchResult(
+        machine={"cpu_cores": cores, "cpu": platform.processor() or platform.machine(), "device": str(device),
+                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU only)",
+                 "torch": torch.__version__},
+        config={"data": str(c.data), "batch_size": c.batch_size, "image_size": c.image_size,
+                "precision": resolve_precision(c.precision, device).value, "repeat": c.repeat, "loader_batches": c.loader_batches,
+                "warmup_batches": c.warmup_batches, "train_steps": c.train_steps, "warmup_steps": c.warmup_steps, "workers": list(sweep),
+                "train_samples": info.split("train").num_samples, "folder_root": str(folder_root) if folder_root else None})
+    loaders = []
+    for kind in c.loaders:
+        if kind is LoaderKind.FOLDER and folder_root is None:
+            result.skipped[kind.value] = ("no ImageFolder tree: pass --folder-root DIR (the class-folder tree the "
+                                          "shards were made from)")
+        elif kind is LoaderKind.DALI and not _dali_available():
+            result.skipped[kind.value] = "DALI not installed: pip install 'imagenet-pipeline[dali]'"
+        elif kind in (LoaderKind.DALI, LoaderKind.FOLDER) and info.remote:
+            result.skipped[kind.value] = "reads local files only; the data is a URL"
+        else:
+            loaders.append(kind)
+
+    progress("storage: reading the train shards")
+    result.storage = stages.storage_read_rate(info, "train", max_bytes=2 * 1024 ** 3, cold=True).to_json()
+    for kind in loaders:
+        progress(f"stages: {kind.value}")
+        costs = stages.measure_stages(kind, info, folder_root if kind is LoaderKind.FOLDER else c.data,
+                                      c.image_size, c.batch_size, c.stage_samples)
+        result.stages[kind.value] = costs.to_json()
+    result.h2d_seconds_per_image = h2d_seconds_per_image(c.batch_size, c.image_size, device)
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    # Loader-only: the main process only receives batches; on a CPU device its idle OpenMP threads would
+    # otherwise spin and take cores from the loader's workers (measured here: 4x fewer img/s at 2 cores).
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        _sweep(c, result, loaders, sweep, info, folder_root, device, sync, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+    log = io.StringIO()
+    log = io.StringIO()
+    progress(f"compute-only: {c.train_steps} steps with the synthetic backend")
+    m = _run_quiet(_train_config(c, LoaderKind.SYNTHETIC, 0, folder_root), log)
+    result.compute = {k: m[k] for k in ("p_core", "p_train", "precision", "device", "device_name", "steps")}
+    for kind in loaders:
+        progress(f"end to end: {kind.value}, {c.train_steps} steps, {cores} worker(s)")
+        m = _run_quiet(_train_config(c, kind, cores, folder_root), log)
+        result.end_to_end[kind.value] = {k: m[k] for k in ("p_core", "p_train", "data_wait_fraction", "steps")}
+    result.verdict = _verdict(c, result, info, cores)
+    if result.verdict is not None:
+        result.verdict = dataclasses.replace(result.verdict,
+                                             lines=result.verdict.lines + tuple(_end_to_end_lines(result)))
+    return result
+
+
+def _end_to_end_lines(r: IoBenchResult) -> list[str]:
+    """What the end-to-end runs add: their rates, and whether the step slowed down with a loader running."""
+    lines = []
+    compute = r.compute["p_core"] if r.compute else None
+    fastest_step = max((e["p_core"] for e in r.end_to_end.values()), default=0.0)
+    if compute and fastest_step > 1.25 * compute:
+        lines.append(f"check: the step alone ran at {fastest_step:.1f} img/s in an end-to-end run but "
+                     f"{compute:.1f} img/s compute-only: the compute-only run was disturbed (a busy machine?); "
+                     f"re-run with more --steps")
+    for kind, e in r.end_to_end.items():
+        lines.append(f"end to end with the {kind} loader: {e['p_train']:.1f} img/s (data wait "
+                     f"{100 * e['data_wait_fraction']:.0f}%, step alone {e['p_core']:.1f} img/s).")
+        if compute and e["p_core"] < 0.8 * compute:
+            lines.append(f"with the {kind} loader running, the training step itself ran at "
+                         f"{e['p_core'] / compute:.2f}x its compute-only rate: loader and step compete for the "
+                         f"same host cores{' (the step runs on the CPU here)' if r.machine['device'] == 'cpu' else ''}.")
+    return lines
+
+
+def _sweep(c, result, loaders, sweep, info, folder_root, device, sync, progress) -> None:
+    """Loader-only img/s of every backend at every worker count into ``result.sweep``."""
+    for kind in loaders:
+        result.sweep[kind.value] = {}
+        for w in sweep:
+            progress(f"loader-only: {kind.value}, {w} worker(s)")
+            cfg = LoaderConfig(batch_size=c.batch_size, image_size=c.image_size, workers=w,
+                               data_root=folder_root if kind is LoaderKind.FOLDER else None)
+            loader = build_loader(kind, cfg, Split.TRAIN, None if kind is LoaderKind.FOLDER else info, device)
+            hooks = _fidelity_hooks(loader, result) if kind is LoaderKind.CPU and w == 1 else {}
+            # a window must hold many batches per worker: the batches the other workers finished while the
+            # first was awaited would otherwise inflate the rate (by up to workers / window batches)
+            n = max(c.loader_batches, 5 * w)
+            result.sweep[kind.value][w] = time_windows(batches_forever(loader), n, c.warmup_batches + w, c.repeat,
+                                                       sync, **hooks)
+            del loader
+
+
+def _dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _fidelity_hooks(loader, result: IoBenchResult) -> dict:
+    """At 1 worker the worker's stage seconds of a window's batches should add up to the window's wall time."""
+    def start():
+        loader.stage_seconds = dict.fromkeys(loader.stage_seconds, 0.0)
+        loader.stage_samples = 0
+
+    def end(wall: float):
+        total = sum(loader.stage_seconds.values())
+        prev = result.stage_fidelity or {"stage_sum_s": 0.0, "wall_s": 0.0}
+        s, w = prev["stage_sum_s"] + total, prev["wall_s"] + wall
+        result.stage_fidelity = {"stage_sum_s": s, "wall_s": w, "ratio": s / w if w else None}
+
+    return {"on_window_start": start, "on_window_end": end}
+
+
+def _verdict(c: IoBenchConfig, r: IoBenchResult, info: DatasetInfo, cores: int) -> Verdict | None:
+    if not r.sweep or r.compute is None:
+        return None
+    primary = LoaderKind.CPU.value if LoaderKind.CPU.value in r.sweep else next(iter(r.sweep))
+    points = r.sweep[primary]
+    at = max(points)  # the most workers measured (normally all cores)
+    input_rate = points[at].median
+    stage_s = r.stages.get(primary, {}).get("seconds_per_image")
+    if stage_s and r.h2d_seconds_per_image is not None:
+        stage_s = {**stage_s, "h2d copy": r.h2d_seconds_per_image}
+    per_core = points[1].median if 1 in points else None
+    levers = []
+    for kind, pts in r.sweep.items():
+        if kind != primary:
+            levers.append(Lever(f"--loader {kind}", pts[max(pts)].median, f"measured, {max(pts)} workers"))
+    if stage_s and stage_s.get("decode"):
+        max_size = c.max_size or round(c.image_size * 10 / 7)
+        before, after = mean_pixels(info), mean_pixels(info, max_size=max_size)
+        total = sum(stage_s.values())
+        new_total = total - stage_s["decode"] * (1 - after / before)  # decode time taken as ∝ decoded pixels
+        rate = input_rate * total / new_total
+        r.max_size_lever = {"max_size": max_size, "mean_pixels": before, "mean_pixels_after": after,
+                            "rate": rate}
+        if after < before:
+            levers.append(Lever(f"shards re-made with shard-imagenet --max-size {max_size}", rate,
+                                f"extrapolated: decode cost x {after / before:.2f} (decoded pixels)"))
+    return decide(Evidence(compute_rate=r.compute["p_core"], input_rate=input_rate, stage_seconds=stage_s,
+                           per_core_rate=per_core, workers=at, cores=cores, levers=tuple(levers)))
+
+
+__all__ = ["IoBenchConfig", "IoBenchResult", "RateStats", "run_io_bench", "default_sweep", "time_windows",
+           "mean_pixels"]
