@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.read.tarstream import ShardReadError, is_url, join, read_location
@@ -30,6 +30,32 @@ SHARD_PATTERN = "imagenet-{split}-{index:06d}.tar"
 
 class DatasetError(Exception):
     """A shard folder that cannot be used as it is (message names the file and what to do)."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard of the manifest (``_info.json``'s ``"manifest"``: split → list of these, as JSON objects).
+
+    Attributes:
+        filename: the tar's name, relative to the dataset folder.
+        num_samples: samples in it.
+        bytes: its size in bytes.
+        sha256: hex digest of the whole file.
+    """
+
+    filename: str
+    num_samples: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"filename": self.filename, "num_samples": self.num_samples, "bytes": self.bytes,
+                "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "ShardEntry":
+        """Raises KeyError / ValueError / TypeError for a malformed entry."""
+        return cls(str(obj["filename"]), int(obj["num_samples"]), int(obj["bytes"]), str(obj["sha256"]))
 
 
 @dataclass(frozen=True)
@@ -61,13 +87,19 @@ class DatasetInfo:
         root: the folder (a ``Path``), or its URL prefix (a ``str``).
         splits: split name → :class:`SplitInfo`.
         classes: class names; the label of class ``classes[i]`` is ``i``.
-        extra: the other top-level keys of ``_info.json`` (seed, source, layout, ...).
+        extra: the other top-level keys of ``_info.json`` (seed, source, layout, ...), the manifest excepted.
+        manifest: split → its shards' :class:`ShardEntry` (empty for folders written without one).
     """
 
     root: Path | str
     splits: dict[str, SplitInfo]
     classes: tuple[str, ...]
     extra: dict
+    manifest: dict[str, tuple[ShardEntry, ...]] = field(default_factory=dict)
+
+    def shard_entries(self) -> dict[str, ShardEntry]:
+        """Shard file name → its manifest entry, over all splits."""
+        return {e.filename: e for entries in self.manifest.values() for e in entries}
 
     @property
     def num_classes(self) -> int:
@@ -105,9 +137,10 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def write_info(root: Path, splits: list[SplitInfo], **extra) -> None:
-    """Write ``_info.json`` (timm format plus ``extra`` top-level keys) into ``root``."""
+def write_info(root: Path, splits: list[SplitInfo], manifest: dict[str, list[ShardEntry]], **extra) -> None:
+    """Write ``_info.json`` (timm format, the ``manifest`` and ``extra`` top-level keys) into ``root``."""
     obj = {"name": extra.pop("name", "imagenet"), **extra,
+           "manifest": {split: [e.to_json() for e in entries] for split, entries in manifest.items()},
            "splits": {s.name: s.to_json() for s in splits}}
     write_json_atomic(Path(root) / INFO_FILE, obj)
 
@@ -150,6 +183,8 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
             if len(split.filenames) != len(split.shard_lengths) or sum(split.shard_lengths) != split.num_samples:
                 raise ValueError(f"split '{name}': filenames, shard_lengths and num_samples disagree")
             splits[name] = split
+        manifest = {split: tuple(ShardEntry.from_json(e) for e in entries)
+                    for split, entries in obj.get("manifest", {}).items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(f"{info_loc}: malformed ({exc}); re-run shard-imagenet") from None
     classes_loc = join(root, CLASSES_FILE)
@@ -167,7 +202,7 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
     if "num_classes" in obj and obj["num_classes"] != len(classes):
         raise DatasetError(f"{classes_loc}: {len(classes)} classes, {INFO_FILE} says {obj['num_classes']}; "
                            f"re-run shard-imagenet")
-    sizes = {e["filename"]: e["bytes"] for entries in obj.get("manifest", {}).values() for e in entries}
+    sizes = {e.filename: e.bytes for entries in manifest.values() for e in entries}
     for split in splits.values() if check_files and not remote else ():
         for f in split.filenames:
             path = root / f
@@ -176,5 +211,5 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
             if f in sizes and path.stat().st_size != sizes[f]:
                 raise DatasetError(f"{path}: {path.stat().st_size} bytes, the manifest says {sizes[f]} (truncated "
                                    f"or replaced); run `shard-imagenet verify {root}`, then re-shard")
-    extra = {k: v for k, v in obj.items() if k != "splits"}
-    return DatasetInfo(root=root, splits=splits, classes=classes, extra=extra)
+    extra = {k: v for k, v in obj.items() if k not in ("splits", "manifest")}
+    return DatasetInfo(root=root, splits=splits, classes=classes, extra=extra, manifest=manifest)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.backends import Batch, Loader, LoaderConfig, LoaderKind, Split, build_loader
+from pipeline.backends import Batch, DataInput, Loader, LoaderConfig, Split, backend_spec, build_loader
 from pipeline.dataset import DatasetInfo, load_info
 from pipeline.shard.run import default_workers
 from train import checkpoint, distributed
@@ -158,7 +158,7 @@ class Session:
 
     @property
     def header(self) -> checkpoint.Header:
-        order_by_workers = self.cfg.loader in (LoaderKind.CPU, LoaderKind.NVJPEG, LoaderKind.FOLDER)
+        order_by_workers = backend_spec(self.cfg.loader).order_by_workers
         return checkpoint.Header(num_classes=self.train_loader.num_classes, world_size=self.env.world_size,
                                  global_batch=self.global_batch, image_size=self.lcfg.image_size,
                                  precision=self.precision.value, total_steps=self.total_steps,
@@ -178,8 +178,10 @@ class Session:
 
 
 def _dataset(cfg: TrainConfig) -> DatasetInfo | None:
-    info = load_info(cfg.data) if cfg.data is not None and cfg.loader is not LoaderKind.FOLDER else None
-    if info is None and cfg.loader not in (LoaderKind.SYNTHETIC, LoaderKind.FOLDER):
+    """The shard folder of a backend that reads shards (None for the others: they read ``--data`` themselves)."""
+    needs = backend_spec(cfg.loader).needs
+    info = load_info(cfg.data) if cfg.data is not None and needs is not DataInput.IMAGE_TREE else None
+    if info is None and needs is DataInput.SHARDS:
         raise ValueError(f"--loader {cfg.loader.value} needs --data DIR (a folder written by shard-imagenet)")
     return info
 
@@ -471,7 +473,7 @@ def _times(s: Session, clock: RunClock, st: LoopState, e2e: float, excluded_s: f
 def _report(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, loaded, excluded_s: float) -> dict:
     env = s.env
     mem, e2e = _close_and_stop(s)
-    skipped = [*getattr(s.train_loader, "skipped", []), *getattr(s.val_loader, "skipped", [])]
+    skipped = [*s.train_loader.stats().skipped, *(s.val_loader.stats().skipped if s.val_loader else ())]
     local, times = _times(s, clock, st, e2e, excluded_s)
     mem_used, steps_max, neg_min = distributed.all_reduce([mem.used_gib, st.done, -st.done], "max", env)
     (skipped_total,) = distributed.all_reduce([float(len(skipped))], "sum", env)
@@ -550,10 +552,10 @@ def _write_json(cfg: TrainConfig, result: dict) -> None:
         cfg.metrics_json.write_text(json.dumps(result, indent=1) + "\n")
 
 
-def _stage_seconds_per_image(loader) -> dict[str, float] | None:
+def _stage_seconds_per_image(loader: Loader) -> dict[str, float] | None:
     """Per-image seconds by loader stage on one core (backends that time their stages), else None."""
-    n = getattr(loader, "stage_samples", 0)
-    return {k: v / n for k, v in loader.stage_seconds.items()} if n else None
+    stages = loader.stats().stages
+    return stages.per_image() if stages is not None else None
 
 
 def run_verdict(p_core: float, p_train: float, data_wait_fraction: float, loader, workers: int) -> Verdict:

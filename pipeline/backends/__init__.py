@@ -1,4 +1,6 @@
-"""Decode backends behind one contract, with a lazy registry.
+"""Decode backends behind one contract, with a lazy registry: the contract (:class:`Loader`, :class:`Batch`,
+:class:`LoaderConfig`, :class:`LoaderStats`) and the registry (:class:`BackendSpec`: what each backend needs as
+input and how it is measured), nothing backend-specific.
 
 Every backend yields :class:`Batch` objects whose images are already on the training device, normalised
 and in channels-last memory format. A backend's module is imported only when it is built, so an
@@ -9,8 +11,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 
@@ -76,6 +79,45 @@ class LoaderConfig:
     normalize: bool = True
 
 
+# The stages a backend's time splits into, in order: read (shard / file bytes), decode (JPEG → RGB), augment
+# (crop, resize, flip), collate (assembling the batch).
+STAGES = ("read", "decode", "augment", "collate")
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Seconds a backend spent per stage, and the samples they cover.
+
+    Attributes:
+        seconds: stage → seconds (keys exactly :data:`STAGES`), summed over this rank's workers.
+        samples: images those seconds cover.
+    """
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    samples: int = 0
+
+    def __sub__(self, earlier: "StageTimes") -> "StageTimes":
+        """What was spent between ``earlier`` (a snapshot of the same loader) and this snapshot."""
+        return StageTimes({k: v - earlier.seconds[k] for k, v in self.seconds.items()}, self.samples - earlier.samples)
+
+    def per_image(self) -> dict[str, float] | None:
+        """Stage → seconds per image, or None when no sample is covered."""
+        return {k: v / self.samples for k, v in self.seconds.items()} if self.samples else None
+
+
+@dataclass(frozen=True)
+class LoaderStats:
+    """What a loader counted since it was built (a snapshot: later iteration does not change it).
+
+    Attributes:
+        skipped: ``"<shard>: <key>: <why>"`` of every sample that failed to decode (already named on stderr).
+        stages: per-stage time (:class:`StageTimes`) for backends that time their own stages, else None.
+    """
+
+    skipped: tuple[str, ...] = ()
+    stages: StageTimes | None = None
+
+
 @dataclass(frozen=True)
 class Batch:
     """One batch on the training device.
@@ -126,6 +168,9 @@ class Loader(Protocol):
     def close(self) -> None:
         """Stop worker processes / threads now (the loader is not used afterwards)."""
 
+    def stats(self) -> LoaderStats:
+        """Skipped samples and (where the backend times them) per-stage seconds since the loader was built."""
+
 
 def replay_from(batches: Iterable[T], count: int) -> Iterator[T]:
     """An iterator over ``batches`` with its first ``count`` items drawn and dropped.
@@ -158,14 +203,85 @@ class ReplayResume:
     def close(self) -> None:
         """Nothing to stop."""
 
+    def stats(self) -> LoaderStats:
+        return LoaderStats()
 
-_REGISTRY: dict[LoaderKind, str] = {
-    LoaderKind.CPU: "pipeline.backends.cpu:CpuLoader",
-    LoaderKind.FOLDER: "pipeline.backends.folder:FolderLoader",
-    LoaderKind.SYNTHETIC: "pipeline.backends.synthetic:SyntheticLoader",
-    LoaderKind.DALI: "pipeline.backends.dali:DaliLoader",
-    LoaderKind.NVJPEG: "pipeline.backends.nvjpeg:NvjpegLoader",
-}
+
+class DataInput(str, Enum):
+    """What a backend reads: shards written by shard-imagenet (``--data`` = the shard folder or URL), an
+    ImageFolder tree (``--data`` = the folder holding ``train/`` and ``val/``), or nothing (generated data)."""
+
+    SHARDS = "shards"
+    IMAGE_TREE = "image tree"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One registry entry: where a backend lives and what the rest of the project may know of it.
+
+    Attributes:
+        kind: its ``--loader`` name.
+        target: ``"module:Class"`` of its :class:`Loader` (imported only when built).
+        needs: the input it reads (:class:`DataInput`).
+        order_by_workers: its epoch's data order depends on ``--workers`` (a resume must keep them).
+        local_only: reads local files only (not a URL dataset).
+        requires: a module that must be importable for it to work (None: always available).
+        stage_probe: ``"module:function"`` measuring its per-stage cost for io-bench, None where it has no
+            stages; the function takes ``(cfg, split, info, max_samples)`` and returns a
+            :class:`StageCosts`.
+    """
+
+    kind: "LoaderKind"
+    target: str
+    needs: DataInput
+    order_by_workers: bool = False
+    local_only: bool = False
+    requires: str | None = None
+    stage_probe: str | None = None
+
+    def available(self) -> str | None:
+        """None when this backend can be built here, else why not (one line)."""
+        if self.requires is None:
+            return None
+        try:
+            found = importlib.util.find_spec(self.requires) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            found = False
+        return None if found else f"{self.requires} is not installed"
+
+    def loader_class(self):
+        module_name, cls_name = self.target.split(":")
+        return getattr(importlib.import_module(module_name), cls_name)
+
+    def probe(self):
+        """The backend's own stage-measuring function (see ``stage_probe``).
+
+        Raises:
+            ValueError: the backend has no stages to measure.
+        """
+        if self.stage_probe is None:
+            raise ValueError(f"no stages to measure for the {self.kind.value} backend")
+        module_name, fn_name = self.stage_probe.split(":")
+        return getattr(importlib.import_module(module_name), fn_name)
+
+
+_REGISTRY: dict[LoaderKind, BackendSpec] = {spec.kind: spec for spec in (
+    BackendSpec(LoaderKind.CPU, "pipeline.backends.cpu:CpuLoader", DataInput.SHARDS, order_by_workers=True,
+                stage_probe="pipeline.backends.probe:probe_by_stats"),
+    BackendSpec(LoaderKind.FOLDER, "pipeline.backends.folder:FolderLoader", DataInput.IMAGE_TREE,
+                order_by_workers=True, local_only=True, stage_probe="pipeline.backends.probe:probe_by_stats"),
+    BackendSpec(LoaderKind.SYNTHETIC, "pipeline.backends.synthetic:SyntheticLoader", DataInput.NONE),
+    BackendSpec(LoaderKind.DALI, "pipeline.backends.dali:DaliLoader", DataInput.SHARDS, local_only=True,
+                requires="nvidia.dali", stage_probe="pipeline.backends.dali:measure_stages"),
+    BackendSpec(LoaderKind.NVJPEG, "pipeline.backends.nvjpeg:NvjpegLoader", DataInput.SHARDS,
+                order_by_workers=True),
+)}
+
+
+def backend_spec(kind: LoaderKind | str) -> BackendSpec:
+    """The registry entry of ``kind`` (raises ValueError for an unknown name)."""
+    return _REGISTRY[LoaderKind(kind)]
 
 
 def build_loader(kind: LoaderKind, cfg: LoaderConfig, split: Split, info: DatasetInfo | None,
@@ -175,8 +291,7 @@ def build_loader(kind: LoaderKind, cfg: LoaderConfig, split: Split, info: Datase
     Raises:
         ValueError: ``kind`` needs a dataset and ``info`` is None, or option values are invalid.
     """
-    module_name, cls_name = _REGISTRY[LoaderKind(kind)].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    cls = backend_spec(kind).loader_class()
     return cls(cfg=cfg, split=Split(split), info=info, device=device, rank=rank, world_size=world_size)
 
 
@@ -235,5 +350,6 @@ def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.
     return mean, inv_std
 
 
-__all__ = ["Batch", "Loader", "LoaderConfig", "LoaderKind", "ReplayResume", "Split", "build_loader",
-           "normalize_on_device", "replay_from", "to_device_prefetched"]
+__all__ = ["STAGES", "BackendSpec", "Batch", "DataInput", "Loader", "LoaderConfig", "LoaderKind", "LoaderStats",
+           "ReplayResume", "Split", "StageTimes", "backend_spec", "build_loader", "normalize_on_device", "replay_from",
+           "to_device_prefetched"]

@@ -26,13 +26,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.read import plan as epoch_plan
-from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split, to_device_prefetched
+from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, ReplayResume, Split, StageTimes,
+                               to_device_prefetched)
 from pipeline.dataset import DatasetInfo
 from pipeline.read.tarstream import ShardReadError, iter_samples
 from pipeline.read.transforms import decode_train, decode_val
 
-
-STAGES = ("read", "decode", "augment", "collate")
 
 
 class SampleDecodeError(RuntimeError):
@@ -227,7 +226,7 @@ class ShardLoaderBase(ReplayResume):
         else:
             self._len = epoch_plan.eval_batches_per_rank(self.dataset.lengths, cfg.batch_size, rank, world_size,
                                                          max(1, cfg.workers))
-        self.skipped: list[str] = []  # "<shard>: <key>: <why>" of every sample that failed to decode
+        self._skipped: list[str] = []  # "<shard>: <key>: <why>" of every sample that failed to decode
         self._loader: DataLoader | None = None
 
     def make_dataset(self, info: DatasetInfo, split: Split, cfg: LoaderConfig, rank: int,
@@ -259,8 +258,11 @@ class ShardLoaderBase(ReplayResume):
 
     def note_skipped(self, what: str) -> None:
         """Record a sample that did not decode and name it on stderr."""
-        self.skipped.append(what)
+        self._skipped.append(what)
         print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
+
+    def stats(self) -> LoaderStats:
+        return LoaderStats(skipped=tuple(self._skipped))
 
 
 class CpuLoader(ShardLoaderBase):
@@ -272,8 +274,12 @@ class CpuLoader(ShardLoaderBase):
         # per-stage CPU seconds summed over this rank's workers since the loader was built, and the samples
         # they cover (read = tar reading + shuffle buffer; decode = JPEG → RGB; augment = crop, resize, flip;
         # collate = copies into the shared-memory batch)
-        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
-        self.stage_samples = 0
+        self._stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._stage_samples = 0
+
+    def stats(self) -> LoaderStats:
+        """Skipped samples and the workers' per-stage seconds of the batches handed out so far."""
+        return LoaderStats(tuple(self._skipped), StageTimes(dict(self._stage_seconds), self._stage_samples))
 
     def __iter__(self) -> Iterator[Batch]:
         loader = self.worker_loader()
@@ -284,6 +290,6 @@ class CpuLoader(ShardLoaderBase):
             for what in skipped:
                 self.note_skipped(what)
             for name, seconds in zip(STAGES, stages[:4]):
-                self.stage_seconds[name] += seconds
-            self.stage_samples += stages[4]
+                self._stage_seconds[name] += seconds
+            self._stage_samples += stages[4]
             yield images, labels, tuple(keys)

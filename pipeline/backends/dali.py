@@ -53,7 +53,8 @@ import numpy as np
 import torch
 
 from pipeline.read import plan as epoch_plan
-from pipeline.backends import IMAGENET_MEAN_255, IMAGENET_STD_255, Batch, LoaderConfig, Split, replay_from
+from pipeline.backends import (IMAGENET_MEAN_255, IMAGENET_STD_255, Batch, LoaderConfig, LoaderStats, Split,
+                               replay_from)
 from pipeline.dataset import DatasetInfo
 
 INSTALL_HINT = "--loader dali needs NVIDIA DALI: pip install 'imagenet-pipeline[dali]' (nvidia-dali-cuda130)"
@@ -111,7 +112,7 @@ def _index_paths(paths: list[str]) -> list[str]:
 def _data_digest(info: DatasetInfo, split: str) -> str:
     """A short digest of a split's shards (names, sample counts, manifest sha256s): changes when re-sharded."""
     s = info.split(split)
-    shas = {e.get("filename"): e.get("sha256", "") for e in info.extra.get("manifest", {}).get(split, [])}
+    shas = {e.filename: e.sha256 for e in info.manifest.get(split, ())}
     blob = json.dumps([list(s.filenames), list(s.shard_lengths), [shas.get(f, "") for f in s.filenames]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -388,6 +389,11 @@ class DaliLoader:
     def close(self) -> None:
         """Drop the pipeline (its threads and buffers); the loader is not used afterwards."""
         self._pipe = None
+
+    def stats(self) -> LoaderStats:
+        """Nothing counted: DALI stops on a damaged sample instead of skipping it, and times no stage while it
+        trains (io-bench measures its stages with :func:`measure_stages`)."""
+        return LoaderStats()
 
 
 __all__ = ["DaliLoader", "INSTALL_HINT", "STATE_FORMAT", "rank_share"]

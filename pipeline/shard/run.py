@@ -450,14 +450,13 @@ def _finalize(out: Path, tree: SourceTree, tasks, parts, cfg: ShardConfig, summa
             f.write(f"{_tsv(r.relpath)}\t{r.reason.value}\t{_tsv(r.detail)}\n")
     os.replace(out / (dsinfo.REJECTS_FILE + TMP_SUFFIX), out / dsinfo.REJECTS_FILE)
     dsinfo.write_json_atomic(out / dsinfo.REPORT_FILE, report_dict(summary, cfg, tree))
-    manifest = {s: [{"filename": p.filename, "num_samples": p.num_samples, "bytes": p.num_bytes,
-                     "sha256": p.sha256} for p in c.shards] for s, c in summary.counts.items()}
-    dsinfo.write_info(out, list(summary.splits.values()), name="imagenet", layout=tree.kind,
+    manifest = {s: [dsinfo.ShardEntry(p.filename, p.num_samples, p.num_bytes, p.sha256) for p in c.shards]
+                for s, c in summary.counts.items()}
+    dsinfo.write_info(out, list(summary.splits.values()), manifest, name="imagenet", layout=tree.kind,
                       layout_detail=tree.layout,
                       seed=cfg.seed, shard_size=cfg.shard_size, num_classes=len(tree.classes),
                       quality=cfg.quality, max_size=cfg.max_size, max_pixels=cfg.max_pixels,
-                      format_version=FORMAT_VERSION, label_members={"cls": "ascii decimal", "lbl": "int32 little-endian"},
-                      manifest=manifest)
+                      format_version=FORMAT_VERSION, label_members={"cls": "ascii decimal", "lbl": "int32 little-endian"})
 
 
 def report_dict(summary: ShardSummary, cfg: ShardConfig, tree: SourceTree) -> dict:

@@ -38,7 +38,7 @@ class ShardProblem:
         return f"{self.shard}: {self.key + ': ' if self.key else ''}{self.problem}"
 
 
-def _check_shard(args: tuple[str, str, int, dict, int]) -> list[ShardProblem]:
+def _check_shard(args: tuple[str, str, int, "ShardEntry | None", int]) -> list[ShardProblem]:
     root, filename, expected_len, manifest, num_classes = args
     path = Path(root) / filename
     problems: list[ShardProblem] = []
@@ -51,9 +51,9 @@ def _check_shard(args: tuple[str, str, int, dict, int]) -> list[ShardProblem]:
     except OSError as exc:
         return [ShardProblem(filename, "", f"cannot read ({exc.strerror or exc})")]
     if manifest:
-        if len(data) != manifest["bytes"]:
-            bad("", f"size {len(data)} bytes, manifest says {manifest['bytes']}")
-        if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+        if len(data) != manifest.bytes:
+            bad("", f"size {len(data)} bytes, manifest says {manifest.bytes}")
+        if hashlib.sha256(data).hexdigest() != manifest.sha256:
             bad("", "sha256 differs from the manifest")
     samples: dict[str, dict[str, bytes]] = {}
     order: list[str] = []
@@ -136,8 +136,8 @@ def verify_dataset(root: str | Path, workers: int = 1) -> tuple[DatasetInfo, lis
         pipeline.dataset.DatasetError: ``_info.json`` / ``classes.txt`` missing or malformed, a shard missing.
     """
     info = load_info(root, check_files=False)  # a missing or truncated shard is reported below, not fatal
-    manifest = {e["filename"]: e for entries in info.extra.get("manifest", {}).values() for e in entries}
-    jobs = [(str(info.root), f, n, manifest.get(f, {}), info.num_classes)
+    manifest = info.shard_entries()
+    jobs = [(str(info.root), f, n, manifest.get(f), info.num_classes)
             for s in info.splits.values() for f, n in zip(s.filenames, s.shard_lengths)]
     if workers > 1 and len(jobs) > 1:
         with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:

@@ -62,7 +62,7 @@ def worker(data: str, out_dir: str, batch_size: int, workers: int) -> None:
         val_keys.extend(batch.keys)
         val_batches += 1
     result["val"], result["val_batches"] = val_keys, val_batches
-    result["skipped"] = train.skipped + val.skipped
+    result["skipped"] = list(train.stats().skipped + val.stats().skipped)
     Path(out_dir, f"out_{rank}.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import shared
 from pipeline.backends import Split
-from pipeline.backends.cpu import STAGES as CPU_STAGES
+from pipeline.backends import STAGES as CPU_STAGES
 from pipeline.dataset import load_info
 from train.iobench.stages import STAGES, ReadRate, StageCosts, measure_stages, storage_read_rate
 

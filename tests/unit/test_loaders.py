@@ -181,8 +181,9 @@ def test_cpu_loader_reports_per_stage_seconds(demo_shards):
         t0 = time.perf_counter()
         n = sum(len(b.keys) for b in epoch(loader, 0))
         wall = time.perf_counter() - t0
-        assert loader.stage_samples == n == 44
-        assert set(loader.stage_seconds) == {"read", "decode", "augment", "collate"}
-        assert all(v > 0 for v in loader.stage_seconds.values())
+        stages = loader.stats().stages
+        assert stages.samples == n == 44
+        assert set(stages.seconds) == {"read", "decode", "augment", "collate"}
+        assert all(v > 0 for v in stages.seconds.values())
         if workers == 0:  # in-process: the stages are the epoch's work, nothing else
-            assert sum(loader.stage_seconds.values()) <= wall
+            assert sum(stages.seconds.values()) <= wall

@@ -63,7 +63,7 @@ def test_train_epochs_are_disjoint_reshuffled_normalised_and_reproducible(demo_s
     assert -3 < float(x.mean()) < 3 and 0.2 < float(x.std()) < 3  # normalised, not 0..255
     again = build_loader(LoaderKind.NVJPEG, cfg, Split.TRAIN, info, CPU)  # same seed: the same crops and flips
     assert torch.equal(torch.cat([b.images for b in epoch(again, 0)]), x)
-    assert loader.skipped == [] and again.skipped == []
+    assert loader.stats().skipped == () and again.stats().skipped == ()
     loader.close()
     again.close()
 
@@ -182,7 +182,7 @@ def test_cmyk_and_png_decode_and_a_damaged_val_sample_is_left_out_and_named(tmp_
     cfg = LoaderConfig(batch_size=4, image_size=32, workers=1, normalize=False)
     val = build_loader(LoaderKind.NVJPEG, cfg, Split.VAL, info, CPU)
     batches = list(val)
-    assert sum(len(b.keys) for b in batches) == 7 and len(val.skipped) == 1
+    assert sum(len(b.keys) for b in batches) == 7 and len(val.stats().skipped) == 1
     ref = by_key(build_loader(LoaderKind.CPU, cfg, Split.VAL, info, CPU))
     ours = by_key(batches)
     assert ours.keys() == ref.keys()
@@ -190,7 +190,7 @@ def test_cmyk_and_png_decode_and_a_damaged_val_sample_is_left_out_and_named(tmp_
         assert float((ours[k].float() - ref[k].float()).abs().mean()) < 2, k
     err = capsys.readouterr().err
     assert "warning: skipped sample" in err and "imagenet-val-000000.tar: 00000" in err
-    assert "cannot decode (UnidentifiedImageError: not a decodable image)" in val.skipped[0]
+    assert "cannot decode (UnidentifiedImageError: not a decodable image)" in val.stats().skipped[0]
     val.close()
 
 
@@ -200,8 +200,8 @@ def test_train_keeps_full_batches_past_a_damaged_sample(tmp_path):
                          info, CPU)
     batches = epoch(train, 0)
     assert len(batches) == len(train) == 2 and all(b.images.shape[0] == len(b.keys) == 4 for b in batches)
-    bad_key = train.skipped[0].split(": ")[1]
-    assert len(train.skipped) == 1 and bad_key not in {k for b in batches for k in b.keys}
+    bad_key = train.stats().skipped[0].split(": ")[1]
+    assert len(train.stats().skipped) == 1 and bad_key not in {k for b in batches for k in b.keys}
 
 
 def test_a_batch_that_decodes_nothing_is_one_error(tmp_path):

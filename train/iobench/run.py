@@ -352,12 +352,13 @@ def _dali_available() -> bool:
 
 def _fidelity_hooks(loader, result: IoBenchResult) -> dict:
     """At 1 worker the worker's stage seconds of a window's batches should add up to the window's wall time."""
+    at_start = []
+
     def start():
-        loader.stage_seconds = dict.fromkeys(loader.stage_seconds, 0.0)
-        loader.stage_samples = 0
+        at_start[:] = [loader.stats().stages]
 
     def end(wall: float):
-        total = sum(loader.stage_seconds.values())
+        total = sum((loader.stats().stages - at_start[0]).seconds.values())
         prev = result.stage_fidelity or {"stage_sum_s": 0.0, "wall_s": 0.0}
         s, w = prev["stage_sum_s"] + total, prev["wall_s"] + wall
         result.stage_fidelity = {"stage_sum_s": s, "wall_s": w, "ratio": s / w if w else None}

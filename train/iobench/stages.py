@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from pipeline.backends import LoaderConfig, LoaderKind, Split
-from pipeline.backends.cpu import STAGES
+from pipeline.backends import STAGES
 from pipeline.dataset import DatasetInfo
 
 READ_CHUNK = 1 << 20  # bytes per read() of storage_read_rate
@@ -154,27 +154,27 @@ def _measure_cpu(info, image_size, batch_size, max_samples, split) -> StageCosts
     with _one_torch_thread():
         it = iter(loader)
         next(it, None)  # warm-up: imports, first file opens, allocator
-        loader.stage_seconds = dict.fromkeys(STAGES, 0.0)
-        loader.stage_samples = 0
+        before = loader.stats().stages
         t0 = time.perf_counter()
-        for _ in it:  # stage_* are updated before each batch is handed out (workers=0)
-            if loader.stage_samples >= max_samples:
+        for _ in it:  # stages are counted before each batch is handed out (workers=0)
+            if (loader.stats().stages - before).samples >= max_samples:
                 break
         wall = time.perf_counter() - t0
         it.close()
-        if loader.stage_samples == 0:  # a one-batch epoch leaves nothing after the warm-up: time the next one
+        if (loader.stats().stages - before).samples == 0:  # a one-batch epoch: time the next one
             loader.set_epoch(1)
             it = iter(loader)
             t0 = time.perf_counter()
             for _ in it:
-                if loader.stage_samples >= max_samples:
+                if (loader.stats().stages - before).samples >= max_samples:
                     break
             wall = time.perf_counter() - t0
             it.close()
-    n = loader.stage_samples
+    spent = loader.stats().stages - before
+    n = spent.samples
     if n == 0:
         raise ValueError(f"the {split.value} split yielded no batch to measure")
-    per = {s: loader.stage_seconds[s] / n for s in STAGES}
+    per = spent.per_image()
     return StageCosts("cpu", n, per, wall, note="cpu: in-process (workers=0, one torch thread, no shuffle buffer), "
                                                 "the loader's own per-stage timers")
 
@@ -396,8 +396,7 @@ def storage_read_rate(info: DatasetInfo, split: str = "train", max_bytes: int | 
         raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
     sinfo = info.split(split)
     paths = info.shard_paths(split)
-    manifest = {e["filename"]: e["bytes"] for entries in info.extra.get("manifest", {}).values()
-                for e in entries if "filename" in e and "bytes" in e}
+    manifest = {name: e.bytes for name, e in info.shard_entries().items()}
     limit = math.inf if max_bytes is None else max_bytes
     buf = bytearray(READ_CHUNK)
     total, samples_f, seconds = 0, 0.0, 0.0
