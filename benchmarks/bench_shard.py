@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/bench_shard.py [--samples DIR] [--workers N] [--repeat 3]
 
-Builds a class-folder tree of symlinks to ``../shared/data/imagenet-samples`` (800 real ILSVRC2012 JPEGs)
-and times, each ``--repeat`` times (median reported, page cache warm after the first read):
+Builds a class-folder tree of symlinks to ``../shared/data/imagenet-samples`` (800 real ILSVRC2012 JPEGs, see
+:func:`benchmarks.common.sample_tree`) and times, each ``--repeat`` times (median reported, page cache warm
+after the first read):
 
 * baseline   every file copied into tars with tarfile (no decode, no checks): the I/O + tar floor;
 * sharder    shard-imagenet defaults: full decode check, clean JPEGs passed through byte for byte;
@@ -26,16 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import DEFAULT_SAMPLES, sample_tree  # noqa: E402
 from pipeline.shard.run import ShardConfig, default_workers, shard_tree  # noqa: E402
-
-
-def build_tree(samples: Path, root: Path) -> tuple[int, int]:
-    files = sorted(p for p in samples.iterdir() if p.suffix == ".JPEG")
-    for f in files:
-        d = root / "train" / f.name[:9]
-        d.mkdir(parents=True, exist_ok=True)
-        os.symlink(f, d / f.name)
-    return len(files), sum(f.stat().st_size for f in files)
 
 
 def baseline_copy(tree: Path, out: Path, shard_size: int) -> None:
@@ -49,7 +42,7 @@ def baseline_copy(tree: Path, out: Path, shard_size: int) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--samples", type=Path, default=REPO.parent / "shared" / "data" / "imagenet-samples")
+    p.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
     p.add_argument("--workers", type=int, default=default_workers())
     p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--repeat", type=int, default=3)
@@ -58,7 +51,8 @@ def main() -> int:
         p.error(f"{args.samples}: not found; pass --samples DIR of JPEG files")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        n, nbytes = build_tree(args.samples, tmp / "tree")
+        links = sample_tree(args.samples, tmp / "tree", copies=1)
+        n, nbytes = len(links), sum(os.path.getsize(link) for link in links)
         modes = {
             "baseline": lambda out: baseline_copy(tmp / "tree", out, args.shard_size),
             "sharder": lambda out: shard_tree(ShardConfig(src=tmp / "tree", out=out, shard_size=args.shard_size,

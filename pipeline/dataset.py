@@ -1,4 +1,6 @@
-"""The dataset description written next to the shards, and read back by every loader.
+"""Dataset: the typed contract between the sharder and every reader: ``_info.json`` (splits and the manifest of
+:class:`ShardEntry`), ``classes.txt``, and the names of the report files (``report.json``, ``rejects.tsv``)
+written next to the shards. One job: write it and read it back, checked.
 
 ``_info.json`` follows timm's webdataset reader (timm/data/readers/reader_wds.py)::
 
@@ -160,20 +162,34 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
     remote = is_url(root)
     root = str(root).rstrip("/") if remote else Path(root)
     info_loc = join(root, INFO_FILE)
+    obj, splits, manifest = _parse_info(_read_info_text(root, info_loc, remote), info_loc)
+    classes = _read_classes(root, remote, obj)
+    if check_files and not remote:
+        _check_shard_files(root, splits, manifest)
+    extra = {k: v for k, v in obj.items() if k not in ("splits", "manifest")}
+    return DatasetInfo(root=root, splits=splits, classes=classes, extra=extra, manifest=manifest)
+
+
+def _read_info_text(root: Path | str, info_loc: str, remote: bool) -> str:
+    """The text of ``_info.json``; DatasetError saying what to run when it is not there."""
     if remote:
         try:
-            info_text = read_location(info_loc).decode("utf-8")
+            return read_location(info_loc).decode("utf-8")
         except (ShardReadError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{info_loc}: cannot fetch ({exc}); check the URL (it must hold the files "
                                f"shard-imagenet wrote)") from None
-    elif not Path(info_loc).is_file():
+    if not Path(info_loc).is_file():
         if (Path(root) / "train").is_dir():  # an image tree, not shards: never suggest writing shards into it
             raise DatasetError(f"{info_loc}: not found: {root} looks like an ImageFolder tree, not shards; train on it "
                                f"with --loader folder, or shard it first: shard-imagenet {root} --out OTHER_DIR")
         raise DatasetError(f"{info_loc}: not found; run `shard-imagenet SRC --out {root}` first "
                            f"(or point --data at the folder that holds the shards)")
-    else:
-        info_text = Path(info_loc).read_text()
+    return Path(info_loc).read_text()
+
+
+def _parse_info(info_text: str, info_loc: str) -> tuple[dict, dict[str, SplitInfo],
+                                                        dict[str, tuple[ShardEntry, ...]]]:
+    """(the whole object, its splits, its manifest) of ``_info.json``'s text; DatasetError when malformed."""
     try:
         obj = json.loads(info_text)
         splits = {}
@@ -187,6 +203,12 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
                     for split, entries in obj.get("manifest", {}).items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(f"{info_loc}: malformed ({exc}); re-run shard-imagenet") from None
+    return obj, splits, manifest
+
+
+def _read_classes(root: Path | str, remote: bool, obj: dict) -> tuple[str, ...]:
+    """The class names of ``classes.txt``, kept exactly (one per line); DatasetError when it is missing or its
+    count differs from ``_info.json``'s ``num_classes``."""
     classes_loc = join(root, CLASSES_FILE)
     if remote:
         try:
@@ -202,8 +224,13 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
     if "num_classes" in obj and obj["num_classes"] != len(classes):
         raise DatasetError(f"{classes_loc}: {len(classes)} classes, {INFO_FILE} says {obj['num_classes']}; "
                            f"re-run shard-imagenet")
+    return classes
+
+
+def _check_shard_files(root: Path, splits: dict[str, SplitInfo], manifest: dict[str, tuple[ShardEntry, ...]]) -> None:
+    """Every listed shard exists with the manifest's size (a stat each); DatasetError naming the first that does not."""
     sizes = {e.filename: e.bytes for entries in manifest.values() for e in entries}
-    for split in splits.values() if check_files and not remote else ():
+    for split in splits.values():
         for f in split.filenames:
             path = root / f
             if not path.is_file():
@@ -211,5 +238,3 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
             if f in sizes and path.stat().st_size != sizes[f]:
                 raise DatasetError(f"{path}: {path.stat().st_size} bytes, the manifest says {sizes[f]} (truncated "
                                    f"or replaced); run `shard-imagenet verify {root}`, then re-shard")
-    extra = {k: v for k, v in obj.items() if k not in ("splits", "manifest")}
-    return DatasetInfo(root=root, splits=splits, classes=classes, extra=extra, manifest=manifest)

@@ -29,18 +29,9 @@ def _rgb(hue: float, sat: float, val: float) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def render(class_index: int, rng: np.random.Generator) -> Image.Image:
-    """Draw one RGB image of class ``class_index`` (0..9), size 72..136 px per side."""
-    w, h = (int(v) for v in rng.integers(72, 137, size=2))
-    hue = class_index / len(DEMO_WNIDS) + rng.normal(0, 0.015)
-    bg = _rgb(hue, rng.uniform(0.55, 0.95), rng.uniform(0.55, 0.95))
-    fg = _rgb(hue + 0.5, rng.uniform(0.3, 0.9), rng.uniform(0.2, 1.0))
-    img = Image.new("RGB", (w, h), bg)
-    d = ImageDraw.Draw(img)
-    s = int(min(w, h) * rng.uniform(0.35, 0.7))
-    x0, y0 = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+def _draw_shape(d: ImageDraw.ImageDraw, shape: str, x0: int, y0: int, s: int, fg: tuple[int, int, int]) -> None:
+    """Draw ``shape`` (one of :data:`SHAPES`), ``s`` px wide, top left at (``x0``, ``y0``), in colour ``fg``."""
     box = (x0, y0, x0 + s, y0 + s)
-    shape = SHAPES[class_index]
     step = max(4, s // 5)
     if shape == "disc":
         d.ellipse(box, fill=fg)
@@ -73,6 +64,18 @@ def render(class_index: int, rng: np.random.Generator) -> Image.Image:
         for y in range(y0, y0 + s, step):
             for x in range(x0, x0 + s, step):
                 d.ellipse((x, y, x + 2 * r, y + 2 * r), fill=fg)
+
+
+def render(class_index: int, rng: np.random.Generator) -> Image.Image:
+    """Draw one RGB image of class ``class_index`` (0..9), size 72..136 px per side."""
+    w, h = (int(v) for v in rng.integers(72, 137, size=2))
+    hue = class_index / len(DEMO_WNIDS) + rng.normal(0, 0.015)
+    bg = _rgb(hue, rng.uniform(0.55, 0.95), rng.uniform(0.55, 0.95))
+    fg = _rgb(hue + 0.5, rng.uniform(0.3, 0.9), rng.uniform(0.2, 1.0))
+    img = Image.new("RGB", (w, h), bg)
+    s = int(min(w, h) * rng.uniform(0.35, 0.7))
+    x0, y0 = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+    _draw_shape(ImageDraw.Draw(img), SHAPES[class_index], x0, y0, s, fg)
     pixels = np.asarray(img, dtype=np.int16) + rng.normal(0, 8, size=(h, w, 3)).astype(np.int16)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 

@@ -24,12 +24,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shard-imagenet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="ImageNet source root (see above)")
+    _add_output_args(p)
+    _add_image_args(p)
+    _add_job_args(p)
+    _add_layout_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """Where the shards go and how the input is cut into them."""
     p.add_argument("--out", type=Path, default=Path("imagenet-shards"),
                    help="output folder for the tars, _info.json, classes.txt, rejects.tsv (default: %(default)s)")
     p.add_argument("--shard-size", type=int, default=1000, help="input files per tar (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the global train shuffle (default: %(default)s)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="processes, each writing whole shards (default: all cores, %(default)s)")
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    """How images that are not passed through are re-encoded and downscaled."""
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
                    help="JPEG quality for re-encoded images (default: %(default)s)")
     p.add_argument("--max-size", type=int, help="downscale images whose longer side exceeds this (px) and "
@@ -37,10 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="decompression-bomb threshold: larger images are downscaled to it; non-JPEGs over "
                         "4x are rejected (default: PIL's limit, %(default)s)")
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    """Resuming a run and splitting it across machines."""
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="keep complete shards of an earlier identical run (default: on)")
     p.add_argument("--num-jobs", type=int, default=1, help="split the shards across this many jobs (machines)")
     p.add_argument("--job-index", type=int, default=0, help="which of the --num-jobs jobs this is (0-based)")
+
+
+def _add_layout_args(p: argparse.ArgumentParser) -> None:
+    """How to read the source: its layout and the label files that go with it."""
     p.add_argument("--layout", type=LayoutKind, choices=list(LayoutKind), default=LayoutKind.AUTO,
                    metavar="{" + ",".join(k.value for k in LayoutKind) + "}",
                    help="source layout (default: detect)")
@@ -50,8 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "LOC_val_solution.csv or Caffe val.txt; default: found in SRC)")
     p.add_argument("--id-map", type=Path, help="ILSVRC2012_ID → wnid map for devkit labels: meta.mat or a "
                                                "map_clsloc.txt-style file (default: found in SRC)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+
+
+def _config_from_args(args: argparse.Namespace) -> ShardConfig:
+    """The :class:`ShardConfig` of parsed ``shard-imagenet SRC`` arguments."""
+    return ShardConfig(src=args.src, out=args.out, shard_size=args.shard_size, seed=args.seed,
+                       workers=args.workers, quality=args.quality, max_pixels=args.max_pixels,
+                       max_size=args.max_size, resume=args.resume, num_jobs=args.num_jobs, job_index=args.job_index,
+                       layout=LayoutOptions(layout=args.layout, classes_file=args.classes,
+                                            val_labels=args.val_labels, id_map=args.id_map),
+                       progress=not args.no_progress)
 
 
 def verify_main(argv: list[str]) -> int:
@@ -84,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["verify"]:
         return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
-    cfg = ShardConfig(src=args.src, out=args.out, shard_size=args.shard_size, seed=args.seed,
-                      workers=args.workers, quality=args.quality, max_pixels=args.max_pixels,
-                      max_size=args.max_size, resume=args.resume, num_jobs=args.num_jobs, job_index=args.job_index,
-                      layout=LayoutOptions(layout=args.layout, classes_file=args.classes,
-                                           val_labels=args.val_labels, id_map=args.id_map),
-                      progress=not args.no_progress)
+    cfg = _config_from_args(args)
     try:
         summary = shard_tree(cfg)
     except (LayoutError, ValueError, RuntimeError) as exc:

@@ -1,4 +1,5 @@
-"""Turn the bytes of one input file into a clean RGB JPEG for a shard, or say why it cannot be.
+"""Clean one image: turn the bytes of one input file into a clean RGB JPEG for a shard (reject it, pass it
+through, or convert it), or say why it cannot be.
 
 "Clean" means what every decoder in this project (PIL, nvJPEG through DALI, libjpeg-turbo) reads the
 same way: a JPEG whose frame is baseline, extended-sequential or progressive Huffman (SOF0/1/2), whose
@@ -194,15 +195,8 @@ def normalize_image(data: bytes, *, quality: int = DEFAULT_QUALITY, max_pixels: 
 
 
 def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None) -> NormalizedImage:
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.UnidentifiedImageError:
-        raise ImageRejected(RejectReason.UNDECODABLE, "not an image format PIL can identify") from None
-    except Exception as exc:
-        raise ImageRejected(RejectReason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from None
+    img = _open(data)
     width, height = img.size
-    if width < 1 or height < 1:
-        raise ImageRejected(RejectReason.UNDECODABLE, f"image size {width}x{height}")
     fmt = img.format or "unknown"
     mode = img.mode
     header = jpeg_header(data) if fmt == "JPEG" else JpegHeader()
@@ -212,13 +206,7 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
         raise ImageRejected(RejectReason.UNDECODABLE, f"truncated: {len(data)} bytes cannot hold a "
                                                       f"{width}x{height} JPEG")
     orientation = _orientation(img)
-    # Target size: within max_pixels and max_size (aspect kept).
-    scale = 1.0
-    if width * height > max_pixels:
-        scale = (max_pixels / (width * height)) ** 0.5
-    if max_size is not None and max(width, height) * scale > max_size:
-        scale = max_size / max(width, height)
-    target = (max(1, int(width * scale)), max(1, int(height * scale)))
+    scale, target = _target_size(width, height, max_pixels, max_size)
     huffman = fmt == "JPEG" and header.frame in _SOF_HUFFMAN
     adobe_rgb = header.components == 3 and header.adobe_transform == 0  # RGB stored without YCbCr transform
     passthrough = huffman and mode == "RGB" and not adobe_rgb and orientation == 1 and scale == 1.0
@@ -227,12 +215,7 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
         # scan (so truncation and corrupt data raise) but skips most of the IDCT and colour work.
         img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
     elif scale < 1.0:
-        if fmt == "JPEG":
-            img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB", target)  # DCT-domain 1/2..1/8
-        elif width * height > _decode_limit(max_pixels):
-            raise ImageRejected(RejectReason.TOO_LARGE,
-                                f"{fmt} {width}x{height} = {width * height} pixels > "
-                                f"{_decode_limit(max_pixels)} (4 x --max-pixels); only JPEGs are reduced while decoding")
+        _reduce_while_decoding(img, fmt, target, max_pixels)
     try:
         img.load()  # full decode: truncated or corrupt data raises here
     except Exception as exc:
@@ -240,7 +223,48 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
 
     if passthrough:
         return NormalizedImage(jpeg=data, width=width, height=height)
+    steps = _colour_steps(fmt, huffman, mode, header, adobe_rgb)
+    return _convert(img, steps, orientation, scale, target, quality)
 
+
+def _open(data: bytes) -> Image.Image:
+    """Open (identify, not decode) the image; rejects what PIL cannot identify and empty pixel sizes."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise ImageRejected(RejectReason.UNDECODABLE, "not an image format PIL can identify") from None
+    except Exception as exc:
+        raise ImageRejected(RejectReason.UNDECODABLE, f"{type(exc).__name__}: {exc}") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageRejected(RejectReason.UNDECODABLE, f"image size {width}x{height}")
+    return img
+
+
+def _target_size(width: int, height: int, max_pixels: int, max_size: int | None) -> tuple[float, tuple[int, int]]:
+    """(scale, target size) that fits ``max_pixels`` and ``max_size`` with the aspect kept (scale 1.0: as is)."""
+    scale = 1.0
+    if width * height > max_pixels:
+        scale = (max_pixels / (width * height)) ** 0.5
+    if max_size is not None and max(width, height) * scale > max_size:
+        scale = max_size / max(width, height)
+    return scale, (max(1, int(width * scale)), max(1, int(height * scale)))
+
+
+def _reduce_while_decoding(img: Image.Image, fmt: str, target: tuple[int, int], max_pixels: int) -> None:
+    """Before the decode of an image to downscale: JPEGs are reduced in the DCT domain (1/2..1/8); other formats
+    are decoded in full, so one over 4 x ``max_pixels`` is rejected as too large."""
+    width, height = img.size
+    if fmt == "JPEG":
+        img.draft(img.mode if img.mode in ("RGB", "L", "CMYK") else "RGB", target)
+    elif width * height > _decode_limit(max_pixels):
+        raise ImageRejected(RejectReason.TOO_LARGE,
+                            f"{fmt} {width}x{height} = {width * height} pixels > "
+                            f"{_decode_limit(max_pixels)} (4 x --max-pixels); only JPEGs are reduced while decoding")
+
+
+def _colour_steps(fmt: str, huffman: bool, mode: str, header: JpegHeader, adobe_rgb: bool) -> list[str]:
+    """The format and colour conversions an image that is not passed through needs, in words."""
     steps = []
     if fmt != "JPEG":
         steps.append(f"{fmt.lower()}->jpeg")
@@ -252,6 +276,13 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
         steps.append(f"{_MODE_NAMES.get(mode, mode.lower())}->rgb")
     elif adobe_rgb:
         steps.append("adobe-rgb->ycbcr")
+    return steps
+
+
+def _convert(img: Image.Image, steps: list[str], orientation: int, scale: float, target: tuple[int, int],
+             quality: int) -> NormalizedImage:
+    """Rotate upright, convert to RGB, downscale to ``target`` and re-encode the decoded image; ``steps`` (the
+    colour conversions) gains the rotation and the downscale."""
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
         steps.append("exif-rotated")

@@ -1,4 +1,6 @@
-"""Shard an ImageNet source tree into webdataset tars: parallel, resumable, splittable across machines.
+"""Run: plan the shard tasks of a source tree, run them in a pool of worker processes, resume them and split them
+across machines; one job: from a scanned tree to a complete shard folder (cleaning one image is
+:mod:`pipeline.shard.clean`'s job, writing one tar :mod:`pipeline.shard.writer`'s).
 
 Every input file ends either in a shard or in ``rejects.tsv`` with its reason. Train samples are
 shuffled globally with the seed; val samples keep sorted order. Each sample is four adjacent members::
@@ -50,7 +52,7 @@ _SHARD_NAME = re.compile(r"imagenet-(train|val)-\d{6}\.(tar|idx)")
 
 
 def default_workers() -> int:
-    """CPU cores this process may use."""
+    """CPU cores this process may use: the default ``--workers`` of ``shard-imagenet`` and its ``verify``."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -103,11 +105,30 @@ class ShardConfig:
 
 @dataclass(frozen=True)
 class Reject:
-    """An input file that is in no shard: its relative path, reason and one-line detail."""
+    """One row of ``rejects.tsv``: an input file that is in no shard.
+
+    Attributes:
+        relpath: its path relative to the source root, as a shard's ``.json`` would have recorded it.
+        reason: why it is in no shard.
+        detail: what was wrong, in one line.
+    """
 
     relpath: str
     reason: RejectReason
     detail: str
+
+    @classmethod
+    def from_row(cls, row: list[str]) -> "Reject":
+        """From its ``[relpath, reason, detail]`` form in a part record."""
+        return cls(row[0], RejectReason(row[1]), row[2])
+
+    def row(self) -> list[str]:
+        """Its ``[relpath, reason, detail]`` form in a part record (JSON)."""
+        return [self.relpath, self.reason.value, self.detail]
+
+    def tsv_line(self) -> str:
+        """Its line of ``rejects.tsv``: backslashes, tabs and newlines of the path and detail escaped."""
+        return f"{_tsv(self.relpath)}\t{self.reason.value}\t{_tsv(self.detail)}\n"
 
 
 @dataclass(frozen=True)
@@ -136,7 +157,7 @@ class PartRecord:
     sha256: str
     bytes_in: int
     conversions: dict[str, int]
-    rejects: list[list[str]]  # [relpath, reason, detail]
+    rejects: list[list[str]]  # Reject.row(): [relpath, reason, detail]
 
     @classmethod
     def load(cls, path: Path) -> "PartRecord | None":
@@ -274,9 +295,9 @@ def _write_shard(task: ShardTask) -> PartRecord:
             bytes_in += len(data)
             result = normalize_image(data, quality=w["quality"], max_pixels=w["max_pixels"], max_size=w["max_size"])
         except OSError as exc:
-            rejects.append([item.relpath, RejectReason.UNDECODABLE.value, f"cannot read: {exc.strerror or exc}"])
+            rejects.append(Reject(item.relpath, RejectReason.UNDECODABLE, f"cannot read: {exc.strerror or exc}").row())
         except ImageRejected as exc:
-            rejects.append([item.relpath, exc.reason.value, exc.detail])
+            rejects.append(Reject(item.relpath, exc.reason, exc.detail).row())
         else:
             meta = {"path": item.relpath, "size": len(data), "label": item.label, "class": w["classes"][item.label],
                     "width": result.width, "height": result.height, "conversion": result.conversion,
@@ -343,57 +364,10 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
     out.mkdir(parents=True, exist_ok=True)
     (out / dsinfo.INFO_FILE).unlink(missing_ok=True)  # incomplete until the last job finishes
     tasks = plan_tasks(tree, cfg)
-    mine = [t for i, t in enumerate(tasks) if i % cfg.num_jobs == cfg.job_index]
-    todo, kept = [], 0
-    for t in mine:
-        if cfg.resume and _complete_part(out, t) is not None:
-            kept += 1
-        else:
-            _discard(out, t)
-            todo.append(t)
-
-    counter = multiprocessing.get_context("fork").Value("q", 0)
+    todo, kept = _todo(out, tasks, cfg)
     total_files = sum(len(t.items) for t in todo)
-    bar = tqdm(total=total_files, unit="img", desc=f"shard-imagenet {tree.root.name}", disable=not cfg.progress,
-               dynamic_ncols=True)
-    init_args = (str(out), cfg.quality, cfg.max_pixels, cfg.max_size, list(tree.classes), counter)
-    bytes_in = bytes_out = 0
-    try:
-        if cfg.workers > 1 and len(todo) > 1:
-            ctx = multiprocessing.get_context("fork")
-            pool = ProcessPoolExecutor(min(cfg.workers, len(todo)), ctx, _init_worker, init_args)
-            try:
-                pending_futures = {pool.submit(_write_shard, t) for t in todo}
-                while pending_futures:
-                    done, pending_futures = wait(pending_futures, timeout=0.25, return_when=FIRST_COMPLETED)
-                    bar.update(counter.value - bar.n)
-                    for fut in done:
-                        try:
-                            part = fut.result()
-                        except BrokenProcessPool:
-                            raise RuntimeError("a sharder worker process died (out of memory or a crash in an "
-                                               "image decoder); complete shards are kept: run the same command "
-                                               "again to resume") from None
-                        bytes_in += part.bytes_in
-                        bytes_out += part.num_bytes
-            except BaseException:
-                # Ctrl-C or an error: drop queued shards and stop the workers now (their .tmp files are
-                # removed by the next run; complete shards are kept for --resume).
-                for proc in list(getattr(pool, "_processes", {}).values()):
-                    proc.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
-        else:
-            _init_worker(*init_args)
-            for t in todo:
-                part = _write_shard(t)
-                bytes_in += part.bytes_in
-                bytes_out += part.num_bytes
-                bar.update(counter.value - bar.n)
-        bar.update(counter.value - bar.n)
-    finally:
-        bar.close()
+    written = _run_tasks(out, todo, tree, cfg, total_files)
+    bytes_in, bytes_out = sum(p.bytes_in for p in written), sum(p.num_bytes for p in written)
 
     parts = {t.name: _complete_part(out, t) for t in tasks}
     pending = sum(p is None for p in parts.values())
@@ -402,6 +376,75 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
         _finalize(out, tree, tasks, parts, cfg, summary)
         summary.complete = True
     return summary
+
+
+def _todo(out: Path, tasks: list[ShardTask], cfg: ShardConfig) -> tuple[list[ShardTask], int]:
+    """This job's tasks still to write (their old files removed), and how many complete shards --resume keeps."""
+    todo, kept = [], 0
+    for t in (t for i, t in enumerate(tasks) if i % cfg.num_jobs == cfg.job_index):
+        if cfg.resume and _complete_part(out, t) is not None:
+            kept += 1
+        else:
+            _discard(out, t)
+            todo.append(t)
+    return todo, kept
+
+
+def _run_tasks(out: Path, todo: list[ShardTask], tree: SourceTree, cfg: ShardConfig,
+               total_files: int) -> list[PartRecord]:
+    """Write every task of ``todo`` (in a pool of ``cfg.workers`` processes when there are several), with a
+    progress bar over its ``total_files`` input files; returns the part records written."""
+    counter = multiprocessing.get_context("fork").Value("q", 0)
+    bar = tqdm(total=total_files, unit="img", desc=f"shard-imagenet {tree.root.name}", disable=not cfg.progress,
+               dynamic_ncols=True)
+    init_args = (str(out), cfg.quality, cfg.max_pixels, cfg.max_size, list(tree.classes), counter)
+    try:
+        if cfg.workers > 1 and len(todo) > 1:
+            written = _run_pool(todo, cfg.workers, init_args, counter, bar)
+        else:
+            written = _run_serial(todo, init_args, counter, bar)
+        bar.update(counter.value - bar.n)
+    finally:
+        bar.close()
+    return written
+
+
+def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, bar: tqdm) -> list[PartRecord]:
+    """Write the tasks in ``min(workers, len(todo))`` forked processes; on any error or Ctrl-C stop them now."""
+    written = []
+    ctx = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_worker, init_args)
+    try:
+        pending_futures = {pool.submit(_write_shard, t) for t in todo}
+        while pending_futures:
+            done, pending_futures = wait(pending_futures, timeout=0.25, return_when=FIRST_COMPLETED)
+            bar.update(counter.value - bar.n)
+            for fut in done:
+                try:
+                    written.append(fut.result())
+                except BrokenProcessPool:
+                    raise RuntimeError("a sharder worker process died (out of memory or a crash in an "
+                                       "image decoder); complete shards are kept: run the same command "
+                                       "again to resume") from None
+    except BaseException:
+        # Ctrl-C or an error: drop queued shards and stop the workers now (their .tmp files are
+        # removed by the next run; complete shards are kept for --resume).
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return written
+
+
+def _run_serial(todo: list[ShardTask], init_args: tuple, counter, bar: tqdm) -> list[PartRecord]:
+    """Write the tasks one after the other in this process."""
+    _init_worker(*init_args)
+    written = []
+    for t in todo:
+        written.append(_write_shard(t))
+        bar.update(counter.value - bar.n)
+    return written
 
 
 def _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, images_done, pending, kept) -> ShardSummary:
@@ -418,19 +461,36 @@ def _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, images_done,
         c.conversions.update(part.conversions)
         if part.filename is not None:
             c.shards.append(part)
-        rejects += [Reject(r[0], RejectReason(r[1]), r[2]) for r in part.rejects]
+        rejects += [Reject.from_row(r) for r in part.rejects]
     if pending == 0:
         for split, c in counts.items():
             splits[split] = dsinfo.SplitInfo(split, sum(p.num_samples for p in c.shards),
                                              tuple(p.filename for p in c.shards),
                                              tuple(p.num_samples for p in c.shards))
     rejects.sort(key=lambda r: r.relpath)
-    return ShardSummary(tree.layout, list(tree.notes), splits, counts, rejects, time.perf_counter() - start, bytes_in, bytes_out,
-                        images_done, False, pending, kept)
+    return ShardSummary(tree.layout, list(tree.notes), splits, counts, rejects, time.perf_counter() - start,
+                        bytes_in, bytes_out, images_done, False, pending, kept)
 
 
 def _finalize(out: Path, tree: SourceTree, tasks, parts, cfg: ShardConfig, summary: ShardSummary) -> None:
     """Write the metadata files (identical whichever job writes them), then ``_info.json``; drop stale files."""
+    _remove_stale(out, tasks)
+    (out / dsinfo.CLASSES_FILE).write_text("".join(f"{c}\n" for c in tree.classes), encoding="utf-8",
+                                          errors="surrogateescape")
+    _write_rejects(out, summary.rejects)
+    dsinfo.write_json_atomic(out / dsinfo.REPORT_FILE, report_dict(summary, cfg, tree))
+    manifest = {s: [dsinfo.ShardEntry(p.filename, p.num_samples, p.num_bytes, p.sha256) for p in c.shards]
+                for s, c in summary.counts.items()}
+    dsinfo.write_info(out, list(summary.splits.values()), manifest, name="imagenet", layout=tree.kind,
+                      layout_detail=tree.layout,
+                      seed=cfg.seed, shard_size=cfg.shard_size, num_classes=len(tree.classes),
+                      quality=cfg.quality, max_size=cfg.max_size, max_pixels=cfg.max_pixels,
+                      format_version=FORMAT_VERSION,
+                      label_members={"cls": "ascii decimal", "lbl": "int32 little-endian"})
+
+
+def _remove_stale(out: Path, tasks: list[ShardTask]) -> None:
+    """Remove shards, indexes, temporary files and part records of ``out`` that no task of this run names."""
     wanted = {t.name for t in tasks} | {t.name.replace(".tar", ".idx") for t in tasks}
     for p in out.iterdir():
         ours = _SHARD_NAME.fullmatch(p.name.removesuffix(TMP_SUFFIX))
@@ -441,22 +501,15 @@ def _finalize(out: Path, tree: SourceTree, tasks, parts, cfg: ShardConfig, summa
         for p in (out / PARTS_DIR).iterdir():
             if p.name not in task_parts:
                 p.unlink(missing_ok=True)
-    (out / dsinfo.CLASSES_FILE).write_text("".join(f"{c}\n" for c in tree.classes), encoding="utf-8",
-                                          errors="surrogateescape")
-    # file names that are not valid UTF-8 are written back as their original bytes
-    with open(out / (dsinfo.REJECTS_FILE + TMP_SUFFIX), "w", encoding="utf-8", errors="surrogateescape") as f:
+
+
+def _write_rejects(out: Path, rejects: list[Reject]) -> None:
+    """Write ``rejects.tsv`` atomically; file names that are not valid UTF-8 are written back as their bytes."""
+    tmp = out / (dsinfo.REJECTS_FILE + TMP_SUFFIX)
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write("path\treason\tdetail\n")
-        for r in summary.rejects:
-            f.write(f"{_tsv(r.relpath)}\t{r.reason.value}\t{_tsv(r.detail)}\n")
-    os.replace(out / (dsinfo.REJECTS_FILE + TMP_SUFFIX), out / dsinfo.REJECTS_FILE)
-    dsinfo.write_json_atomic(out / dsinfo.REPORT_FILE, report_dict(summary, cfg, tree))
-    manifest = {s: [dsinfo.ShardEntry(p.filename, p.num_samples, p.num_bytes, p.sha256) for p in c.shards]
-                for s, c in summary.counts.items()}
-    dsinfo.write_info(out, list(summary.splits.values()), manifest, name="imagenet", layout=tree.kind,
-                      layout_detail=tree.layout,
-                      seed=cfg.seed, shard_size=cfg.shard_size, num_classes=len(tree.classes),
-                      quality=cfg.quality, max_size=cfg.max_size, max_pixels=cfg.max_pixels,
-                      format_version=FORMAT_VERSION, label_members={"cls": "ascii decimal", "lbl": "int32 little-endian"})
+        f.writelines(r.tsv_line() for r in rejects)
+    os.replace(tmp, out / dsinfo.REJECTS_FILE)
 
 
 def report_dict(summary: ShardSummary, cfg: ShardConfig, tree: SourceTree) -> dict:

@@ -1,4 +1,5 @@
-"""``shard-imagenet verify OUT``: re-read every shard and check it against what the sharder recorded.
+"""Verify: check a finished shard folder (``shard-imagenet verify OUT``): re-read every shard and check it against
+what the sharder recorded.
 
 Per shard: size and sha256 against the ``_info.json`` manifest; sample count against ``shard_lengths``;
 every sample has ``jpg``, ``cls``, ``lbl`` and ``json`` members, adjacent; ``cls``, ``lbl`` and the json
@@ -17,13 +18,16 @@ import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
-from pipeline.dataset import DatasetInfo, load_info
+from pipeline.dataset import DatasetInfo, ShardEntry, load_info
 from pipeline.shard.writer import IDX_VERSION, index_name
 
 REQUIRED = ("jpg", "cls", "lbl", "json")
+_Member = tuple[str, str, int, int]  # sample key, extension, data offset, size
+_Bad = Callable[[str, str], None]  # records a problem: (sample key or "", what)
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,9 @@ class ShardProblem:
         return f"{self.shard}: {self.key + ': ' if self.key else ''}{self.problem}"
 
 
-def _check_shard(args: tuple[str, str, int, "ShardEntry | None", int]) -> list[ShardProblem]:
+def _check_shard(args: tuple[str, str, int, ShardEntry | None, int]) -> list[ShardProblem]:
+    """Every problem of one shard: ``args`` is (dataset folder, shard file name, samples _info.json lists, its
+    manifest entry or None, number of classes)."""
     root, filename, expected_len, manifest, num_classes = args
     path = Path(root) / filename
     problems: list[ShardProblem] = []
@@ -55,63 +61,78 @@ def _check_shard(args: tuple[str, str, int, "ShardEntry | None", int]) -> list[S
             bad("", f"size {len(data)} bytes, manifest says {manifest.bytes}")
         if hashlib.sha256(data).hexdigest() != manifest.sha256:
             bad("", "sha256 differs from the manifest")
-    samples: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    members: list[tuple[str, str, int, int]] = []  # key, ext, data offset, size
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                if m.pax_headers:
-                    bad("", f"member {m.name} has PAX headers (DALI cannot read them)")
-                base = m.name.rsplit("/", 1)[-1]
-                if "." not in base:
-                    bad("", f"member {m.name} has no extension")
-                    continue
-                key, ext = m.name.split(".", 1)
-                if order and order[-1] != key and key in samples:
-                    bad(key, "members of the sample are not adjacent")
-                if not order or order[-1] != key:
-                    order.append(key)
-                samples.setdefault(key, {})[ext] = data[m.offset_data:m.offset_data + m.size]
-                members.append((key, ext, m.offset_data, m.size))
+        samples, order, members = _read_members(data, bad)
     except tarfile.TarError as exc:
         return [ShardProblem(filename, "", f"not a readable tar ({exc})")]
     if len(samples) != expected_len:
         bad("", f"{len(samples)} samples, _info.json says {expected_len}")
     for key in order:
-        s = samples[key]
-        missing = [e for e in REQUIRED if e not in s]
-        if missing:
-            bad(key, f"missing member(s) {', '.join(missing)}")
-            continue
-        try:
-            cls = int(s["cls"].decode("ascii"))
-            (lbl,) = struct.unpack("<i", s["lbl"])
-            meta = json.loads(s["json"])
-        except (ValueError, UnicodeDecodeError, struct.error) as exc:
-            bad(key, f"unreadable label/json member ({exc})")
-            continue
-        if not (cls == lbl == meta.get("label")):
-            bad(key, f"labels disagree: cls={cls} lbl={lbl} json={meta.get('label')}")
-        if not 0 <= cls < num_classes:
-            bad(key, f"label {cls} outside 0..{num_classes - 1}")
-        recorded = meta.get("jpg_sha256")
-        if recorded is not None and hashlib.sha256(s["jpg"]).hexdigest() != recorded:
-            bad(key, "jpg bytes differ from the sha256 recorded when the shard was written")
-        try:
-            img = Image.open(io.BytesIO(s["jpg"]))
-            img.load()
-            if img.format != "JPEG" or img.mode != "RGB":
-                bad(key, f"image is {img.format} {img.mode}, expected JPEG RGB")
-        except Exception as exc:
-            bad(key, f"image does not decode ({type(exc).__name__}: {exc})")
+        _check_sample(key, samples[key], num_classes, bad)
     problems += _check_index(path, filename, members)
     return problems
 
 
-def _check_index(path: Path, filename: str, members: list[tuple[str, str, int, int]]) -> list[ShardProblem]:
+def _read_members(data: bytes, bad: _Bad) -> tuple[dict[str, dict[str, bytes]], list[str], list[_Member]]:
+    """The samples of the tar ``data``: (key → {ext: bytes}, keys in tar order, (key, ext, data offset, size) of
+    every member); members DALI cannot read or that break a sample apart go to ``bad``.
+
+    Raises:
+        tarfile.TarError: not a readable tar.
+    """
+    samples: dict[str, dict[str, bytes]] = {}
+    order: list[str] = []
+    members: list[_Member] = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            if m.pax_headers:
+                bad("", f"member {m.name} has PAX headers (DALI cannot read them)")
+            base = m.name.rsplit("/", 1)[-1]
+            if "." not in base:
+                bad("", f"member {m.name} has no extension")
+                continue
+            key, ext = m.name.split(".", 1)
+            if order and order[-1] != key and key in samples:
+                bad(key, "members of the sample are not adjacent")
+            if not order or order[-1] != key:
+                order.append(key)
+            samples.setdefault(key, {})[ext] = data[m.offset_data:m.offset_data + m.size]
+            members.append((key, ext, m.offset_data, m.size))
+    return samples, order, members
+
+
+def _check_sample(key: str, s: dict[str, bytes], num_classes: int, bad: _Bad) -> None:
+    """One sample: its four members, labels that agree and index the classes, its JPEG's sha256 and decode."""
+    missing = [e for e in REQUIRED if e not in s]
+    if missing:
+        bad(key, f"missing member(s) {', '.join(missing)}")
+        return
+    try:
+        cls = int(s["cls"].decode("ascii"))
+        (lbl,) = struct.unpack("<i", s["lbl"])
+        meta = json.loads(s["json"])
+    except (ValueError, UnicodeDecodeError, struct.error) as exc:
+        bad(key, f"unreadable label/json member ({exc})")
+        return
+    if not (cls == lbl == meta.get("label")):
+        bad(key, f"labels disagree: cls={cls} lbl={lbl} json={meta.get('label')}")
+    if not 0 <= cls < num_classes:
+        bad(key, f"label {cls} outside 0..{num_classes - 1}")
+    recorded = meta.get("jpg_sha256")
+    if recorded is not None and hashlib.sha256(s["jpg"]).hexdigest() != recorded:
+        bad(key, "jpg bytes differ from the sha256 recorded when the shard was written")
+    try:
+        img = Image.open(io.BytesIO(s["jpg"]))
+        img.load()
+        if img.format != "JPEG" or img.mode != "RGB":
+            bad(key, f"image is {img.format} {img.mode}, expected JPEG RGB")
+    except Exception as exc:
+        bad(key, f"image does not decode ({type(exc).__name__}: {exc})")
+
+
+def _check_index(path: Path, filename: str, members: list[_Member]) -> list[ShardProblem]:
     idx = path.with_name(index_name(path.name))
     if not idx.is_file():
         return [ShardProblem(filename, "", f"index file {idx.name} missing")]

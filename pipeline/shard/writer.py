@@ -1,4 +1,5 @@
-"""Deterministic webdataset tar shards, written under a temporary name and renamed when complete.
+"""Writer: write one webdataset tar + its ``.idx`` atomically (under a temporary name, renamed when complete)
+and deterministically.
 
 Members are written in GNU tar format (never PAX: DALI's webdataset reader does not parse PAX headers)
 with fixed owner, mode and mtime, so the same samples always give byte-identical shards. Next to each
