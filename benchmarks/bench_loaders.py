@@ -39,7 +39,7 @@ import PIL  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader  # noqa: E402
+from pipeline.backends import DataInput, LoaderConfig, LoaderKind, Split, backend_spec, build_loader  # noqa: E402
 from pipeline.dataset import load_info  # noqa: E402
 from pipeline.read.transforms import decoder_name  # noqa: E402
 
@@ -67,8 +67,8 @@ class EpochRunner:
     """One loader, built once and warmed up by a first epoch; each call times-to-be runs the next epoch."""
 
     def __init__(self, kind: LoaderKind, cfg: LoaderConfig, info):
-        self.loader = build_loader(kind, cfg, Split.TRAIN, info if kind is not LoaderKind.FOLDER else None,
-                                   torch.device("cpu"))
+        shards = backend_spec(kind).needs is DataInput.SHARDS
+        self.loader = build_loader(kind, cfg, Split.TRAIN, info if shards else None, torch.device("cpu"))
         self.epoch = 0
         self()  # warm-up: worker start-up of loaders that keep their workers is not counted
 
@@ -78,7 +78,7 @@ class EpochRunner:
         return sum(b.labels.shape[0] for b in self.loader)
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES)
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
@@ -90,37 +90,48 @@ def main() -> int:
     args = p.parse_args()
     if not args.samples.is_dir():
         p.error(f"{args.samples}: not found; pass --samples DIR of JPEG files")
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        files = sample_tree(args.samples, tmp / "tree", args.copies)
-        shard_sample_tree(tmp / "tree", tmp / "shards", args.workers)
-        info = load_info(tmp / "shards")
-        from pipeline.shard.run import ShardConfig, shard_tree
+    return args
 
-        shard_tree(ShardConfig(src=tmp / "tree", out=tmp / "shards-small", shard_size=100, workers=args.workers,
-                               max_size=args.max_size, progress=False))
-        info_small = load_info(tmp / "shards-small")
-        cfg = LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
-                           data_root=tmp / "tree", normalize=False)  # uint8 batches from every backend
-        modes = {
-            "cpu": EpochRunner(LoaderKind.CPU, cfg, info),
-            "folder": EpochRunner(LoaderKind.FOLDER, cfg, info),
-            f"cpu-{args.max_size}": EpochRunner(LoaderKind.CPU, cfg, info_small),
-            "decode": lambda: decode_only(files, args.workers) or len(files),
-            "decode-turbo": lambda: decode_only(files, args.workers, _decode_turbo) or len(files),
-        }
-        try:
-            import nvidia.dali  # noqa: F401
-            modes["dali"] = EpochRunner(LoaderKind.DALI, cfg, info)
-        except ImportError:
-            print("DALI not installed: dali row skipped")
-        rates: dict[str, list[float]] = {m: [] for m in modes}
-        for _ in range(args.repeat):
-            for mode, run in modes.items():
-                t0 = time.perf_counter()
-                n = run()
-                rates[mode].append(n / (time.perf_counter() - t0))
+
+def _modes(args: argparse.Namespace, tmp: Path) -> tuple[list[str], dict]:
+    """Shard the sample tree twice (as is, and pre-resized) and build every mode: (files, name → runner)."""
+    from pipeline.shard.run import ShardConfig, shard_tree
+
+    files = sample_tree(args.samples, tmp / "tree", args.copies)
+    shard_sample_tree(tmp / "tree", tmp / "shards", args.workers)
+    info = load_info(tmp / "shards")
+    shard_tree(ShardConfig(src=tmp / "tree", out=tmp / "shards-small", shard_size=100, workers=args.workers,
+                           max_size=args.max_size, progress=False))
+    info_small = load_info(tmp / "shards-small")
+    cfg = LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
+                       data_root=tmp / "tree", normalize=False)  # uint8 batches from every backend
+    modes = {
+        "cpu": EpochRunner(LoaderKind.CPU, cfg, info),
+        "folder": EpochRunner(LoaderKind.FOLDER, cfg, info),
+        f"cpu-{args.max_size}": EpochRunner(LoaderKind.CPU, cfg, info_small),
+        "decode": lambda: decode_only(files, args.workers) or len(files),
+        "decode-turbo": lambda: decode_only(files, args.workers, _decode_turbo) or len(files),
+    }
+    why_not = backend_spec(LoaderKind.DALI).available()
+    if why_not is None:
+        modes["dali"] = EpochRunner(LoaderKind.DALI, cfg, info)
+    else:
+        print(f"{why_not}: dali row skipped")
+    return files, modes
+
+
+def _measure(modes: dict, repeat: int) -> dict[str, list[float]]:
+    """img/s of every mode, ``repeat`` rounds interleaved."""
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(repeat):
+        for mode, run in modes.items():
+            t0 = time.perf_counter()
+            n = run()
+            rates[mode].append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def _print(args: argparse.Namespace, files: list[str], rates: dict[str, list[float]]) -> None:
     med = {m: statistics.median(r) for m, r in rates.items()}
     print(f"{len(files) // args.copies} real JPEGs x {args.copies} = {len(files)} per epoch, RandomResizedCrop {args.image_size} + flip, uint8 batches of {args.batch_size}, "
           f"{args.workers} workers, median of {args.repeat} warm epochs (epoch = whole batches only)")
@@ -144,6 +155,15 @@ def main() -> int:
     spread = max((max(r) - min(r)) / statistics.median(r) for r in rates.values())
     if spread > 0.25:
         print(f"warning: a row's spread is {100 * spread:.0f}% of its median: the machine was busy; re-run")
+
+
+def main() -> int:
+    args = _parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, modes = _modes(args, Path(tmp))
+        rates = _measure(modes, args.repeat)
+    _print(args, files, rates)
     return 0
 
 

@@ -59,14 +59,15 @@ def test_cpu_train_epochs_are_disjoint_reshuffled_and_normalised(demo_shards):
     assert -3 < float(x.mean()) < 3 and 0.2 < float(x.std()) < 3  # normalised, not 0..255
 
 
-def test_cpu_val_is_every_image_once_and_deterministic(demo_shards):
+@pytest.mark.parametrize("kind", [LoaderKind.CPU, LoaderKind.NVJPEG])
+def test_shard_backends_val_is_every_image_once_and_deterministic(demo_shards, kind):
     info = load_info(demo_shards)
-    loader = build_loader(LoaderKind.CPU, LoaderConfig(batch_size=4, image_size=32, workers=3), Split.VAL,
-                          info, CPU)
+    loader = build_loader(kind, LoaderConfig(batch_size=4, image_size=32, workers=3), Split.VAL, info, CPU)
     a, b = epoch(loader, 0), epoch(loader, 1)
     keys = sorted(k for batch in a for k in batch.keys)
-    assert len(keys) == len(set(keys)) == 13
+    assert len(keys) == len(set(keys)) == 13 == loader.num_samples
     assert torch.equal(torch.cat([x.images for x in a]), torch.cat([x.images for x in b]))
+    loader.close()
 
 
 def test_cpu_loader_needs_data():

@@ -68,15 +68,7 @@ def test_train_epochs_are_disjoint_reshuffled_normalised_and_reproducible(demo_s
     again.close()
 
 
-def test_val_is_every_image_once_and_deterministic(demo_shards):
-    info = load_info(demo_shards)
-    loader = build_loader(LoaderKind.NVJPEG, LoaderConfig(batch_size=4, image_size=32, workers=3), Split.VAL,
-                          info, CPU)
-    a, b = epoch(loader, 0), epoch(loader, 1)
-    keys = sorted(k for batch in a for k in batch.keys)
-    assert len(keys) == len(set(keys)) == 13 == loader.num_samples
-    assert torch.equal(torch.cat([x.images for x in a]), torch.cat([x.images for x in b]))
-    loader.close()
+# val: every image once, deterministic: tests/unit/test_loaders.py (parametrised over the shard backends)
 
 
 def val_pixels(kind: LoaderKind, info, size: int) -> dict[str, torch.Tensor]:
