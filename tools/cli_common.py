@@ -1,9 +1,13 @@
-"""Small helpers shared by the console scripts: argparse types and the one-line error message."""
+"""What the console scripts share: argparse types, the option table entry that ties a flag to a schema field
+(:class:`Option`, :class:`Schema`), and the one-line error message."""
 
 from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable
 
 
 def positive(kind):
@@ -21,3 +25,95 @@ def error_line(exc: BaseException) -> str:
     traceback: their last line, without its ``SomeError:`` prefix, is the message."""
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else str(exc)
+
+
+def shown(value: object) -> str:
+    """A default as a user types it: enum values, comma lists, ``0.256`` rather than reprs."""
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag and the schema field it sets.
+
+    Attributes:
+        flag: ``--batch-size``; its argparse dest and config-file key is ``batch_size`` (:attr:`dest`).
+        table: the TOML table it sits in (its component's: ``"loader"``, ...); None: the top level.
+        field: where its value goes in the schema's root dataclass: ``loader_cfg.batch_size`` (a field of a
+            component), ``epochs`` (a field of the root itself); None: an input the command maps itself.
+        type: text → value, as argparse's ``type`` (an Enum class also gives the choices); None: a switch
+            (``store_true``).
+        default: the flag's default, read from the schema (never written again in the flag table).
+        help: help text; ``{default}`` in it is replaced by the default, else ``(default: X)`` is appended when
+            the default is not None.
+        invert: a switch that sets ``field`` to False (``--no-eval`` sets ``eval``).
+        metavar: as argparse's (Enum types get ``{a,b,c}``).
+    """
+
+    flag: str
+    table: str | None
+    field: str | None
+    type: Callable[[str], object] | None = None
+    default: object = None
+    help: str = ""
+    invert: bool = False
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def choices(self) -> list | None:
+        return list(self.type) if isinstance(self.type, type) and issubclass(self.type, Enum) else None
+
+    def help_text(self) -> str:
+        """The help with its default filled in (``%`` is argparse's format character: write ``%%``)."""
+        if "{default}" in self.help:
+            return self.help.replace("{default}", shown(self.default))
+        if self.type is None or self.default is None:
+            return self.help
+        return f"{self.help} (default: {shown(self.default)})".lstrip()
+
+    def value(self, args: argparse.Namespace) -> object:
+        """The field's value from parsed flags."""
+        value = getattr(args, self.dest)
+        return not value if self.invert else value
+
+
+def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
+    """``parser.add_argument`` for ``option`` (``parser`` may be an argument group)."""
+    if option.type is None:
+        parser.add_argument(option.flag, action="store_true", help=option.help_text())
+        return
+    choices = option.choices
+    metavar = option.metavar or ("{" + ",".join(shown(c) for c in choices) + "}" if choices else None)
+    parser.add_argument(option.flag, type=option.type, default=option.default, choices=choices, metavar=metavar,
+                        help=option.help_text())
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A command's options: what its parser, its ``--config`` reader and writer are built from.
+
+    Attributes:
+        prog: the command's name (for messages).
+        options: every option, the top-level ones first, then each component table's, in help order.
+    """
+
+    prog: str
+    options: tuple[Option, ...]
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The component tables, in order of first appearance."""
+        return tuple(dict.fromkeys(o.table for o in self.options if o.table is not None))
+
+    def option(self, dest: str) -> Option | None:
+        return next((o for o in self.options if o.dest == dest), None)

@@ -1,14 +1,20 @@
-"""``--config FILE.toml``: option defaults from a TOML file, and the resolved options written back as TOML.
+"""``--config FILE.toml``: option defaults read from a TOML file laid out as a command's :class:`Schema`, and the
+resolved options written back in that layout.
 
-Format: the keys are the command-line flag names, with dashes or underscores (``batch_size = 256``,
-``"max-steps" = 100``, ``precision = "amp"``, ``no_eval = true``). They may sit at the top level or, for
-readability only, under the tables ``[data]``, ``[loader]``, ``[optim]`` and ``[run]`` (any option in any of
-them). Precedence: built-in defaults < the file < flags given on the command line.
+Layout: the keys are the flag names, with dashes or underscores. Each component of the schema has its table,
+which holds that component's options only: for ``train``, ``[loader]`` (``batch_size = 256``, ``workers``, ...),
+``[optim]`` (``lr = 0.2``, ``momentum``, ...) and ``[checkpoint]`` (``checkpoint_dir = "ck"``, ``resume``, ...);
+the run's own options (``data``, ``loader = "cpu"``, ``epochs``, ``precision = "amp"``, ``no_eval = true``, ...)
+sit at the top level. A key under another component's table is an error naming the table it belongs in.
+Older files are still read: any option may sit at the top level (the flat form), and the tables ``[data]`` and
+``[run]`` group any option (readability only). Precedence: schema defaults < the file < flags given on the
+command line.
 
-Errors (missing file, bad TOML, unknown key, wrong type or value) are one line naming the file and the key.
+Errors (missing file, bad TOML, unknown table or key, a key in the wrong table, wrong type or value) are one
+line naming the file and the key.
 
-:func:`write_resolved` writes every effective option (None values left out) as flat ``key = value`` lines,
-which ``--config`` reads back to the same options.
+:func:`write_resolved` writes every effective option (None values left out), the run's own at the top level and
+the others in their component tables; ``--config`` reads it back to the same options.
 """
 
 from __future__ import annotations
@@ -21,121 +27,126 @@ import tomllib
 from enum import Enum
 from pathlib import Path
 
-TABLES = ("data", "loader", "optim", "run")  # grouping only: no meaning beyond readability
-SKIP = {"help", "config"}  # options that are not written to / read from a config file
+from tools.cli_common import Option, Schema, shown
+
+LEGACY_TABLES = ("data", "run")  # tables of older files: grouping only, any option (as at the top level)
 
 
 class ConfigFileError(ValueError):
     """A config file that cannot be used; the message is one line naming the file (and the key)."""
 
 
-def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """Options a file may set, by dest (``batch_size``)."""
-    return {a.dest: a for a in parser._actions if a.dest not in SKIP and a.option_strings}
-
-
-def _flatten(raw: dict, path: Path) -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            if key not in TABLES:
-                raise ConfigFileError(f"{path}: unknown table [{key}] (tables: {', '.join(TABLES)}, or none)")
-            items = [(f"{key}.{k}", k, v) for k, v in value.items()]
-        else:
-            items = [(key, key, value)]
-        for shown, k, v in items:
-            if isinstance(v, dict):
-                raise ConfigFileError(f"{path}: key '{shown}': nested tables are not supported")
-            dest = k.replace("-", "_")
-            if dest in flat:
-                raise ConfigFileError(f"{path}: key '{shown}': set twice")
-            flat[dest] = (shown, v)
-    return flat
-
-
-def _convert(action: argparse.Action, shown: str, value: object, path: Path) -> object:
-    """A TOML value turned into what the flag's parser would give, or a one-line error."""
-    def bad(why: str) -> ConfigFileError:
-        return ConfigFileError(f"{path}: key '{shown}': {why}")
-
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if not isinstance(value, bool):
-            raise bad(f"expected true or false, got {type(value).__name__} {value!r}")
-        return value
-    if action.nargs not in (None, "?") or not isinstance(action, argparse._StoreAction):
-        raise bad("this option cannot be set from a config file")
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise bad(f"expected a {'string' if action.type in (None, str, Path) else 'number or string'}, "
-                  f"got {type(value).__name__} {value!r}")
-    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+def _read(path: Path) -> dict:
     try:
-        converted = action.type(text) if action.type is not None else text
-    except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-        choices = "" if action.choices is None else f"; choose from {', '.join(str(_plain(c)) for c in action.choices)}"
-        raise bad(f"invalid value {value!r} ({exc}{choices})") from None
-    if isinstance(value, str) and isinstance(converted, (int, float)) and not isinstance(converted, bool):
-        raise bad(f"expected a number, got the string {value!r}")
-    if isinstance(value, float) and isinstance(converted, int):
-        raise bad(f"expected an integer, got {value!r}")
-    if action.choices is not None and converted not in action.choices:
-        raise bad(f"invalid choice {value!r} (choose from {', '.join(str(_plain(c)) for c in action.choices)})")
-    return converted
-
-
-def load_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, object]:
-    """Options from a TOML file, converted like the command line would, by dest.
-
-    Raises:
-        ConfigFileError: missing/unreadable file, invalid TOML, unknown key, wrong type or value.
-    """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigFileError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigFileError(f"{path}: cannot read the config file ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: invalid TOML ({exc})") from None
-    options = _options(parser)
-    out = {}
-    for dest, (shown, value) in _flatten(raw, path).items():
-        if dest not in options:
-            raise ConfigFileError(f"{path}: unknown key '{shown}' (not an option of {parser.prog})")
-        out[dest] = _convert(options[dest], shown, value, path)
+
+
+def _where(table: str | None) -> str:
+    return "at the top level" if table is None else f"in [{table}]"
+
+
+def _entries(raw: dict, schema: Schema, path: Path) -> list[tuple[str, str | None, str, object]]:
+    """``(shown key, table or None, key, value)`` of every key of the file; unknown tables are errors."""
+    entries = []
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            entries.append((key, None, key, value))
+            continue
+        if key not in schema.tables and key not in LEGACY_TABLES:
+            raise ConfigFileError(f"{path}: unknown table [{key}] (tables: {', '.join(schema.tables)}; "
+                                  f"{' and '.join(LEGACY_TABLES)} in older files; or none)")
+        entries += [(f"{key}.{k}", key, k, v) for k, v in value.items()]
+    return entries
+
+
+def _option(schema: Schema, path: Path, shown_key: str, table: str | None, key: str, value: object) -> Option:
+    """The option a key sets, checked to stand where it belongs."""
+    if isinstance(value, dict):
+        raise ConfigFileError(f"{path}: key '{shown_key}': nested tables are not supported")
+    option = schema.option(key.replace("-", "_"))
+    if option is None:
+        raise ConfigFileError(f"{path}: unknown key '{shown_key}' (not an option of {schema.prog})")
+    if table in schema.tables and option.table != table:
+        raise ConfigFileError(f"{path}: key '{shown_key}' belongs {_where(option.table)}, not in [{table}]")
+    return option
+
+
+def _convert(option: Option, shown_key: str, value: object, path: Path) -> object:
+    """A TOML value turned into what the flag's parser would give, or a one-line error."""
+    def bad(why: str) -> ConfigFileError:
+        return ConfigFileError(f"{path}: key '{shown_key}': {why}")
+
+    if option.type is None:
+        if not isinstance(value, bool):
+            raise bad(f"expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise bad(f"expected a {'string' if option.type in (str, Path) else 'number or string'}, "
+                  f"got {type(value).__name__} {value!r}")
+    text = value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+    try:
+        converted = option.type(text)
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+        choices = "" if option.choices is None else f"; choose from {', '.join(shown(c) for c in option.choices)}"
+        raise bad(f"invalid value {value!r} ({exc}{choices})") from None
+    if isinstance(value, str) and isinstance(converted, (int, float)) and not isinstance(converted, bool):
+        raise bad(f"expected a number, got the string {value!r}")
+    if isinstance(value, float) and isinstance(converted, int):
+        raise bad(f"expected an integer, got {value!r}")
+    return converted
+
+
+def load_defaults(schema: Schema, path: Path) -> dict[str, object]:
+    """Options from a TOML file, converted like the command line would, by dest (``batch_size``).
+
+    Raises:
+        ConfigFileError: missing/unreadable file, invalid TOML, unknown table or key, a key in the wrong table,
+            a key set twice, wrong type or value.
+    """
+    path = Path(path)
+    out: dict[str, object] = {}
+    for shown_key, table, key, value in _entries(_read(path), schema, path):
+        option = _option(schema, path, shown_key, table, key, value)
+        if option.dest in out:
+            raise ConfigFileError(f"{path}: key '{shown_key}': set twice")
+        out[option.dest] = _convert(option, shown_key, value, path)
     return out
 
 
-def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Add ``--config``, apply the file's values as defaults, then parse ``argv`` (flags win).
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE.toml`` (read by :func:`parse_args_with_config`)."""
+    parser.add_argument("--config", type=Path, metavar="FILE.toml",
+                        help="option defaults from a TOML file (keys = flag names; a group's options below in its "
+                             "table, the run's at the top level; flags given here win); see docs/launch.md")
 
-    A bad file ends the process through ``parser.error`` (usage + one line, exit 2).
+
+def parse_args_with_config(parser: argparse.ArgumentParser, schema: Schema,
+                           argv: list[str] | None = None) -> argparse.Namespace:
+    """Apply the ``--config`` file's values as defaults, then parse ``argv`` (flags win).
+
+    ``parser`` has ``--config`` (:func:`add_config_option`). A bad file ends the process through
+    ``parser.error`` (usage + one line, exit 2).
     """
-    if "config" not in {a.dest for a in parser._actions}:
-        parser.add_argument("--config", type=Path, metavar="FILE.toml",
-                            help="option defaults from a TOML file (keys = flag names; flags given here win); "
-                                 "see docs/launch.md")
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path)
     known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.config is not None:
         try:
-            parser.set_defaults(**load_defaults(parser, known.config))
+            parser.set_defaults(**load_defaults(schema, known.config))
         except ConfigFileError as exc:
             parser.error(str(exc))
     return parser.parse_args(argv)
 
 
-def _plain(value: object) -> object:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _toml_value(value: object) -> str:
-    value = _plain(value)
+    if isinstance(value, Enum):
+        value = value.value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -146,20 +157,22 @@ def _toml_value(value: object) -> str:
         if math.isinf(value):
             return "inf" if value > 0 else "-inf"
         return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value), ensure_ascii=False)  # a valid TOML basic string
     if isinstance(value, (tuple, list)):  # comma-list flags (--milestones 30,60,80) are written as their text
-        return json.dumps(",".join(str(_plain(v)) for v in value))
+        return json.dumps(shown(value))
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")
 
 
-def resolved_toml(parser: argparse.ArgumentParser, args: argparse.Namespace, header: str = "") -> str:
-    """Every effective option of ``args`` as flat ``key = value`` lines (None values left out)."""
+def resolved_toml(schema: Schema, args: argparse.Namespace, header: str = "") -> str:
+    """Every effective option of ``args`` (None values left out): the top-level ones, then each component table."""
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
-    for dest in _options(parser):
-        value = getattr(args, dest, None)
-        if value is not None:
-            lines.append(f"{dest} = {_toml_value(value)}")
+    for table in (None, *schema.tables):
+        items = [f"{o.dest} = {_toml_value(getattr(args, o.dest))}" for o in schema.options
+                 if o.table == table and getattr(args, o.dest, None) is not None]
+        if table is not None and items:
+            lines += ["", f"[{table}]"]
+        lines += items
     return "\n".join(lines) + "\n"
 
 
@@ -169,12 +182,12 @@ def resolved_path(metrics_json: Path) -> Path:
     return metrics_json.with_name(metrics_json.stem + ".config.toml")
 
 
-def write_resolved(parser: argparse.ArgumentParser, args: argparse.Namespace, path: Path) -> Path:
+def write_resolved(schema: Schema, args: argparse.Namespace, path: Path) -> Path:
     """Write the resolved options to ``path`` (parent folders made); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     argv = " ".join(sys.argv[1:])
-    header = (f"resolved options of `{parser.prog} {argv}`".rstrip() + "\n"
-              f"reproduce: {parser.prog} --config {path.name}")
-    path.write_text(resolved_toml(parser, args, header))
+    header = (f"resolved options of `{schema.prog} {argv}`".rstrip() + "\n"
+              f"reproduce: {schema.prog} --config {path.name}")
+    path.write_text(resolved_toml(schema, args, header))
     return path

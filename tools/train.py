@@ -1,8 +1,12 @@
-"""``train --data DIR --loader cpu|dali|folder|synthetic [options]``: ResNet50 v1.5 on webdataset shards.
+"""``train --data DIR --loader cpu|dali|nvjpeg|folder|synthetic [options]``: ResNet50 v1.5 on webdataset shards.
 
 Single process: ``train --data shards/``. Several (DDP, gloo on CPU / NCCL on CUDA):
 ``torchrun --nproc-per-node N $(which train) --data shards/``. Prints one row of FlagPerf's
 results table (e2e_time, p_whole, p_train, p_core, acc1, mem) and writes it to --metrics-json.
+
+This module is the command line: its flags, grouped by component as in a --config file, each set one field of
+the config schema (train/config.py, which holds every default and checks every value); it parses them into a
+TrainConfig and runs it.
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ from pathlib import Path
 
 from pipeline.backends import LoaderConfig, LoaderKind
 from pipeline.dataset import DatasetError
-from tools.cli_common import error_line, positive
-from train.config import CheckpointConfig, OptimConfig, TrainConfig
+from tools.cli_common import Option, Schema, add_option, error_line, positive
+from tools.config_file import add_config_option, parse_args_with_config, resolved_path, write_resolved
+from train.config import CheckpointConfig, OptimConfig, TrainConfig, default_of
 from train.precision import Precision
 from train.recipe import Resolution, Schedule
 from train.clock import Timing
+
+# Each component of the schema: its TrainConfig field and its --config table (TrainConfig's own: the top level).
+COMPONENTS = {TrainConfig: (None, None), LoaderConfig: ("loader_cfg", "loader"), OptimConfig: ("optim", "optim"),
+              CheckpointConfig: ("checkpoint", "checkpoint")}
+_FROM_SCHEMA = object()
 
 
 def _data_location(text: str) -> Path | str:
@@ -38,89 +48,124 @@ def _epoch_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def _resolution(args: argparse.Namespace) -> Resolution | None:
-    if args.min_train_size is None and args.eval_size is None:
-        return None
-    start = args.min_train_size or args.image_size
-    ramp = args.ramp_epochs or (0, max(0, args.epochs - 1))
-    return Resolution(start=start, end=args.image_size, ramp_start=ramp[0], ramp_end=ramp[1],
-                      eval=args.eval_size or args.image_size, step=32 if start % 32 == 0 else 8)
+def _epoch_range(text: str) -> tuple[int, int]:
+    values = _epoch_list(text)
+    if len(values) != 2 or values[0] > values[1]:
+        raise argparse.ArgumentTypeError(f"takes FIRST,LAST with FIRST <= LAST, e.g. 10,70; got {text!r}")
+    return values
+
+
+def _opt(cls: type, field: str, flag: str, type=None, help: str = "", *, invert: bool = False,
+         metavar: str | None = None, default: object = _FROM_SCHEMA, table: object = _FROM_SCHEMA) -> Option:
+    """The flag of field ``cls.field``, its default read from the dataclass (a switch's is off: it sets the field
+    to ``not invert``), in the table of ``cls`` unless ``table`` is given."""
+    if default is _FROM_SCHEMA:
+        default = False if type is None else default_of(cls, field)
+    attr, cls_table = COMPONENTS[cls]
+    return Option(flag, cls_table if table is _FROM_SCHEMA else table, f"{attr}.{field}" if attr else field, type,
+                  default, help, invert, metavar)
+
+
+def _input(flag: str, type, help: str) -> Option:
+    """A top-level flag that is no field of its own (mapped by :func:`config_from_args`); default None."""
+    return Option(flag, None, None, type, None, help)
+
+
+RUN_OPTIONS = (
+    _opt(TrainConfig, "data", "--data", _data_location,
+         "shard folder written by shard-imagenet, or its http(s):// / s3:// URL prefix (cpu loader); an "
+         "ImageFolder root with train/ and val/ for --loader folder; optional for synthetic"),
+    _opt(TrainConfig, "epochs", "--epochs", positive(int), "epochs, each followed by eval"),
+    _opt(TrainConfig, "max_steps", "--max-steps", positive(int), "stop after this many train steps in total"),
+    _opt(TrainConfig, "precision", "--precision", Precision, "auto = amp on CUDA, fp32 on CPU"),
+    _opt(TrainConfig, "seed", "--seed", int, "seed of model init, data order and crops"),
+    _opt(TrainConfig, "eval", "--no-eval", help="skip the per-epoch evaluation", invert=True),
+    _opt(TrainConfig, "zero_init_residual", "--no-zero-init-residual", invert=True,
+         help="keep torchvision's default init of the last BN of each block (default: zero-init)"),
+    _opt(TrainConfig, "ema_decay", "--ema-decay", float, "keep and evaluate an EMA of the weights (e.g. 0.9999)"),
+    _opt(TrainConfig, "target_acc1", "--target-acc1", float,
+         "stop after the first eval reaching this top-1 %% (FlagPerf)"),
+    _opt(TrainConfig, "compile", "--compile", help="torch.compile the model"),
+    _opt(TrainConfig, "channels_last", "--no-channels-last", invert=True,
+         help="NCHW model and batches (default: channels-last)"),
+    _opt(TrainConfig, "tf32", "--tf32", help="allow TF32 math in fp32 mode on CUDA (default: off)"),
+    _input("--min-train-size", positive(int),
+           "progressive resizing: train at this side first, growing to --image-size over --ramp-epochs"),
+    _input("--ramp-epochs", _epoch_range, "FIRST,LAST epoch of the resize ramp (default: 0,epochs-1)"),
+    _input("--eval-size", positive(int), "eval side, px (default: --image-size)"),
+    _opt(TrainConfig, "warmup_steps", "--warmup-steps", int, "first steps left out of p_whole/p_train/p_core and "
+         "reported separately (default: min(20, total steps // 5))"),
+    _opt(TrainConfig, "metrics_json", "--metrics-json", Path, "write the metrics here (rank 0)"),
+    _opt(TrainConfig, "log_jsonl", "--log-jsonl", Path, "append one JSON line per --log-every steps here (rank "
+         "0): loss, lr, img/s, data wait of the window"),
+    _opt(TrainConfig, "log_every", "--log-every", positive(int), "steps per --log-jsonl line"),
+    _opt(TrainConfig, "timing", "--timing", Timing,
+         "events: CUDA events on the training stream, read once per log window / epoch (default on CUDA); sync: "
+         "FlagPerf's device synchronisation at every timer edge (and a DDP barrier per step); the same on a CPU"),
+    _opt(TrainConfig, "test_only", "--test-only",
+         help="evaluate a checkpoint on val (top-1/top-5, FlagPerf row), no training: --checkpoint FILE, or the "
+              "newest in --checkpoint-dir"),
+)
+LOADER_OPTIONS = (  # --loader too: a TOML file cannot hold both a top-level key `loader` and a table [loader]
+    _opt(TrainConfig, "loader", "--loader", LoaderKind, "decode backend", table="loader"),
+    _opt(LoaderConfig, "batch_size", "--batch-size", positive(int), "per-rank batch size"),
+    _opt(LoaderConfig, "image_size", "--image-size", positive(int), "train/eval crop side, px"),
+    _opt(LoaderConfig, "workers", "--workers", int, default=None,
+         help="CPU decode workers (DALI threads) per rank (default: the cores available divided by the ranks on "
+              "this node)"),
+    _opt(LoaderConfig, "shuffle_buffer", "--shuffle-buffer", positive(int), "per-worker train shuffle buffer"),
+    _opt(LoaderConfig, "synthetic_train_samples", "--synthetic-train-samples", positive(int),
+         "synthetic epoch size without --data (default: ILSVRC2012 train, {default})"),
+    _opt(LoaderConfig, "synthetic_val_samples", "--synthetic-val-samples", positive(int),
+         "synthetic eval size without --data (default: ILSVRC2012 val, {default}; on a slow device lower it or "
+         "pass --no-eval)"),
+)
+# recipe defaults: NVIDIA DLE ResNet50 v1.5 (see train/recipe.py and OptimConfig)
+OPTIM_OPTIONS = (
+    _opt(OptimConfig, "lr", "--lr", positive(float), "peak learning rate (default: --lr-per-256 × global batch / "
+         "256)"),
+    _opt(OptimConfig, "lr_per_256", "--lr-per-256", positive(float), "peak LR per 256 images"),
+    _opt(OptimConfig, "momentum", "--momentum", float, "SGD momentum"),
+    _opt(OptimConfig, "nesterov", "--nesterov", help="Nesterov momentum"),
+    _opt(OptimConfig, "weight_decay", "--weight-decay", float,
+         "weight decay of conv and linear weights (default: 1/32768 = {default})"),
+    _opt(OptimConfig, "decay_bn_and_bias", "--decay-bn-bias",
+         help="also apply weight decay to BN parameters and biases"),
+    _opt(OptimConfig, "label_smoothing", "--label-smoothing", float, "cross-entropy label smoothing"),
+    _opt(OptimConfig, "warmup_epochs", "--warmup-epochs", float, "linear warmup length, epochs"),
+    _opt(OptimConfig, "schedule", "--schedule", Schedule,
+         "after warmup: cosine to 0, or step (x --gamma at each of --milestones)"),
+    _opt(OptimConfig, "milestones", "--milestones", _epoch_list, "step schedule epochs"),
+    _opt(OptimConfig, "gamma", "--gamma", float, "step schedule factor"),
+)
+CHECKPOINT_OPTIONS = (
+    _opt(CheckpointConfig, "dir", "--checkpoint-dir", Path, "write checkpoints ckpt-step{step:08d}.pt here (rank "
+         "0, atomic: a kill -9 never leaves a partial one under the final name)"),
+    _opt(CheckpointConfig, "every", "--checkpoint-every", positive(int), metavar="N",
+         help="save every N train steps (default: at every epoch end); always also at the end of the run"),
+    _opt(CheckpointConfig, "keep", "--checkpoint-keep", positive(int), "keep the newest K checkpoints",
+         metavar="K"),
+    _opt(CheckpointConfig, "resume", "--resume",
+         help="continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, LR "
+              "schedule, RNG); with no checkpoint there, start fresh with a note"),
+    _opt(CheckpointConfig, "file", "--checkpoint", Path, "the checkpoint --test-only evaluates", metavar="FILE"),
+)
+SCHEMA = Schema("train", RUN_OPTIONS + LOADER_OPTIONS + OPTIM_OPTIONS + CHECKPOINT_OPTIONS)
+_GROUPS = (("run", "the run's own options (top level of a --config file)", RUN_OPTIONS),
+           ("loader", "input pipeline ([loader] in a --config file)", LOADER_OPTIONS),
+           ("optimizer", "SGD, LR schedule, regularisation; defaults: NVIDIA DLE's ResNet50 v1.5 recipe ([optim] "
+                         "in a --config file)", OPTIM_OPTIONS),
+           ("checkpoints", "[checkpoint] in a --config file", CHECKPOINT_OPTIONS))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``train`` parser: one argument group per component of the schema, plus ``--config``."""
     p = argparse.ArgumentParser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=_data_location,
-                   help="shard folder written by shard-imagenet, or its http(s):// / s3:// URL prefix (cpu loader); "
-                        "an ImageFolder root with train/ and val/ for --loader folder; optional for synthetic")
-    p.add_argument("--loader", type=LoaderKind, choices=list(LoaderKind), default=LoaderKind.CPU,
-                   metavar="{" + ",".join(k.value for k in LoaderKind) + "}", help="decode backend (default: cpu)")
-    p.add_argument("--epochs", type=positive(int), default=1, help="epochs, each followed by eval (default: 1)")
-    p.add_argument("--max-steps", type=positive(int), help="stop after this many train steps in total")
-    p.add_argument("--batch-size", type=positive(int), default=256, help="per-rank batch size (default: 256)")
-    p.add_argument("--image-size", type=positive(int), default=224, help="train/eval crop side, px (default: 224)")
-    # recipe defaults: NVIDIA DLE ResNet50 v1.5 (see train/recipe.py)
-    p.add_argument("--lr", type=positive(float), help="peak learning rate (default: --lr-per-256 × global batch / 256)")
-    p.add_argument("--lr-per-256", type=positive(float), default=0.256, help="peak LR per 256 images (default: 0.256)")
-    p.add_argument("--momentum", type=float, default=0.875, help="SGD momentum (default: 0.875)")
-    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=1 / 32768, help="(default: 1/32768 = 3.05e-5)")
-    p.add_argument("--decay-bn-bias", action="store_true", help="also apply weight decay to BN parameters and biases")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--warmup-epochs", type=float, default=8.0, help="linear warmup length (default: 8)")
-    p.add_argument("--schedule", type=Schedule, choices=list(Schedule), default=Schedule.COSINE,
-                   metavar="{" + ",".join(k.value for k in Schedule) + "}",
-                   help="after warmup: cosine to 0, or step (x --gamma at each of --milestones) (default: cosine)")
-    p.add_argument("--milestones", type=_epoch_list, default=(30, 60, 80), help="step schedule epochs (30,60,80)")
-    p.add_argument("--gamma", type=float, default=0.1, help="step schedule factor (default: 0.1)")
-    p.add_argument("--no-zero-init-residual", action="store_true",
-                   help="keep torchvision's default init of the last BN of each block (default: zero-init)")
-    p.add_argument("--ema-decay", type=float, help="keep and evaluate an EMA of the weights (e.g. 0.9999)")
-    p.add_argument("--target-acc1", type=float, help="stop after the first eval reaching this top-1 %% (FlagPerf)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--no-channels-last", action="store_true", help="NCHW model and batches (default: channels-last)")
-    p.add_argument("--tf32", action="store_true", help="allow TF32 math in fp32 mode on CUDA (default: off)")
-    p.add_argument("--min-train-size", type=positive(int), help="progressive resizing: train at this side first, "
-                                                                   "growing to --image-size over --ramp-epochs")
-    p.add_argument("--ramp-epochs", type=_epoch_list, default=None, help="FIRST,LAST epoch of the resize ramp "
-                                                                          "(default: 0,epochs-1)")
-    p.add_argument("--eval-size", type=positive(int), help="eval side, px (default: --image-size)")
-    p.add_argument("--workers", type=int, help="CPU decode workers (DALI threads) per rank (default: the cores "
-                                                "available divided by the ranks on this node)")
-    p.add_argument("--shuffle-buffer", type=positive(int), default=500, help="per-worker train shuffle buffer")
-    p.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
-                   metavar="{" + ",".join(k.value for k in Precision) + "}",
-                   help="auto = amp on CUDA, fp32 on CPU (default: auto)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-eval", action="store_true", help="skip the per-epoch evaluation")
-    p.add_argument("--synthetic-train-samples", type=positive(int), default=1_281_167,
-                   help="synthetic epoch size without --data (default: ILSVRC2012 train)")
-    p.add_argument("--synthetic-val-samples", type=positive(int), default=50_000,
-                   help="synthetic eval size without --data (default: ILSVRC2012 val; on a slow device lower it "
-                        "or pass --no-eval)")
-    p.add_argument("--warmup-steps", type=int, help="first steps left out of p_whole/p_train/p_core and reported "
-                                                     "separately (default: min(20, total steps // 5))")
-    p.add_argument("--metrics-json", type=Path, help="write the metrics here (rank 0)")
-    p.add_argument("--log-jsonl", type=Path, help="append one JSON line per --log-every steps here (rank 0): loss, "
-                                                  "lr, img/s, data wait of the window")
-    p.add_argument("--log-every", type=positive(int), default=50, help="steps per --log-jsonl line (default: 50)")
-    p.add_argument("--checkpoint-dir", type=Path, help="write checkpoints ckpt-step{step:08d}.pt here (rank 0, atomic: "
-                                                      "a kill -9 never leaves a partial one under the final name)")
-    p.add_argument("--checkpoint-every", type=positive(int), metavar="N",
-                   help="save every N train steps (default: at every epoch end); always also at the end of the run")
-    p.add_argument("--checkpoint-keep", type=positive(int), default=2, metavar="K",
-                   help="keep the newest K checkpoints (default: 2)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, "
-                        "LR schedule, RNG); with no checkpoint there, start fresh with a note")
-    p.add_argument("--test-only", action="store_true",
-                   help="evaluate a checkpoint on val (top-1/top-5, FlagPerf row), no training: --checkpoint FILE, or "
-                        "the newest in --checkpoint-dir")
-    p.add_argument("--checkpoint", type=Path, metavar="FILE", help="the checkpoint --test-only evaluates")
-    p.add_argument("--timing", type=Timing, choices=list(Timing), default=None,
-                   metavar="{" + ",".join(k.value for k in Timing) + "}",
-                   help="events: CUDA events on the training stream, read once per log window / epoch (default on "
-                        "CUDA); sync: FlagPerf's device synchronisation at every timer edge (and a DDP barrier per "
-                        "step); the same on a CPU")
+    for title, description, options in _GROUPS:
+        group = p.add_argument_group(title, description)
+        for option in options:
+            add_option(group, option)
+    add_config_option(p)
     return p
 
 
@@ -132,95 +177,87 @@ def default_workers_per_rank() -> int:
     return max(1, default_workers() // local_world_size())
 
 
+def _resolution(args: argparse.Namespace) -> Resolution | None:
+    """``--min-train-size`` / ``--ramp-epochs`` / ``--eval-size`` as a Resolution (None: none given)."""
+    if args.ramp_epochs is not None and args.min_train_size is None:
+        raise ValueError("--ramp-epochs needs --min-train-size (the size the ramp starts from)")
+    if args.min_train_size is None and args.eval_size is None:
+        return None
+    start = args.min_train_size or args.image_size
+    ramp = args.ramp_epochs or (0, max(0, args.epochs - 1))
+    return Resolution(start=start, end=args.image_size, ramp_start=ramp[0], ramp_end=ramp[1],
+                      eval=args.eval_size or args.image_size, step=32 if start % 32 == 0 else 8)
+
+
+def _fields(args: argparse.Namespace, attr: str | None) -> dict[str, object]:
+    """Field values of the component at TrainConfig field ``attr`` (None: TrainConfig's own) from parsed flags."""
+    fields = {}
+    for o in SCHEMA.options:
+        owner, _, name = (o.field or "").rpartition(".")
+        if o.field is not None and (owner or None) == attr:
+            fields[name] = o.value(args)
+    return fields
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Map parsed flags onto the frozen configs."""
-    workers = args.workers if args.workers is not None else default_workers_per_rank()
-    return TrainConfig(
-        data=args.data,
-        loader=args.loader,
-        loader_cfg=LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=workers,
-                                seed=args.seed, shuffle_buffer=args.shuffle_buffer,
-                                synthetic_train_samples=args.synthetic_train_samples,
-                                synthetic_val_samples=args.synthetic_val_samples),
-        optim=OptimConfig(lr=args.lr, lr_per_256=args.lr_per_256, momentum=args.momentum, nesterov=args.nesterov,
-                          weight_decay=args.weight_decay, decay_bn_and_bias=args.decay_bn_bias,
-                          label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
-                          schedule=args.schedule, milestones=args.milestones, gamma=args.gamma),
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        precision=args.precision,
-        seed=args.seed,
-        metrics_json=args.metrics_json,
-        eval=not args.no_eval,
-        warmup_steps=args.warmup_steps,
-        zero_init_residual=not args.no_zero_init_residual,
-        ema_decay=args.ema_decay,
-        target_acc1=args.target_acc1,
-        compile=args.compile,
-        tf32=args.tf32,
-        resolution=_resolution(args),
-        log_jsonl=args.log_jsonl,
-        channels_last=not args.no_channels_last,
-        log_every=args.log_every,
-        checkpoint=CheckpointConfig(dir=args.checkpoint_dir, every=args.checkpoint_every, keep=args.checkpoint_keep,
-                                    resume=args.resume, file=args.checkpoint),
-        timing=args.timing,
-        test_only=args.test_only,
-    )
+    """Map parsed flags onto the frozen configs (``--seed`` seeds the loader too).
+
+    Raises:
+        ValueError: a value or combination the schema rejects (one line naming the flag).
+    """
+    loader = _fields(args, "loader_cfg")
+    if loader["workers"] is None:
+        loader["workers"] = default_workers_per_rank()
+    return TrainConfig(**_fields(args, None), loader_cfg=LoaderConfig(**loader, seed=args.seed),
+                       optim=OptimConfig(**_fields(args, "optim")),
+                       checkpoint=CheckpointConfig(**_fields(args, "checkpoint")), resolution=_resolution(args))
+
+
+def _check_checkpoint_paths(cfg: TrainConfig) -> None:
+    """The checkpoint file / folder exist, and a training run can write its folder (made here).
+
+    Raises:
+        ValueError: one line naming the flag.
+    """
+    ck = cfg.checkpoint
+    if ck.file is not None and not ck.file.is_file():
+        raise ValueError(f"--checkpoint {ck.file}: no such file")
+    if ck.dir is not None and cfg.test_only and not ck.dir.is_dir():
+        raise ValueError(f"--checkpoint-dir {ck.dir}: no such folder (--test-only reads its newest checkpoint)")
+    if ck.dir is not None and not cfg.test_only:
+        try:
+            ck.dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(ck.dir, os.W_OK):
+                raise PermissionError("not writable")
+        except OSError as exc:
+            raise ValueError(f"--checkpoint-dir {ck.dir}: cannot write there "
+                             f"({getattr(exc, 'strerror', None) or exc}); pick a writable folder") from None
+
+
+def _is_rank0() -> bool:
+    """Global rank 0 under torchrun (or a single process): the one that writes the resolved config."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tools.config_file import parse_args_with_config, resolved_path, write_resolved
-
     parser = build_parser()
-    args = parse_args_with_config(parser, argv)  # adds --config FILE.toml: defaults < file < flags
-    if args.workers is not None and args.workers < 0:
-        parser.error("--workers must be >= 0")
-    if args.warmup_epochs < 0 or not 0 <= args.label_smoothing < 1 or args.weight_decay < 0:
-        parser.error("--warmup-epochs and --weight-decay must be >= 0, --label-smoothing in [0, 1)")
-    if (args.resume or args.checkpoint_every is not None) and args.checkpoint_dir is None:
-        parser.error("--resume and --checkpoint-every need --checkpoint-dir DIR")
-    if args.test_only and args.checkpoint is None and args.checkpoint_dir is None:
-        parser.error("--test-only needs --checkpoint FILE or --checkpoint-dir DIR (its newest checkpoint)")
-    if args.checkpoint is not None and not args.test_only:
-        parser.error("--checkpoint FILE is for --test-only (to continue training use --checkpoint-dir DIR --resume)")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint}: no such file")
-    if args.checkpoint_dir is not None and args.test_only and not args.checkpoint_dir.is_dir():
-        parser.error(f"--checkpoint-dir {args.checkpoint_dir}: no such folder (--test-only reads its newest checkpoint)")
-    if args.checkpoint_dir is not None and not args.test_only:
-        try:
-            args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            if not os.access(args.checkpoint_dir, os.W_OK):
-                raise PermissionError("not writable")
-        except OSError as exc:
-            parser.error(f"--checkpoint-dir {args.checkpoint_dir}: cannot write there "
-                         f"({getattr(exc, 'strerror', None) or exc}); pick a writable folder")
-    if args.gamma <= 0:
-        parser.error(f"--gamma must be > 0, got {args.gamma}")
-    if list(args.milestones) != sorted(args.milestones):
-        parser.error(f"--milestones must be increasing, got {','.join(map(str, args.milestones))}")
-    if args.target_acc1 is not None and not 0 <= args.target_acc1 <= 100:
-        parser.error(f"--target-acc1 takes a top-1 in [0, 100], got {args.target_acc1}")
-    if args.target_acc1 is not None and args.no_eval:
-        print(f"train: note: --no-eval: the target top-1 {args.target_acc1}% is never checked", file=sys.stderr)
-    if args.min_train_size is not None and args.min_train_size > args.image_size:
-        parser.error(f"--min-train-size {args.min_train_size} is above --image-size {args.image_size} (the size the "
-                     f"ramp grows to)")
-    if args.ramp_epochs is not None:
-        if args.min_train_size is None:
-            parser.error("--ramp-epochs needs --min-train-size (the size the ramp starts from)")
-        if len(args.ramp_epochs) != 2 or args.ramp_epochs[0] > args.ramp_epochs[1]:
-            parser.error("--ramp-epochs takes FIRST,LAST with FIRST <= LAST, e.g. 10,70")
-    if args.metrics_json is not None and os.environ.get("RANK", "0") == "0":
-        write_resolved(parser, args, resolved_path(args.metrics_json))  # metrics.json -> metrics.config.toml
+    args = parse_args_with_config(parser, SCHEMA, argv)  # schema defaults < --config FILE.toml < flags
+    try:
+        cfg = config_from_args(args)
+        _check_checkpoint_paths(cfg)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if cfg.target_acc1 is not None and not cfg.eval:
+        print(f"train: note: --no-eval: the target top-1 {cfg.target_acc1}% is never checked", file=sys.stderr)
+    if cfg.metrics_json is not None and _is_rank0():
+        write_resolved(SCHEMA, args, resolved_path(cfg.metrics_json))  # metrics.json -> metrics.config.toml
     from train.loop import run  # imported late: torch start-up is not needed for --help
 
     from pipeline.backends.cpu import SampleDecodeError
     from pipeline.read.tarstream import ShardReadError
 
     try:
-        run(config_from_args(args))
+        run(cfg)
     except (DatasetError, ValueError, SampleDecodeError, ShardReadError) as exc:
         print(f"train: error: {error_line(exc)}", file=sys.stderr)
         return 2

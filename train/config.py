@@ -1,14 +1,41 @@
-"""Frozen per-component configuration of a training run (the CLI flags map onto these)."""
+"""The schema of a training run: one frozen dataclass per component, each holding its options' only defaults
+and checking its own values (one-line ``ValueError`` naming the flag). The ``train`` flags and the ``--config``
+file tables are read from these (see tools/train.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 from pipeline.backends import LoaderConfig, LoaderKind
 from train.precision import Precision
 from train.recipe import Resolution, Schedule
 from train.clock import Timing
+
+
+def default_of(cls: type, name: str) -> object:
+    """The default of field ``name`` of the dataclass ``cls`` (its factory called): where a flag reads its default.
+
+    Raises:
+        KeyError: no such field, or a field without a default.
+    """
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"{cls.__name__}.{name}: no such field with a default")
+
+
+def _check(rules: Iterable[tuple[bool, str]]) -> None:
+    """Raise ValueError with the message of the first rule whose condition is False."""
+    for ok, message in rules:
+        if not ok:
+            raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -37,6 +64,21 @@ class OptimConfig:
     milestones: tuple[int, ...] = (30, 60, 80)
     gamma: float = 0.1
 
+    def __post_init__(self) -> None:
+        m = self.milestones
+        _check([
+            (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.lr_per_256 > 0, f"--lr-per-256 must be > 0, got {self.lr_per_256}"),
+            (self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum}"),
+            (not self.nesterov or self.momentum > 0, f"--nesterov needs --momentum > 0, got {self.momentum}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
+            (self.gamma > 0, f"--gamma must be > 0, got {self.gamma}"),
+            (list(m) == sorted(m) and all(v >= 0 for v in m),
+             f"--milestones must be increasing epochs >= 0, got {','.join(map(str, m))}"),
+        ])
+
     def peak_lr(self, global_batch: int) -> float:
         return self.lr if self.lr is not None else self.lr_per_256 * global_batch / 256
 
@@ -59,6 +101,14 @@ class CheckpointConfig:
     keep: int = 2
     resume: bool = False
     file: Path | None = None
+
+    def __post_init__(self) -> None:
+        _check([
+            (self.every is None or self.every >= 1, f"--checkpoint-every must be >= 1, got {self.every}"),
+            (self.keep >= 1, f"--checkpoint-keep must be >= 1, got {self.keep}"),
+            ((not self.resume and self.every is None) or self.dir is not None,
+             "--resume and --checkpoint-every need --checkpoint-dir DIR"),
+        ])
 
 
 @dataclass(frozen=True)
@@ -95,14 +145,14 @@ class TrainConfig:
             ``checkpoint.dir``).
     """
 
-    data: Path | str | None
-    loader: LoaderKind
-    loader_cfg: LoaderConfig
+    data: Path | str | None = None
+    loader: LoaderKind = LoaderKind.CPU
+    loader_cfg: LoaderConfig = field(default_factory=LoaderConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 1
     max_steps: int | None = None
     precision: Precision = Precision.AUTO
-    seed: int = 0
+    seed: int = default_of(LoaderConfig, "seed")
     metrics_json: Path | None = None
     eval: bool = True
     warmup_steps: int | None = None
@@ -118,6 +168,31 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     timing: Timing | None = None
     test_only: bool = False
+
+    def __post_init__(self) -> None:
+        ck, res = self.checkpoint, self.resolution
+        _check([
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
+            (self.warmup_steps is None or self.warmup_steps >= 0,
+             f"--warmup-steps must be >= 0, got {self.warmup_steps}"),
+            (self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
+            (self.ema_decay is None or 0 < self.ema_decay < 1, f"--ema-decay must be in (0, 1), got {self.ema_decay}"),
+            (self.target_acc1 is None or 0 <= self.target_acc1 <= 100,
+             f"--target-acc1 takes a top-1 in [0, 100], got {self.target_acc1}"),
+            (not self.test_only or ck.file is not None or ck.dir is not None,
+             "--test-only needs --checkpoint FILE or --checkpoint-dir DIR (its newest checkpoint)"),
+            (ck.file is None or self.test_only,
+             "--checkpoint FILE is for --test-only (to continue training use --checkpoint-dir DIR --resume)"),
+        ])
+        if res is not None:
+            _check([
+                (res.start <= res.end,
+                 f"--min-train-size {res.start} is above --image-size {res.end} (the size the ramp grows to)"),
+                (res.ramp_start <= res.ramp_end,
+                 f"--ramp-epochs takes FIRST,LAST with FIRST <= LAST, got {res.ramp_start},{res.ramp_end}"),
+                (res.eval >= 8, f"--eval-size must be >= 8, got {res.eval}"),
+            ])
 
     def resolved_warmup_steps(self, total_steps: int) -> int:
         """Warm-up steps for a process that runs ``total_steps``: explicit, or min(20, steps // 5) but never 0

@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - a dependency in pyproject; kept option
 # torchvision.transforms.RandomResizedCrop defaults (Szegedy et al. 2015, "Going deeper with convolutions").
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-# Eval resize ratio: the standard 224/256 (torchvision reference scripts, timm's DEFAULT_CROP_PCT).
+# Eval resize ratio: the standard 224/256 (torchvision reference scripts, timm's DEFAULT_CROP_PCT); defined
+# only here (LoaderConfig.crop_pct defaults to it).
 CROP_PCT = 0.875
 
 

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ TINY = ["--image-size", "32", "--batch-size", "2", "--max-steps", "2", "--no-eva
 
 def parse(argv: list[str]):
     parser = train_cli.build_parser()
-    return parser, parse_args_with_config(parser, argv)
+    return parser, parse_args_with_config(parser, train_cli.SCHEMA, argv)
 
 
 def options(args) -> dict:
@@ -77,6 +78,32 @@ def test_bad_file_is_a_one_line_error(tmp_path, capsys, text, expected):
     assert line.startswith(f"train: error: {cfg}: ") and expected in line, line
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("[optim]\nbatch_size = 8\n", "key 'optim.batch_size' belongs in [loader], not in [optim]"),
+    ("[loader]\nepochs = 2\n", "key 'loader.epochs' belongs at the top level, not in [loader]"),
+    ("[checkpoint]\nlr = 0.1\n", "key 'checkpoint.lr' belongs in [optim], not in [checkpoint]"),
+    ("[optim]\nresume = true\n", "key 'optim.resume' belongs in [checkpoint], not in [optim]"),
+    ("batch_size = 8\n[run]\nbatch-size = 4\n", "key 'run.batch-size': set twice"),
+], ids=["loader-key-in-optim", "run-key-in-loader", "optim-key-in-checkpoint", "checkpoint-key-in-optim", "twice"])
+def test_key_in_the_wrong_table_is_a_one_line_error(tmp_path, capsys, text, expected):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    line = error_line(capsys, ["--config", str(cfg)])
+    assert line == f"train: error: {cfg}: {expected}", line
+
+
+def test_component_tables_set_their_components(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('epochs = 3\nno_eval = true\n[loader]\nloader = "synthetic"\nbatch_size = 8\nworkers = 0\n'
+                   '[optim]\nlr = 0.5\nmilestones = "1,2"\n[checkpoint]\ncheckpoint_dir = "ck"\nresume = true\n'
+                   'checkpoint_keep = 3\n')
+    cfg = train_cli.config_from_args(parse(["--config", str(cfg)])[1])
+    assert cfg.epochs == 3 and not cfg.eval and cfg.loader.value == "synthetic"
+    assert (cfg.loader_cfg.batch_size, cfg.loader_cfg.workers) == (8, 0)
+    assert cfg.optim.lr == 0.5 and cfg.optim.milestones == (1, 2)
+    assert (cfg.checkpoint.dir, cfg.checkpoint.resume, cfg.checkpoint.keep) == (Path("ck"), True, 3)
+
+
 def test_missing_file_is_a_one_line_error(tmp_path, capsys):
     line = error_line(capsys, ["--config", str(tmp_path / "nope.toml")])
     assert line == f"train: error: {tmp_path / 'nope.toml'}: config file not found"
@@ -89,16 +116,23 @@ def test_resolved_config_round_trip(tmp_path):
                           "--metrics-json", str(tmp_path / "out" / "m.json")])
     assert resolved_path(args.metrics_json) == tmp_path / "out" / "m.config.toml"
     written = tmp_path / "resolved.toml"
-    written.write_text(resolved_toml(parser, args, "header\nlines"))
+    written.write_text(resolved_toml(train_cli.SCHEMA, args, "header\nlines"))
     text = written.read_text()
     assert 'data = "s3://bucket/shards"' in text and 'precision = "bf16"' in text and "no_eval = true" in text
     keys = {line.split(" = ")[0] for line in text.splitlines() if not line.startswith("#")}
     assert "max_steps" not in keys and "config" not in keys  # None values and --config itself left out
+    tables = tomllib.loads(text)  # grouped by component: the run's own options at the top level
+    assert tables["data"] == "s3://bucket/shards" and tables["epochs"] == 3 and tables["no_eval"] is True
+    assert tables["loader"] == {"loader": "cpu", "batch_size": 256, "image_size": 224, "workers": 2,
+                                "shuffle_buffer": 500, "synthetic_train_samples": 1_281_167,
+                                "synthetic_val_samples": 50_000}
+    assert tables["optim"]["lr"] == 0.3 and tables["optim"]["milestones"] == "30,60,80"
+    assert tables["checkpoint"] == {"checkpoint_keep": 2, "resume": False}
     _, again = parse(["--config", str(written)])
     assert options(again) == options(args)
     # and with a local path and every default
     parser, args = parse(["--data", str(tmp_path / "shards")])
-    written.write_text(resolved_toml(parser, args))
+    written.write_text(resolved_toml(train_cli.SCHEMA, args))
     assert options(parse(["--config", str(written)])[1]) == options(args)
 
 
@@ -129,7 +163,7 @@ def test_preset_maps_onto_a_train_config(preset):
     bs, lr = (256, 0.8) if precision == "fp32" else (512, 0.2)
     assert cfg.loader_cfg.batch_size == bs and cfg.optim.lr == lr
     assert cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 1e-4 and cfg.epochs == 100
-    assert set(load_defaults(parser, preset)) <= set(vars(args))
+    assert set(load_defaults(train_cli.SCHEMA, preset)) <= set(vars(args))
 
 
 @pytest.mark.slow
