@@ -1,7 +1,9 @@
-"""Process-group setup under torchrun and the few collectives the loop needs.
+"""Where this process sits in a torchrun job: process-group setup, the node's share of CPU cores, and the few
+collectives the loop needs.
 
-torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; without
-them the run is a single process. Backend: NCCL when CUDA is present, gloo otherwise.
+torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT``; without them the run is a single process. Backend: NCCL when CUDA is present, gloo otherwise.
+The one place in train/ that reads torchrun's environment.
 """
 
 from __future__ import annotations
@@ -115,6 +117,12 @@ def average_buffers(module: torch.nn.Module, env: DistEnv) -> None:
 def local_world_size() -> int:
     """Ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def cores_per_rank() -> int:
+    """CPU cores available to this process (its affinity mask) divided by the ranks on this node, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // local_world_size())
 
 
 def barrier(env: DistEnv) -> None:

@@ -65,7 +65,9 @@ class RunTimes:
 
 @dataclass(frozen=True)
 class FlagPerfMetrics:
-    """The FlagPerf row (see module docstring) plus what it was computed from."""
+    """The FlagPerf row (see module docstring) plus what it was computed from: e2e_time in s, p_* in img/s, acc1
+    in %, mem in GiB, trained_images the p_* numerator (warm-up left out). Field names are the metrics JSON's keys
+    (:mod:`train.report`)."""
 
     e2e_time: float
     p_whole: float | None  # None: no training (``--test-only``)

@@ -1,0 +1,258 @@
+"""What a finished run reports: the typed :class:`RunReport`, its console summary and its metrics JSON.
+
+A report is built of frozen parts whose field names are the metrics JSON's keys, in the JSON's order (the one
+place those names are defined; the FlagPerf row's are :class:`train.metrics.FlagPerfMetrics`'s). A part held in
+an *inline* field lays its keys out flat in the JSON, where it stands; an inline part that is None adds none
+(a ``--test-only`` report has no training part, a training report no checkpoint-test part). Units: seconds
+(``*_s``, times), img/s (``p_*``, ``eval_img_per_s``), GiB (``mem*``), % (accuracies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from train.iobench.verdict import Evidence, Verdict, decide
+from train.memory import MemoryUse
+from train import distributed
+from train.metrics import TABLE_HEADER, FlagPerfMetrics, RunTimes, flagperf_row
+
+
+def inline():
+    """A field holding a part whose keys stand flat in the JSON (nothing when the part is None)."""
+    return field(metadata={"inline": True})
+
+
+def _json_value(value):
+    if hasattr(value, "to_json"):
+        return value.to_json()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+class Part:
+    """A report part: :meth:`to_json` gives its fields as JSON keys in field order, inline parts laid out flat."""
+
+    def to_json(self) -> dict:
+        out: dict = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("inline"):
+                out.update(value.to_json() if value is not None else {})
+            else:
+                out[f.name] = _json_value(value)
+        return out
+
+
+@dataclass(frozen=True)
+class EvalCounts(Part):
+    """The last evaluation beside its top-1 (the FlagPerf row's acc1): top-5 in % (None: no evaluation), the
+    images it counted over all ranks and the val split's size (0 without a val loader)."""
+
+    acc5: float | None
+    eval_images: int
+    val_samples: int
+
+
+@dataclass(frozen=True)
+class Checkpointing(Part):
+    """Resume and checkpoint writes of a training run; both times are left out of p_* (s)."""
+
+    resumed_from_step: int  # 0 = a fresh run; steps counts the whole run, resumed part included
+    resumed_from: str | None  # the checkpoint file resumed from
+    checkpoint_s: float  # rank 0's checkpoint writes + barriers
+    resume_skip_s: float  # positioning the resumed epoch's loader
+    checkpoints_written: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MeasuredTimes(Part):
+    """How the run was timed (``events`` / ``sync``), the device-wide syncs its clocks made on rank 0, the share
+    of train time (loop − eval) spent waiting for data, and the measured times (s): max over ranks, rank 0's."""
+
+    timing: str
+    device_syncs_rank0: int
+    data_wait_fraction: float
+    times_s: RunTimes
+    rank0_times_s: RunTimes
+
+    @classmethod
+    def of(cls, timing: str, device_syncs: int, times: RunTimes, rank0: RunTimes) -> MeasuredTimes:
+        """Times over ranks and rank 0's; the data-wait fraction from the former."""
+        return cls(timing, device_syncs, times.data / max(times.loop - times.eval, 1e-9), times, rank0)
+
+
+@dataclass(frozen=True)
+class Training(Part):
+    """What the train loop did: steps (the whole run, a resumed part included), the recipe's outcome, the
+    warm-up left out of p_*, the loader's skipped samples, the steps of every rank, times and the I/O verdict."""
+
+    steps: int
+    ema_acc1: float | None  # top-1 (%) of the EMA weights at the last evaluation
+    target_acc1: float | None
+    target_reached_epoch: int | None  # 1-based epoch after which --target-acc1 stopped the run
+    final_train_image_size: int  # px, the last train loader's (progressive resizing)
+    channels_last: bool
+    compile: bool
+    checkpointing: Checkpointing = inline()
+    warmup_steps: int  # left out of p_whole / p_train / p_core
+    warmup_s_rank0: float  # s
+    total_trained_images: int  # trained_images (the p_* numerator) leaves out the warm-up; this counts all
+    skipped_samples: int  # failed to decode in the loader (all ranks); named on stderr
+    skipped_examples_rank0: tuple[str, ...]
+    rank_steps_min: int
+    rank_steps_max: int
+    epochs: int
+    times: MeasuredTimes = inline()
+    verdict: Verdict
+    loader_stage_seconds_per_image_rank0: dict[str, float] | None  # s/img by loader stage, on one core
+    global_batch_size: int
+
+
+@dataclass(frozen=True)
+class CheckpointTest(Part):
+    """``--test-only``: the checkpoint evaluated, its step, its EMA's top-1 (%) and the model pass's time (s)
+    and rate (img/s)."""
+
+    test_only: bool = field(default=True, init=False)
+    checkpoint: str
+    checkpoint_step: int
+    ema_acc1: float | None
+    eval_s: float
+    eval_img_per_s: float
+
+
+@dataclass(frozen=True)
+class Placement(Part):
+    """What ran where: ranks, precision, decode backend, device and its name."""
+
+    world_size: int
+    precision: str
+    loader: str
+    device: str
+    device_name: str
+
+
+@dataclass(frozen=True)
+class TorchPeaks(Part):
+    """Torch's peak allocated / reserved GiB on rank 0 since the end of warm-up and the sampled device-wide
+    peak (CUDA; None on CPU)."""
+
+    mem_peak_allocated_gib_rank0: float | None
+    mem_peak_reserved_gib_rank0: float | None
+    mem_device_used_gib_nvml_rank0: float | None
+
+
+@dataclass(frozen=True)
+class MemoryDetail(Part):
+    """What FlagPerf's ``mem`` measured (``mem_kind``) and, for a training run, torch's own peaks."""
+
+    mem_kind: str
+    peaks: TorchPeaks | None = inline()
+
+    @classmethod
+    def of(cls, mem: MemoryUse, with_peaks: bool) -> MemoryDetail:
+        peaks = TorchPeaks(mem.allocated_gib, mem.reserved_gib, mem.device_used_gib) if with_peaks else None
+        return cls(mem.kind, peaks)
+
+
+@dataclass(frozen=True)
+class Labels(Part):
+    """Software versions and FlagPerf's labels: config (``<CUDA|CPU>x<nodes>x<procs per node>``), fix_hp, argv."""
+
+    versions: dict
+    config: str
+    fix_hp: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunReport(Part):
+    """The report of one ``train`` run: FlagPerf's metrics, the evaluation, what the training (or the checkpoint
+    test) did, where it ran, memory detail and labels. :meth:`to_json` is the metrics JSON."""
+
+    flagperf: FlagPerfMetrics = inline()
+    eval: EvalCounts = inline()
+    training: Training | None = inline()
+    test: CheckpointTest | None = inline()
+    placement: Placement = inline()
+    memory: MemoryDetail = inline()
+    labels: Labels = inline()
+
+    @property
+    def p_core(self) -> float | None:
+        """img/s (None: ``--test-only``)."""
+        return self.flagperf.p_core
+
+    @property
+    def p_train(self) -> float | None:
+        """img/s (None: ``--test-only``)."""
+        return self.flagperf.p_train
+
+    @property
+    def data_wait_fraction(self) -> float | None:
+        return self.training.times.data_wait_fraction if self.training is not None else None
+
+    @property
+    def steps(self) -> int:
+        """Train steps of the run (0: ``--test-only``)."""
+        return self.training.steps if self.training is not None else 0
+
+    @property
+    def precision(self) -> str:
+        return self.placement.precision
+
+    @property
+    def device(self) -> str:
+        return self.placement.device
+
+    @property
+    def device_name(self) -> str:
+        return self.placement.device_name
+
+    def row(self) -> str:
+        """The FlagPerf table: header and this run's row."""
+        return f"{TABLE_HEADER}\n{flagperf_row(self.flagperf, self.labels.config, self.precision, self.labels.fix_hp)}"
+
+    def summary(self) -> str:
+        """The console summary: the FlagPerf row with, for training, rank 0's time split and the verdict; for a
+        checkpoint test, its result line first."""
+        if self.training is None:
+            return f"{_test_line(self)}\n{self.row()}"
+        m, tr = self.flagperf, self.training
+        t = tr.times.rank0_times_s  # one rank's own times add up; the row uses the maximum over ranks
+        split = (f"time split (s, rank 0): loop {t.loop:.1f} = train {t.loop - t.eval:.1f} (compute {t.compute:.1f}, "
+                 f"data wait {t.data:.1f}, other {t.loop - t.eval - t.compute - t.data:.1f}) + eval {t.eval:.1f}; "
+                 f"p_core/p_train = {m.p_core / m.p_train:.2f}; timing {tr.times.timing}")
+        return "\n".join([self.row(), split, *(f"verdict: {line}" for line in tr.verdict.lines)])
+
+    def write_json(self, path: Path | None) -> None:
+        """Write :meth:`to_json` to ``path`` (its folder made); nothing when ``path`` is None."""
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+
+def _test_line(r: RunReport) -> str:
+    t, e, ema = r.test, r.eval, r.test.ema_acc1
+    return (f"test: {t.checkpoint} (step {t.checkpoint_step}): val top-1 {r.flagperf.acc1:.2f}% top-5 {e.acc5:.2f}% "
+            f"on {e.eval_images} images" + (f", EMA top-1 {ema:.2f}%" if ema is not None else "")
+            + f", {t.eval_img_per_s:.1f} img/s")
+
+
+def config_label(env: distributed.DistEnv) -> str:
+    """FlagPerf's config label: ``<CUDA|CPU>x<nodes>x<processes per node>``."""
+    per_node = distributed.local_world_size()
+    return f"{'CUDA' if env.device.type == 'cuda' else 'CPU'}x{max(1, env.world_size // per_node)}x{per_node}"
+
+
+def run_verdict(p_core: float, p_train: float, data_wait_fraction: float, stage_seconds: dict[str, float] | None,
+                workers: int) -> Verdict:
+    """The I/O verdict of a finished run from its own rates (img/s), data wait share and the loader's per-image
+    stage seconds on one core (see :mod:`train.iobench.verdict`); cores: this rank's share of the node's."""
+    return decide(Evidence(compute_rate=p_core, input_rate=p_train, stage_seconds=stage_seconds,
+                           workers=max(1, workers), cores=distributed.cores_per_rank(),
+                           data_wait_fraction=data_wait_fraction, from_run=True))
