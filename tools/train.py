@@ -23,6 +23,7 @@ from tools.config_file import add_config_option, parse_args_with_config, resolve
 from train.config import CheckpointConfig, OptimConfig, TrainConfig, default_of
 from train.precision import Precision
 from train.recipe import Resolution, Schedule
+from train import distributed
 from train.clock import Timing
 
 # Each component of the schema: its TrainConfig field and its --config table (TrainConfig's own: the top level).
@@ -169,14 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_workers_per_rank() -> int:
-    """Cores this process may use divided by torchrun's ranks on this node (``LOCAL_WORLD_SIZE``), at least 1."""
-    from pipeline.shard.run import default_workers
-    from train.distributed import local_world_size
-
-    return max(1, default_workers() // local_world_size())
-
-
 def _resolution(args: argparse.Namespace) -> Resolution | None:
     """``--min-train-size`` / ``--ramp-epochs`` / ``--eval-size`` as a Resolution (None: none given)."""
     if args.ramp_epochs is not None and args.min_train_size is None:
@@ -207,7 +200,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """
     loader = _fields(args, "loader_cfg")
     if loader["workers"] is None:
-        loader["workers"] = default_workers_per_rank()
+        loader["workers"] = distributed.cores_per_rank()
     return TrainConfig(**_fields(args, None), loader_cfg=LoaderConfig(**loader, seed=args.seed),
                        optim=OptimConfig(**_fields(args, "optim")),
                        checkpoint=CheckpointConfig(**_fields(args, "checkpoint")), resolution=_resolution(args))
@@ -234,11 +227,6 @@ def _check_checkpoint_paths(cfg: TrainConfig) -> None:
                              f"({getattr(exc, 'strerror', None) or exc}); pick a writable folder") from None
 
 
-def _is_rank0() -> bool:
-    """Global rank 0 under torchrun (or a single process): the one that writes the resolved config."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_args_with_config(parser, SCHEMA, argv)  # schema defaults < --config FILE.toml < flags
@@ -249,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if cfg.target_acc1 is not None and not cfg.eval:
         print(f"train: note: --no-eval: the target top-1 {cfg.target_acc1}% is never checked", file=sys.stderr)
-    if cfg.metrics_json is not None and _is_rank0():
+    if cfg.metrics_json is not None and distributed.global_rank() == 0:
         write_resolved(SCHEMA, args, resolved_path(cfg.metrics_json))  # metrics.json -> metrics.config.toml
     from train.loop import run  # imported late: torch start-up is not needed for --help
 

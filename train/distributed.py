@@ -45,7 +45,7 @@ def init_distributed() -> DistEnv:
         RuntimeError: the environment variables are inconsistent (e.g. RANK >= WORLD_SIZE).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = global_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not 0 <= rank < world_size:
         raise RuntimeError(f"RANK={rank} is not in [0, WORLD_SIZE={world_size}); launch with torchrun")
@@ -112,6 +112,11 @@ def average_buffers(module: torch.nn.Module, env: DistEnv) -> None:
         for b in buffers:
             b.copy_(flat[offset:offset + b.numel()].view_as(b))
             offset += b.numel()
+
+
+def global_rank() -> int:
+    """This process's rank over all nodes (torchrun's ``RANK``; 0 without torchrun), before any process group."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def local_world_size() -> int:

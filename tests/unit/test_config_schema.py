@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import train.distributed
+
 from pipeline.backends import IMAGENET_TRAIN_SAMPLES, IMAGENET_VAL_SAMPLES, LoaderConfig
 from pipeline.read.transforms import CROP_PCT
 from tools import train as train_cli
@@ -41,7 +43,7 @@ def test_flag_defaults_are_the_schema_defaults():
 
 def test_no_flags_give_the_schema_defaults():
     args = train_cli.build_parser().parse_args([])
-    workers = train_cli.default_workers_per_rank()
+    workers = train.distributed.cores_per_rank()
     assert train_cli.config_from_args(args) == TrainConfig(loader_cfg=LoaderConfig(workers=workers))
 
 
@@ -75,13 +77,10 @@ def test_help_shows_the_schema_defaults():
 
 
 def test_workers_default_uses_the_local_world_size(monkeypatch):
-    import pipeline.shard.run
-    import train.distributed
-
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # not read by tools/train.py: the helper below is
     monkeypatch.setattr(train.distributed, "local_world_size", lambda: 4)
-    monkeypatch.setattr(pipeline.shard.run, "default_workers", lambda: 8)
-    assert train_cli.default_workers_per_rank() == 2
+    monkeypatch.setattr(train.distributed.os, "sched_getaffinity", lambda pid: set(range(8)))
+    args = train_cli.build_parser().parse_args([])
+    assert train_cli.config_from_args(args).loader_cfg.workers == 2
 
 
 @pytest.mark.parametrize("make, message", [
