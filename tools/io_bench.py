@@ -1,4 +1,4 @@
-"""``io-bench --data DIR [--loader cpu,dali,folder] [--workers 1,2] [--batch-size N] [--image-size N] [--out DIR]``.
+"""``io-bench --data DIR [--loader cpu,dali,folder,nvjpeg] [--workers 1,2] [--batch-size N] [--image-size N] [--out DIR]``.
 
 Measures, on your shards and machine, where the input pipeline's time goes (storage read rate, per-stage cost
 of each decode backend, loader-only throughput over a sweep of worker counts), the training step's compute-only
@@ -10,13 +10,26 @@ Writes ``report.md``, ``results.json`` and two PNG plots into ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from pipeline.backends import LoaderKind
+from pipeline.backends import DataInput, LoaderKind, backend_spec
 from tools.cli_common import error_line, positive
 from pipeline.dataset import DatasetError
 from train.precision import Precision
+
+
+def _defaults() -> dict:
+    """IoBenchConfig's field defaults (field name → value): the flags' defaults, written once, there."""
+    from train.iobench.run import IoBenchConfig
+
+    return {f.name: f.default for f in dataclasses.fields(IoBenchConfig) if f.default is not dataclasses.MISSING}
+
+
+def _measurable() -> tuple[LoaderKind, ...]:
+    """Backends --loader accepts: every one that reads data (synthetic is always run, as the compute-only step)."""
+    return tuple(k for k in LoaderKind if backend_spec(k).needs is not DataInput.NONE)
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -30,7 +43,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def _loader_list(text: str) -> tuple[LoaderKind, ...]:
-    allowed = (LoaderKind.CPU, LoaderKind.DALI, LoaderKind.FOLDER)
+    allowed = _measurable()
     try:
         kinds = tuple(LoaderKind(v.strip()) for v in text.split(","))
     except ValueError:
@@ -43,25 +56,32 @@ def _loader_list(text: str) -> tuple[LoaderKind, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = _defaults()
     p = argparse.ArgumentParser(prog="io-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by shard-imagenet (or its http(s)/s3 URL)")
-    p.add_argument("--loader", type=_loader_list, default=(LoaderKind.CPU, LoaderKind.DALI, LoaderKind.FOLDER),
-                   help="backends to measure, comma list (default: cpu,dali,folder; unavailable ones are skipped)")
-    p.add_argument("--workers", type=_int_list, help="worker counts to sweep, comma list (default: 1,2,4,... cores)")
-    p.add_argument("--batch-size", type=positive(int), default=64)
-    p.add_argument("--image-size", type=positive(int), default=224)
-    p.add_argument("--precision", type=Precision, choices=list(Precision), default=Precision.AUTO,
+    p.add_argument("--loader", type=_loader_list, default=d["loaders"],
+                   help=f"backends to measure, comma list of {','.join(k.value for k in _measurable())} (default: "
+                        f"{','.join(k.value for k in d['loaders'])}; unavailable ones are skipped)")
+    p.add_argument("--workers", type=_int_list, default=d["workers"],
+                   help="worker counts to sweep, comma list (default: 1,2,4,... cores)")
+    p.add_argument("--batch-size", type=positive(int), default=d["batch_size"])
+    p.add_argument("--image-size", type=positive(int), default=d["image_size"])
+    p.add_argument("--precision", type=Precision, choices=list(Precision), default=d["precision"],
                    metavar="{" + ",".join(k.value for k in Precision) + "}")
-    p.add_argument("--repeat", type=positive(int), default=3, help="timed windows per sweep point (default: 3)")
-    p.add_argument("--loader-batches", type=positive(int), default=10, help="batches per timed window (default: 10)")
-    p.add_argument("--steps", type=positive(int), default=10,
-                   help="training steps of the compute-only and end-to-end runs (default: 10; on a CPU lower the "
-                        "batch size or image size rather than this)")
-    p.add_argument("--folder-root", type=Path, help="ImageFolder tree for the folder baseline (default: the "
-                                                     "source tree recorded in _info.json, if it still exists)")
-    p.add_argument("--max-size", type=positive(int), help="--max-size the pre-resized-shards lever is computed for "
-                                                      "(default: 10/7 of the image size, 320 for 224)")
+    p.add_argument("--repeat", type=positive(int), default=d["repeat"],
+                   help=f"timed windows per sweep point (default: {d['repeat']})")
+    p.add_argument("--loader-batches", type=positive(int), default=d["loader_batches"],
+                   help=f"batches per timed window (default: {d['loader_batches']})")
+    p.add_argument("--steps", type=positive(int), default=d["train_steps"],
+                   help=f"training steps of the compute-only and end-to-end runs (default: {d['train_steps']}; on a "
+                        f"CPU lower the batch size or image size rather than this)")
+    p.add_argument("--folder-root", type=Path, default=d["folder_root"],
+                   help="ImageFolder tree for the folder baseline (default: the source tree recorded in _info.json, "
+                        "if it still exists)")
+    p.add_argument("--max-size", type=positive(int), default=d["max_size"],
+                   help="--max-size the pre-resized-shards lever is computed for (default: 10/7 of the image size, "
+                        "320 for 224)")
     p.add_argument("--out", type=Path, default=Path("io-bench"), help="report folder (default: ./io-bench)")
     return p
 

@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 import torch
 
 from pipeline.dataset import DatasetInfo
+from pipeline.read.transforms import CROP_PCT
 
 # ImageNet channel statistics on the 0..255 scale (torchvision / timm IMAGENET_DEFAULT_MEAN/STD × 255).
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -58,25 +59,40 @@ class LoaderConfig:
         workers: CPU decode processes per rank (0 = decode in the training process).
         seed: seed of shard order, shuffle buffer and crops.
         shuffle_buffer: samples held by each worker's train shuffle buffer (1 = no shuffle).
-        crop_pct: eval centre-crop ratio (0.875 = Resize 256 / CenterCrop 224).
+        crop_pct: eval centre-crop ratio (:data:`~pipeline.read.transforms.CROP_PCT`, 0.875 = Resize 256 /
+            CenterCrop 224).
         synthetic_train_samples / synthetic_val_samples / synthetic_classes: epoch sizes and class count
             of the synthetic backend when no dataset is given (defaults: ILSVRC2012's).
         data_root: the ``--data`` folder or URL (the ``folder`` backend reads its ImageFolder tree directly).
         normalize: True: images arrive as ImageNet-normalised float32; False: as uint8 0..255 (the same
             geometry), for loader benchmarks and for models that normalise themselves.
+
+    These defaults are the ``train`` command's (its flags read them from here). Raises ValueError (one line,
+    naming the flag) for a value no backend can use.
     """
 
-    batch_size: int
+    batch_size: int = 256
     image_size: int = 224
     workers: int = 2
     seed: int = 0
     shuffle_buffer: int = 500
-    crop_pct: float = 0.875
+    crop_pct: float = CROP_PCT
     synthetic_train_samples: int = IMAGENET_TRAIN_SAMPLES
     synthetic_val_samples: int = IMAGENET_VAL_SAMPLES
     synthetic_classes: int = IMAGENET_CLASSES
     data_root: Path | str | None = None
     normalize: bool = True
+
+    def __post_init__(self) -> None:
+        for name, value, low in (("--batch-size", self.batch_size, 1), ("--image-size", self.image_size, 8),
+                                 ("--workers", self.workers, 0), ("--shuffle-buffer", self.shuffle_buffer, 1),
+                                 ("--synthetic-train-samples", self.synthetic_train_samples, 1),
+                                 ("--synthetic-val-samples", self.synthetic_val_samples, 1),
+                                 ("synthetic_classes", self.synthetic_classes, 1)):
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
 
 
 # The stages a backend's time splits into, in order: read (shard / file bytes), decode (JPEG → RGB), augment
@@ -227,9 +243,13 @@ class BackendSpec:
         order_by_workers: its epoch's data order depends on ``--workers`` (a resume must keep them).
         local_only: reads local files only (not a URL dataset).
         requires: a module that must be importable for it to work (None: always available).
-        stage_probe: ``"module:function"`` measuring its per-stage cost for io-bench, None where it has no
-            stages; the function takes ``(cfg, split, info, max_samples)`` and returns a
-            :class:`StageCosts`.
+        install_hint: what :meth:`available` says when ``requires`` is missing (one line; None: a generic line).
+        stage_probe: ``"module:function"`` measuring its per-stage cost for io-bench with the backend's own
+            code, None where it has no stages to measure; the function takes ``(kind, cfg, split, info,
+            max_samples)`` (this entry's :class:`LoaderKind`, a :class:`LoaderConfig` giving batch size, image
+            size and, for an image tree, ``data_root``; a :class:`Split`; the shard folder's
+            :class:`~pipeline.dataset.DatasetInfo` or None; images to time) and returns a
+            :class:`pipeline.backends.probe.StageCosts` (seconds per image on one core).
     """
 
     kind: "LoaderKind"
@@ -238,6 +258,7 @@ class BackendSpec:
     order_by_workers: bool = False
     local_only: bool = False
     requires: str | None = None
+    install_hint: str | None = None
     stage_probe: str | None = None
 
     def available(self) -> str | None:
@@ -246,9 +267,9 @@ class BackendSpec:
             return None
         try:
             found = importlib.util.find_spec(self.requires) is not None
-        except ModuleNotFoundError:  # its parent package is missing
+        except (ModuleNotFoundError, ValueError):  # its parent package is missing / a stubbed-out module
             found = False
-        return None if found else f"{self.requires} is not installed"
+        return None if found else (self.install_hint or f"{self.requires} is not installed")
 
     def loader_class(self):
         module_name, cls_name = self.target.split(":")
@@ -273,7 +294,8 @@ _REGISTRY: dict[LoaderKind, BackendSpec] = {spec.kind: spec for spec in (
                 order_by_workers=True, local_only=True, stage_probe="pipeline.backends.probe:probe_by_stats"),
     BackendSpec(LoaderKind.SYNTHETIC, "pipeline.backends.synthetic:SyntheticLoader", DataInput.NONE),
     BackendSpec(LoaderKind.DALI, "pipeline.backends.dali:DaliLoader", DataInput.SHARDS, local_only=True,
-                requires="nvidia.dali", stage_probe="pipeline.backends.dali:measure_stages"),
+                requires="nvidia.dali", install_hint="DALI not installed: pip install 'imagenet-pipeline[dali]'",
+                stage_probe="pipeline.backends.dali:measure_stages"),
     BackendSpec(LoaderKind.NVJPEG, "pipeline.backends.nvjpeg:NvjpegLoader", DataInput.SHARDS,
                 order_by_workers=True),
 )}

@@ -39,6 +39,9 @@ pipeline is built with ``enable_checkpointing=True``; no throughput cost measura
   served (epoch 0 without progressive resizing); in a later epoch the data order differs from the original
   run's, and a warning says so;
 * val reads in a fixed order and keeps no state (``{}``): ``iter_from`` replays, which is exact.
+
+The loader times no stage while it trains (DALI's executor overlaps them); :func:`measure_stages`, the backend's
+io-bench probe, times them by difference of partial pipelines cut from the same graph (:func:`_make_graph`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from typing import Iterator
 
@@ -56,9 +60,11 @@ from pipeline.read import plan as epoch_plan
 from pipeline.backends import (IMAGENET_MEAN_255, IMAGENET_STD_255, Batch, LoaderConfig, LoaderStats, Split,
                                replay_from)
 from pipeline.dataset import DatasetInfo
+from pipeline.read.transforms import RRC_RATIO, RRC_SCALE
 
 INSTALL_HINT = "--loader dali needs NVIDIA DALI: pip install 'imagenet-pipeline[dali]' (nvidia-dali-cuda130)"
 READER_NAME = "Reader"
+GRAPH_STAGES = ("read", "decode", "augment")  # where _make_graph can cut the graph (the last: the whole graph)
 STATE_FORMAT = 1  # version of the dict DaliLoader.state_dict returns
 _STATE_KEYS = {"format": int, "dali": str, "config": dict, "epoch": int, "batch": int, "reader_batch": int,
                "pipeline": bytes, "sha256": str}
@@ -118,8 +124,19 @@ def _data_digest(info: DatasetInfo, split: str) -> str:
 
 
 def _make_graph(cfg: LoaderConfig, train: bool, paths: list[str], index_paths: list[str], rank: int,
-                world_size: int, device_id: int | None):
-    """The pipeline definition: call it (optionally with ``checkpoint=...``) to get an unbuilt pipeline."""
+                world_size: int, device_id: int | None, last_stage: str = "augment"):
+    """The pipeline definition: call it (optionally with ``checkpoint=...`` or other ``Pipeline`` arguments, which
+    override the ones given here) to get an unbuilt pipeline.
+
+    ``last_stage`` cuts the graph after a stage, for :func:`measure_stages`: ``"read"`` outputs the reader's
+    (JPEG bytes, int32 label), ``"decode"`` the decoder's ``H×W×3`` uint8 images (train: already the random crop,
+    decoded region only) and labels, ``"augment"`` (the whole graph, what the loader runs) the ``S×S×3`` batch.
+
+    Raises:
+        ValueError: ``last_stage`` is none of those three.
+    """
+    if last_stage not in GRAPH_STAGES:
+        raise ValueError(f"last_stage must be one of {', '.join(GRAPH_STAGES)}, got {last_stage!r}")
     pipeline_def, fn, types = _import_dali()
     size = cfg.image_size
     decode_device = "cpu" if device_id is None else "mixed"
@@ -136,20 +153,36 @@ def _make_graph(cfg: LoaderConfig, train: bool, paths: list[str], index_paths: l
             shard_id=rank, num_shards=world_size, random_shuffle=train,
             initial_fill=max(1, cfg.shuffle_buffer), seed=cfg.seed, pad_last_batch=True,
             stick_to_shard=not train, name=READER_NAME)
+        if last_stage == "read":
+            return jpegs, labels
         if train:
             images = fn.decoders.image_random_crop(jpegs, device=decode_device, output_type=types.RGB,
-                                                   random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3],
+                                                   random_area=list(RRC_SCALE), random_aspect_ratio=list(RRC_RATIO),
                                                    num_attempts=10)
+        else:
+            images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+        if last_stage == "decode":
+            return images, labels
+        if train:
             images = fn.resize(images, resize_x=size, resize_y=size)
             images = fn.crop_mirror_normalize(images, output_layout="HWC",
                                               mirror=fn.random.coin_flip(probability=0.5), **norm)
         else:
-            images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
             images = fn.resize(images, resize_shorter=round(size / cfg.crop_pct))
             images = fn.crop_mirror_normalize(images, output_layout="HWC", crop=(size, size), **norm)
         return images, labels
 
     return graph
+
+
+def _host_labels(labels) -> torch.Tensor:
+    """DALI's CPU int32 label batch → ``N`` int64 tensor."""
+    return torch.from_numpy(np.array(labels.as_tensor(), dtype=np.int64).reshape(-1))
+
+
+def _host_batch(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """DALI's CPU outputs → (``N×S×S×3`` tensor copied out of DALI's buffer, which DALI reuses; ``N`` int64)."""
+    return torch.from_numpy(np.array(images.as_tensor(), copy=True)), _host_labels(labels)
 
 
 def _parse_state(state) -> dict:
@@ -168,6 +201,68 @@ def _parse_state(state) -> dict:
         raise ValueError(f"DALI loader state is garbled: negative position (epoch {state['epoch']}, batch "
                          f"{state['batch']}, reader batch {state['reader_batch']})")
     return state
+
+
+def _time_graph(graph, batches: int, copy_out=None) -> tuple[float, float]:
+    """Build ``graph`` with the synchronous executor (``run()`` returns when that iteration's work is done, so its
+    time is that work), run it once untimed, then ``batches`` times: returns (seconds of the runs, seconds of
+    ``copy_out(images, labels)`` on each output, not included in the first; 0 without ``copy_out``)."""
+    pipe = graph(exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
+    pipe.build()
+    pipe.run()  # warm-up
+    clock = time.perf_counter
+    copy = 0.0
+    t0 = clock()
+    for _ in range(batches):
+        images, labels = pipe.run()
+        if copy_out is not None:
+            t1 = clock()
+            copy_out(images, labels)
+            copy += clock() - t1
+    return clock() - t0 - copy, copy
+
+
+def measure_stages(kind, cfg: LoaderConfig, split: Split | str, info: DatasetInfo | None, max_samples: int):
+    """Per-stage cost of the ``dali`` backend (its registry ``stage_probe``; ``kind`` is ``"dali"``), in seconds per
+    image with one DALI thread, by difference of partial pipelines that :func:`_make_graph` builds from the
+    loader's own graph: read = the reader alone, decode = (reader + decoder) - read, augment = the whole graph -
+    (reader + decoder), collate = copy of the output to a host batch. Each graph runs ``ceil(max_samples /
+    batch size)`` timed batches after one untimed one; a negative difference (noise) counts 0. The decode runs
+    on the GPU (``mixed``) where CUDA is available, else on the CPU. Returns a
+    :class:`pipeline.backends.probe.StageCosts`.
+
+    Raises:
+        ValueError: DALI is not installed (the install hint), bad options, no local shard folder, or a missing
+            ``.idx``.
+    """
+    from pipeline.backends.probe import StageCosts, check_probe_options, one_torch_thread, profiling_config
+
+    _import_dali()
+    split = Split(split)
+    check_probe_options(cfg, max_samples)
+    pcfg = profiling_config(cfg)  # workers=0: one DALI thread; uint8 output
+    _check_options(pcfg, info, 0, 1)
+    paths = info.shard_paths(split.value)
+    index_paths = _index_paths(paths)
+    cuda = torch.cuda.is_available()
+    device_id = torch.cuda.current_device() if cuda else None
+    train = split is Split.TRAIN
+    batches = max(1, -(-max_samples // cfg.batch_size))
+    to_host = (lambda images, labels: _host_batch(images.as_cpu(), labels.as_cpu())) if cuda else _host_batch
+    run_s, copy_s = {}, 0.0
+    with one_torch_thread():
+        for stage in GRAPH_STAGES:
+            graph = _make_graph(pcfg, train, paths, index_paths, 0, 1, device_id, last_stage=stage)
+            run_s[stage], copy_s = _time_graph(graph, batches, to_host if stage == GRAPH_STAGES[-1] else None)
+    n = batches * cfg.batch_size
+    per = {"read": max(0.0, run_s["read"]) / n, "decode": max(0.0, run_s["decode"] - run_s["read"]) / n,
+           "augment": max(0.0, run_s["augment"] - run_s["decode"]) / n, "collate": copy_s / n}
+    where = "mixed (GPU) decode" if cuda else "CPU"
+    crop = ("decode includes the random crop (DALI decodes only the crop region, ROI decode)" if train
+            else "val decodes whole images")
+    return StageCosts("dali", n, per, run_s["augment"] + copy_s,
+                      note=f"DALI ({where}, num_threads=1): by difference of partial pipelines (reader; + decoder; "
+                           f"+ resize/crop/mirror), collate = copy of the output to a host batch; {crop}")
 
 
 class DaliLoader:
@@ -266,9 +361,9 @@ class DaliLoader:
             dense = images.as_tensor()
             nhwc = torch.empty(dense.shape(), dtype=self._dtype, device=self.device)
             feed_ndarray(dense, nhwc, cuda_stream=torch.cuda.current_stream(self.device))
+            lbl = _host_labels(labels)
         else:
-            nhwc = torch.from_numpy(np.array(images.as_tensor(), copy=True))  # DALI reuses its buffer
-        lbl = torch.from_numpy(np.array(labels.as_tensor(), dtype=np.int64).reshape(-1))
+            nhwc, lbl = _host_batch(images, labels)
         return nhwc.permute(0, 3, 1, 2), lbl.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -392,8 +487,8 @@ class DaliLoader:
 
     def stats(self) -> LoaderStats:
         """Nothing counted: DALI stops on a damaged sample instead of skipping it, and times no stage while it
-        trains (io-bench measures its stages with :func:`measure_stages`)."""
+        trains (its pipelined executor overlaps them; io-bench measures them with :func:`measure_stages`)."""
         return LoaderStats()
 
 
-__all__ = ["DaliLoader", "INSTALL_HINT", "STATE_FORMAT", "rank_share"]
+__all__ = ["DaliLoader", "GRAPH_STAGES", "INSTALL_HINT", "STATE_FORMAT", "measure_stages", "rank_share"]

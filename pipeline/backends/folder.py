@@ -9,23 +9,34 @@ The workers end each sample as an ``S×S×3`` (HWC) uint8 tensor, so the DataLoa
 batch as ``N×S×S×3`` uint8 (in shared memory, in a worker) and, on CUDA, pins it: that tensor goes to
 :func:`pipeline.backends.to_device_prefetched` untouched (its non-blocking copy really is asynchronous, and the
 training process spends no time on a layout copy); on the device the NHWC batch viewed as NCHW is channels-last.
+
+The backend times its own stages where they run (in the workers): ``read`` (the file's bytes), ``decode`` (PIL
+decode + convert to RGB), ``augment`` (the torchvision transforms and the HWC tensor) per sample, ``collate``
+(stacking the batch) per batch. The seconds travel with each batch and are booked when the batch is handed out,
+so :meth:`FolderLoader.stats` covers exactly the batches yielded so far. It never skips a sample (ImageFolder
+raises on a file PIL cannot read).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from PIL import Image
+from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 from torchvision import datasets, transforms
 
 from pipeline.read import plan as epoch_plan
-from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split, to_device_prefetched
+from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, ReplayResume, Split, StageTimes,
+                               to_device_prefetched)
 from pipeline.dataset import DatasetInfo
 from pipeline.read.tarstream import is_url
+from pipeline.read.transforms import RRC_RATIO, RRC_SCALE
 
 
 class _FixedClassesImageFolder(datasets.ImageFolder):
@@ -42,10 +53,64 @@ class _FixedClassesImageFolder(datasets.ImageFolder):
             raise FileNotFoundError(f"class folder(s) {', '.join(unknown[:3])} not in train/")
         return list(self._given), {c: i for i, c in enumerate(self._given)}
 
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, tuple[float, float, float]]:
+        """Sample ``index`` as ``(S×S×3 uint8, class index, (read_s, decode_s, augment_s))``: the file's bytes,
+        PIL's decode + convert to RGB (the pixels ImageFolder's own loader gives), then the transform."""
+        path, target = self.samples[index]
+        clock = time.perf_counter
+        t0 = clock()
+        with open(path, "rb") as f:
+            data = f.read()
+        t1 = clock()
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        t2 = clock()
+        x = self.transform(img)
+        return x, target, (t1 - t0, t2 - t1, clock() - t2)
+
 
 def pil_to_hwc_tensor(img) -> torch.Tensor:
     """PIL RGB image → ``H×W×3`` uint8 tensor (HWC, the layout the batch keeps up to the device)."""
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+
+
+def collate_timed(samples: list[tuple[torch.Tensor, int, tuple[float, float, float]]]):
+    """Samples of :meth:`_FixedClassesImageFolder.__getitem__` → ``(N×S×S×3 uint8, N int64, stage times)``, the
+    stage times being ``(read_s, decode_s, augment_s, collate_s, N)`` of the batch. The images are stacked by
+    the DataLoader's default collate (in a worker: straight into shared memory)."""
+    t0 = time.perf_counter()
+    images, labels = default_collate([(x, y) for x, y, _ in samples])
+    collate = time.perf_counter() - t0
+    read, decode, augment = (sum(times[i] for _, _, times in samples) for i in range(3))
+    return images, labels, (read, decode, augment, collate, len(samples))
+
+
+class BookedBatches:
+    """The DataLoader's batches as ``(N×S×S×3 uint8, N int64)``: iterating hands each batch's stage times
+    (``(read_s, decode_s, augment_s, collate_s, N)``) to ``book`` just before the batch is yielded."""
+
+    def __init__(self, loader: Iterable, book: Callable[[tuple], None]):
+        self.dataloader = loader
+        self._book = book
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, times in self.dataloader:
+            self._book(times)
+            yield images, labels
+
+
+def crop_transform(split: Split, cfg: LoaderConfig) -> transforms.Compose:
+    """The per-sample transform: PIL RGB → ``S×S×3`` uint8 tensor. Train: torchvision's RandomResizedCrop
+    (scale / ratio of :mod:`pipeline.read.transforms`) + RandomHorizontalFlip; val: Resize(round(S / crop_pct))
+    + CenterCrop(S)."""
+    size = cfg.image_size
+    if split is Split.TRAIN:
+        return transforms.Compose([transforms.RandomResizedCrop(size, scale=RRC_SCALE, ratio=RRC_RATIO),
+                                   transforms.RandomHorizontalFlip(), pil_to_hwc_tensor])
+    return transforms.Compose([transforms.Resize(round(size / cfg.crop_pct)), transforms.CenterCrop(size),
+                               pil_to_hwc_tensor])
 
 
 class FolderLoader(ReplayResume):
@@ -63,18 +128,12 @@ class FolderLoader(ReplayResume):
         if cfg.data_root is None or is_url(cfg.data_root):
             raise ValueError("--loader folder needs --data DIR: a local ImageFolder root holding train/<class>/ and "
                              "val/<class>/")
-        size = cfg.image_size
-        if split is Split.TRAIN:
-            tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                                     pil_to_hwc_tensor])
-        else:
-            tf = transforms.Compose([transforms.Resize(round(size / cfg.crop_pct)), transforms.CenterCrop(size),
-                                     pil_to_hwc_tensor])
         root = Path(cfg.data_root) / split.value
         try:
             # class indices always come from train/ (val/ may hold a subset of the classes, as in a split run)
             classes = datasets.folder.find_classes(str(Path(cfg.data_root) / Split.TRAIN.value))[0]
-            dataset = _FixedClassesImageFolder(str(root), classes, transform=tf, allow_empty=split is Split.VAL)
+            dataset = _FixedClassesImageFolder(str(root), classes, transform=crop_transform(split, cfg),
+                                               allow_empty=split is Split.VAL)
         except (FileNotFoundError, OSError) as exc:
             raise ValueError(f"{root}: not an ImageFolder tree ({exc}); give --data the folder holding "
                              f"train/<class>/ and val/<class>/") from None
@@ -90,18 +149,22 @@ class FolderLoader(ReplayResume):
         self._generator = torch.Generator()
         self._generator.manual_seed(self._epoch_seed(0))
         common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                      generator=self._generator)
+                      generator=self._generator, collate_fn=collate_timed)
         if split is Split.TRAIN:
             if epoch_plan.train_steps_per_epoch(self.num_samples, world_size, cfg.batch_size) == 0:
                 raise ValueError(f"train split has {self.num_samples} samples, fewer than world size × batch size"
                                  f" = {world_size} × {cfg.batch_size}; lower --batch-size")
             self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                               seed=cfg.seed, drop_last=True)
-            self.loader = DataLoader(dataset, sampler=self.sampler, drop_last=True, **common)
+            batches = DataLoader(dataset, sampler=self.sampler, drop_last=True, **common)
         else:
             lo, hi = epoch_plan.split_even(self.num_samples, world_size, rank)
             self.sampler = None
-            self.loader = DataLoader(Subset(dataset, range(lo, hi)), shuffle=False, **common)
+            batches = DataLoader(Subset(dataset, range(lo, hi)), shuffle=False, **common)
+        # per-stage seconds of the batches handed out so far (summed over the workers), and the samples they cover
+        self._stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._stage_samples = 0
+        self.loader = BookedBatches(batches, self._book)  # the DataLoader's (images, labels), stage times booked
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -118,3 +181,13 @@ class FolderLoader(ReplayResume):
         # the DataLoader's own N×S×S×3 uint8 tensors (pinned on CUDA), handed over as they are
         host = ((images, labels, ()) for images, labels in self.loader)
         yield from to_device_prefetched(host, self.device, self.normalize)
+
+    def _book(self, times: tuple) -> None:
+        """Add one batch's ``(read_s, decode_s, augment_s, collate_s, samples)`` to the stage counters."""
+        for name, seconds in zip(STAGES, times[:4]):
+            self._stage_seconds[name] += seconds
+        self._stage_samples += int(times[4])
+
+    def stats(self) -> LoaderStats:
+        """No skipped samples (ImageFolder raises instead) and the per-stage seconds of the batches yielded."""
+        return LoaderStats((), StageTimes(dict(self._stage_seconds), self._stage_samples))

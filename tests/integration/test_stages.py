@@ -1,4 +1,5 @@
-"""train.iobench.stages: per-stage cost of the cpu / folder / dali backends, and the storage read rate."""
+"""train.iobench.stages: per-stage cost of the cpu / folder / dali backends through their own probes;
+train.iobench.storage: the storage read rate."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from conftest import shared
 from pipeline.backends import Split
 from pipeline.backends import STAGES as CPU_STAGES
 from pipeline.dataset import load_info
-from train.iobench.stages import STAGES, ReadRate, StageCosts, measure_stages, storage_read_rate
+from train.iobench.stages import STAGES, StageCosts, measure_stages
+from train.iobench.storage import ReadRate, storage_read_rate
 
 
 def check_costs(c: StageCosts, backend: str, in_process_wall: bool) -> None:
@@ -94,7 +96,10 @@ def test_module_does_not_import_dali():
     import subprocess
     import sys
 
-    code = "import sys, train.iobench.stages; print('nvidia.dali' in sys.modules)"
+    code = ("import sys, train.iobench.stages, train.iobench.storage, train.iobench.run, pipeline.backends.probe\n"
+            "from pipeline.backends import backend_spec\n"
+            "backend_spec('dali').available()\n"
+            "print('nvidia.dali' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"

@@ -52,8 +52,8 @@ def _plots(r: IoBenchResult, out: Path) -> list[str]:
             hi = [max(points[w].samples) - points[w].median for w in ws]
             ax.errorbar(ws, med, yerr=[lo, hi], marker="o", capsize=3, label=f"{kind} loader")
         if r.compute:
-            ax.axhline(r.compute["p_core"], color="black", linestyle="--",
-                       label=f"compute (p_core {r.compute['p_core']:.0f} img/s)")
+            ax.axhline(r.compute.p_core, color="black", linestyle="--",
+                       label=f"compute (p_core {r.compute.p_core:.0f} img/s)")
         ax.set_xticks(sorted({w for pts in r.sweep.values() for w in pts}))
         ax.set_xlabel("loader workers (processes / DALI threads)")
         ax.set_ylabel("img/s")
@@ -131,10 +131,9 @@ def render_markdown(r: IoBenchResult, plots: list[str]) -> str:
     if r.compute or r.end_to_end:
         lines += ["## Training step", "", "| run | p_train (img/s) | p_core (img/s) | data wait |", "|---|---|---|---|"]
         if r.compute:
-            lines.append(f"| compute-only (synthetic) | {r.compute['p_train']:.1f} | {r.compute['p_core']:.1f} | - |")
+            lines.append(f"| compute-only (synthetic) | {r.compute.p_train:.1f} | {r.compute.p_core:.1f} | - |")
         for kind, e in r.end_to_end.items():
-            lines.append(f"| {kind} loader | {e['p_train']:.1f} | {e['p_core']:.1f} | "
-                         f"{100 * e['data_wait_fraction']:.0f}% |")
+            lines.append(f"| {kind} loader | {e.p_train:.1f} | {e.p_core:.1f} | {100 * e.data_wait_fraction:.0f}% |")
         lines.append("")
     if r.max_size_lever:
         x = r.max_size_lever

@@ -2,9 +2,11 @@
 
 On the user's own shards and machine it measures, in this order:
 
-1. storage: raw sequential read rate of the train shards (page cache dropped first where the OS allows);
-2. stages: per-image cost of read / decode / augment / collate on one core for each backend
-   (:mod:`train.iobench.stages`), plus the host→device copy where an accelerator exists;
+1. storage: raw sequential read rate of the train shards (page cache dropped first where the OS allows;
+   :mod:`train.iobench.storage`);
+2. stages: per-image cost of read / decode / augment / collate on one core for each backend that has a stage
+   probe in the registry, measured by the backend's own code (:mod:`train.iobench.stages`), plus the
+   host→device copy where an accelerator exists;
 3. loader sweep: loader-only img/s (batches on the device, normalised, no model) for each backend and worker
    count, after warm-up batches, ``repeat`` windows each, median and spread;
 4. compute-only: the training step fed by the ``synthetic`` backend (the same model, precision, batch and
@@ -28,12 +30,16 @@ from typing import Callable, Iterator
 
 import torch
 
-from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
+from pipeline.backends import DataInput, LoaderConfig, LoaderKind, Split, backend_spec, build_loader
 from pipeline.dataset import DatasetInfo, load_info
 from pipeline.shard.run import default_workers
 from train.config import OptimConfig, TrainConfig
 from train.precision import Precision, resolve_precision
 from train.iobench.verdict import Evidence, Lever, Verdict, decide
+
+# The backend the verdict is about (the sweep's first otherwise) and whose stage timers are checked against the
+# loader's wall time at 1 worker (``stage_fidelity``): the default training backend.
+PRIMARY = LoaderKind.CPU
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class IoBenchConfig:
 
     Attributes:
         data: shard folder written by shard-imagenet (or its URL prefix: the cpu backend only).
-        loaders: backends to measure (unavailable ones are skipped with the reason in the report).
+        loaders: backends to measure (unavailable ones are skipped with the reason in the report; any backend
+            that reads data, nvjpeg included; those without a stage probe get no per-stage line).
         workers: worker counts of the sweep; None = 1, 2, 4, ... and the number of cores.
         batch_size, image_size, precision: of the loaders and of the training step.
         repeat: timed windows per sweep point; loader_batches: batches per window (at least 5 per worker);
@@ -88,6 +95,38 @@ class RateStats:
         return {"median": self.median, "min": min(self.samples), "max": max(self.samples), "runs": list(self.samples)}
 
 
+@dataclass(frozen=True)
+class ComputeOnly:
+    """The compute-only run: ``train --loader synthetic`` with io-bench's model, precision, batch and image size.
+
+    Attributes: p_core / p_train in img/s, the precision and device it ran with, its steps (warm-up included).
+    """
+
+    p_core: float
+    p_train: float
+    precision: str
+    device: str
+    device_name: str
+    steps: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """One end-to-end ``train`` run with a real backend: p_core / p_train in img/s, the share of the train loop
+    spent waiting for data (0..1), its steps."""
+
+    p_core: float
+    p_train: float
+    data_wait_fraction: float
+    steps: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class IoBenchResult:
     """Everything io-bench measured (``to_json`` is results.json)."""
@@ -99,8 +138,8 @@ class IoBenchResult:
     h2d_seconds_per_image: float | None = None
     sweep: dict[str, dict[int, RateStats]] = field(default_factory=dict)
     stage_fidelity: dict | None = None
-    compute: dict | None = None
-    end_to_end: dict[str, dict] = field(default_factory=dict)
+    compute: ComputeOnly | None = None
+    end_to_end: dict[str, EndToEnd] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     max_size_lever: dict | None = None
     verdict: Verdict | None = None
@@ -109,7 +148,8 @@ class IoBenchResult:
         return {"machine": self.machine, "config": self.config, "storage": self.storage, "stages": self.stages,
                 "h2d_seconds_per_image": self.h2d_seconds_per_image,
                 "sweep": {k: {str(w): r.to_json() for w, r in v.items()} for k, v in self.sweep.items()},
-                "stage_fidelity": self.stage_fidelity, "compute": self.compute, "end_to_end": self.end_to_end,
+                "stage_fidelity": self.stage_fidelity, "compute": self.compute.to_json() if self.compute else None,
+                "end_to_end": {k: e.to_json() for k, e in self.end_to_end.items()},
                 "skipped": self.skipped, "max_size_lever": self.max_size_lever,
                 "verdict": self.verdict.to_json() if self.verdict else None}
 
@@ -203,8 +243,21 @@ def _run_quiet(cfg: TrainConfig, log: io.StringIO) -> dict:
         return run(cfg)
 
 
+def _measure_training(s: "_Setup", result: IoBenchResult, loaders: list[LoaderKind]) -> None:
+    """The compute-only run (synthetic backend) and one end-to-end run per backend with all cores as workers, into
+    ``result.compute`` / ``result.end_to_end``: the one place that reads ``train``'s results."""
+    c, log = s.c, io.StringIO()
+    s.progress(f"compute-only: {c.train_steps} steps with the synthetic backend")
+    m = _run_quiet(_train_config(c, LoaderKind.SYNTHETIC, 0, s.folder_root), log)
+    result.compute = ComputeOnly(m.p_core, m.p_train, m.precision, m.device, m.device_name, m.steps)
+    for kind in loaders:
+        s.progress(f"end to end: {kind.value}, {c.train_steps} steps, {s.cores} worker(s)")
+        m = _run_quiet(_train_config(c, kind, s.cores, s.folder_root), log)
+        result.end_to_end[kind.value] = EndToEnd(m.p_core, m.p_train, m.data_wait_fraction, m.steps)
+
+
 def _train_config(c: IoBenchConfig, kind: LoaderKind, workers: int, folder_root) -> TrainConfig:
-    data = folder_root if kind is LoaderKind.FOLDER else c.data
+    data = folder_root if backend_spec(kind).needs is DataInput.IMAGE_TREE else c.data
     return TrainConfig(data=data, loader=kind,
                        loader_cfg=LoaderConfig(batch_size=c.batch_size, image_size=c.image_size, workers=workers),
                        optim=OptimConfig(warmup_epochs=0.0), epochs=10 ** 6,
@@ -228,6 +281,87 @@ def resolve_folder_root(c: IoBenchConfig, info: DatasetInfo) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What every step of one run needs: its options, the shard folder, the device, the host's cores, the sweep's
+    worker counts, the ImageFolder tree of image-tree backends (None: none found) and the progress callback."""
+
+    c: IoBenchConfig
+    info: DatasetInfo
+    device: torch.device
+    cores: int
+    sweep: tuple[int, ...]
+    folder_root: Path | None
+    progress: Callable[[str], None]
+
+    def inputs(self, kind: LoaderKind) -> tuple[DatasetInfo | None, Path | None]:
+        """``(info, data_root)`` a loader of ``kind`` reads: the shards, or (image-tree backends) the tree."""
+        if backend_spec(kind).needs is DataInput.IMAGE_TREE:
+            return None, self.folder_root
+        return self.info, None
+
+
+def _setup(c: IoBenchConfig, progress: Callable[[str], None]) -> _Setup:
+    """Check ``c`` and resolve what it leaves open (device, cores, sweep, folder tree).
+
+    Raises:
+        pipeline.dataset.DatasetError: ``c.data`` is not a usable shard folder.
+        ValueError: bad options.
+    """
+    if c.batch_size < 1 or c.image_size < 8 or c.repeat < 1 or c.loader_batches < 1 or c.train_steps < 1:
+        raise ValueError("--batch-size, --repeat, --loader-batches, --steps must be >= 1 and --image-size >= 8")
+    info = load_info(c.data)
+    device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cores = default_workers()
+    folder_root = resolve_folder_root(c, info)
+    if c.folder_root is not None and not (Path(c.folder_root) / "train").is_dir():
+        raise ValueError(f"--folder-root {c.folder_root}: no train/ folder in it; give the ImageFolder tree the "
+                         f"shards were made from (train/<class>/...)")
+    return _Setup(c, info, device, cores, c.workers or default_sweep(cores), folder_root, progress)
+
+
+def _new_result(s: _Setup) -> IoBenchResult:
+    """An empty result holding the machine and the run's configuration."""
+    import platform
+
+    c, device = s.c, s.device
+    return IoBenchResult(
+        machine={"cpu_cores": s.cores, "cpu": platform.processor() or platform.machine(), "device": str(device),
+                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU only)",
+                 "torch": torch.__version__},
+        config={"data": str(c.data), "batch_size": c.batch_size, "image_size": c.image_size,
+                "precision": resolve_precision(c.precision, device).value, "repeat": c.repeat,
+                "loader_batches": c.loader_batches, "warmup_batches": c.warmup_batches, "train_steps": c.train_steps,
+                "warmup_steps": c.warmup_steps, "workers": list(s.sweep),
+                "train_samples": s.info.split("train").num_samples,
+                "folder_root": str(s.folder_root) if s.folder_root else None})
+
+
+def _why_not_measured(kind: LoaderKind, s: _Setup) -> str | None:
+    """Why backend ``kind`` cannot be measured here (one line), or None."""
+    spec = backend_spec(kind)
+    if spec.needs is DataInput.IMAGE_TREE and s.folder_root is None:
+        return "no ImageFolder tree: pass --folder-root DIR (the class-folder tree the shards were made from)"
+    missing = spec.available()
+    if missing is not None:
+        return missing
+    if spec.local_only and s.info.remote:
+        return "reads local files only; the data is a URL"
+    return None
+
+
+def _usable_loaders(s: _Setup, skipped: dict[str, str]) -> list[LoaderKind]:
+    """The requested backends that can be measured here; the others go into ``skipped`` with the reason."""
+    usable = []
+    for kind in s.c.loaders:
+        why = _why_not_measured(kind, s)
+        if why is None:
+            usable.append(kind)
+        else:
+            skipped[kind.value] = why
+    return usable
+
+
 def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> IoBenchResult:
     """Measure everything listed in the module docstring; ``progress`` receives one line per step.
 
@@ -235,119 +369,81 @@ def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> I
         pipeline.dataset.DatasetError: ``c.data`` is not a usable shard folder.
         ValueError: bad options.
     """
-    from train.iobench import stages
-
-    if c.batch_size < 1 or c.image_size < 8 or c.repeat < 1 or c.loader_batches < 1 or c.train_steps < 1:
-        raise ValueError("--batch-size, --repeat, --loader-batches, --steps must be >= 1 and --image-size >= 8")
-    info = load_info(c.data)
-    device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cores = default_workers()
-    sweep = c.workers or default_sweep(cores)
-    folder_root = resolve_folder_root(c, info)
-    if c.folder_root is not None and not (Path(c.folder_root) / "train").is_dir():
-        raise ValueError(f"--folder-root {c.folder_root}: no train/ folder in it; give the ImageFolder tree the "
-                         f"shards were made from (train/<class>/...)")
-    import platform
-
-    result = IoBenchResult(
-        machine={"cpu_cores": cores, "cpu": platform.processor() or platform.machine(), "device": str(device),
-                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU only)",
-                 "torch": torch.__version__},
-        config={"data": str(c.data), "batch_size": c.batch_size, "image_size": c.image_size,
-                "precision": resolve_precision(c.precision, device).value, "repeat": c.repeat, "loader_batches": c.loader_batches,
-                "warmup_batches": c.warmup_batches, "train_steps": c.train_steps, "warmup_steps": c.warmup_steps, "workers": list(sweep),
-                "train_samples": info.split("train").num_samples, "folder_root": str(folder_root) if folder_root else None})
-    loaders = []
-    for kind in c.loaders:
-        if kind is LoaderKind.FOLDER and folder_root is None:
-            result.skipped[kind.value] = ("no ImageFolder tree: pass --folder-root DIR (the class-folder tree the "
-                                          "shards were made from)")
-        elif kind is LoaderKind.DALI and not _dali_available():
-            result.skipped[kind.value] = "DALI not installed: pip install 'imagenet-pipeline[dali]'"
-        elif kind in (LoaderKind.DALI, LoaderKind.FOLDER) and info.remote:
-            result.skipped[kind.value] = "reads local files only; the data is a URL"
-        else:
-            loaders.append(kind)
-
-    progress("storage: reading the train shards")
-    result.storage = stages.storage_read_rate(info, "train", max_bytes=2 * 1024 ** 3, cold=True).to_json()
-    for kind in loaders:
-        progress(f"stages: {kind.value}")
-        costs = stages.measure_stages(kind, info, folder_root if kind is LoaderKind.FOLDER else c.data,
-                                      c.image_size, c.batch_size, c.stage_samples)
-        result.stages[kind.value] = costs.to_json()
-    result.h2d_seconds_per_image = h2d_seconds_per_image(c.batch_size, c.image_size, device)
-
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    # Loader-only: the main process only receives batches; on a CPU device its idle OpenMP threads would
-    # otherwise spin and take cores from the loader's workers (measured here: 4x fewer img/s at 2 cores).
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        _sweep(c, result, loaders, sweep, info, folder_root, device, sync, progress)
-    finally:
-        torch.set_num_threads(threads)
-
-    log = io.StringIO()
-    log = io.StringIO()
-    progress(f"compute-only: {c.train_steps} steps with the synthetic backend")
-    m = _run_quiet(_train_config(c, LoaderKind.SYNTHETIC, 0, folder_root), log)
-    result.compute = {k: m[k] for k in ("p_core", "p_train", "precision", "device", "device_name", "steps")}
-    for kind in loaders:
-        progress(f"end to end: {kind.value}, {c.train_steps} steps, {cores} worker(s)")
-        m = _run_quiet(_train_config(c, kind, cores, folder_root), log)
-        result.end_to_end[kind.value] = {k: m[k] for k in ("p_core", "p_train", "data_wait_fraction", "steps")}
-    result.verdict = _verdict(c, result, info, cores)
+    s = _setup(c, progress)
+    result = _new_result(s)
+    loaders = _usable_loaders(s, result.skipped)
+    _measure_input(s, result, loaders)
+    _measure_training(s, result, loaders)
+    result.verdict = _verdict(c, result, s.info, s.cores)
     if result.verdict is not None:
         result.verdict = dataclasses.replace(result.verdict,
                                              lines=result.verdict.lines + tuple(_end_to_end_lines(result)))
     return result
 
 
+def _measure_input(s: _Setup, result: IoBenchResult, loaders: list[LoaderKind]) -> None:
+    """Storage read rate, per-stage costs (backends with a stage probe), the host→device copy and the
+    loader-only sweep, into ``result``."""
+    from train.iobench.stages import measure_stages
+    from train.iobench.storage import storage_read_rate
+
+    c = s.c
+    s.progress("storage: reading the train shards")
+    result.storage = storage_read_rate(s.info, "train", max_bytes=2 * 1024 ** 3, cold=True).to_json()
+    for kind in (k for k in loaders if backend_spec(k).stage_probe is not None):
+        s.progress(f"stages: {kind.value}")
+        costs = measure_stages(kind, s.info, s.inputs(kind)[1], c.image_size, c.batch_size, c.stage_samples)
+        result.stages[kind.value] = costs.to_json()
+    result.h2d_seconds_per_image = h2d_seconds_per_image(c.batch_size, c.image_size, s.device)
+    # Loader-only: the main process only receives batches; on a CPU device its idle OpenMP threads would
+    # otherwise spin and take cores from the loader's workers (measured here: 4x fewer img/s at 2 cores).
+    threads = torch.get_num_threads()
+    if s.device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        _sweep(s, result, loaders)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _end_to_end_lines(r: IoBenchResult) -> list[str]:
     """What the end-to-end runs add: their rates, and whether the step slowed down with a loader running."""
     lines = []
-    compute = r.compute["p_core"] if r.compute else None
-    fastest_step = max((e["p_core"] for e in r.end_to_end.values()), default=0.0)
+    compute = r.compute.p_core if r.compute else None
+    fastest_step = max((e.p_core for e in r.end_to_end.values()), default=0.0)
     if compute and fastest_step > 1.25 * compute:
         lines.append(f"check: the step alone ran at {fastest_step:.1f} img/s in an end-to-end run but "
                      f"{compute:.1f} img/s compute-only: the compute-only run was disturbed (a busy machine?); "
                      f"re-run with more --steps")
     for kind, e in r.end_to_end.items():
         lines.append(f"end to end with the {kind} loader: {e['p_train']:.1f} img/s (data wait "
-                     f"{100 * e['data_wait_fraction']:.0f}%, step alone {e['p_core']:.1f} img/s).")
-        if compute and e["p_core"] < 0.8 * compute:
+                     f"{100 * e.data_wait_fraction:.0f}%, step alone {e.p_core:.1f} img/s).")
+        if compute and e.p_core < 0.8 * compute:
             lines.append(f"with the {kind} loader running, the training step itself ran at "
-                         f"{e['p_core'] / compute:.2f}x its compute-only rate: loader and step compete for the "
+                         f"{e.p_core / compute:.2f}x its compute-only rate: loader and step compete for the "
                          f"same host cores{' (the step runs on the CPU here)' if r.machine['device'] == 'cpu' else ''}.")
     return lines
 
 
-def _sweep(c, result, loaders, sweep, info, folder_root, device, sync, progress) -> None:
+def _sweep(s: _Setup, result: IoBenchResult, loaders: list[LoaderKind]) -> None:
     """Loader-only img/s of every backend at every worker count into ``result.sweep``."""
+    c = s.c
+    sync = (lambda: torch.cuda.synchronize(s.device)) if s.device.type == "cuda" else (lambda: None)
     for kind in loaders:
         result.sweep[kind.value] = {}
-        for w in sweep:
-            progress(f"loader-only: {kind.value}, {w} worker(s)")
-            cfg = LoaderConfig(batch_size=c.batch_size, image_size=c.image_size, workers=w,
-                               data_root=folder_root if kind is LoaderKind.FOLDER else None)
-            loader = build_loader(kind, cfg, Split.TRAIN, None if kind is LoaderKind.FOLDER else info, device)
-            hooks = _fidelity_hooks(loader, result) if kind is LoaderKind.CPU and w == 1 else {}
+        for w in s.sweep:
+            s.progress(f"loader-only: {kind.value}, {w} worker(s)")
+            info, root = s.inputs(kind)
+            cfg = LoaderConfig(batch_size=c.batch_size, image_size=c.image_size, workers=w, data_root=root)
+            loader = build_loader(kind, cfg, Split.TRAIN, info, s.device)
+            hooks = _fidelity_hooks(loader, result) if kind is PRIMARY and w == 1 else {}
             # a window must hold many batches per worker: the batches the other workers finished while the
             # first was awaited would otherwise inflate the rate (by up to workers / window batches)
             n = max(c.loader_batches, 5 * w)
-            result.sweep[kind.value][w] = time_windows(batches_forever(loader), n, c.warmup_batches + w, c.repeat,
-                                                       sync, **hooks)
-            del loader
-
-
-def _dali_available() -> bool:
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
+            batches = batches_forever(loader)
+            result.sweep[kind.value][w] = time_windows(batches, n, c.warmup_batches + w, c.repeat, sync, **hooks)
+            batches.close()
+            loader.close()
 
 
 def _fidelity_hooks(loader, result: IoBenchResult) -> dict:
@@ -369,7 +465,7 @@ def _fidelity_hooks(loader, result: IoBenchResult) -> dict:
 def _verdict(c: IoBenchConfig, r: IoBenchResult, info: DatasetInfo, cores: int) -> Verdict | None:
     if not r.sweep or r.compute is None:
         return None
-    primary = LoaderKind.CPU.value if LoaderKind.CPU.value in r.sweep else next(iter(r.sweep))
+    primary = PRIMARY.value if PRIMARY.value in r.sweep else next(iter(r.sweep))
     points = r.sweep[primary]
     at = max(points)  # the most workers measured (normally all cores)
     input_rate = points[at].median
@@ -392,7 +488,7 @@ def _verdict(c: IoBenchConfig, r: IoBenchResult, info: DatasetInfo, cores: int) 
         if after < before:
             levers.append(Lever(f"shards re-made with shard-imagenet --max-size {max_size}", rate,
                                 f"extrapolated: decode cost x {after / before:.2f} (decoded pixels)"))
-    return decide(Evidence(compute_rate=r.compute["p_core"], input_rate=input_rate, stage_seconds=stage_s,
+    return decide(Evidence(compute_rate=r.compute.p_core, input_rate=input_rate, stage_seconds=stage_s,
                            per_core_rate=per_core, workers=at, cores=cores, levers=tuple(levers)))
 
 
