@@ -67,8 +67,8 @@ class TreeSpec:
         classes: class folders (fake wnids); train_per_class / val_per_class: distinct images per class.
         copies: times each train image is listed (symlinks under other names): longer epochs, same decode cost.
         long_side: typical longer side, px (80% of images; the rest 0.4x-2x of it).
-        quality: JPEG quality; seed: generator seed (same spec, same bytes).
         detail_median / detail_sigma: per-image texture strength, log-normal (tuned for ~0.57 byte/px at q90).
+        quality: JPEG quality; seed: generator seed (same spec, same bytes).
     """
 
     classes: int
@@ -76,10 +76,10 @@ class TreeSpec:
     val_per_class: int
     copies: int
     long_side: int
-    quality: int = 90
-    seed: int = 0
     detail_median: float = 18.0
     detail_sigma: float = 1.1
+    quality: int = 90
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,20 +88,21 @@ class LegSpec:
 
     Attributes:
         name: label in the table and the ``--legs`` filter; kind: synthetic | loader | io-bench.
-        loader: ``train --loader`` value; precision: ``--precision``; flags: further flags.
+        loader: ``train --loader`` value; precision: ``--precision``.
         warmup_steps / steps: left-out first steps and measured steps (``--max-steps`` = their sum).
         timeout_s: hard limit of the subprocess, s; need_s: budget that must be left to start it, s.
+        flags: further flags.
     """
 
     name: str
     kind: str
     loader: str = "synthetic"
     precision: str = "amp"
-    flags: tuple[str, ...] = ()
     warmup_steps: int = 0
     steps: int = 0
     timeout_s: float = 120.0
     need_s: float = 30.0
+    flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -256,9 +256,9 @@ class BackendSpec:
     target: str
     needs: DataInput
     order_by_workers: bool = False
-    local_only: bool = False
     requires: str | None = None
     install_hint: str | None = None
+    local_only: bool = False
     stage_probe: str | None = None
 
     def available(self) -> str | None:

@@ -4,7 +4,7 @@ Each rank iterates 2 train epochs and 1 val pass and writes the keys it saw; the
 ranks: equal train steps (== len(loader)), disjoint keys with only drop_last-sized losses, one shard order
 shared by both ranks and reshuffled between epochs, and val covering every sample exactly once.
 
-This file is also the per-rank worker: ``python -m torch.distributed.run ... -m tests.test_ddp_epochs``.
+This file is also the per-rank worker: ``python -m torch.distributed.run ... -m tests.integration.test_ddp_epochs``.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_ddp_epoch_contract(tree, tmp_path, shard_size, num_shards, workers, bat
     assert [len(s) for s in shards] == list(info.split("train").shard_lengths)
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD_SIZE),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "tests.test_ddp_epochs",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "tests.integration.test_ddp_epochs",
            str(data), str(tmp_path), str(batch_size), str(workers)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -85,56 +85,78 @@ def _plots(r: IoBenchResult, out: Path) -> list[str]:
     return names
 
 
+def _header(r: IoBenchResult) -> list[str]:
+    c, m = r.config, r.machine
+    return ["# io-bench report", "",
+            f"Machine: {m['cpu_cores']} CPU cores ({m['cpu']}), device {m['device']} ({m['device_name']}), "
+            f"torch {m['torch']}.",
+            f"Data: `{c['data']}` ({c['train_samples']} train samples); batch {c['batch_size']}, {c['image_size']} px, "
+            f"precision {c['precision']}; loader windows: {c['repeat']} x {c['loader_batches']} batches after "
+            f"{c['warmup_batches']} warm-up; training runs: {c['train_steps']} steps after {c['warmup_steps']} warm-up.", ""]
+
+
+def _storage(r: IoBenchResult) -> list[str]:
+    s = r.storage
+    return ["## Storage", "",
+            f"Sequential read of the train shards: {s['mb_per_s']:.0f} MB/s = {s['img_per_s']:.0f} img/s "
+            f"({s['bytes'] / 1e6:.0f} MB, {'page cache dropped first' if s['cold'] else 'warm cache'}). "
+            f"{s.get('note', '')}", ""]
+
+
+def _stages(r: IoBenchResult, rows: dict[str, dict[str, float]]) -> list[str]:
+    """The per-stage table (ms per image on one core), the backends' notes and the 1-worker check."""
+    stages = [s for s in STAGE_COLOURS if any(s in row for row in rows.values())]
+    lines = ["## Per-stage cost (ms per image, one core)", "",
+             "| backend | " + " | ".join(stages) + " | total | img/s per core |", "|---" * (len(stages) + 3) + "|"]
+    for kind, row in rows.items():
+        total = sum(row.values())
+        lines.append(f"| {kind} | " + " | ".join(f"{1000 * row.get(s, 0):.2f}" for s in stages) +
+                     f" | {1000 * total:.2f} | {1 / total:.0f} |")
+    notes = [s["note"] if s["note"].startswith(f"{k}:") else f"{k}: {s['note']}"
+             for k, s in r.stages.items() if s.get("note")]
+    lines += [""] + [f"- {n}" for n in notes] + [""]
+    if r.stage_fidelity:
+        f = r.stage_fidelity
+        lines += [f"Check: at 1 worker the cpu backend's stage times add up to {100 * f['ratio']:.0f}% of the "
+                  f"loader's wall time ({f['stage_sum_s']:.2f} s of {f['wall_s']:.2f} s).", ""]
+    return lines
+
+
+def _sweep(r: IoBenchResult) -> list[str]:
+    ws = sorted({w for pts in r.sweep.values() for w in pts})
+    lines = ["## Loader-only throughput (img/s, median [min-max])", "",
+             "| backend | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in ws) + " |",
+             "|---" * (len(ws) + 1) + "|"]
+    for kind, pts in r.sweep.items():
+        cells = [f"{pts[w].median:.0f} [{min(pts[w].samples):.0f}-{max(pts[w].samples):.0f}]" if w in pts else "-"
+                 for w in ws]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _training(r: IoBenchResult) -> list[str]:
+    lines = ["## Training step", "", "| run | p_train (img/s) | p_core (img/s) | data wait |", "|---|---|---|---|"]
+    if r.compute:
+        lines.append(f"| compute-only (synthetic) | {r.compute.p_train:.1f} | {r.compute.p_core:.1f} | - |")
+    for kind, e in r.end_to_end.items():
+        lines.append(f"| {kind} loader | {e.p_train:.1f} | {e.p_core:.1f} | {100 * e.data_wait_fraction:.0f}% |")
+    return lines + [""]
+
+
 def render_markdown(r: IoBenchResult, plots: list[str]) -> str:
     """The report as Markdown (what the README shows)."""
-    c, m = r.config, r.machine
-    lines = ["# io-bench report", "",
-             f"Machine: {m['cpu_cores']} CPU cores ({m['cpu']}), device {m['device']} ({m['device_name']}), "
-             f"torch {m['torch']}.",
-             f"Data: `{c['data']}` ({c['train_samples']} train samples); batch {c['batch_size']}, {c['image_size']} px, "
-             f"precision {c['precision']}; loader windows: {c['repeat']} x {c['loader_batches']} batches after "
-             f"{c['warmup_batches']} warm-up; training runs: {c['train_steps']} steps after {c['warmup_steps']} warm-up.", ""]
+    lines = _header(r)
     if r.verdict:
         lines += ["## Verdict", ""] + [f"- {line}" for line in r.verdict.lines] + [""]
     if r.storage:
-        s = r.storage
-        lines += ["## Storage", "",
-                  f"Sequential read of the train shards: {s['mb_per_s']:.0f} MB/s = {s['img_per_s']:.0f} img/s "
-                  f"({s['bytes'] / 1e6:.0f} MB, {'page cache dropped first' if s['cold'] else 'warm cache'}). "
-                  f"{s.get('note', '')}", ""]
+        lines += _storage(r)
     rows = _stage_rows(r)
     if rows:
-        stages = [s for s in STAGE_COLOURS if any(s in row for row in rows.values())]
-        lines += ["## Per-stage cost (ms per image, one core)", "",
-                  "| backend | " + " | ".join(stages) + " | total | img/s per core |",
-                  "|---" * (len(stages) + 3) + "|"]
-        for kind, row in rows.items():
-            total = sum(row.values())
-            lines.append(f"| {kind} | " + " | ".join(f"{1000 * row.get(s, 0):.2f}" for s in stages) +
-                         f" | {1000 * total:.2f} | {1 / total:.0f} |")
-        notes = [s["note"] if s["note"].startswith(f"{k}:") else f"{k}: {s['note']}"
-                 for k, s in r.stages.items() if s.get("note")]
-        lines += [""] + [f"- {n}" for n in notes] + [""]
-        if r.stage_fidelity:
-            f = r.stage_fidelity
-            lines += [f"Check: at 1 worker the cpu backend's stage times add up to {100 * f['ratio']:.0f}% of the "
-                      f"loader's wall time ({f['stage_sum_s']:.2f} s of {f['wall_s']:.2f} s).", ""]
+        lines += _stages(r, rows)
     if r.sweep:
-        ws = sorted({w for pts in r.sweep.values() for w in pts})
-        lines += ["## Loader-only throughput (img/s, median [min-max])", "",
-                  "| backend | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in ws) + " |", "|---" * (len(ws) + 1) + "|"]
-        for kind, pts in r.sweep.items():
-            cells = [f"{pts[w].median:.0f} [{min(pts[w].samples):.0f}-{max(pts[w].samples):.0f}]" if w in pts else "-"
-                     for w in ws]
-            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += _sweep(r)
     if r.compute or r.end_to_end:
-        lines += ["## Training step", "", "| run | p_train (img/s) | p_core (img/s) | data wait |", "|---|---|---|---|"]
-        if r.compute:
-            lines.append(f"| compute-only (synthetic) | {r.compute.p_train:.1f} | {r.compute.p_core:.1f} | - |")
-        for kind, e in r.end_to_end.items():
-            lines.append(f"| {kind} loader | {e.p_train:.1f} | {e.p_core:.1f} | {100 * e.data_wait_fraction:.0f}% |")
-        lines.append("")
+        lines += _training(r)
     if r.max_size_lever:
         x = r.max_size_lever
         lines += [f"Pre-resized shards: with `--max-size {x['max_size']}` the mean decoded image would go from "

@@ -96,35 +96,34 @@ class RateStats:
 
 
 @dataclass(frozen=True)
-class ComputeOnly:
-    """The compute-only run: ``train --loader synthetic`` with io-bench's model, precision, batch and image size.
-
-    Attributes: p_core / p_train in img/s, the precision and device it ran with, its steps (warm-up included).
-    """
+class TrainRates:
+    """The rates of one ``train`` run io-bench started: p_core and p_train in img/s."""
 
     p_core: float
     p_train: float
-    precision: str
-    device: str
-    device_name: str
-    steps: int
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
-class EndToEnd:
-    """One end-to-end ``train`` run with a real backend: p_core / p_train in img/s, the share of the train loop
-    spent waiting for data (0..1), its steps."""
+class ComputeOnly(TrainRates):
+    """The compute-only run (``train --loader synthetic`` with io-bench's model, precision, batch and image size):
+    its rates, the precision and device it ran with, and its steps (warm-up included)."""
 
-    p_core: float
-    p_train: float
-    data_wait_fraction: float
+    precision: str
+    device: str
+    device_name: str
     steps: int
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+
+@dataclass(frozen=True)
+class EndToEnd(TrainRates):
+    """One end-to-end ``train`` run with a real backend: its rates, the share of the train loop spent waiting for
+    data (0..1) and its steps."""
+
+    data_wait_fraction: float
+    steps: int
 
 
 @dataclass

@@ -101,6 +101,52 @@ def per_core_rate(e: Evidence) -> float | None:
     return None
 
 
+def _dominant_stage(e: Evidence) -> tuple[str, float] | None:
+    """(the stage with the most seconds per image, its share of all stages), when stage times are known."""
+    if not (e.stage_seconds and sum(e.stage_seconds.values()) > 0):
+        return None
+    name = max(e.stage_seconds, key=e.stage_seconds.get)
+    return name, e.stage_seconds[name] / sum(e.stage_seconds.values())
+
+
+def _levers(e: Evidence, r: float | None, io_bound: bool) -> list[Lever]:
+    """The caller's levers plus "all cores as workers" (extrapolated from r), fastest first."""
+    levers = list(e.levers)
+    if r and e.workers < e.cores and io_bound:
+        # a run's input rate is what the loop ran at, not what its loader could give: use the per-core rate
+        rate = e.cores * r if e.from_run else min(e.cores * r, e.input_rate * e.cores / max(e.workers, 1))
+        levers.append(Lever(f"--workers {e.cores} (all {e.cores} cores)", rate,
+                            f"extrapolated: {r:.0f} img/s per core x {e.cores} cores"))
+    return sorted(levers, key=lambda lv: lv.rate, reverse=True)
+
+
+def _headline(e: Evidence, ratio: float, io_bound: bool) -> str:
+    """The verdict's first line: I/O- or compute-bound, with the two rates."""
+    if e.from_run:
+        rates = (f"the train loop ran at {e.input_rate:.0f} img/s, the training step alone at {e.compute_rate:.0f} "
+                 f"img/s (p_train/p_core {ratio:.2f})")
+        return (f"I/O-bound: {rates}; the input pipeline is the bottleneck." if io_bound else
+                f"compute-bound: {rates}; the input keeps up.")
+    if io_bound:
+        return (f"I/O-bound: the input pipeline delivers {e.input_rate:.0f} img/s, the training step could take "
+                f"{e.compute_rate:.0f} img/s; the accelerator waits {100 * (1 - ratio):.0f}% of the time "
+                f"({1 / ratio:.2f}x more input needed).")
+    return (f"compute-bound: the input pipeline delivers {e.input_rate:.0f} img/s, the training step takes "
+            f"{e.compute_rate:.0f} img/s ({ratio:.3g}x headroom in the input).")
+
+
+def _lever_lines(e: Evidence, levers: list[Lever]) -> list[str]:
+    """One line per lever (does it close the gap?), and a note when none does."""
+    closing = [lv for lv in levers if lv.rate >= IO_BOUND_BELOW * e.compute_rate]
+    lines = []
+    for lv in levers:
+        enough = "closes the gap" if lv in closing else f"{lv.rate / e.compute_rate:.2f}x of compute"
+        lines.append(f"lever: {lv.name}: {lv.rate:.0f} img/s ({enough}; {lv.basis}).")
+    if not closing:
+        lines.append("no single lever measured here closes the gap: combine them, or add CPU cores per accelerator.")
+    return lines
+
+
 def decide(e: Evidence) -> Verdict:
     """Turn measured rates into a :class:`Verdict` (formulas in the module docstring).
 
@@ -111,34 +157,11 @@ def decide(e: Evidence) -> Verdict:
         raise ValueError(f"rates must be > 0 (compute {e.compute_rate}, input {e.input_rate})")
     ratio = e.input_rate / e.compute_rate
     io_bound = ratio < IO_BOUND_BELOW
-    dominant = None
-    if e.stage_seconds and sum(e.stage_seconds.values()) > 0:
-        total = sum(e.stage_seconds.values())
-        name = max(e.stage_seconds, key=e.stage_seconds.get)
-        dominant = (name, e.stage_seconds[name] / total)
+    dominant = _dominant_stage(e)
     r = per_core_rate(e)
     cores_needed = math.ceil(e.compute_rate / r) if r else None
-    levers = list(e.levers)
-    if r and e.workers < e.cores and io_bound:
-        # a run's input rate is what the loop ran at, not what its loader could give: use the per-core rate
-        rate = e.cores * r if e.from_run else min(e.cores * r, e.input_rate * e.cores / max(e.workers, 1))
-        levers.append(Lever(f"--workers {e.cores} (all {e.cores} cores)", rate,
-                            f"extrapolated: {r:.0f} img/s per core x {e.cores} cores"))
-    levers.sort(key=lambda lv: lv.rate, reverse=True)
-
-    lines = []
-    if e.from_run:
-        rates = (f"the train loop ran at {e.input_rate:.0f} img/s, the training step alone at {e.compute_rate:.0f} "
-                 f"img/s (p_train/p_core {ratio:.2f})")
-        lines.append(f"I/O-bound: {rates}; the input pipeline is the bottleneck." if io_bound else
-                     f"compute-bound: {rates}; the input keeps up.")
-    elif io_bound:
-        lines.append(f"I/O-bound: the input pipeline delivers {e.input_rate:.0f} img/s, the training step could take "
-                     f"{e.compute_rate:.0f} img/s; the accelerator waits {100 * (1 - ratio):.0f}% of the time "
-                     f"({1 / ratio:.2f}x more input needed).")
-    else:
-        lines.append(f"compute-bound: the input pipeline delivers {e.input_rate:.0f} img/s, the training step takes "
-                     f"{e.compute_rate:.0f} img/s ({ratio:.3g}x headroom in the input).")
+    levers = _levers(e, r, io_bound)
+    lines = [_headline(e, ratio, io_bound)]
     if e.data_wait_fraction is not None:
         lines.append(f"data wait: {100 * e.data_wait_fraction:.0f}% of the train loop.")
     if dominant:
@@ -147,10 +170,5 @@ def decide(e: Evidence) -> Verdict:
         lines.append(f"cores per accelerator to reach the compute rate: {cores_needed} at {r:.0f} img/s per core "
                      f"(this machine gives {e.cores}).")
     if io_bound:
-        closing = [lv for lv in levers if lv.rate >= IO_BOUND_BELOW * e.compute_rate]
-        for lv in levers:
-            enough = "closes the gap" if lv in closing else f"{lv.rate / e.compute_rate:.2f}x of compute"
-            lines.append(f"lever: {lv.name}: {lv.rate:.0f} img/s ({enough}; {lv.basis}).")
-        if not closing:
-            lines.append("no single lever measured here closes the gap: combine them, or add CPU cores per accelerator.")
+        lines += _lever_lines(e, levers)
     return Verdict(io_bound, ratio, dominant, cores_needed, tuple(levers), tuple(lines))
