@@ -95,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     from train.iobench.report import write_report
 
     data = args.data if is_url(args.data) else Path(args.data)
-    cfg = IoBenchConfig(data=data, loaders=args.loader, workers=args.workers, batch_size=args.batch_size,
-                        image_size=args.image_size, precision=args.precision, repeat=args.repeat,
-                        loader_batches=args.loader_batches, train_steps=args.steps, folder_root=args.folder_root,
-                        max_size=args.max_size)
+    try:
+        cfg = IoBenchConfig(data=data, loaders=args.loader, workers=args.workers, batch_size=args.batch_size,
+                            image_size=args.image_size, precision=args.precision, repeat=args.repeat,
+                            loader_batches=args.loader_batches, train_steps=args.steps,
+                            folder_root=args.folder_root, max_size=args.max_size)
+    except ValueError as exc:  # the schema's own checks (e.g. --image-size below 8)
+        print(f"io-bench: error: {error_line(exc)}", file=sys.stderr)
+        return 2
     bar = tqdm(desc="io-bench", unit="step", bar_format="{desc}: {n_fmt} steps done [{elapsed}]")
 
     def progress(line: str) -> None:

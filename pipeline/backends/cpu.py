@@ -200,7 +200,8 @@ class ShardLoaderBase(ReplayResume):
     persistent forked DataLoader workers over :meth:`make_dataset` (:meth:`worker_loader`) and :meth:`close`.
 
     Raises:
-        ValueError: no dataset, bad options, or a train split too small for one step per rank.
+        ValueError: no dataset, or a train split too small for one step per rank (option values are checked by
+            :class:`LoaderConfig` itself).
     """
 
     kind = "cpu"  # the --loader name, for messages
@@ -210,9 +211,6 @@ class ShardLoaderBase(ReplayResume):
                  rank: int = 0, world_size: int = 1):
         if info is None:
             raise ValueError(f"--loader {self.kind} needs --data DIR (a folder written by shard-imagenet)")
-        if cfg.batch_size < 1 or cfg.image_size < 8 or cfg.workers < 0:
-            raise ValueError(f"bad loader options: batch_size={cfg.batch_size}, image_size={cfg.image_size}, "
-                             f"workers={cfg.workers}")
         self.split = split
         self.device = device
         self.num_samples = info.split(split.value).num_samples

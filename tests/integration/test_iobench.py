@@ -88,7 +88,7 @@ def test_verdict_flips_with_a_delay_in_decode_or_in_the_step(demo_shards, monkey
         m.setattr(transforms.simplejpeg, "decode_jpeg", slow_decode)
         slow_io = _bench(demo_shards, workers=(2,))
     assert slow_io.sweep["cpu"][2].median < 11  # at most 2 workers / 0.2 s
-    assert slow_io.stages["cpu"]["seconds_per_image"]["decode"] >= 0.2
+    assert slow_io.stages["cpu"].seconds_per_image["decode"] >= 0.2
     assert slow_io.verdict.dominant_stage[0] == "decode"
     assert slow_io.verdict.io_bound, slow_io.verdict.lines
     assert len(built) == 2  # the compute-only and the end-to-end run trained the tiny model
@@ -168,7 +168,7 @@ def test_stage_times_add_up_to_loader_wall_time_at_one_worker(tmp_path):
         time_windows(batches_forever(loader), 4, 2, 2, lambda: None, **_fidelity_hooks(loader, result))
     finally:
         torch.set_num_threads(threads)
-    assert 0.9 <= result.stage_fidelity["ratio"] <= 1.1, result.stage_fidelity
+    assert 0.9 <= result.stage_fidelity.ratio <= 1.1, result.stage_fidelity
 
 
 @pytest.mark.slow
@@ -232,6 +232,14 @@ def test_cli_bad_data_is_one_line(tmp_path, capsys):
     assert io_bench.main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("io-bench: error: ") and "_info.json" in err[-1]
+
+
+def test_cli_bad_option_value_is_one_line(demo_shards, tmp_path, capsys):
+    from tools import io_bench
+
+    assert io_bench.main(["--data", str(demo_shards), "--image-size", "4", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "io-bench: error: --image-size must be >= 8, got 4"
 
 
 def test_train_prints_the_verdict(demo_shards, tmp_path, capsys):

@@ -29,7 +29,7 @@ def write_report(r: IoBenchResult, out: Path) -> Path:
 def _stage_rows(r: IoBenchResult) -> dict[str, dict[str, float]]:
     rows = {}
     for kind, s in r.stages.items():
-        row = dict(s["seconds_per_image"])
+        row = dict(s.seconds_per_image)
         if r.h2d_seconds_per_image is not None:
             row["h2d copy"] = r.h2d_seconds_per_image
         rows[kind] = row
@@ -88,19 +88,17 @@ def _plots(r: IoBenchResult, out: Path) -> list[str]:
 def _header(r: IoBenchResult) -> list[str]:
     c, m = r.config, r.machine
     return ["# io-bench report", "",
-            f"Machine: {m['cpu_cores']} CPU cores ({m['cpu']}), device {m['device']} ({m['device_name']}), "
-            f"torch {m['torch']}.",
-            f"Data: `{c['data']}` ({c['train_samples']} train samples); batch {c['batch_size']}, {c['image_size']} px, "
-            f"precision {c['precision']}; loader windows: {c['repeat']} x {c['loader_batches']} batches after "
-            f"{c['warmup_batches']} warm-up; training runs: {c['train_steps']} steps after {c['warmup_steps']} warm-up.", ""]
+            f"Machine: {m.cpu_cores} CPU cores ({m.cpu}), device {m.device} ({m.device_name}), torch {m.torch}.",
+            f"Data: `{c.data}` ({c.train_samples} train samples); batch {c.batch_size}, {c.image_size} px, "
+            f"precision {c.precision}; loader windows: {c.repeat} x {c.loader_batches} batches after "
+            f"{c.warmup_batches} warm-up; training runs: {c.train_steps} steps after {c.warmup_steps} warm-up.", ""]
 
 
 def _storage(r: IoBenchResult) -> list[str]:
     s = r.storage
     return ["## Storage", "",
-            f"Sequential read of the train shards: {s['mb_per_s']:.0f} MB/s = {s['img_per_s']:.0f} img/s "
-            f"({s['bytes'] / 1e6:.0f} MB, {'page cache dropped first' if s['cold'] else 'warm cache'}). "
-            f"{s.get('note', '')}", ""]
+            f"Sequential read of the train shards: {s.mb_per_s:.0f} MB/s = {s.img_per_s:.0f} img/s "
+            f"({s.bytes / 1e6:.0f} MB, {'page cache dropped first' if s.cold else 'warm cache'}). {s.note}", ""]
 
 
 def _stages(r: IoBenchResult, rows: dict[str, dict[str, float]]) -> list[str]:
@@ -112,13 +110,12 @@ def _stages(r: IoBenchResult, rows: dict[str, dict[str, float]]) -> list[str]:
         total = sum(row.values())
         lines.append(f"| {kind} | " + " | ".join(f"{1000 * row.get(s, 0):.2f}" for s in stages) +
                      f" | {1000 * total:.2f} | {1 / total:.0f} |")
-    notes = [s["note"] if s["note"].startswith(f"{k}:") else f"{k}: {s['note']}"
-             for k, s in r.stages.items() if s.get("note")]
+    notes = [s.note if s.note.startswith(f"{k}:") else f"{k}: {s.note}" for k, s in r.stages.items() if s.note]
     lines += [""] + [f"- {n}" for n in notes] + [""]
     if r.stage_fidelity:
         f = r.stage_fidelity
-        lines += [f"Check: at 1 worker the cpu backend's stage times add up to {100 * f['ratio']:.0f}% of the "
-                  f"loader's wall time ({f['stage_sum_s']:.2f} s of {f['wall_s']:.2f} s).", ""]
+        lines += [f"Check: at 1 worker the cpu backend's stage times add up to {100 * f.ratio:.0f}% of the "
+                  f"loader's wall time ({f.stage_sum_s:.2f} s of {f.wall_s:.2f} s).", ""]
     return lines
 
 
@@ -159,9 +156,9 @@ def render_markdown(r: IoBenchResult, plots: list[str]) -> str:
         lines += _training(r)
     if r.max_size_lever:
         x = r.max_size_lever
-        lines += [f"Pre-resized shards: with `--max-size {x['max_size']}` the mean decoded image would go from "
-                  f"{x['mean_pixels'] / 1e3:.0f}k to {x['mean_pixels_after'] / 1e3:.0f}k pixels "
-                  f"(extrapolated loader rate {x['rate']:.0f} img/s).", ""]
+        lines += [f"Pre-resized shards: with `--max-size {x.max_size}` the mean decoded image would go from "
+                  f"{x.mean_pixels / 1e3:.0f}k to {x.mean_pixels_after / 1e3:.0f}k pixels "
+                  f"(extrapolated loader rate {x.rate:.0f} img/s).", ""]
     if r.skipped:
         lines += ["## Not measured", ""] + [f"- {k}: {why}" for k, why in r.skipped.items()] + [""]
     lines += [f"![{p}]({p})" for p in plots]

@@ -32,9 +32,11 @@ import torch
 
 from pipeline.backends import DataInput, LoaderConfig, LoaderKind, Split, backend_spec, build_loader
 from pipeline.dataset import DatasetInfo, load_info
-from pipeline.shard.run import default_workers
+from pipeline.backends.probe import StageCosts
 from train.config import OptimConfig, TrainConfig
 from train.precision import Precision, resolve_precision
+from train.distributed import cores_per_rank
+from train.iobench.storage import ReadRate
 from train.iobench.verdict import Evidence, Lever, Verdict, decide
 
 # The backend the verdict is about (the sweep's first otherwise) and whose stage timers are checked against the
@@ -79,6 +81,14 @@ class IoBenchConfig:
     folder_root: Path | None = None
     max_size: int | None = None
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        for flag, value, low in (("--batch-size", self.batch_size, 1), ("--image-size", self.image_size, 8),
+                                 ("--repeat", self.repeat, 1), ("--loader-batches", self.loader_batches, 1),
+                                 ("--steps", self.train_steps, 1), ("--warmup-batches", self.warmup_batches, 0),
+                                 ("--warmup-steps", self.warmup_steps, 0), ("stage_samples", self.stage_samples, 1)):
+            if value < low:
+                raise ValueError(f"{flag} must be >= {low}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -126,31 +136,99 @@ class EndToEnd(TrainRates):
     steps: int
 
 
+@dataclass(frozen=True)
+class Machine:
+    """Where io-bench ran: host cores, CPU name, device (``cuda`` / ``cpu``) and its name, torch version."""
+
+    cpu_cores: int
+    cpu: str
+    device: str
+    device_name: str
+    torch: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options one io-bench run used, resolved (precision per device, the sweep's worker counts, the folder
+    tree found), and the train split's size."""
+
+    data: str
+    batch_size: int
+    image_size: int
+    precision: str
+    repeat: int
+    loader_batches: int
+    warmup_batches: int
+    train_steps: int
+    warmup_steps: int
+    workers: list[int]
+    train_samples: int
+    folder_root: str | None
+
+
+@dataclass(frozen=True)
+class StageFidelity:
+    """At 1 worker: the cpu backend's stage seconds summed over the timed windows (``stage_sum_s``) against those
+    windows' wall time (``wall_s``), both in s."""
+
+    stage_sum_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def ratio(self) -> float | None:
+        return self.stage_sum_s / self.wall_s if self.wall_s else None
+
+    def add(self, stage_s: float, wall_s: float) -> "StageFidelity":
+        return StageFidelity(self.stage_sum_s + stage_s, self.wall_s + wall_s)
+
+    def to_json(self) -> dict:
+        return {"stage_sum_s": self.stage_sum_s, "wall_s": self.wall_s, "ratio": self.ratio}
+
+
+@dataclass(frozen=True)
+class MaxSizeLever:
+    """Shards re-made with ``--max-size``: the mean decoded pixels per train image now and after, and the loader
+    rate (img/s) extrapolated with decode time taken as proportional to decoded pixels."""
+
+    max_size: int
+    mean_pixels: float
+    mean_pixels_after: float
+    rate: float
+
+
+def _json(part):
+    """A result part as JSON: a dataclass's fields (its own ``to_json`` first), or None."""
+    if part is None:
+        return None
+    return part.to_json() if hasattr(part, "to_json") else dataclasses.asdict(part)
+
+
 @dataclass
 class IoBenchResult:
     """Everything io-bench measured (``to_json`` is results.json)."""
 
-    machine: dict
-    config: dict
-    storage: dict | None = None
-    stages: dict[str, dict] = field(default_factory=dict)
+    machine: Machine
+    config: Settings
+    storage: ReadRate | None = None
+    stages: dict[str, StageCosts] = field(default_factory=dict)
     h2d_seconds_per_image: float | None = None
     sweep: dict[str, dict[int, RateStats]] = field(default_factory=dict)
-    stage_fidelity: dict | None = None
+    stage_fidelity: StageFidelity | None = None
     compute: ComputeOnly | None = None
     end_to_end: dict[str, EndToEnd] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-    max_size_lever: dict | None = None
+    max_size_lever: MaxSizeLever | None = None
     verdict: Verdict | None = None
 
     def to_json(self) -> dict:
-        return {"machine": self.machine, "config": self.config, "storage": self.storage, "stages": self.stages,
+        return {"machine": _json(self.machine), "config": _json(self.config), "storage": _json(self.storage),
+                "stages": {k: c.to_json() for k, c in self.stages.items()},
                 "h2d_seconds_per_image": self.h2d_seconds_per_image,
                 "sweep": {k: {str(w): r.to_json() for w, r in v.items()} for k, v in self.sweep.items()},
-                "stage_fidelity": self.stage_fidelity, "compute": self.compute.to_json() if self.compute else None,
+                "stage_fidelity": _json(self.stage_fidelity), "compute": _json(self.compute),
                 "end_to_end": {k: e.to_json() for k, e in self.end_to_end.items()},
-                "skipped": self.skipped, "max_size_lever": self.max_size_lever,
-                "verdict": self.verdict.to_json() if self.verdict else None}
+                "skipped": self.skipped, "max_size_lever": _json(self.max_size_lever),
+                "verdict": _json(self.verdict)}
 
 
 def default_sweep(cores: int) -> tuple[int, ...]:
@@ -307,11 +385,9 @@ def _setup(c: IoBenchConfig, progress: Callable[[str], None]) -> _Setup:
         pipeline.dataset.DatasetError: ``c.data`` is not a usable shard folder.
         ValueError: bad options.
     """
-    if c.batch_size < 1 or c.image_size < 8 or c.repeat < 1 or c.loader_batches < 1 or c.train_steps < 1:
-        raise ValueError("--batch-size, --repeat, --loader-batches, --steps must be >= 1 and --image-size >= 8")
     info = load_info(c.data)
     device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cores = default_workers()
+    cores = cores_per_rank()  # one process: all the cores it may use
     folder_root = resolve_folder_root(c, info)
     if c.folder_root is not None and not (Path(c.folder_root) / "train").is_dir():
         raise ValueError(f"--folder-root {c.folder_root}: no train/ folder in it; give the ImageFolder tree the "
@@ -325,15 +401,12 @@ def _new_result(s: _Setup) -> IoBenchResult:
 
     c, device = s.c, s.device
     return IoBenchResult(
-        machine={"cpu_cores": s.cores, "cpu": platform.processor() or platform.machine(), "device": str(device),
-                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU only)",
-                 "torch": torch.__version__},
-        config={"data": str(c.data), "batch_size": c.batch_size, "image_size": c.image_size,
-                "precision": resolve_precision(c.precision, device).value, "repeat": c.repeat,
-                "loader_batches": c.loader_batches, "warmup_batches": c.warmup_batches, "train_steps": c.train_steps,
-                "warmup_steps": c.warmup_steps, "workers": list(s.sweep),
-                "train_samples": s.info.split("train").num_samples,
-                "folder_root": str(s.folder_root) if s.folder_root else None})
+        machine=Machine(s.cores, platform.processor() or platform.machine(), str(device),
+                        torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU only)",
+                        torch.__version__),
+        config=Settings(str(c.data), c.batch_size, c.image_size, resolve_precision(c.precision, device).value,
+                        c.repeat, c.loader_batches, c.warmup_batches, c.train_steps, c.warmup_steps, list(s.sweep),
+                        s.info.split("train").num_samples, str(s.folder_root) if s.folder_root else None))
 
 
 def _why_not_measured(kind: LoaderKind, s: _Setup) -> str | None:
@@ -388,11 +461,11 @@ def _measure_input(s: _Setup, result: IoBenchResult, loaders: list[LoaderKind]) 
 
     c = s.c
     s.progress("storage: reading the train shards")
-    result.storage = storage_read_rate(s.info, "train", max_bytes=2 * 1024 ** 3, cold=True).to_json()
+    result.storage = storage_read_rate(s.info, "train", max_bytes=2 * 1024 ** 3, cold=True)
     for kind in (k for k in loaders if backend_spec(k).stage_probe is not None):
         s.progress(f"stages: {kind.value}")
         costs = measure_stages(kind, s.info, s.inputs(kind)[1], c.image_size, c.batch_size, c.stage_samples)
-        result.stages[kind.value] = costs.to_json()
+        result.stages[kind.value] = costs
     result.h2d_seconds_per_image = h2d_seconds_per_image(c.batch_size, c.image_size, s.device)
     # Loader-only: the main process only receives batches; on a CPU device its idle OpenMP threads would
     # otherwise spin and take cores from the loader's workers (measured here: 4x fewer img/s at 2 cores).
@@ -420,7 +493,7 @@ def _end_to_end_lines(r: IoBenchResult) -> list[str]:
         if compute and e.p_core < 0.8 * compute:
             lines.append(f"with the {kind} loader running, the training step itself ran at "
                          f"{e.p_core / compute:.2f}x its compute-only rate: loader and step compete for the "
-                         f"same host cores{' (the step runs on the CPU here)' if r.machine['device'] == 'cpu' else ''}.")
+                         f"same host cores{' (the step runs on the CPU here)' if r.machine.device == 'cpu' else ''}.")
     return lines
 
 
@@ -454,9 +527,7 @@ def _fidelity_hooks(loader, result: IoBenchResult) -> dict:
 
     def end(wall: float):
         total = sum((loader.stats().stages - at_start[0]).seconds.values())
-        prev = result.stage_fidelity or {"stage_sum_s": 0.0, "wall_s": 0.0}
-        s, w = prev["stage_sum_s"] + total, prev["wall_s"] + wall
-        result.stage_fidelity = {"stage_sum_s": s, "wall_s": w, "ratio": s / w if w else None}
+        result.stage_fidelity = (result.stage_fidelity or StageFidelity()).add(total, wall)
 
     return {"on_window_start": start, "on_window_end": end}
 
@@ -468,7 +539,7 @@ def _verdict(c: IoBenchConfig, r: IoBenchResult, info: DatasetInfo, cores: int) 
     points = r.sweep[primary]
     at = max(points)  # the most workers measured (normally all cores)
     input_rate = points[at].median
-    stage_s = r.stages.get(primary, {}).get("seconds_per_image")
+    stage_s = r.stages[primary].seconds_per_image if primary in r.stages else None
     if stage_s and r.h2d_seconds_per_image is not None:
         stage_s = {**stage_s, "h2d copy": r.h2d_seconds_per_image}
     per_core = points[1].median if 1 in points else None
@@ -482,8 +553,7 @@ def _verdict(c: IoBenchConfig, r: IoBenchResult, info: DatasetInfo, cores: int) 
         total = sum(stage_s.values())
         new_total = total - stage_s["decode"] * (1 - after / before)  # decode time taken as ∝ decoded pixels
         rate = input_rate * total / new_total
-        r.max_size_lever = {"max_size": max_size, "mean_pixels": before, "mean_pixels_after": after,
-                            "rate": rate}
+        r.max_size_lever = MaxSizeLever(max_size, before, after, rate)
         if after < before:
             levers.append(Lever(f"shards re-made with shard-imagenet --max-size {max_size}", rate,
                                 f"extrapolated: decode cost x {after / before:.2f} (decoded pixels)"))
