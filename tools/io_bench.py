@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         print(f"io-bench: error: {error_line(exc)}", file=sys.stderr)
         return 2
-    bar.close()
+    finally:
+        bar.close()  # also on an unexpected error: a bar left open would shift every later one
     report = write_report(result, args.out)
     if result.verdict:
         for line in result.verdict.lines:

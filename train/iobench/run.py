@@ -488,7 +488,7 @@ def _end_to_end_lines(r: IoBenchResult) -> list[str]:
                      f"{compute:.1f} img/s compute-only: the compute-only run was disturbed (a busy machine?); "
                      f"re-run with more --steps")
     for kind, e in r.end_to_end.items():
-        lines.append(f"end to end with the {kind} loader: {e['p_train']:.1f} img/s (data wait "
+        lines.append(f"end to end with the {kind} loader: {e.p_train:.1f} img/s (data wait "
                      f"{100 * e.data_wait_fraction:.0f}%, step alone {e.p_core:.1f} img/s).")
         if compute and e.p_core < 0.8 * compute:
             lines.append(f"with the {kind} loader running, the training step itself ran at "
