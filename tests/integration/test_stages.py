@@ -31,8 +31,9 @@ def check_costs(c: StageCosts, backend: str, in_process_wall: bool) -> None:
     if in_process_wall:  # stages are timed inside the timed pass: they cannot exceed it, and cover nearly all of it
         covered = c.total * c.samples
         assert covered <= c.wall_seconds * 1.001
-        # a pass of a few tiny images lasts milliseconds, where loop overhead outside the stages shows
-        assert covered >= (0.8 if c.wall_seconds > 0.05 else 0.5) * c.wall_seconds, (covered, c.wall_seconds)
+        # a pass of a few tiny images lasts milliseconds, where loop overhead outside the stages shows; on a busy
+        # machine a few scheduler slices (~5 ms each) may land between the stages: 50 ms of slack for them
+        assert covered >= 0.8 * c.wall_seconds - 0.05, (covered, c.wall_seconds)
 
 
 @pytest.mark.parametrize("split", [Split.TRAIN, Split.VAL])
