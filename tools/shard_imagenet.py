@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY
+from pipeline.shard.jsonsafe import escape_text
 from pipeline.dataset import DatasetError
 from pipeline.source import LayoutError, LayoutKind, LayoutOptions
 from pipeline.shard.run import ShardConfig, default_workers, format_summary, shard_tree
@@ -69,7 +70,8 @@ def _add_layout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=Path, help="fixed class list, one wnid first on each line (e.g. "
                                                 "synset_words.txt): label = line index")
     p.add_argument("--val-labels", type=Path, help="label file of a flat val/ (devkit ground truth, "
-                                                   "LOC_val_solution.csv or Caffe val.txt; default: found in SRC)")
+                                                   "LOC_val_solution.csv, Caffe val.txt or '<file>,<class>' "
+                                                   "lines; default: found in SRC)")
     p.add_argument("--id-map", type=Path, help="ILSVRC2012_ID → wnid map for devkit labels: meta.mat or a "
                                                "map_clsloc.txt-style file (default: found in SRC)")
 
@@ -110,23 +112,29 @@ def verify_main(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``shard-imagenet``: exit 0 when done, 2 with one ``shard-imagenet: error: ...`` line, 130 on Ctrl-C."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["verify"]:
         return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
     cfg = _config_from_args(args)
+    out = escape_text(str(args.out))  # names that are not UTF-8 are printed escaped
     try:
         summary = shard_tree(cfg)
     except (LayoutError, ValueError, RuntimeError) as exc:
-        print(f"shard-imagenet: error: {exc}", file=sys.stderr)
+        print(f"shard-imagenet: error: {escape_text(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # not raised by the sharder's own checks: still one line, naming the file
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"shard-imagenet: error: {escape_text(where)}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"shard-imagenet: interrupted; complete shards in {args.out} are kept: run the same command "
+        print(f"shard-imagenet: interrupted; complete shards in {out} are kept: run the same command "
               f"again to resume", file=sys.stderr)
         return 130
     print(format_summary(summary))
     if summary.complete:
-        print(f"wrote {args.out}/ (_info.json, classes.txt, rejects.tsv, report.json, .tar + .idx per shard)")
+        print(f"wrote {out}/ (_info.json, classes.txt, rejects.tsv, report.json, .tar + .idx per shard)")
     return 0
 
 

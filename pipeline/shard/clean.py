@@ -40,6 +40,7 @@ class RejectReason(str, Enum):
     NOT_IN_CLASS = "not-in-class-folder"  # a file directly under a split folder, outside any class folder
     NO_LABEL = "no-label"            # a flat-val image that the label file does not list
     NOT_A_FILE = "not-a-file"        # an archive member that is a symlink, device or unresolvable link
+    UNREADABLE_FOLDER = "unreadable-folder"  # a folder that cannot be listed: its files are in no shard
 
 
 class ImageRejected(Exception):

@@ -19,10 +19,16 @@ whole shards, ``--num-jobs``/``--job-index`` split the shards between machines, 
 shard whose tar and part record (``_parts/NAME.json``, written last) match the task. Rejected files make a
 shard shorter; a shard whose files are all rejected is not written. The folder is complete when
 ``_info.json`` exists; it is written by whichever job finds every part record present.
+
+Names that are not valid UTF-8 are stored escaped in every JSON file (:mod:`pipeline.shard.jsonsafe`);
+``rejects.tsv`` and ``classes.txt`` keep their bytes. Workers die with the sharder process, even when it is
+killed with ``kill -9``. An output that cannot be written (read-only, disk full, ``--out`` a file) is one
+:class:`~pipeline.shard.writer.OutputError` line; what was written stays for the next run to resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -41,8 +47,10 @@ from tqdm import tqdm
 
 from pipeline import dataset as dsinfo
 from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, ImageRejected, RejectReason, normalize_image
+from pipeline.shard.jsonsafe import escape_text, json_safe, needs_escape
+from pipeline.shard.lifetime import die_with_parent
 from pipeline.source import LayoutOptions, SourceItem, SourceTree, scan_source
-from pipeline.shard.writer import TMP_SUFFIX, ShardWriter
+from pipeline.shard.writer import TMP_SUFFIX, OutputError, ShardWriter, output_error
 
 FORMAT_VERSION = 3  # bump when the bytes written for the same input change
 PARTS_DIR = "_parts"
@@ -230,11 +238,8 @@ def sample_key(index: int, relpath: str) -> str:
 
 
 def _json_bytes(meta: dict) -> bytes:
-    """UTF-8 JSON; a path that is not valid UTF-8 (undecodable bytes) falls back to ASCII escapes."""
-    try:
-        return json.dumps(meta, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(meta, ensure_ascii=True).encode("ascii")
+    """UTF-8 JSON; a path or class name that is not valid UTF-8 is stored escaped (see :mod:`jsonsafe`)."""
+    return json.dumps(json_safe(meta), ensure_ascii=False).encode("utf-8")
 
 
 def _tsv(text: str) -> str:
@@ -258,6 +263,8 @@ def plan_tasks(tree: SourceTree, cfg: ShardConfig) -> list[ShardTask]:
             for index, item in chunk:
                 h.update(f"\0{index}\0{item.relpath}\0{item.label}\0{_source_stamp(item)}".encode(
                     "utf-8", "surrogateescape"))
+                if needs_escape(item.relpath) or needs_escape(tree.classes[item.label]):
+                    h.update(b"\0json-escaped")  # such names are now stored escaped: an older shard is rewritten
             tasks.append(ShardTask(split, pattern.format(index=k // cfg.shard_size), chunk, h.hexdigest()))
     return tasks
 
@@ -281,11 +288,35 @@ def _init_worker(out: str, quality: int, max_pixels: int, max_size: int | None, 
                    counter=counter)
 
 
+def _init_pool_worker(parent: int, *init_args) -> None:
+    """Pool initializer: die with the sharder process ``parent`` (:func:`~pipeline.shard.lifetime.die_with_parent`),
+    then :func:`_init_worker`."""
+    die_with_parent(parent)
+    _init_worker(*init_args)
+
+
 def _write_shard(task: ShardTask) -> PartRecord:
-    """Worker: read, check and convert the task's files, write the tar + index, then the part record."""
-    w = _WORKER
-    out: Path = w["out"]
+    """Worker: read, check and convert the task's files, write the tar + index, then the part record.
+
+    Raises:
+        OutputError: writing the output failed (disk full, read-only, ...); the shard's partial files stay
+            under their ``.tmp`` names and the next run rewrites it.
+    """
+    out: Path = _WORKER["out"]
     writer = ShardWriter(out, task.name, len(task.items) or 1)
+    try:
+        part = _fill_shard(task, writer)
+        (out / PARTS_DIR).mkdir(exist_ok=True)
+        dsinfo.write_json_atomic(out / PARTS_DIR / f"{task.name}.json", json_safe(part.__dict__))
+    except OSError as exc:  # input read errors are rejects inside _fill_shard: this one is the output's
+        writer.abort()
+        raise output_error(exc, out) from None
+    return part
+
+
+def _fill_shard(task: ShardTask, writer: ShardWriter) -> PartRecord:
+    """Write every usable file of ``task`` into ``writer`` and close it: the task's part record (not saved)."""
+    w = _WORKER
     conversions: Counter = Counter()
     rejects: list[list[str]] = []
     bytes_in = written = 0
@@ -316,12 +347,16 @@ def _write_shard(task: ShardTask) -> PartRecord:
                 w["counter"].value += 16 if n % 16 == 0 else n % 16
     records = writer.close()
     rec = records[0] if records else None
-    part = PartRecord(task.name, task.split, task.fingerprint, rec.filename if rec else None,
+    return PartRecord(task.name, task.split, task.fingerprint, rec.filename if rec else None,
                       written, rec.num_bytes if rec else 0, rec.sha256 if rec else "", bytes_in,
                       dict(sorted(conversions.items())), rejects)
-    (out / PARTS_DIR).mkdir(exist_ok=True)
-    dsinfo.write_json_atomic(out / PARTS_DIR / f"{task.name}.json", part.__dict__)
-    return part
+
+
+def _part_rejects(part: PartRecord, task: ShardTask) -> list[Reject]:
+    """The rejects of ``part``, each under the source's own path: a part record stores the paths that are not
+    valid UTF-8 escaped (:mod:`jsonsafe`), and ``rejects.tsv`` keeps their original bytes."""
+    original = {escape_text(it.relpath): it.relpath for _, it in task.items if needs_escape(it.relpath)}
+    return [Reject.from_row([original.get(row[0], row[0]), *row[1:]]) for row in part.rejects]
 
 
 def _complete_part(out: Path, task: ShardTask) -> PartRecord | None:
@@ -352,6 +387,9 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
     Raises:
         pipeline.source.LayoutError: the source is not a layout the sharder understands.
         ValueError: bad option values.
+        OutputError: ``cfg.out`` cannot be written (names an existing file, read-only, no permission, disk
+            full, ...): one line naming the path and what to do. Partial files stay under ``.tmp`` names and
+            complete shards are kept, so the same run, once the cause is fixed, resumes.
     """
     cfg.validate()
     start = time.perf_counter()
@@ -361,21 +399,39 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
         raise ValueError(f"--out {out} is inside the source {cfg.src}: its shards would be read as input; "
                          f"choose a folder outside it")
     tree = tree or scan_source(cfg.src, cfg.layout)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / dsinfo.INFO_FILE).unlink(missing_ok=True)  # incomplete until the last job finishes
-    tasks = plan_tasks(tree, cfg)
-    todo, kept = _todo(out, tasks, cfg)
-    total_files = sum(len(t.items) for t in todo)
-    written = _run_tasks(out, todo, tree, cfg, total_files)
-    bytes_in, bytes_out = sum(p.bytes_in for p in written), sum(p.num_bytes for p in written)
+    with _output_errors(out):
+        _prepare_out(out)
+        tasks = plan_tasks(tree, cfg)
+        todo, kept = _todo(out, tasks, cfg)
+        total_files = sum(len(t.items) for t in todo)
+        written = _run_tasks(out, todo, tree, cfg, total_files)
+        bytes_in, bytes_out = sum(p.bytes_in for p in written), sum(p.num_bytes for p in written)
 
-    parts = {t.name: _complete_part(out, t) for t in tasks}
-    pending = sum(p is None for p in parts.values())
-    summary = _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, total_files, pending, kept)
-    if pending == 0:
-        _finalize(out, tree, tasks, parts, cfg, summary)
-        summary.complete = True
+        parts = {t.name: _complete_part(out, t) for t in tasks}
+        pending = sum(p is None for p in parts.values())
+        summary = _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, total_files, pending, kept)
+        if pending == 0:
+            _finalize(out, tree, tasks, parts, cfg, summary)
+            summary.complete = True
     return summary
+
+
+@contextlib.contextmanager
+def _output_errors(out: Path):
+    """Turn an ``OSError`` raised while writing ``out`` into a one-line :class:`OutputError`."""
+    try:
+        yield
+    except OSError as exc:
+        raise output_error(exc, out) from None
+
+
+def _prepare_out(out: Path) -> None:
+    """Create the output folder and mark it incomplete (no ``_info.json`` until the last job finishes)."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: --out names an existing file, not a folder; give a folder (new or existing) "
+                          f"or move that file away")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / dsinfo.INFO_FILE).unlink(missing_ok=True)
 
 
 def _todo(out: Path, tasks: list[ShardTask], cfg: ShardConfig) -> tuple[list[ShardTask], int]:
@@ -413,7 +469,7 @@ def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, ba
     """Write the tasks in ``min(workers, len(todo))`` forked processes; on any error or Ctrl-C stop them now."""
     written = []
     ctx = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_worker, init_args)
+    pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_pool_worker, (os.getpid(), *init_args))
     try:
         pending_futures = {pool.submit(_write_shard, t) for t in todo}
         while pending_futures:
@@ -448,6 +504,7 @@ def _run_serial(todo: list[ShardTask], init_args: tuple, counter, bar: tqdm) -> 
 
 
 def _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, images_done, pending, kept) -> ShardSummary:
+    """The counts over every part record present (and the scan's unusable files), as a :class:`ShardSummary`."""
     counts = {split: SplitSummary(files=len(items)) for split, items in tree.items.items()}
     rejects = [Reject(u.item.relpath, u.reason, u.detail) for u in tree.unusable]
     splits: dict[str, dsinfo.SplitInfo] = {}
@@ -461,7 +518,7 @@ def _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, images_done,
         c.conversions.update(part.conversions)
         if part.filename is not None:
             c.shards.append(part)
-        rejects += [Reject.from_row(r) for r in part.rejects]
+        rejects += _part_rejects(part, t)
     if pending == 0:
         for split, c in counts.items():
             splits[split] = dsinfo.SplitInfo(split, sum(p.num_samples for p in c.shards),
@@ -482,7 +539,7 @@ def _finalize(out: Path, tree: SourceTree, tasks, parts, cfg: ShardConfig, summa
     manifest = {s: [dsinfo.ShardEntry(p.filename, p.num_samples, p.num_bytes, p.sha256) for p in c.shards]
                 for s, c in summary.counts.items()}
     dsinfo.write_info(out, list(summary.splits.values()), manifest, name="imagenet", layout=tree.kind,
-                      layout_detail=tree.layout,
+                      layout_detail=escape_text(tree.layout),
                       seed=cfg.seed, shard_size=cfg.shard_size, num_classes=len(tree.classes),
                       quality=cfg.quality, max_size=cfg.max_size, max_pixels=cfg.max_pixels,
                       format_version=FORMAT_VERSION,
@@ -513,8 +570,9 @@ def _write_rejects(out: Path, rejects: list[Reject]) -> None:
 
 
 def report_dict(summary: ShardSummary, cfg: ShardConfig, tree: SourceTree) -> dict:
-    """The counts of a complete run as a JSON-able dict (``report.json``); no timings, so every job writes the same."""
-    return {
+    """The counts of a complete run as a JSON-able dict (``report.json``); no timings, so every job writes the same.
+    Names that are not valid UTF-8 (the source path, layout notes) are escaped (:mod:`jsonsafe`)."""
+    return json_safe({
         "source": str(tree.root), "layout": tree.kind, "layout_detail": tree.layout, "layout_notes": tree.notes,
         "files": summary.files,
         "written": sum(c.written for c in summary.counts.values()), "rejected": len(summary.rejects),
@@ -524,22 +582,26 @@ def report_dict(summary: ShardSummary, cfg: ShardConfig, tree: SourceTree) -> di
         "rejects_by_reason": dict(sorted(Counter(r.reason.value for r in summary.rejects).items())),
         "seed": cfg.seed, "shard_size": cfg.shard_size, "quality": cfg.quality, "max_size": cfg.max_size,
         "max_pixels": cfg.max_pixels,
-    }
+    })
 
 
 def format_summary(summary: ShardSummary) -> str:
-    """Human-readable summary table with this run's throughput (img/s, MB/s)."""
+    """Human-readable summary table with this run's throughput (img/s, MB/s); names that are not valid UTF-8
+    are shown escaped (:mod:`jsonsafe`), so that any terminal can print them."""
     lines = [f"layout: {summary.layout}", *(f"note: {n}" for n in summary.notes),
              f"{'split':<6} {'files':>8} {'written':>8} {'rejected':>8} {'shards':>6}  conversions"]
     for split, c in summary.counts.items():
         conv = ", ".join(f"{k}: {v}" for k, v in sorted(c.conversions.items())) or "-"
         lines.append(f"{split:<6} {c.files:>8} {c.written:>8} {c.rejected:>8} {len(c.shards):>6}  {conv}")
+    folders = sum(r.reason is RejectReason.UNREADABLE_FOLDER for r in summary.rejects)
     if summary.unusable:
-        n = summary.unusable
-        lines.append(f"{'other':<6} {n:>8} {0:>8} {n:>8} {0:>6}  (files without a class: see rejects.tsv)")
+        n, what = summary.unusable, "files without a class" + (", unreadable folders" if folders else "")
+        lines.append(f"{'other':<6} {n:>8} {0:>8} {n:>8} {0:>6}  ({what}: see rejects.tsv)")
     total_written = sum(c.written for c in summary.counts.values())
     if summary.complete:
-        lines.append(f"total: {summary.files} files = {total_written} in shards + {len(summary.rejects)} rejected")
+        unknown = f" (of them {folders} unreadable folder(s): their files are not counted)" if folders else ""
+        lines.append(f"total: {summary.files} files = {total_written} in shards + {len(summary.rejects)} "
+                     f"rejected{unknown}")
     else:
         lines.append(f"this job is done; {summary.pending} shard(s) of other jobs still missing: _info.json is "
                      f"written by the job that finishes last (or re-run any job)")
@@ -550,4 +612,4 @@ def format_summary(summary: ShardSummary) -> str:
     kept = f", {summary.kept} complete shard(s) kept (--resume)" if summary.kept else ""
     lines.append(f"time: {summary.elapsed_s:.1f} s, {summary.images_done / s:.0f} img/s, "
                  f"{summary.bytes_in / s / 1e6:.1f} MB/s read, {summary.bytes_out / 1e6:.1f} MB written{kept}")
-    return "\n".join(lines)
+    return escape_text("\n".join(lines))

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import multiprocessing
+import os
 import struct
 import tarfile
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Callable
 from PIL import Image
 
 from pipeline.dataset import DatasetInfo, ShardEntry, load_info
+from pipeline.shard.lifetime import die_with_parent
 from pipeline.shard.writer import IDX_VERSION, index_name
 
 REQUIRED = ("jpg", "cls", "lbl", "json")
@@ -161,7 +163,8 @@ def verify_dataset(root: str | Path, workers: int = 1) -> tuple[DatasetInfo, lis
     jobs = [(str(info.root), f, n, manifest.get(f), info.num_classes)
             for s in info.splits.values() for f, n in zip(s.filenames, s.shard_lengths)]
     if workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), die_with_parent,
+                                                      (os.getpid(),)) as pool:
             results = pool.map(_check_shard, jobs)
     else:
         results = [_check_shard(j) for j in jobs]

@@ -10,6 +10,7 @@ of DALI's ``wds2idx`` tool (v1.2): a line ``v1.2 <samples>``, then one line per 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -20,6 +21,30 @@ from pathlib import Path
 TMP_SUFFIX = ".tmp"
 IDX_VERSION = "v1.2"
 _MTIME = 946684800  # 2000-01-01T00:00:00Z: a fixed member mtime makes shards reproducible
+_FULL = ("its file system is full: free space there (or choose another --out) and run the same command again; "
+         "complete shards are kept and a partial one is only a .tmp file")
+_ADVICE = {
+    errno.ENOSPC: _FULL,
+    errno.EDQUOT: _FULL,
+    errno.EROFS: "it is on a read-only file system: choose a writable --out",
+    errno.EACCES: "no permission to write there: choose a writable --out or fix its permissions",
+    errno.EPERM: "no permission to write there: choose a writable --out or fix its permissions",
+    errno.EEXIST: "a file stands where a folder is needed: choose another --out or move that file away",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another --out or move that file away",
+    errno.EFBIG: "its file system cannot hold a file this large: choose another --out or a smaller --shard-size",
+}
+
+
+class OutputError(RuntimeError):
+    """The output folder cannot be written; the message (one line) names the path, why, and what to do."""
+
+
+def output_error(exc: OSError, fallback: Path) -> OutputError:
+    """The :class:`OutputError` for ``exc``, raised while writing the output; it names ``exc.filename``, or
+    ``fallback`` (the folder) when the error has none (a failed ``write``, e.g. disk full)."""
+    path = exc.filename if exc.filename is not None else fallback
+    advice = _ADVICE.get(exc.errno, "check --out and run the same command again (complete shards are kept)")
+    return OutputError(f"{os.fsdecode(path)}: cannot write ({exc.strerror or exc}); {advice}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +88,15 @@ class _HashingFile(io.RawIOBase):
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
+        super().close()
+
+    def discard(self) -> None:
+        """Close the file after a write error, without fsync; a failing flush is ignored (the file is closed
+        all the same), and what reached the disk stays."""
+        try:
+            self._f.close()
+        except OSError:
+            pass
         super().close()
 
 
@@ -150,6 +184,14 @@ class ShardWriter:
         if self._tar is not None:
             self._finish()
         return self.records
+
+    def abort(self) -> None:
+        """Give up the open shard after an error: its file is closed and stays under its ``.tmp`` name (the
+        next run removes it); finished shards are kept."""
+        if self._file is not None:
+            self._file.discard()
+        self._tar = None
+        self._file = None
 
 
 def index_name(tar_name: str) -> str:

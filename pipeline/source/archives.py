@@ -147,20 +147,25 @@ def _outer_files(path: Path, fd: int, file_size: int, unusable: list[Unusable]):
 
 
 def scan_train_archive(path: Path, unusable: list[Unusable]) -> RawSplit:
-    """Scan ``ILSVRC2012_img_train.tar``: per-class tars ``<wnid>.tar`` holding the images (headers only)."""
+    """Scan ``ILSVRC2012_img_train.tar``: per-class tars ``<wnid>.tar`` holding the images (headers only); classes
+    whose tar holds no file are listed in ``empty``."""
     split = RawSplit(where=path.name)
     fd, file_size = _open_archive(path)
     spath = str(path)
-    classes = set()
+    classes, filled = set(), set()
     try:
         for m, name, rel in _outer_files(path, fd, file_size, unusable):
             outer_item = SourceItem(spath, rel, -1, m.offset_data, m.size)
             cls = _class_of_member(fd, m, name, outer_item, path.name, unusable)
+            found = len(split.by_class) + len(unusable)
             if cls is not None and _scan_class_archive(fd, m, name, outer_item, cls, split, unusable):
                 classes.add(cls)
+                if len(split.by_class) + len(unusable) > found:
+                    filled.add(cls)
     finally:
         os.close(fd)
     split.classes = sorted(classes)
+    split.empty = sorted(classes - filled)  # per-class tars without any member file
     return split
 
 

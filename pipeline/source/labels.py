@@ -5,7 +5,8 @@ job: text (or ``meta.mat``) in, ``{file stem: wnid}`` / ``{ILSVRC2012_ID: wnid}`
 
 Formats: devkit ground truth (one ILSVRC2012_ID per line, line i labels ``ILSVRC2012_val_%08d`` % i), Kaggle
 ``LOC_val_solution.csv``, TensorFlow synset labels (one wnid per line), ``valprep.sh`` (``mv`` lines), Caffe
-``val.txt`` (``<file> <index into the sorted class list>``); id maps as ``map_clsloc.txt`` text or the devkit's
+``val.txt`` (``<file> <index into the sorted class list>``), home-made ``<file>,<class name or index>`` lists
+(CSV); id maps as ``map_clsloc.txt`` text or the devkit's
 ``meta.mat``; class lists as ``synset_words.txt``-style files.
 """
 
@@ -156,10 +157,63 @@ def parse_tf(text: str, name: str) -> dict[str, str]:
     out = {}
     for i, line in enumerate(text.rstrip().splitlines(), 1):
         parts = line.split()
-        if len(parts) != 1:
+        if len(parts) != 1 or "," in parts[0]:
             raise LayoutError(f"{name}:{i}: expected one wnid per line (TensorFlow synset labels), got {line[:60]!r}")
         out[_VAL_ID.format(i)] = parts[0]
     return out
+
+
+def _csv_fields(line: str) -> tuple[str, str] | None:
+    """``(file, class)`` of a ``<file>,<class>`` line (spaces around the comma allowed; neither field empty nor
+    holding a space), else None."""
+    parts = [p.strip() for p in line.split(",")]
+    if len(parts) != 2 or not all(parts) or any(len(p.split()) != 1 for p in parts):
+        return None
+    return parts[0], parts[1]
+
+
+def _csv_header(rows: list[tuple[int, str, str]]) -> bool:
+    """Whether the first ``(lineno, file, class)`` row is a header (``path,label``): no file extension where
+    the next row has one, or a word where every other row has an index."""
+    if len(rows) < 2:
+        return False
+    (_, file0, cls0), (_, file1, _) = rows[0], rows[1]
+    return ("." not in file0 and "." in file1) or (not cls0.isdigit() and all(r[2].isdigit() for r in rows[1:]))
+
+
+def parse_csv(text: str, name: str, index_classes) -> dict[str, str]:
+    """``<file>,<class>`` lines, a home-made val list (a first ``path,label``-style header line is skipped).
+
+    The class is a class name, or, when every line holds a number there, a 0-based index into the sorted full
+    class list as in Caffe's ``val.txt``: ``index_classes()`` returns that list and its name (called only
+    then; it raises when the list is not known).
+    """
+    rows = []
+    for lineno, line in _numbered_lines(text):
+        fields = _csv_fields(line)
+        if fields is None:
+            raise LayoutError(f"{name}:{lineno}: expected '<image file>,<class name or index>' (CSV val list), "
+                              f"got {line[:60]!r}")
+        rows.append((lineno, *fields))
+    rows = rows[1:] if _csv_header(rows) else rows
+    numeric = sum(cls.isdigit() for _, _, cls in rows)
+    if 0 < numeric < len(rows):
+        lineno, _, cls = next(r for r in rows if not r[2].isdigit())
+        raise LayoutError(f"{name}:{lineno}: class {cls!r} is not an index while other lines hold indices; a CSV "
+                          f"val list holds either class names or 0-based class indices")
+    if not numeric:
+        return {file_stem(f): cls for _, f, cls in rows}
+    classes, list_name = index_classes()
+    return {file_stem(f): _class_at(int(cls), classes, f"{name}:{lineno}", list_name) for lineno, f, cls in rows}
+
+
+def _class_at(index: int, sorted_classes: list[str], where: str, list_name: str) -> str:
+    """Class ``index`` (0-based) of the sorted full class list, or LayoutError naming ``where`` (file:line)."""
+    if index >= len(sorted_classes):
+        raise LayoutError(f"{where}: class index {index} is out of range for the {len(sorted_classes)} "
+                          f"classes of {list_name}; the indices count the sorted full class list: "
+                          f"pass --classes synset_words.txt")
+    return sorted_classes[index]
 
 
 
@@ -176,19 +230,21 @@ def parse_valprep(text: str, name: str) -> dict[str, str]:
 
 
 def parse_caffe(text: str, name: str, sorted_classes: list[str], list_name: str) -> dict[str, str]:
+    """Caffe ``val.txt``: ``<file> <index>`` lines, the index 0-based into ``sorted_classes``."""
     out = {}
     for lineno, line in _numbered_lines(text):
         parts = line.split()
         if len(parts) != 2 or not parts[1].isdigit():
             raise LayoutError(f"{name}:{lineno}: expected '<image file> <class index>' (Caffe val.txt), "
                               f"got {line[:60]!r}")
-        index = int(parts[1])
-        if index >= len(sorted_classes):
-            raise LayoutError(f"{name}:{lineno}: class index {index} is out of range for the {len(sorted_classes)} "
-                              f"classes of {list_name}; Caffe indices count the sorted full class list: "
-                              f"pass --classes synset_words.txt")
-        out[file_stem(parts[0])] = sorted_classes[index]
+        out[file_stem(parts[0])] = _class_at(int(parts[1]), sorted_classes, f"{name}:{lineno}", list_name)
     return out
+
+
+def _is_csv(lines: list[str]) -> bool:
+    """Whether ``lines`` (the first non-empty lines of a file) are ``<file>,<class>`` lines (the first may be a
+    header)."""
+    return all(_csv_fields(line) for line in lines[:2])
 
 
 def sniff_format(text: str, path: Path) -> str:
@@ -200,10 +256,21 @@ def sniff_format(text: str, path: Path) -> str:
         return "kaggle"
     if path.suffix == ".sh" or any(_MV.match(line) or line.startswith(("mkdir ", "#!")) for line in lines):
         return "valprep"
+    if _is_csv(lines):
+        return "csv"
     parts = lines[0].split()
-    if len(parts) == 1:
+    if len(parts) == 1 and "," not in parts[0]:
         return "devkit" if parts[0].isdigit() else "tf"
     if len(parts) == 2 and parts[1].isdigit():
         return "caffe"
     raise LayoutError(f"{path}: unrecognised val label format (first line {lines[0][:60]!r}); expected devkit "
-                      f"ground truth, LOC_val_solution.csv, Caffe val.txt, TensorFlow synset labels or valprep.sh")
+                      f"ground truth, LOC_val_solution.csv, Caffe val.txt, TensorFlow synset labels, valprep.sh "
+                      f"or '<image file>,<class name or index>' lines")
+
+
+def refine_format(fmt: str, text: str) -> str:
+    """The format of a label file found by its name (``fmt``), corrected by its content: a ``val.txt`` or
+    TensorFlow-named file that holds ``<file>,<class>`` lines is read as such (``"csv"``)."""
+    if fmt in ("caffe", "tf") and _is_csv([line for _, line in _numbered_lines(text)][:2]):
+        return "csv"
+    return fmt

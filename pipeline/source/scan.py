@@ -24,8 +24,10 @@ it found in :attr:`SourceTree.layout`:
 Class index: position in the sorted train class names (torchvision ImageFolder order; for the 1000
 ImageNet wnids this is the canonical sorted-wnid index of torchvision, timm and Caffe); for the Kaggle tree
 the sorted wnids of ``LOC_synset_mapping.txt``. ``LayoutOptions.classes_file`` fixes the list instead (line
-order). Every input file ends in :attr:`SourceTree.items` or :attr:`SourceTree.unusable`; label and metadata
-files are not inputs.
+order). Every input file ends in :attr:`SourceTree.items` or :attr:`SourceTree.unusable`, and so does every
+folder that cannot be listed (its files are unknown); label and metadata files are not inputs. A train class
+folder without any file is an error when the classes are the sorted folder names (as torchvision's ImageFolder
+refuses it): it would take an index and shift every class after it.
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ from pipeline.source.val_labels import LabelFinder, LabelResolver, ValLabels
 SPLITS = ("train", "val")
 
 
-def _walk_files(folder: str) -> list[str]:
+def _walk_files(folder: str, errors: list[OSError]) -> list[str]:
     """Every regular file under ``folder``, recursively, in sorted order (symlinks followed, but a real
-    directory is entered only once and never one above ``folder``, so a symlink loop cannot repeat files)."""
+    directory is entered only once and never one above ``folder``, so a symlink loop cannot repeat files).
+    A folder that cannot be listed (``folder`` itself or one below it) is appended to ``errors`` as the
+    ``OSError`` that ``os.scandir`` raised (its ``filename`` is the folder)."""
     out = []
     seen: set[str] = set()
     top = os.path.realpath(folder)
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=errors.append, followlinks=True):
         real = os.path.realpath(dirpath)
         # a folder entered before, or one that holds the folder being walked (a link back up), is a loop
         if real in seen or (real != top and (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)):
@@ -63,25 +67,63 @@ def _walk_files(folder: str) -> list[str]:
 
 
 def _scan_folder_split(split_dir: Path, root: Path, exclude: set[Path], skip_meta: bool) -> RawSplit:
-    """Scan ``split_dir``: files in subfolders belong to that class, files directly in it are flat."""
+    """Scan ``split_dir``: files in subfolders belong to that class, files directly in it are flat; folders
+    that cannot be listed go to ``unreadable``, class folders without any file to ``empty``."""
     where = display_path(split_dir, root) + "/"
     split = RawSplit(where=where)
     prefix = os.path.join(str(root), "")
     try:
         entries = sorted(os.scandir(split_dir), key=lambda e: e.name)
     except OSError as exc:
-        raise LayoutError(f"{split_dir}: cannot list: {exc.strerror or exc}") from None
+        raise LayoutError(f"{split_dir}: cannot list: {exc.strerror or exc}; fix its permissions") from None
     for entry in entries:
         if entry.is_dir():
             split.classes.append(entry.name)
-            for f in _walk_files(entry.path):
-                split.by_class.append((entry.name, f, f[len(prefix):].replace(os.sep, "/"), -1, -1))
+            errors: list[OSError] = []
+            files = _walk_files(entry.path, errors)
+            split.by_class += [(entry.name, f, _rel(f, prefix), -1, -1) for f in files]
+            for e in errors:
+                path = str(e.filename or entry.path)
+                split.unreadable.append((path, _rel(path, prefix) + "/", f"cannot list this folder: {e.strerror or e}"))
+            if not files and not errors:
+                split.empty.append(entry.name)
         else:  # a file, or a dangling link that the sharder then rejects as unreadable
             if skip_meta and (entry.name in META_NAMES or Path(entry.path) in exclude):
                 continue
-            rel = entry.path[len(prefix):].replace(os.sep, "/")
-            split.flat.append((file_stem(entry.name), entry.path, rel, -1, -1))
+            split.flat.append((file_stem(entry.name), entry.path, _rel(entry.path, prefix), -1, -1))
     return split
+
+
+def _rel(path: str, prefix: str) -> str:
+    """``path`` (which starts with ``prefix``, the source root and a separator) relative to the root, ``/``-joined."""
+    return path[len(prefix):].replace(os.sep, "/")
+
+
+def _unreadable(split: RawSplit | None, unusable: list[Unusable], notes: list[str]) -> None:
+    """Put the folders of ``split`` that could not be listed into ``unusable`` (one reject each, so the totals
+    and ``rejects.tsv`` show them) and say so in one note: their files are unknown, so in no shard."""
+    if split is None or not split.unreadable:
+        return
+    unusable += [Unusable(SourceItem(path, rel, -1), RejectReason.UNREADABLE_FOLDER, why)
+                 for path, rel, why in split.unreadable]
+    _, rel, why = split.unreadable[0]
+    more = f" and {len(split.unreadable) - 1} more folder(s)" if len(split.unreadable) > 1 else ""
+    notes.append(f"{rel}{more}: {why}; their files are in no shard (rejects.tsv: "
+                 f"{RejectReason.UNREADABLE_FOLDER.value}): fix the permissions and run again")
+
+
+def _refuse_empty(split: RawSplit, root: Path) -> None:
+    """LayoutError for a class folder (or per-class tar) without any file when the classes are the sorted
+    class names: it would still take a class index and shift every class after it (torchvision's
+    ImageFolder refuses such a tree too)."""
+    if not split.empty:
+        return
+    first = split.empty[0]
+    what = "per-class archive" if split.is_archive else "class folder"
+    more = f" (and {len(split.empty) - 1} more)" if len(split.empty) > 1 else ""
+    raise LayoutError(f"{root / split.class_path(first)}: empty {what}{more}: it would still take class index "
+                      f"{split.classes.index(first)} and shift the index of every class after it; remove it, "
+                      f"or pass --classes with the full class list to keep it")
 
 
 def _strays(split: RawSplit, detail: str) -> list[Unusable]:
@@ -141,10 +183,16 @@ class _Scan:
         if not base.is_dir():
             raise LayoutError(f"{self.root}: no {data}/ folder; give the folder that holds Kaggle's "
                               f"ILSVRC/ and LOC_val_solution.csv")
-        others = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in SPLITS)
+        try:
+            others = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in SPLITS)
+        except OSError as exc:
+            raise LayoutError(f"{base}: cannot list: {exc.strerror or exc}; fix its permissions") from None
         if "test" in others:
-            n = sum(1 for _ in os.scandir(base / "test"))
-            self.notes.append(f"{data}/test/ ignored: {n} unlabelled images")
+            try:
+                self.notes.append(f"{data}/test/ ignored: {sum(1 for _ in os.scandir(base / 'test'))} "
+                                  f"unlabelled images")
+            except OSError as exc:
+                self.notes.append(f"{data}/test/ ignored (unlabelled; cannot list it: {exc.strerror or exc})")
         for name in others:
             if name != "test":
                 self.notes.append(f"{data}/{name}/ ignored: not a split")
@@ -154,9 +202,13 @@ class _Scan:
         return tree
 
     def folders(self, base: Path, kind: LayoutKind, head: str) -> SourceTree:
+        """Class folders under ``base`` (``train/``, ``val/``): their unreadable folders and stray files into
+        ``unusable``, then :meth:`build`."""
         train_dir, val_dir = base / "train", base / "val"
         train = _scan_folder_split(train_dir, self.root, self.explicit, False) if train_dir.is_dir() else None
         val = _scan_folder_split(val_dir, self.root, self.explicit, True) if val_dir.is_dir() else None
+        _unreadable(train, self.unusable, self.notes)
+        _unreadable(val, self.unusable, self.notes)
         if train is not None:
             self.unusable += _strays(train, "file is not inside a class folder")
             if not train.classes and self.class_list is None:
@@ -247,6 +299,7 @@ class _Scan:
         if not train_classes:
             raise LayoutError(f"{self.root}: no train split to take the classes from; pass --classes "
                               f"(e.g. synset_words.txt) to fix the class list")
+        _refuse_empty(train, self.root)
         return list(train_classes), f"{len(train_classes)} sorted train class names"
 
     def val_labels(self, extra_dirs: list[Path], train_classes: list[str]) -> ValLabels | None:
@@ -275,7 +328,9 @@ class _Scan:
             known = (f"--classes {self.class_list_name}" if self.class_list is not None
                      else f"the {len(classes)} classes of this source")
             raise LayoutError(f"{rel}: class {wnid} (from {labels.source}) is not in {known}{more}; "
-                              f"remove those val images or pass --classes with the full class list")
+                              f"{labels.source} was read as {labels.read_as}: if that is not its format, pass a "
+                              f"label file in one of the formats read (--val-labels); else remove those val "
+                              f"images or pass --classes with the full class list")
         absent = len(set(labels.by_stem) - present)
         if absent:
             self.notes.append(f"val labels: {absent} of the {len(labels.by_stem)} images {labels.source} labels "
@@ -293,7 +348,8 @@ def scan_source(src: str | os.PathLike, opts: LayoutOptions = LayoutOptions()) -
     Returns:
         A :class:`SourceTree` with ``items["train"]`` / ``items["val"]`` for the splits present (sorted by
         relpath), the files that cannot be samples in ``unusable`` (not in a class folder; flat val image the
-        label file does not list: ``NO_LABEL``; non-tar member of the train archive; links in archives),
+        label file does not list: ``NO_LABEL``; non-tar member of the train archive; links in archives; a
+        folder that cannot be listed: ``UNREADABLE_FOLDER``, one entry per folder, also named in a note),
         ``layout`` in words and ``notes``.
 
     Raises:
@@ -301,7 +357,9 @@ def scan_source(src: str | os.PathLike, opts: LayoutOptions = LayoutOptions()) -
             found; a forced layout that is not there; compressed or truncated archives; a flat val without
             a usable label file; malformed label/class/id-map files; a train class missing from
             ``classes_file``; a val class or labelled val wnid outside the class list; no train split and no
-            ``classes_file``; a label file name found in several search folders.
+            ``classes_file``; a label file name found in several search folders; a split folder that
+            cannot be listed; a train class folder (or per-class tar) without any file while the classes
+            are the sorted train class names (it would shift every later index; ``classes_file`` fixes them).
     """
     root = Path(src).expanduser().resolve()
     if not root.is_dir():
@@ -331,8 +389,9 @@ def scan_class_folders(root: str | os.PathLike) -> SourceTree:
     label a flat val.
 
     Raises:
-        LayoutError: ``root`` has no ``train/`` folder with class folders, or ``val/`` has a class that
-            ``train/`` lacks.
+        LayoutError: ``root`` has no ``train/`` folder with class folders, a train class folder without
+            any file, or ``val/`` has a class that ``train/`` lacks. (Folders that cannot be listed are
+            ``UNREADABLE_FOLDER`` entries of ``unusable``, as in :func:`scan_source`.)
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -344,6 +403,7 @@ def scan_class_folders(root: str | os.PathLike) -> SourceTree:
     train = _scan_folder_split(train_dir, root, set(), False)
     if not train.classes:
         raise LayoutError(f"{train_dir}: no class folders; expected train/<class>/<image files>")
+    _refuse_empty(train, root)
     index = {name: i for i, name in enumerate(train.classes)}
     tree = SourceTree(root=root, classes=list(train.classes))
     for split_name in SPLITS:
@@ -355,6 +415,7 @@ def scan_class_folders(root: str | os.PathLike) -> SourceTree:
             if c not in index:
                 raise LayoutError(f"{split_dir / c}: class '{c}' of {split_name}/ is not a class of train/; "
                                   f"remove it or add train/{c}/")
+        _unreadable(split, tree.unusable, tree.notes)
         tree.unusable += _strays(split, "file is not inside a class folder")
         tree.items[split_name] = sorted((SourceItem(path, rel, index[c]) for c, path, rel, _, _ in split.by_class),
                                         key=lambda it: it.relpath)

@@ -37,7 +37,8 @@ class LayoutOptions:
             ``synset_words.txt``, ``LOC_synset_mapping.txt``); label = line index. Without it the classes are
             the sorted train class names (Kaggle: the sorted wnids of ``LOC_synset_mapping.txt``).
         val_labels: label file of a flat val (devkit ground truth, ``LOC_val_solution.csv``, Caffe ``val.txt``,
-            TensorFlow synset labels or ``valprep.sh``; the format is recognised from the content).
+            TensorFlow synset labels, ``valprep.sh`` or ``<file>,<class name or index>`` lines; the format is
+            recognised from the content, and errors say which one was tried).
             None: found in SRC (see :mod:`pipeline.source.val_labels` for the order).
         id_map: ILSVRC2012_ID → wnid map for devkit labels: ``map_clsloc.txt``-style text (``<wnid> <ID>
             <name>`` per line) or the devkit's ``meta.mat`` (needs scipy). None: found in SRC.
@@ -126,13 +127,16 @@ class RawSplit:
     """One split as found on disk: class-labelled entries, flat entries and class names.
 
     Entries are ``(name, path, relpath, offset, size)``: ``name`` is the class for ``by_class`` and the file
-    stem for ``flat``.
+    stem for ``flat``. ``unreadable`` holds the folders that could not be listed, as ``(path, relpath, why)``
+    (their files are unknown); ``empty`` the classes whose folder (or per-class tar) holds no file at all.
     """
 
     where: str  # what it is, for messages: "train/" (relative to SRC) or "ILSVRC2012_img_train.tar"
     classes: list[str] = field(default_factory=list)
     by_class: list[tuple[str, str, str, int, int]] = field(default_factory=list)
     flat: list[tuple[str, str, str, int, int]] = field(default_factory=list)
+    unreadable: list[tuple[str, str, str]] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
 
     @property
     def is_archive(self) -> bool:

@@ -19,6 +19,10 @@ first usable one in this order is taken and the others are named in :attr:`Sourc
    ``synset_words.txt`` / ``LOC_synset_mapping.txt`` / ``imagenet_lsvrc_2015_synsets.txt`` found in SRC,
    else the train classes when there are exactly 1000 of them.
 
+A ``--val-labels`` file's format is recognised from its content; that includes home-made ``<file>,<class>``
+lists (CSV: class names, or 0-based indices into the sorted full class list as in Caffe's ``val.txt``), which
+are also recognised in a file found under the Caffe or TensorFlow name. Errors say which format was tried.
+
 A source whose companion file is missing (devkit labels without an id map, val.txt without the full class
 list) is skipped for the next one, and said so; if none is usable, the error names each one's problem.
 Images are matched to label lines by file stem (``ILSVRC2012_val_00000001``), whatever their extension.
@@ -32,14 +36,16 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.source.labels import (NO_SCIPY, have_scipy, parse_caffe, parse_devkit, parse_id_map_text, parse_kaggle,
-                                    parse_meta_mat, parse_tf, parse_valprep, read_class_list, read_text, sniff_format)
+from pipeline.source.labels import (NO_SCIPY, have_scipy, parse_caffe, parse_csv, parse_devkit, parse_id_map_text,
+                                    parse_kaggle, parse_meta_mat, parse_tf, parse_valprep, read_class_list, read_text,
+                                    refine_format, sniff_format)
 from pipeline.source.names import (CAFFE_LABELS, DEVKIT_ARCHIVES, DEVKIT_GROUND_TRUTH, ID_MAP_TEXTS, KAGGLE_SOLUTION,
                                    META_MAT, SYNSET_LISTS, TF_LABELS, VALPREP, display_path)
 from pipeline.source.types import LayoutError, LayoutOptions
 
 _FORMAT_NAMES = {"devkit": "devkit ground truth", "kaggle": "Kaggle solution", "tf": "TensorFlow synset labels",
-                 "valprep": "valprep.sh moves", "caffe": "Caffe val.txt"}
+                 "valprep": "valprep.sh moves", "caffe": "Caffe val.txt",
+                 "csv": "CSV val list ('<image file>,<class name or index>' lines)"}
 _AUTO_ORDER = (("devkit", DEVKIT_GROUND_TRUTH), ("kaggle", KAGGLE_SOLUTION), ("tf", TF_LABELS),
                ("valprep", VALPREP), ("caffe", CAFFE_LABELS))
 
@@ -53,15 +59,18 @@ class _LabelSource:
     fmt: str
     path: Path  # the file, or the devkit archive holding it
     member: str | None = None  # member of the devkit archive
+    sniffed: bool = False  # the format was recognised from the content (a --val-labels file), not the name
 
 
 @dataclass
 class ValLabels:
-    """The labels of a flat val: {file stem: wnid}, their source in words (for the layout line) and its name."""
+    """The labels of a flat val: {file stem: wnid}, their source in words (for the layout line) and its name;
+    ``read_as``: the format it was read as and how that was chosen, in words (for messages)."""
 
     by_stem: dict[str, str]
     description: str
     source: str
+    read_as: str = ""
 
 
 class LabelFinder:
@@ -133,7 +142,7 @@ class LabelResolver:
             path = Path(self.opts.val_labels)
             if not path.is_file():
                 raise LayoutError(f"{path}: --val-labels file not found")
-            return [_LabelSource(sniff_format(read_text(path, "label file"), path), path)]
+            return [_LabelSource(sniff_format(read_text(path, "label file"), path), path, sniffed=True)]
         found = []
         for fmt, name in _AUTO_ORDER:
             hit = self.finder.find(name)
@@ -212,23 +221,49 @@ class LabelResolver:
                            f"(or put synset_words.txt in SRC)")
 
     def load(self, src: _LabelSource) -> ValLabels:
+        """Parse ``src`` in its format (one found by name is first checked against its content)."""
         name = self.source_name(src)
         base = f"{src.path.name}:{src.member}" if src.member else src.path.name
         text = self.text(src)
-        if src.fmt == "devkit":
+        src.fmt = refine_format(src.fmt, text)
+        labels = self.parse(src.fmt, text, name, base)
+        how = "recognised from its content" if src.sniffed or src.fmt == "csv" else "chosen by its name"
+        labels.read_as = f"{_FORMAT_NAMES[src.fmt]}, {how}"
+        return labels
+
+    def parse(self, fmt: str, text: str, name: str, base: str) -> ValLabels:
+        """The labels of ``text`` (the file ``name``, ``base`` for short) read as format ``fmt``."""
+        if fmt == "devkit":
             id_map, map_name = self.id_map()
             labels = parse_devkit(text, name, id_map, map_name)
             return ValLabels(labels, f"devkit ground truth ({base} via {posixpath.basename(map_name)})", name)
-        if src.fmt == "kaggle":
+        if fmt == "kaggle":
             return ValLabels(parse_kaggle(text, name), f"Kaggle solution ({base})", name)
-        if src.fmt == "tf":
+        if fmt == "tf":
             return ValLabels(parse_tf(text, name), f"TensorFlow synset labels ({base})", name)
-        if src.fmt == "valprep":
+        if fmt == "valprep":
             return ValLabels(parse_valprep(text, name), f"valprep.sh moves ({base})", name)
+        if fmt == "csv":
+            return self.parse_csv(text, name, base)
         classes, list_name = self.caffe_classes()
         return ValLabels(parse_caffe(text, name, classes, list_name),
                        f"Caffe val.txt ({base}: indices into the {len(classes)} sorted wnids of "
                        f"{posixpath.basename(list_name)})", name)
+
+    def parse_csv(self, text: str, name: str, base: str) -> ValLabels:
+        """A ``<file>,<class>`` list: class names, or indices into the sorted full class list (as Caffe's)."""
+        used: list[tuple[list[str], str]] = []
+
+        def index_classes() -> tuple[list[str], str]:
+            used.append(self.caffe_classes())
+            return used[0]
+
+        labels = parse_csv(text, name, index_classes)
+        if not used:
+            return ValLabels(labels, f"CSV val list ({base}: '<file>,<class name>' lines)", name)
+        classes, list_name = used[0]
+        return ValLabels(labels, f"CSV val list ({base}: '<file>,<index>' lines, indices into the {len(classes)} "
+                                 f"sorted wnids of {posixpath.basename(list_name)})", name)
 
     def resolve(self, notes: list[str]) -> ValLabels | None:
         """The labels of the first usable source (None when no label file exists at all)."""

@@ -212,6 +212,7 @@ def test_rerun_replaces_stale_shards_and_leaves_no_temp_files(tmp_path):
 
 def test_unknown_val_class_and_missing_train_are_clear_errors(tmp_path, capsys):
     (tmp_path / "src" / "train" / "n1").mkdir(parents=True)
+    (tmp_path / "src" / "train" / "n1" / "a.JPEG").write_bytes(_jpeg(Image.new("RGB", (8, 8))))  # not empty
     (tmp_path / "src" / "val" / "n2").mkdir(parents=True)
     assert shard_imagenet.main([str(tmp_path / "src"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
