@@ -40,6 +40,13 @@ pipeline is built with ``enable_checkpointing=True``; no throughput cost measura
   run's, and a warning says so;
 * val reads in a fixed order and keeps no state (``{}``): ``iter_from`` replays, which is exact.
 
+Damaged or hand-made shards never reach DALI unchecked (DALI raises deep in its C++ code on them, or crashes the
+process): :func:`_checked_shards` checks each shard's size against the manifest and parses its ``.idx`` first
+(:mod:`pipeline.read.shardcheck`), and a shard that ``_info.json`` lists with 0 samples is left out of DALI's shard
+list with a warning (DALI refuses an empty index; the ``cpu`` backend reads it as 0 samples). Every problem found
+there, and every error DALI itself raises later (``missing_component_behavior="error"``; an undecodable JPEG), is
+a one-line ValueError naming the shard (and the sample key where known) and ``shard-imagenet verify``.
+
 The loader times no stage while it trains (DALI's executor overlaps them); :func:`measure_stages`, the backend's
 io-bench probe, times them by difference of partial pipelines cut from the same graph (:func:`_make_graph`).
 """
@@ -49,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 from typing import Iterator
@@ -60,10 +68,12 @@ from pipeline.read import plan as epoch_plan
 from pipeline.backends import (IMAGENET_MEAN_255, IMAGENET_STD_255, Batch, LoaderConfig, LoaderStats, Split,
                                replay_from)
 from pipeline.dataset import DatasetInfo
+from pipeline.read.shardcheck import CheckedShards, check_split
 from pipeline.read.transforms import RRC_RATIO, RRC_SCALE
 
 INSTALL_HINT = "--loader dali needs NVIDIA DALI: pip install 'imagenet-pipeline[dali]' (nvidia-dali-cuda130)"
 READER_NAME = "Reader"
+MEMBERS = {"jpg": None, "lbl": 4}  # the components the reader takes → their exact size in bytes (None: any > 0)
 GRAPH_STAGES = ("read", "decode", "augment")  # where _make_graph can cut the graph (the last: the whole graph)
 STATE_FORMAT = 1  # version of the dict DaliLoader.state_dict returns
 _STATE_KEYS = {"format": int, "dali": str, "config": dict, "epoch": int, "batch": int, "reader_batch": int,
@@ -105,13 +115,58 @@ def _check_options(cfg: LoaderConfig, info: DatasetInfo | None, rank: int, world
         raise ValueError(f"bad loader options: rank={rank}, world_size={world_size}")
 
 
-def _index_paths(paths: list[str]) -> list[str]:
-    """The ``.idx`` beside each shard; raises ValueError naming the first one missing."""
-    index_paths = [os.path.splitext(p)[0] + ".idx" for p in paths]
-    for p in index_paths:
-        if not os.path.isfile(p):
-            raise ValueError(f"{p}: missing (DALI needs the .idx next to each shard); re-run shard-imagenet")
-    return index_paths
+def _checked_shards(info: DatasetInfo, split: str) -> CheckedShards:
+    """The shards of ``split`` DALI reads, checked before DALI opens them (:func:`pipeline.read.shardcheck.check_split`:
+    sizes against the manifest, every ``.idx`` parsed: a positive sample count equal to ``shard_lengths``, a ``.jpg``
+    and a 4-byte ``.lbl`` in every sample, every member inside its file). A shard listed with 0 samples (which
+    DALI refuses) is left out of DALI's shard list, with one warning line naming it; that moves no sample.
+
+    Raises:
+        pipeline.read.shardcheck.ShardCheckError (a ValueError): one line naming the shard, the sample key and line
+            of its ``.idx`` where there is one, what is wrong and ``shard-imagenet verify``.
+    """
+    shards = check_split(info, split, MEMBERS)
+    if shards.skipped:
+        warnings.warn(f"{len(shards.skipped)} {split} shard(s) listed with 0 samples left out of DALI's shard list "
+                      f"(DALI cannot read an empty shard): {', '.join(shards.skipped)}", stacklevel=3)
+    return shards
+
+
+# Lines of DALI's error text that wrap or locate the cause rather than say it (skipped by _failure).
+_DALI_NOISE = ("Critical error in pipeline", "Current pipeline object is no longer valid", "C++ context:",
+               "Error in ", "which was used in", "File \"")
+
+
+def _index_key(index_path: str, line: int) -> str:
+    """The sample key on line ``line`` (1 = the first sample) of a ``.idx``, or "" when it cannot be read."""
+    try:
+        with open(index_path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        return lines[line].split()[3].rsplit("/", 1)[-1].split(".", 1)[0] if 0 < line < len(lines) else ""
+    except (OSError, IndexError):
+        return ""
+
+
+def _failure(exc: BaseException, split: str, root: str | os.PathLike) -> ValueError:
+    """A DALI error → one-line ValueError: the failing operator and cause, the shard and sample key where DALI's
+    text names an index line, what DALI needs of each sample, and ``shard-imagenet verify``."""
+    text = str(exc)
+    op = re.search(r"operator `nvidia\.dali\.fn\.([\w.]+)`", text)
+    body = text.split("encountered:", 1)[-1]
+    cause = next((ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith(_DALI_NOISE)),
+                 type(exc).__name__)
+    where = ""
+    at_index = re.search(r'index file at "([^"]+)" line (\d+)', text)
+    at_tar = re.search(r'([^\s"]+\.tar)\b', text)
+    if at_index:
+        key = _index_key(at_index[1], int(at_index[2]))
+        where = f"shard {os.path.splitext(at_index[1])[0]}.tar{', sample ' + key if key else ''}: "
+    elif at_tar:
+        where = f"shard {at_tar[1]}: "
+    return ValueError(f"DALI failed reading the {split} shards in {root}: {where}{op[1] + ': ' if op else ''}"
+                      f"{cause[:200]}; every sample needs a KEY.jpg (a JPEG) and a 4-byte KEY.lbl, and DALI cannot "
+                      f"skip a damaged one: run `shard-imagenet verify {root}` to find it, or train with --loader "
+                      f"cpu, which skips and names such samples")
 
 
 def _data_digest(info: DatasetInfo, split: str) -> str:
@@ -148,8 +203,8 @@ def _make_graph(cfg: LoaderConfig, train: bool, paths: list[str], index_paths: l
                   seed=cfg.seed + 1_000_003 * rank, prefetch_queue_depth=2, enable_checkpointing=train)
     def graph():
         jpegs, labels = fn.readers.webdataset(
-            paths=paths, index_paths=index_paths, ext=["jpg", "lbl"], dtypes=[types.UINT8, types.INT32],
-            shard_id=rank, num_shards=world_size, random_shuffle=train,
+            paths=paths, index_paths=index_paths, ext=list(MEMBERS), dtypes=[types.UINT8, types.INT32],
+            missing_component_behavior="error", shard_id=rank, num_shards=world_size, random_shuffle=train,
             initial_fill=max(1, cfg.shuffle_buffer), seed=cfg.seed, pad_last_batch=True,
             stick_to_shard=not train, name=READER_NAME)
         if last_stage == "read":
@@ -231,8 +286,8 @@ def measure_stages(kind, cfg: LoaderConfig, split: Split | str, info: DatasetInf
     :class:`pipeline.backends.probe.StageCosts`.
 
     Raises:
-        ValueError: DALI is not installed (the install hint), bad options, no local shard folder, or a missing
-            ``.idx``.
+        ValueError: DALI is not installed (the install hint), bad options, no local shard folder, a shard that
+            fails the checks of :func:`_checked_shards`, or DALI failing to read the shards (one line each).
     """
     from pipeline.backends.probe import StageCosts, check_probe_options, one_torch_thread, profiling_config
 
@@ -241,8 +296,8 @@ def measure_stages(kind, cfg: LoaderConfig, split: Split | str, info: DatasetInf
     check_probe_options(cfg, max_samples)
     pcfg = profiling_config(cfg)  # workers=0: one DALI thread; uint8 output
     _check_options(pcfg, info, 0, 1)
-    paths = info.shard_paths(split.value)
-    index_paths = _index_paths(paths)
+    shards = _checked_shards(info, split.value)
+    paths, index_paths = list(shards.paths), list(shards.index_paths)
     cuda = torch.cuda.is_available()
     device_id = torch.cuda.current_device() if cuda else None
     train = split is Split.TRAIN
@@ -252,7 +307,10 @@ def measure_stages(kind, cfg: LoaderConfig, split: Split | str, info: DatasetInf
     with one_torch_thread():
         for stage in GRAPH_STAGES:
             graph = _make_graph(pcfg, train, paths, index_paths, 0, 1, device_id, last_stage=stage)
-            run_s[stage], copy_s = _time_graph(graph, batches, to_host if stage == GRAPH_STAGES[-1] else None)
+            try:
+                run_s[stage], copy_s = _time_graph(graph, batches, to_host if stage == GRAPH_STAGES[-1] else None)
+            except RuntimeError as exc:
+                raise _failure(exc, split.value, info.root) from None
     n = batches * cfg.batch_size
     per = {"read": max(0.0, run_s["read"]) / n, "decode": max(0.0, run_s["decode"] - run_s["read"]) / n,
            "augment": max(0.0, run_s["augment"] - run_s["decode"]) / n, "collate": copy_s / n}
@@ -273,9 +331,14 @@ class DaliLoader:
     empty. Train batches are always full; the last val batch of a rank may be partial. A train resume through
     :meth:`state_dict`, :meth:`load_state_dict` and :meth:`iter_from` is exact (see module docstring).
 
+    Shards are checked before DALI opens them (:func:`_checked_shards`: a damaged or hand-made shard gives one
+    line, never a DALI traceback or a crash; 0-sample shards are left out with a warning), and any failure of
+    DALI while building or running the pipeline is turned into one line by :func:`_failure`.
+
     Raises:
-        ValueError: DALI is not installed, ``info`` is None, option values are invalid, a shard's ``.idx``
-            index is missing, or (train) the split has fewer than ``world_size × batch_size`` samples.
+        ValueError: DALI is not installed, ``info`` is None, option values are invalid, a shard fails the checks,
+            DALI fails (building the pipeline here, reading a batch while iterating; one line each), or (train)
+            the split has fewer than ``world_size × batch_size`` samples.
     """
 
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
@@ -306,20 +369,24 @@ class DaliLoader:
         self._done = 0  # batches of epoch self.epoch yielded so far
         self._restored: tuple[int, int] | None = None  # position a load_state_dict restored, for iter_from
 
-        paths = info.shard_paths(self.split.value)
+        shards = _checked_shards(info, self.split.value)
         cuda = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if cuda else None
-        self._graph = _make_graph(cfg, train, paths, _index_paths(paths), rank, world_size, device_id)
+        self._graph = _make_graph(cfg, train, list(shards.paths), list(shards.index_paths), rank, world_size,
+                                  device_id)
         self._dtype = torch.float32 if cfg.normalize else torch.uint8
         self._config = {"split": self.split.value, "world_size": world_size, "rank": rank, "seed": cfg.seed,
                         "batch_size": bs, "shuffle_buffer": cfg.shuffle_buffer, "image_size": cfg.image_size,
                         "normalize": cfg.normalize, "decode": "mixed" if cuda else "cpu",
                         "num_samples": self.num_samples, "data": _data_digest(info, self.split.value)}
-        self._pipe = self._new_pipe()
-        # With pad_last_batch every rank's part is padded to ceil(N / n) samples, then to whole batches:
-        # that many batches make one reader epoch on every rank.
-        padded = self._pipe.reader_meta(READER_NAME)["epoch_size_padded"] // world_size
+        try:
+            self._pipe = self._new_pipe()
+            # With pad_last_batch every rank's part is padded to ceil(N / n) samples, then to whole batches:
+            # that many batches make one reader epoch on every rank.
+            padded = self._pipe.reader_meta(READER_NAME)["epoch_size_padded"] // world_size
+        except RuntimeError as exc:
+            raise _failure(exc, self.split.value, self._root) from None
         self._batches_per_epoch = -(-padded // bs)
 
     def _new_pipe(self, checkpoint: bytes | None = None):
@@ -341,10 +408,7 @@ class DaliLoader:
         try:
             return self._pipe.run()
         except RuntimeError as exc:  # DALI stops the pipeline on the first sample it cannot decode
-            first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-            raise ValueError(f"DALI failed reading the {self.split.value} shards in {self._root} ({first[:200]}); "
-                             f"DALI cannot skip a damaged sample: run `shard-imagenet verify {self._root}` to find it, "
-                             f"or train with --loader cpu, which skips and names such samples") from None
+            raise _failure(exc, self.split.value, self._root) from None
 
     def _finish_reader_epoch(self) -> None:
         """Read (and drop) the batches left in the reader's epoch, so the next iteration starts a new one."""
@@ -377,7 +441,12 @@ class DaliLoader:
         for _ in range(start, self._len):
             images, labels = self._run()
             take = min(left, self.cfg.batch_size)
-            x, y = self._to_torch(images, labels)
+            try:
+                x, y = self._to_torch(images, labels)
+            except RuntimeError as exc:  # DALI's as_tensor: a batch of uneven shapes; torch's out-of-memory passes
+                if isinstance(exc, torch.cuda.OutOfMemoryError):
+                    raise
+                raise _failure(exc, self.split.value, self._root) from None
             left -= take
             if take < x.shape[0]:
                 x, y = x[:take], y[:take]
