@@ -152,18 +152,24 @@ def load_info(root: str | os.PathLike, check_files: bool = True) -> DatasetInfo:
 
     Args:
         root: the folder, or an ``http(s)://`` / ``s3://`` URL of a copy of it.
-        check_files: also check that every listed shard exists with the manifest's size (a stat each;
-            local folders only: remote shards are checked as they are read).
+        check_files: also check the listed shards against the manifest (when ``_info.json`` has one): the same
+            file names and sample counts (``shard-imagenet verify`` reads an edited file itself, so it passes
+            False), and, for local folders, that every shard exists with the manifest's size (a stat each; remote
+            shards are checked as they are read).
 
     Raises:
         DatasetError: ``_info.json`` or ``classes.txt`` missing or malformed, or (with ``check_files``) a
-            listed shard missing or of the wrong size.
+            split whose shard names or counts disagree with the manifest, a listed shard missing or of the
+            wrong size.
     """
     remote = is_url(root)
     root = str(root).rstrip("/") if remote else Path(root)
     info_loc = join(root, INFO_FILE)
     obj, splits, manifest = _parse_info(_read_info_text(root, info_loc, remote), info_loc)
     classes = _read_classes(root, remote, obj)
+    if check_files and manifest:
+        for split in splits.values():
+            _check_against_manifest(split, manifest.get(split.name, ()), info_loc, root)
     if check_files and not remote:
         _check_shard_files(root, splits, manifest)
     extra = {k: v for k, v in obj.items() if k not in ("splits", "manifest")}
@@ -238,3 +244,20 @@ def _check_shard_files(root: Path, splits: dict[str, SplitInfo], manifest: dict[
             if f in sizes and path.stat().st_size != sizes[f]:
                 raise DatasetError(f"{path}: {path.stat().st_size} bytes, the manifest says {sizes[f]} (truncated "
                                    f"or replaced); run `shard-imagenet verify {root}`, then re-shard")
+
+
+def _check_against_manifest(split: SplitInfo, entries: tuple[ShardEntry, ...], info_loc: str,
+                            root: Path | str) -> None:
+    """``split``'s ``filenames`` and ``shard_lengths`` are the manifest's names and counts (a hand-edited
+    ``_info.json`` otherwise trains on other samples than it says); DatasetError naming the first difference."""
+    fix = f"run `shard-imagenet verify {root}`, then re-shard"
+    if len(entries) != len(split.filenames):
+        raise DatasetError(f"{info_loc}: split '{split.name}' lists {len(split.filenames)} shards, the manifest "
+                           f"{len(entries)} (edited?); {fix}")
+    for i, (name, count, entry) in enumerate(zip(split.filenames, split.shard_lengths, entries)):
+        if name != entry.filename:
+            raise DatasetError(f"{info_loc}: split '{split.name}': shard {i + 1} is {name} by filenames but "
+                               f"{entry.filename} by the manifest (edited?); {fix}")
+        if count != entry.num_samples:
+            raise DatasetError(f"{info_loc}: split '{split.name}': {name} holds {count} samples by shard_lengths "
+                               f"but {entry.num_samples} by the manifest (edited?); {fix}")

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.backends import LoaderConfig, LoaderKind
+from pipeline.backends import LoaderConfig, LoaderKind, OnBadSample
 from pipeline.dataset import DatasetError
 from tools.cli_common import Option, Schema, add_option, error_line, positive
 from tools.config_file import add_config_option, parse_args_with_config, resolved_path, write_resolved
@@ -120,6 +120,10 @@ LOADER_OPTIONS = (  # --loader too: a TOML file cannot hold both a top-level key
     _opt(LoaderConfig, "synthetic_val_samples", "--synthetic-val-samples", positive(int),
          "synthetic eval size without --data (default: ILSVRC2012 val, {default}; on a slow device lower it or "
          "pass --no-eval)"),
+    _opt(LoaderConfig, "on_bad_sample", "--on-bad-sample", OnBadSample,
+         "a sample that does not decode: skip = name it on stderr, count it (skipped_samples) and fill its train "
+         "slot with another sample of its batch (val: leave it out); error = stop at once, naming its shard and key "
+         "(folder: its file). --loader dali cannot skip: it always stops"),
 )
 # recipe defaults: NVIDIA DLE ResNet50 v1.5 (see train/recipe.py and OptimConfig)
 OPTIM_OPTIONS = (
@@ -206,39 +210,71 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        checkpoint=CheckpointConfig(**_fields(args, "checkpoint")), resolution=_resolution(args))
 
 
-def _check_checkpoint_paths(cfg: TrainConfig) -> None:
-    """The checkpoint file / folder exist, and a training run can write its folder (made here).
+def _check_inputs(cfg: TrainConfig) -> None:
+    """The paths a run reads exist: ``--data`` (a local folder), ``--checkpoint FILE``, and ``--checkpoint-dir``
+    for ``--test-only`` (``--config`` is read, and checked, while parsing).
 
     Raises:
         ValueError: one line naming the flag.
     """
     ck = cfg.checkpoint
+    if isinstance(cfg.data, Path) and not cfg.data.is_dir():
+        raise ValueError(f"--data {cfg.data}: {'not a folder' if cfg.data.exists() else 'no such folder'}")
     if ck.file is not None and not ck.file.is_file():
         raise ValueError(f"--checkpoint {ck.file}: no such file")
     if ck.dir is not None and cfg.test_only and not ck.dir.is_dir():
         raise ValueError(f"--checkpoint-dir {ck.dir}: no such folder (--test-only reads its newest checkpoint)")
-    if ck.dir is not None and not cfg.test_only:
-        try:
-            ck.dir.mkdir(parents=True, exist_ok=True)
-            if not os.access(ck.dir, os.W_OK):
-                raise PermissionError("not writable")
-        except OSError as exc:
-            raise ValueError(f"--checkpoint-dir {ck.dir}: cannot write there "
-                             f"({getattr(exc, 'strerror', None) or exc}); pick a writable folder") from None
+
+
+def _check_outputs(cfg: TrainConfig) -> None:
+    """Rank 0 can write what the run writes: ``--metrics-json`` (and its ``.config.toml``), ``--log-jsonl``, and
+    (training) ``--checkpoint-dir``; nothing is created here, so a run that stops before training leaves nothing.
+
+    Raises:
+        ValueError: one line naming the flag.
+    """
+    outputs = [("--metrics-json", cfg.metrics_json, False), ("--log-jsonl", cfg.log_jsonl, False),
+               ("--checkpoint-dir", None if cfg.test_only else cfg.checkpoint.dir, True)]
+    if cfg.metrics_json is not None:
+        outputs.insert(1, ("--metrics-json", resolved_path(cfg.metrics_json), False))
+    for flag, path, folder in outputs:
+        why = _unwritable(path, folder) if path is not None else None
+        if why is not None:
+            raise ValueError(f"{flag} {path}: cannot write there ({why}); pick a writable path")
+
+
+def _unwritable(path: Path, folder: bool) -> str | None:
+    """Why this process cannot write ``path`` (a file, or with ``folder`` a folder to write files into, made where
+    missing), or None when it can."""
+    if path.exists():
+        if path.is_dir() != folder:
+            return "a folder" if path.is_dir() else "a file"
+        return None if os.access(path, os.W_OK | (os.X_OK if folder else 0)) else "not writable"
+    parent = path.parent
+    while not parent.exists():  # the nearest existing folder above it must let the rest be made
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, check and run ``train``; returns the exit status (2: a one-line error on stderr).
+
+    The resolved options go to ``<metrics>.config.toml`` beside ``--metrics-json`` once the run has finished and
+    its JSON is written: a run that stopped with an error leaves neither.
+    """
     parser = build_parser()
     args = parse_args_with_config(parser, SCHEMA, argv)  # schema defaults < --config FILE.toml < flags
     try:
         cfg = config_from_args(args)
-        _check_checkpoint_paths(cfg)
+        _check_inputs(cfg)
+        if distributed.global_rank() == 0:  # the ranks that write nothing need no writable outputs
+            _check_outputs(cfg)
     except ValueError as exc:
         parser.error(str(exc))
     if cfg.target_acc1 is not None and not cfg.eval:
         print(f"train: note: --no-eval: the target top-1 {cfg.target_acc1}% is never checked", file=sys.stderr)
-    if cfg.metrics_json is not None and distributed.global_rank() == 0:
-        write_resolved(SCHEMA, args, resolved_path(cfg.metrics_json))  # metrics.json -> metrics.config.toml
     from train.loop import run  # imported late: torch start-up is not needed for --help
 
     from pipeline.backends.cpu import SampleDecodeError
@@ -249,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ValueError, SampleDecodeError, ShardReadError) as exc:
         print(f"train: error: {error_line(exc)}", file=sys.stderr)
         return 2
+    if cfg.metrics_json is not None and distributed.global_rank() == 0:
+        write_resolved(SCHEMA, args, resolved_path(cfg.metrics_json))  # metrics.json -> metrics.config.toml
     return 0
 
 

@@ -5,6 +5,7 @@ file tables are read from these (see tools/train.py)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -45,11 +46,14 @@ class OptimConfig:
     Attributes:
         lr: peak learning rate; None = ``lr_per_256`` × global batch / 256 (Goyal et al. 2017 linear scaling).
         lr_per_256: peak LR per 256 images of global batch (DLE: 0.256).
-        momentum: SGD momentum (DLE: 0.875); nesterov: Nesterov momentum.
+        momentum: SGD momentum in [0, 1) (DLE: 0.875; 1 and above never forget a gradient: the run diverges);
+            nesterov: Nesterov momentum.
         weight_decay: L2 on conv / linear weights (DLE: 1/32768); decay_bn_and_bias: also on BN and biases.
         label_smoothing: cross-entropy label smoothing (0.1).
         warmup_epochs: epochs of linear LR warmup (fractions allowed).
         schedule: ``cosine`` (to zero) or ``step`` (× ``gamma`` at each of ``milestones``, in epochs).
+
+    Every real value must be finite (NaN fails its range check; an infinite one is refused by name).
     """
 
     lr: float | None = None
@@ -66,10 +70,13 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         m = self.milestones
+        reals = (("--lr", self.lr), ("--lr-per-256", self.lr_per_256), ("--weight-decay", self.weight_decay),
+                 ("--warmup-epochs", self.warmup_epochs), ("--gamma", self.gamma))
+        _check((v is None or not math.isinf(v), f"{flag} must be a finite number, got {v}") for flag, v in reals)
         _check([
             (self.lr is None or self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.lr_per_256 > 0, f"--lr-per-256 must be > 0, got {self.lr_per_256}"),
-            (self.momentum >= 0, f"--momentum must be >= 0, got {self.momentum}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (not self.nesterov or self.momentum > 0, f"--nesterov needs --momentum > 0, got {self.momentum}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),

@@ -49,6 +49,15 @@ class Split(str, Enum):
     VAL = "val"
 
 
+class OnBadSample(str, Enum):
+    """What a backend does with a sample that does not decode (``train --on-bad-sample``): ``skip`` names it on
+    stderr and counts it (train: another sample of the batch takes its slot; val: it is left out); ``error``
+    stops the run at once with one line naming it. DALI cannot skip: it always stops."""
+
+    SKIP = "skip"
+    ERROR = "error"
+
+
 @dataclass(frozen=True)
 class LoaderConfig:
     """Options shared by every backend.
@@ -66,6 +75,8 @@ class LoaderConfig:
         data_root: the ``--data`` folder or URL (the ``folder`` backend reads its ImageFolder tree directly).
         normalize: True: images arrive as ImageNet-normalised float32; False: as uint8 0..255 (the same
             geometry), for loader benchmarks and for models that normalise themselves.
+        on_bad_sample: a sample that does not decode is skipped and counted, or an error (:class:`OnBadSample`;
+            its value as a string is accepted too).
 
     These defaults are the ``train`` command's (its flags read them from here). Raises ValueError (one line,
     naming the flag) for a value no backend can use.
@@ -82,8 +93,13 @@ class LoaderConfig:
     synthetic_classes: int = IMAGENET_CLASSES
     data_root: Path | str | None = None
     normalize: bool = True
+    on_bad_sample: OnBadSample = OnBadSample.SKIP
 
     def __post_init__(self) -> None:
+        if self.on_bad_sample not in set(OnBadSample):
+            raise ValueError(f"--on-bad-sample must be {' or '.join(p.value for p in OnBadSample)}, "
+                             f"got {self.on_bad_sample!r}")
+        object.__setattr__(self, "on_bad_sample", OnBadSample(self.on_bad_sample))  # "error" -> the member
         for name, value, low in (("--batch-size", self.batch_size, 1), ("--image-size", self.image_size, 8),
                                  ("--workers", self.workers, 0), ("--shuffle-buffer", self.shuffle_buffer, 1),
                                  ("--synthetic-train-samples", self.synthetic_train_samples, 1),
@@ -373,5 +389,5 @@ def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.
 
 
 __all__ = ["STAGES", "BackendSpec", "Batch", "DataInput", "Loader", "LoaderConfig", "LoaderKind", "LoaderStats",
-           "ReplayResume", "Split", "StageTimes", "backend_spec", "build_loader", "normalize_on_device", "replay_from",
-           "to_device_prefetched"]
+           "OnBadSample", "ReplayResume", "Split", "StageTimes", "backend_spec", "build_loader", "normalize_on_device",
+           "replay_from", "to_device_prefetched"]

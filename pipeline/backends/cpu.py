@@ -9,13 +9,17 @@ non-blocking, one batch ahead on a side stream on CUDA) and normalises it there,
 
 The reading half (epoch plan, tar reading, shuffle buffer, batch-sized chunks: :class:`ShardSamples`), the
 loader half (option checks, epoch length, persistent workers: :class:`ShardLoaderBase`) and the policy for
-samples that do not decode (:func:`keep_decoded`) are shared with the ``nvjpeg`` backend.
+samples that do not decode (:func:`keep_decoded`: skip and count, or stop, as ``LoaderConfig.on_bad_sample``
+says) are shared with the ``nvjpeg`` backend; the ``folder`` backend applies the same policy. A sample whose
+``.jpg`` / ``.cls`` member is missing, or whose ``.cls`` is not a class index, is a one-line error
+(:func:`class_index`): the shard was damaged or hand-made, and its label cannot be trusted.
 """
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -26,8 +30,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.read import plan as epoch_plan
-from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, ReplayResume, Split, StageTimes,
-                               to_device_prefetched)
+from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, OnBadSample, ReplayResume, Split,
+                               StageTimes, to_device_prefetched)
 from pipeline.dataset import DatasetInfo
 from pipeline.read.tarstream import ShardReadError, iter_samples
 from pipeline.read.transforms import decode_train, decode_val
@@ -38,20 +42,48 @@ class SampleDecodeError(RuntimeError):
     """A sample in a shard could not be decoded; the message names the shard and the key."""
 
 
-def read_segments(paths: list[str], segments) -> Iterator[tuple[str, str, bytes, int]]:
+def read_segments(paths: list[str], segments, num_classes: int) -> Iterator[tuple[str, str, bytes, int]]:
     """Yield ``(shard path or URL, key, jpg bytes, label)`` for every sample of ``segments``, in order.
 
     Raises:
-        ShardReadError: a shard cannot be read, or a sample lacks its ``jpg`` / ``cls`` member (names the shard).
+        ShardReadError: a shard cannot be read, or a sample lacks its ``jpg`` / ``cls`` member or its ``cls`` is
+            not a class index below ``num_classes`` (names the shard, the key and what the member holds).
     """
     for seg in segments:
         url = paths[seg.shard]
         for key, members in iter_samples(url, seg.skip, seg.take):
-            try:
-                yield url, key, members["jpg"], int(members["cls"])
-            except (KeyError, ValueError) as exc:
-                raise ShardReadError(f"{url}: sample {key} has no usable {exc} member; run `shard-imagenet verify` "
-                                     f"on its folder") from None
+            yield url, key, _member(url, key, members, "jpg"), class_index(url, key, members, num_classes)
+
+
+def _fix_hint(url: str) -> str:
+    """``run `shard-imagenet verify <the shard's folder>```: what an error about a shard's content suggests."""
+    return f"run `shard-imagenet verify {os.path.dirname(url) or '.'}`"
+
+
+def _member(url: str, key: str, members: dict[str, bytes], ext: str) -> bytes:
+    """Member ``.ext`` of sample ``key``; ShardReadError naming the members it has when it has none."""
+    if ext not in members:
+        raise ShardReadError(f"{url}: sample {key}: no .{ext} member (has {', '.join('.' + e for e in members)}); "
+                             f"{_fix_hint(url)}")
+    return members[ext]
+
+
+def class_index(url: str, key: str, members: dict[str, bytes], num_classes: int) -> int:
+    """The label of sample ``key``: its ``.cls`` member, ASCII decimal in ``[0, num_classes)``.
+
+    Raises:
+        ShardReadError: no ``.cls`` member, or one that is not such a number (the message shows its bytes).
+    """
+    raw = _member(url, key, members, "cls")
+    try:
+        label = int(raw)
+    except ValueError:
+        label = None
+    if label is not None and 0 <= label < num_classes:
+        return label
+    shown = repr(raw[:20]) + ("..." if len(raw) > 20 else "")
+    of = "" if label is None else f" of the {num_classes} classes"
+    raise ShardReadError(f"{url}: sample {key}: member .cls holds {shown}, not a class index{of}; {_fix_hint(url)}")
 
 
 def shuffled(items, buffer_size: int, rng: random.Random):
@@ -73,22 +105,36 @@ def shuffled(items, buffer_size: int, rng: random.Random):
 
 def skip_reason(url: str, key: str, exc: BaseException) -> str:
     """``"<shard>: <key>: cannot decode (<error type>: <why>)"``: the line a skipped sample is named by."""
+    return decode_failure(f"{url}: {key}", exc)
+
+
+def decode_failure(where: str, exc: BaseException) -> str:
+    """``"<where>: cannot decode (<error type>: <why>)"``, ``where`` naming the sample (shard and key, or file)."""
     why = "not a decodable image" if isinstance(exc, PIL.UnidentifiedImageError) else f"{exc}"
-    return f"{url}: {key}: cannot decode ({type(exc).__name__}: {why})"
+    return f"{where}: cannot decode ({type(exc).__name__}: {why})"
+
+
+def warn_skipped(what: str) -> None:
+    """Name a skipped sample on stderr: ``warning: skipped sample <what>``."""
+    print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
 
 
 def keep_decoded(images: torch.Tensor, labels: torch.Tensor, keys: list[str], ok: list[int], skipped: list[str],
-                 train: bool, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Apply the skipped-sample policy to one batch whose rows ``ok`` decoded (the others hold garbage).
+                 train: bool, rng: random.Random,
+                 on_bad: OnBadSample) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Apply the bad-sample policy ``on_bad`` to one batch whose rows ``ok`` decoded (the others hold garbage).
 
-    Train: every other row is overwritten by a random decoded row of the same batch (image, label and key), so
-    the batch stays full and every rank runs the same number of steps. Val: the other rows are left out.
-    ``images`` is ``N×…`` on any device, ``labels`` ``N`` int64, ``keys`` ``N`` keys; ``skipped`` names the
+    ``skip``: in train every other row is overwritten by a random decoded row of the same batch (image, label and
+    key), so the batch stays full and every rank runs the same number of steps; in val the other rows are left
+    out. ``images`` is ``N×…`` on any device, ``labels`` ``N`` int64, ``keys`` ``N`` keys; ``skipped`` names the
     failures (only the first is used, in the error).
 
     Raises:
-        SampleDecodeError: not one row decoded (the message names the first failure).
+        SampleDecodeError: ``on_bad`` is ``error`` and a row did not decode, or not one row decoded (the message
+            names the first failure).
     """
+    if skipped and on_bad is OnBadSample.ERROR:
+        raise SampleDecodeError(f"bad sample {skipped[0]}; --on-bad-sample skip would skip and count it")
     if not ok:
         raise SampleDecodeError(f"no sample of a batch decodes; first: {skipped[0]}")
     if len(ok) == len(keys):
@@ -112,6 +158,7 @@ class ShardSamples(IterableDataset):
     def __init__(self, info: DatasetInfo, split: Split, cfg: LoaderConfig, rank: int, world_size: int):
         self.paths = info.shard_paths(split.value)
         self.lengths = list(info.split(split.value).shard_lengths)
+        self.num_classes = info.num_classes
         self.split = split
         self.cfg = cfg
         self.rank = rank
@@ -145,7 +192,7 @@ class ShardSamples(IterableDataset):
         worker, num_workers = (wi.id, wi.num_workers) if wi is not None else (0, 1)
         plan = self.worker_plan(worker, num_workers)
         rng = random.Random(f"{self.cfg.seed}/{self.epoch}/{self.rank}/{worker}/{self.split.value}")  # str seeds are stable
-        samples = read_segments(self.paths, plan.segments)
+        samples = read_segments(self.paths, plan.segments, self.num_classes)
         if self.split is Split.TRAIN:
             samples = shuffled(samples, self.cfg.shuffle_buffer, rng)
         clock = time.perf_counter
@@ -163,10 +210,10 @@ class ShardBatches(ShardSamples):
     Yields ``(images N×S×S×3 uint8, labels N int64, keys list[str], skipped list[str], stage times)``, the stage
     times being ``(read_s, decode_s, augment_s, collate_s, samples)`` of that batch in its worker. A sample that fails
     to decode is named in ``skipped``; in train its slot is filled with another sample of the same batch
-    (so every rank still runs the same number of full steps), in eval it is left out.
+    (so every rank still runs the same number of full steps), in eval it is left out (:func:`keep_decoded`).
 
     Raises:
-        SampleDecodeError: not one sample of a batch decodes.
+        SampleDecodeError: not one sample of a batch decodes, or one does not with ``on_bad_sample`` ``error``.
     """
 
     def __iter__(self):
@@ -189,7 +236,8 @@ class ShardBatches(ShardSamples):
                 except Exception as exc:
                     skipped.append(skip_reason(url, key, exc))
             labels = torch.tensor([c[3] for c in chunk], dtype=torch.int64)
-            images, labels, keys = keep_decoded(images, labels, [c[1] for c in chunk], ok, skipped, train, rng)
+            images, labels, keys = keep_decoded(images, labels, [c[1] for c in chunk], ok, skipped, train, rng,
+                                                self.cfg.on_bad_sample)
             collate = clock() - t0 - work[0] - work[1]  # batch allocation, copies into it, labels, skipped samples
             yield images, labels, keys, skipped, (t_read, work[0], work[1], collate, len(chunk))
 
@@ -257,7 +305,7 @@ class ShardLoaderBase(ReplayResume):
     def note_skipped(self, what: str) -> None:
         """Record a sample that did not decode and name it on stderr."""
         self._skipped.append(what)
-        print(f"warning: skipped sample {what}", file=sys.stderr, flush=True)
+        warn_skipped(what)
 
     def stats(self) -> LoaderStats:
         return LoaderStats(skipped=tuple(self._skipped))

@@ -13,14 +13,19 @@ training process spends no time on a layout copy); on the device the NHWC batch 
 The backend times its own stages where they run (in the workers): ``read`` (the file's bytes), ``decode`` (PIL
 decode + convert to RGB), ``augment`` (the torchvision transforms and the HWC tensor) per sample, ``collate``
 (stacking the batch) per batch. The seconds travel with each batch and are booked when the batch is handed out,
-so :meth:`FolderLoader.stats` covers exactly the batches yielded so far. It never skips a sample (ImageFolder
-raises on a file PIL cannot read).
+so :meth:`FolderLoader.stats` covers exactly the batches yielded so far.
+
+A file that cannot be read or decoded follows the shard backends' policy (``LoaderConfig.on_bad_sample``, see
+:func:`pipeline.backends.cpu.keep_decoded`): the dataset hands over no image but the failure (``<file>: cannot
+decode (...)``), and the collate puts another sample of the same batch in its slot (train) or leaves it out
+(val), or, with ``error``, stops the run. Skipped files are named on stderr and counted in :meth:`FolderLoader.stats`.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import random
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -32,8 +37,9 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, default_col
 from torchvision import datasets, transforms
 
 from pipeline.read import plan as epoch_plan
-from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, ReplayResume, Split, StageTimes,
-                               to_device_prefetched)
+from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, OnBadSample, ReplayResume, Split,
+                               StageTimes, to_device_prefetched)
+from pipeline.backends.cpu import decode_failure, keep_decoded, warn_skipped
 from pipeline.dataset import DatasetInfo
 from pipeline.read.tarstream import is_url
 from pipeline.read.transforms import RRC_RATIO, RRC_SCALE
@@ -53,19 +59,23 @@ class _FixedClassesImageFolder(datasets.ImageFolder):
             raise FileNotFoundError(f"class folder(s) {', '.join(unknown[:3])} not in train/")
         return list(self._given), {c: i for i, c in enumerate(self._given)}
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, tuple[float, float, float]]:
-        """Sample ``index`` as ``(S×S×3 uint8, class index, (read_s, decode_s, augment_s))``: the file's bytes,
-        PIL's decode + convert to RGB (the pixels ImageFolder's own loader gives), then the transform."""
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, tuple[float, float, float], str | None]:
+        """Sample ``index`` as ``(S×S×3 uint8, class index, (read_s, decode_s, augment_s), None)``: the file's bytes,
+        PIL's decode + convert to RGB (the pixels ImageFolder's own loader gives), then the transform; for a file
+        that cannot be read or decoded ``(None, class index, times, "<file>: cannot decode (...)")``."""
         path, target = self.samples[index]
         clock = time.perf_counter
-        t0 = clock()
-        with open(path, "rb") as f:
-            data = f.read()
-        t1 = clock()
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        t2 = clock()
-        x = self.transform(img)
-        return x, target, (t1 - t0, t2 - t1, clock() - t2)
+        t0 = t1 = t2 = clock()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            t1 = clock()
+            img = Image.open(io.BytesIO(data)).convert("RGB")
+            t2 = clock()
+            x = self.transform(img)
+        except Exception as exc:  # damaged file: TimedCollate applies the bad-sample policy
+            return None, target, (t1 - t0, clock() - t1, 0.0), decode_failure(path, exc)
+        return x, target, (t1 - t0, t2 - t1, clock() - t2), None
 
 
 def pil_to_hwc_tensor(img) -> torch.Tensor:
@@ -73,22 +83,37 @@ def pil_to_hwc_tensor(img) -> torch.Tensor:
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
 
 
-def collate_timed(samples: list[tuple[torch.Tensor, int, tuple[float, float, float]]]):
-    """Samples of :meth:`_FixedClassesImageFolder.__getitem__` → ``(N×S×S×3 uint8, N int64, stage times)``, the
-    stage times being ``(read_s, decode_s, augment_s, collate_s, N)`` of the batch. The images are stacked by
-    the DataLoader's default collate (in a worker: straight into shared memory)."""
-    t0 = time.perf_counter()
-    images, labels = default_collate([(x, y) for x, y, _ in samples])
-    collate = time.perf_counter() - t0
-    read, decode, augment = (sum(times[i] for _, _, times in samples) for i in range(3))
-    return images, labels, (read, decode, augment, collate, len(samples))
+class TimedCollate:
+    """Samples of :meth:`_FixedClassesImageFolder.__getitem__` → ``(N×S×S×3 uint8, N int64, failures, stage
+    times)``, the stage times being ``(read_s, decode_s, augment_s, collate_s, N)`` of the batch and ``failures``
+    the lines naming the files that did not decode. The images are stacked by the DataLoader's default collate (in
+    a worker: straight into shared memory); the rows of failed files are then replaced or dropped by
+    :func:`~pipeline.backends.cpu.keep_decoded` (``train``: replaced; val: dropped; ``on_bad`` ``error``: raised).
+    """
+
+    def __init__(self, image_size: int, train: bool, on_bad: OnBadSample):
+        self.image_size, self.train, self.on_bad = image_size, train, on_bad
+
+    def __call__(self, samples: list[tuple[torch.Tensor | None, int, tuple[float, float, float], str | None]]):
+        t0 = time.perf_counter()
+        failures = [failure for _, _, _, failure in samples if failure is not None]
+        blank = torch.zeros((self.image_size, self.image_size, 3), dtype=torch.uint8) if failures else None
+        images, labels = default_collate([(blank if x is None else x, y) for x, y, _, _ in samples])
+        if failures:
+            ok = [i for i, sample in enumerate(samples) if sample[3] is None]
+            images, labels, _ = keep_decoded(images, labels, [""] * len(samples), ok, failures, self.train,
+                                             random.Random(" ".join(failures)), self.on_bad)
+        collate = time.perf_counter() - t0
+        read, decode, augment = (sum(times[i] for _, _, times, _ in samples) for i in range(3))
+        return images, labels, failures, (read, decode, augment, collate, len(samples))
 
 
 class BookedBatches:
     """The DataLoader's batches as ``(N×S×S×3 uint8, N int64)``: iterating hands each batch's stage times
-    (``(read_s, decode_s, augment_s, collate_s, N)``) to ``book`` just before the batch is yielded."""
+    (``(read_s, decode_s, augment_s, collate_s, N)``) and the lines naming its skipped files to ``book`` just
+    before the batch is yielded."""
 
-    def __init__(self, loader: Iterable, book: Callable[[tuple], None]):
+    def __init__(self, loader: Iterable, book: Callable[[tuple, list[str]], None]):
         self.dataloader = loader
         self._book = book
 
@@ -96,8 +121,8 @@ class BookedBatches:
         return len(self.dataloader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, times in self.dataloader:
-            self._book(times)
+        for images, labels, failures, times in self.dataloader:
+            self._book(times, failures)
             yield images, labels
 
 
@@ -149,7 +174,8 @@ class FolderLoader(ReplayResume):
         self._generator = torch.Generator()
         self._generator.manual_seed(self._epoch_seed(0))
         common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                      generator=self._generator, collate_fn=collate_timed)
+                      generator=self._generator,
+                      collate_fn=TimedCollate(cfg.image_size, split is Split.TRAIN, cfg.on_bad_sample))
         if split is Split.TRAIN:
             if epoch_plan.train_steps_per_epoch(self.num_samples, world_size, cfg.batch_size) == 0:
                 raise ValueError(f"train split has {self.num_samples} samples, fewer than world size × batch size"
@@ -164,6 +190,7 @@ class FolderLoader(ReplayResume):
         # per-stage seconds of the batches handed out so far (summed over the workers), and the samples they cover
         self._stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._stage_samples = 0
+        self._skipped: list[str] = []  # "<file>: cannot decode (...)" of every skipped file
         self.loader = BookedBatches(batches, self._book)  # the DataLoader's (images, labels), stage times booked
 
     def __len__(self) -> int:
@@ -182,12 +209,16 @@ class FolderLoader(ReplayResume):
         host = ((images, labels, ()) for images, labels in self.loader)
         yield from to_device_prefetched(host, self.device, self.normalize)
 
-    def _book(self, times: tuple) -> None:
-        """Add one batch's ``(read_s, decode_s, augment_s, collate_s, samples)`` to the stage counters."""
+    def _book(self, times: tuple, skipped: list[str]) -> None:
+        """Add one batch's ``(read_s, decode_s, augment_s, collate_s, samples)`` to the stage counters and name its
+        skipped files."""
         for name, seconds in zip(STAGES, times[:4]):
             self._stage_seconds[name] += seconds
         self._stage_samples += int(times[4])
+        for what in skipped:
+            self._skipped.append(what)
+            warn_skipped(what)
 
     def stats(self) -> LoaderStats:
-        """No skipped samples (ImageFolder raises instead) and the per-stage seconds of the batches yielded."""
-        return LoaderStats((), StageTimes(dict(self._stage_seconds), self._stage_samples))
+        """The skipped files and the per-stage seconds of the batches yielded."""
+        return LoaderStats(tuple(self._skipped), StageTimes(dict(self._stage_seconds), self._stage_samples))

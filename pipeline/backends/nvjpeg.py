@@ -45,10 +45,12 @@ handled here (torchvision's CUDA decoder as of 0.29):
 Robustness (the cpu backend's policy): a sample nvJPEG rejects is retried on the CPU (``decode_jpeg``, then PIL
 through :mod:`pipeline.read.transforms`, which also crops it); one that decodes nowhere is named on stderr
 (``warning: skipped sample <shard>: <key>: ...``) and kept in ``skipped``; in train another decoded sample of
-the same batch takes its slot, in val it is left out. Damage that leaves a decodable bitstream (e.g. altered scan
-data) is not detected by any decoder and gives wrong pixels.
+the same batch takes its slot, in val it is left out; with ``LoaderConfig.on_bad_sample`` ``error`` it stops the
+run instead. Damage that leaves a decodable bitstream (e.g. altered scan data) is not detected by any decoder and
+gives wrong pixels.
 
-Raises (while iterating): ``SampleDecodeError`` when not one sample of a batch decodes, ``ShardReadError`` for
+Raises (while iterating): ``SampleDecodeError`` when not one sample of a batch decodes (or, with
+``on_bad_sample`` ``error``, when one does not), ``ShardReadError`` for
 an unreadable shard; at construction ``ValueError`` for missing data, bad options, or a CUDA device this
 torchvision cannot decode on.
 """
@@ -298,10 +300,10 @@ class NvjpegLoader(ShardLoaderBase):
                 ok.append(i)
             except Exception as exc:
                 skipped.append(skip_reason(item.shards[i], item.keys[i], exc))
-        for what in skipped:
-            self.note_skipped(what)
         crops, labels, keys = keep_decoded(crops, item.labels, list(item.keys), ok, skipped,
-                                           self.split is Split.TRAIN, rng)
+                                           self.split is Split.TRAIN, rng, self.cfg.on_bad_sample)
+        for what in skipped:  # named once the policy kept the batch (with --on-bad-sample error it raised)
+            self.note_skipped(what)
         images = crops.round_().clamp_(0, 255).to(torch.uint8)  # N×S×S×3, as the other backends' batches
         return Batch(normalize_on_device(images, self.device, self.cfg.normalize),
                      labels.to(self.device, non_blocking=True), tuple(keys))
