@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["verify"]:
         return verify_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag, path in (("--classes", args.classes), ("--val-labels", args.val_labels), ("--id-map", args.id_map)):
+        if path is not None and not path.is_file():
+            parser.error(f"{flag} {path}: no such file")
     cfg = _config_from_args(args)
     out = escape_text(str(args.out))  # names that are not UTF-8 are printed escaped
     try:

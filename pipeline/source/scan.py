@@ -256,6 +256,9 @@ class _Scan:
         items = [SourceItem(path, rel, index[c], off, size) for c, path, rel, off, size in val.by_class]
         val_words = ["val class folders"] if val.classes else []
         if not val.flat:
+            if self.opts.val_labels is not None:  # given but not needed: say so instead of ignoring it silently
+                self.notes.append(f"--val-labels {self.opts.val_labels} not used: every val image is in a class "
+                                  f"folder, which gives its label")
             return items, val_words
         labels = self.val_labels(extra_dirs, train.classes if train else [])
         if labels is None and val.classes:  # a few strays beside class folders, as before

@@ -329,3 +329,23 @@ def test_escape_keeps_valid_text_and_marks_each_bad_byte():
     assert escape_text(os.fsdecode(b"caf\xe9\xff.jpg")) == "caf\\xe9\\xff.jpg"
     assert escape_text("\ud800") == "\\xed\\xa0\\x80"
     assert json_safe({os.fsdecode(b"k\xe9"): [os.fsdecode(b"v\xe9"), 1, None]}) == {"k\\xe9": ["v\\xe9", 1, None]}
+
+
+# ------------------------------------------------------------------ issue 12 item 14: label files given by flag
+
+
+def test_label_file_flags_must_name_files_and_an_unused_one_is_noted(tmp_path, capsys):
+    src = make_tree(tmp_path / "src", {"a": 1, "b": 1})
+    write_jpeg(src / "val" / "a" / "v.JPEG")
+    for flag in ("--val-labels", "--classes", "--id-map"):
+        with pytest.raises(SystemExit) as exit_:
+            shard_imagenet.main([str(src), "--out", str(tmp_path / "out"), flag, str(tmp_path / "nope.txt")])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {tmp_path / 'nope.txt'}: no such file" in err and "Traceback" not in err
+    labels = tmp_path / "val.csv"
+    labels.write_text("v.JPEG,a\n")
+    tree = scan_source(src, LayoutOptions(val_labels=labels))  # val has class folders: the file is not used
+    assert any(n.startswith(f"--val-labels {labels} not used") for n in tree.notes), tree.notes
+    rc, out, _ = run_cli([src, "--out", tmp_path / "out2", "--val-labels", labels], capsys)
+    assert rc == 0 and f"note: --val-labels {labels} not used" in out
