@@ -69,7 +69,7 @@ from pipeline.backends import (IMAGENET_MEAN_255, IMAGENET_STD_255, Batch, Loade
                                replay_from)
 from pipeline.dataset import DatasetInfo
 from pipeline.read.shardcheck import CheckedShards, check_split
-from pipeline.read.transforms import RRC_RATIO, RRC_SCALE
+from pipeline.read.transforms import RRC_RATIO, RRC_SCALE, eval_resize_size
 
 INSTALL_HINT = "--loader dali needs NVIDIA DALI: pip install 'imagenet-pipeline[dali]' (nvidia-dali-cuda130)"
 READER_NAME = "Reader"
@@ -177,6 +177,36 @@ def _data_digest(info: DatasetInfo, split: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _val_crop_roi(jpegs, size: int, crop_pct: float):
+    """In-graph, per sample: the source region ``(roi_start, roi_end)`` (``[y, x]``, absolute pixels, float32) of
+    torchvision's ``Resize(eval_resize_size(size, crop_pct))`` + ``CenterCrop(size)``, the box of
+    :func:`pipeline.read.transforms.center_crop_box`, from the JPEG header (``fn.peek_image_shape``, which follows
+    EXIF orientation as the decoder does). Resampling it with ``fn.resize(size=..., roi_start=..., roi_end=...)``
+    keeps torchvision's integer crop box (``resize_shorter`` + ``crop_mirror_normalize(crop=...)`` rounds the
+    long side and places the crop by DALI's own rounding: 4.4/255 mean from torchvision at 224 px).
+
+    Resized ``H' = s * H // short``, ``W'`` likewise; the corner ``round_half_even((H' - size) / 2)`` in integer
+    DALI arithmetic: with ``m = H' - size``, ``q = m // 2``, it is ``q + (m - 2q) * (q - 2 (q // 2))``.
+    """
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
+
+    shape = fn.peek_image_shape(jpegs, dtype=types.INT64)  # H, W, C
+    h, w = shape[0], shape[1]
+    s = eval_resize_size(size, crop_pct)
+    new_h, new_w = s * h // dmath.min(h, w), s * w // dmath.min(h, w)
+
+    def corner(n):
+        q = (n - size) // 2
+        return q + (n - size - 2 * q) * (q - 2 * (q // 2))
+
+    top, left = corner(new_h), corner(new_w)
+    fy, fx = fn.cast(h, dtype=types.FLOAT64) / new_h, fn.cast(w, dtype=types.FLOAT64) / new_w
+    start = fn.stack(top * fy, left * fx)
+    end = fn.stack((top + size) * fy, (left + size) * fx)
+    return fn.cast(start, dtype=types.FLOAT), fn.cast(end, dtype=types.FLOAT)
+
+
 def _make_graph(cfg: LoaderConfig, train: bool, paths: list[str], index_paths: list[str], rank: int,
                 world_size: int, device_id: int | None, last_stage: str = "augment"):
     """The pipeline definition: call it (optionally with ``checkpoint=...`` or other ``Pipeline`` arguments, which
@@ -222,8 +252,9 @@ def _make_graph(cfg: LoaderConfig, train: bool, paths: list[str], index_paths: l
             images = fn.crop_mirror_normalize(images, output_layout="HWC",
                                               mirror=fn.random.coin_flip(probability=0.5), **norm)
         else:
-            images = fn.resize(images, resize_shorter=round(size / cfg.crop_pct))
-            images = fn.crop_mirror_normalize(images, output_layout="HWC", crop=(size, size), **norm)
+            roi_start, roi_end = _val_crop_roi(jpegs, size, cfg.crop_pct)  # torchvision's Resize + CenterCrop box
+            images = fn.resize(images, size=[size, size], roi_start=roi_start, roi_end=roi_end, roi_relative=False)
+            images = fn.crop_mirror_normalize(images, output_layout="HWC", **norm)
         return images, labels
 
     return graph

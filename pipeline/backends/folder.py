@@ -42,7 +42,7 @@ from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, OnBadSa
 from pipeline.backends.cpu import decode_failure, keep_decoded, warn_skipped
 from pipeline.dataset import DatasetInfo
 from pipeline.read.tarstream import is_url
-from pipeline.read.transforms import RRC_RATIO, RRC_SCALE
+from pipeline.read.transforms import RRC_RATIO, RRC_SCALE, eval_resize_size
 
 
 class _FixedClassesImageFolder(datasets.ImageFolder):
@@ -128,13 +128,13 @@ class BookedBatches:
 
 def crop_transform(split: Split, cfg: LoaderConfig) -> transforms.Compose:
     """The per-sample transform: PIL RGB → ``S×S×3`` uint8 tensor. Train: torchvision's RandomResizedCrop
-    (scale / ratio of :mod:`pipeline.read.transforms`) + RandomHorizontalFlip; val: Resize(round(S / crop_pct))
+    (scale / ratio of :mod:`pipeline.read.transforms`) + RandomHorizontalFlip; val: Resize(floor(S / crop_pct)) (:func:`~pipeline.read.transforms.eval_resize_size`)
     + CenterCrop(S)."""
     size = cfg.image_size
     if split is Split.TRAIN:
         return transforms.Compose([transforms.RandomResizedCrop(size, scale=RRC_SCALE, ratio=RRC_RATIO),
                                    transforms.RandomHorizontalFlip(), pil_to_hwc_tensor])
-    return transforms.Compose([transforms.Resize(round(size / cfg.crop_pct)), transforms.CenterCrop(size),
+    return transforms.Compose([transforms.Resize(eval_resize_size(size, cfg.crop_pct)), transforms.CenterCrop(size),
                                pil_to_hwc_tensor])
 
 

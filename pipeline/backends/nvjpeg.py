@@ -17,8 +17,9 @@ Data flow and what runs where:
    without CUDA the same call decodes on the CPU), each into a ``3×H×W`` uint8 tensor on the device.
 3. Per image, on the device: the crop box (train: RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3, drawn by
    :func:`pipeline.read.transforms.random_resized_crop_box` from a ``random.Random`` seeded by (seed, epoch, rank,
-   split), then a horizontal flip with p=0.5; val: :func:`pipeline.read.transforms.center_crop_box`, the geometry of
-   Resize(round(size / crop_pct)) + CenterCrop(size)), only the crop converted to float32 and resized with
+   split), then a horizontal flip with p=0.5, only the crop converted to float32 and resized; val: torchvision's
+   Resize(floor(size / crop_pct)) + CenterCrop(size) exactly (:func:`pipeline.read.transforms.center_crop_box`,
+   :func:`~pipeline.read.transforms.resize_box_exact`: the whole image resized, the crop cut out); both with
    ``F.interpolate(bilinear, antialias=True)`` into an ``N×S×S×3`` float32 batch, rounded to uint8; then
    :func:`pipeline.backends.normalize_on_device`: ``Batch.images`` ``N×3×S×S`` float32 ImageNet-normalised with
    channels-last strides (uint8 0..255 with ``LoaderConfig.normalize=False``), ``Batch.labels`` ``N`` int64 on
@@ -74,7 +75,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from pipeline.backends import Batch, LoaderConfig, Split, normalize_on_device
 from pipeline.backends.cpu import ShardLoaderBase, ShardSamples, keep_decoded, skip_reason
 from pipeline.dataset import DatasetInfo
-from pipeline.read.transforms import center_crop_box, decode_train, decode_val, random_resized_crop_box
+from pipeline.read.transforms import (center_crop_box, decode_train, decode_val, random_resized_crop_box,
+                                      resize_box_exact)
 
 # Frame (SOF) markers that start a frame header; DHT (C4), JPG (C8) and DAC (CC) share the range but are not frames.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -322,8 +324,10 @@ class NvjpegLoader(ShardLoaderBase):
             out = decode_train(data, size, rng) if train else decode_val(data, size, self.cfg.crop_pct)
             return out.to(self.device)
         _, h, w = img.shape
-        box = random_resized_crop_box(w, h, rng) if train else center_crop_box(w, h, size, self.cfg.crop_pct)
-        x = resized_crop(img, box, size)
-        if train and rng.random() < 0.5:
+        if not train:  # torchvision's Resize + CenterCrop exactly: the whole image resized, the crop cut out
+            box = center_crop_box(w, h, size, self.cfg.crop_pct)
+            return resize_box_exact(img[None].float(), box, size)[0].permute(1, 2, 0)
+        x = resized_crop(img, random_resized_crop_box(w, h, rng), size)
+        if rng.random() < 0.5:
             x = x.flip(-1)
         return x.permute(1, 2, 0)

@@ -178,7 +178,7 @@ def test_folder_val_pixels_are_torchvisions_resize_center_crop(demo_shards):
     cfg = LoaderConfig(batch_size=4, image_size=32, workers=0, data_root=root, normalize=False)
     loader = build_loader(LoaderKind.FOLDER, cfg, Split.VAL, None, torch.device("cpu"))
     got = torch.cat([b.images for b in loader]).permute(0, 2, 3, 1)
-    tf = transforms.Compose([transforms.Resize(round(32 / cfg.crop_pct)), transforms.CenterCrop(32)])
+    tf = transforms.Compose([transforms.Resize(cpu_transforms.eval_resize_size(32, cfg.crop_pct)), transforms.CenterCrop(32)])
     files = [p for p, _ in loader.loader.dataloader.dataset.dataset.samples]
     want = torch.stack([torch.from_numpy(np.array(tf(Image.open(p).convert("RGB")))) for p in files])
     assert torch.equal(got, want)
