@@ -13,7 +13,7 @@ DEMO_TRAIN_ARGS ?= --epochs 8 --batch-size 32 --image-size 64 --warmup-epochs 1 
 CONSTRAINTS := constraints.txt
 PIP := $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: demo test install simd unsimd clean gpu-wheels gpu-check gpu-smoke
+.PHONY: demo test install flagperf simd unsimd clean gpu-wheels gpu-check gpu-smoke
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,20 @@ else
 	$(BIN)/shard-imagenet $(IMAGENET) --out $(WORK)/shards --workers $(WORKERS)
 endif
 	$(BIN)/train --data $(WORK)/shards --loader cpu $(DEMO_TRAIN_ARGS) --metrics-json $(WORK)/metrics.json
+
+# FlagPerf sweep (README "FlagPerf vendor page"): shard IMAGENET (resumable: a finished run is skipped), run the
+# configs/flagperf presets that fit NPROC processes, write the vendor page to $(FLAGPERF_OUT)/README.md.
+# SWEEP_ARGS: train flags for every run (e.g. --max-steps 200 --no-eval for a short sweep).
+NPROC ?= $(shell $(BIN)/python -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)
+FLAGPERF_OUT ?= build/flagperf
+FLAGPERF_SHARDS ?= build/flagperf-shards
+PRECISIONS ?= fp32,amp,fp16
+SWEEP_ARGS ?=
+flagperf: $(BIN)/.installed
+	@test -n "$(strip $(IMAGENET))" || { echo "make flagperf: set IMAGENET=/path/to/imagenet (class folders)"; exit 2; }
+	$(BIN)/shard-imagenet $(IMAGENET) --out $(FLAGPERF_SHARDS) --workers $(WORKERS)
+	$(BIN)/flagperf-sweep --data $(FLAGPERF_SHARDS) --out $(FLAGPERF_OUT) --nproc $(NPROC) --precisions $(PRECISIONS) \
+	  -- $(SWEEP_ARGS)
 
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -q

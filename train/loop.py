@@ -25,6 +25,8 @@ from train import checkpoint, distributed
 from train.build import CheckpointTestSession, Session, build_checkpoint_test, build_session
 from train.clock import Mark, RunClock, Timing, after_calls, make_clock, resolve_timing, timed_iter
 from train.config import TrainConfig
+from train.environment import Environment
+from train.environment import collect as collect_environment
 from train.memory import MemoryUse, peak_memory, reset_peaks, start_monitor
 from train.metrics import FlagPerfMetrics, RunTimes, flagperf_metrics, process_start_time
 from train.precision import Precision, autocast
@@ -421,6 +423,10 @@ def _training(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, lo
         loader_stage_seconds_per_image_rank0=stages, global_batch_size=s.global_batch)
 
 
+def _environment(env: distributed.DistEnv, versions: dict) -> Environment:
+    return collect_environment(env.world_size, distributed.local_world_size(), versions)
+
+
 def _placement(cfg: TrainConfig, env: distributed.DistEnv, precision: Precision, device_name: str) -> Placement:
     return Placement(env.world_size, precision.value, cfg.loader.value, str(env.device), device_name)
 
@@ -439,7 +445,7 @@ def _train_report(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer
                      _training(s, clock, st, ckpt, loaded, flagperf, measured), None,
                      _placement(s.cfg, s.env, s.precision, s.device_name), MemoryDetail.of(mem, with_peaks=True),
                      Labels(s.versions, config_label(s.env), f"bs={s.lcfg.batch_size},lr={s.peak_lr:g}",
-                            tuple(sys.argv)))
+                            tuple(sys.argv), _environment(s.env, s.versions)))
 
 
 # --- evaluation of a checkpoint --------------------------------------------------------------------------------
@@ -473,6 +479,7 @@ def test_only(cfg: TrainConfig, env: distributed.DistEnv) -> RunReport:
     report = RunReport(FlagPerfMetrics(e2e, None, None, None, result.acc1, mem.used_gib, mem.total_gib, 0),
                        _eval_counts(result, t.val_loader), None, tested,
                        _placement(cfg, env, t.precision, t.device_name), MemoryDetail.of(mem, with_peaks=False),
-                       Labels(t.versions, config_label(env), f"bs={t.lcfg.batch_size},test-only", tuple(sys.argv)))
+                       Labels(t.versions, config_label(env), f"bs={t.lcfg.batch_size},test-only", tuple(sys.argv),
+                              _environment(env, t.versions)))
     _publish(report, cfg, env)
     return report

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train.environment import Environment
 from train.iobench.verdict import Evidence, Verdict, decide
 from train.memory import MemoryUse
 from train import distributed
@@ -161,12 +162,14 @@ class MemoryDetail(Part):
 
 @dataclass(frozen=True)
 class Labels(Part):
-    """Software versions and FlagPerf's labels: config (``<CUDA|CPU>x<nodes>x<procs per node>``), fix_hp, argv."""
+    """Software versions and FlagPerf's labels: config (``<CUDA|CPU>x<nodes>x<procs per node>``), fix_hp, argv;
+    the machine (:class:`train.environment.Environment`, the vendor page's 环境配置)."""
 
     versions: dict
     config: str
     fix_hp: str
     argv: tuple[str, ...]
+    environment: Environment
 
 
 @dataclass(frozen=True)

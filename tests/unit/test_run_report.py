@@ -22,13 +22,15 @@ TRAIN_KEYS = [
     "data_wait_fraction", "times_s", "rank0_times_s", "verdict", "loader_stage_seconds_per_image_rank0",
     "global_batch_size", "world_size", "precision", "loader", "device", "device_name", "mem_kind",
     "mem_peak_allocated_gib_rank0", "mem_peak_reserved_gib_rank0", "mem_device_used_gib_nvml_rank0", "versions",
-    "config", "fix_hp", "argv"]
+    "config", "fix_hp", "argv", "environment"]
 TEST_ONLY_KEYS = [
     *FLAGPERF, "test_only", "checkpoint", "checkpoint_step", "ema_acc1", "eval_s", "eval_img_per_s", "world_size",
-    "precision", "loader", "device", "device_name", "mem_kind", "versions", "config", "fix_hp", "argv"]
+    "precision", "loader", "device", "device_name", "mem_kind", "versions", "config", "fix_hp", "argv", "environment"]
 TIMES = ["e2e", "loop", "eval", "compute", "data"]
 VERDICT = ["io_bound", "ratio", "dominant_stage", "cores_needed", "levers", "lines"]
 VERSIONS = ["python", "torch", "torchvision", "cuda", "cudnn", "driver", "dali"]
+ENVIRONMENT = ["machine", "cpu", "cpu_cores", "accelerator", "accelerator_count", "nodes", "processes_per_node",
+               "interconnect", "os", "kernel", "driver", "docker", "framework", "cuda", "dependencies"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,11 @@ def test_train_metrics_json_keys_and_order(trained):
     assert list(m) == TRAIN_KEYS
     assert list(m["times_s"]) == list(m["rank0_times_s"]) == TIMES
     assert list(m["verdict"]) == VERDICT and list(m["versions"]) == VERSIONS
+    assert list(m["environment"]) == ENVIRONMENT
+    env = m["environment"]
+    assert (env["nodes"], env["processes_per_node"], env["accelerator_count"]) == (1, 1, 0)
+    assert env["framework"] == f"pytorch-{m['versions']['torch']}" and env["cpu_cores"] >= 1
+    assert env["dependencies"]["torchvision"] == m["versions"]["torchvision"]
     assert (m["steps"], m["epochs"], m["warmup_steps"], m["trained_images"], m["total_trained_images"]) == (6, 2, 1,
                                                                                                           20, 24)
     assert (m["eval_images"], m["val_samples"], m["global_batch_size"], m["world_size"]) == (6, 6, 4, 1)
@@ -93,13 +100,15 @@ def test_test_only_report_shape_and_summary():
     from train.iobench.verdict import Verdict
     from train.memory import MemoryUse
     from train.metrics import FlagPerfMetrics
+    from train.environment import collect
     from train.report import (CheckpointTest, EvalCounts, Labels, MemoryDetail, Placement, RunReport,
                               run_verdict)
 
     mem = MemoryUse(1.0, 8.0, "cpu-rss")
     report = RunReport(FlagPerfMetrics(5.0, None, None, None, 50.0, 1.0, 8.0, 0), EvalCounts(75.0, 4, 4), None,
                        CheckpointTest("ck.pt", 6, None, 0.5, 8.0), Placement(1, "fp32", "cpu", "cpu", "x86"),
-                       MemoryDetail.of(mem, with_peaks=False), Labels({}, "CPUx1x1", "bs=4,test-only", ("train",)))
+                       MemoryDetail.of(mem, with_peaks=False), Labels({}, "CPUx1x1", "bs=4,test-only", ("train",),
+                                                                      collect(1, 1, {})))
     assert list(report.to_json()) == TEST_ONLY_KEYS
     assert report.to_json()["argv"] == ["train"] and report.to_json()["test_only"] is True
     assert (report.steps, report.p_core, report.data_wait_fraction, report.device_name) == (0, None, None, "x86")
