@@ -35,7 +35,7 @@ ifeq ($(strip $(IMAGENET)),)
 else
 	$(BIN)/shard-imagenet $(IMAGENET) --out $(WORK)/shards --workers $(WORKERS)
 endif
-	$(BIN)/train --data $(WORK)/shards --loader cpu $(DEMO_TRAIN_ARGS) --metrics-json $(WORK)/metrics.json
+	$(BIN)/train --data $(WORK)/shards --loader cpu $(DEMO_TRAIN_ARGS) --metrics-json $(WORK)/metrics.json --plot
 
 # FlagPerf sweep (README "FlagPerf vendor page"): shard IMAGENET (resumable: a finished run is skipped), run the
 # configs/flagperf presets that fit NPROC processes, write the vendor page to $(FLAGPERF_OUT)/README.md.

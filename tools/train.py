@@ -99,7 +99,12 @@ RUN_OPTIONS = (
     _opt(TrainConfig, "metrics_json", "--metrics-json", Path, "write the metrics here (rank 0)"),
     _opt(TrainConfig, "log_jsonl", "--log-jsonl", Path, "append one JSON line per --log-every steps here (rank "
          "0): loss, lr, img/s, data wait of the window"),
-    _opt(TrainConfig, "log_every", "--log-every", positive(int), "steps per --log-jsonl line"),
+    _opt(TrainConfig, "log_every", "--log-every", positive(int), "steps per --log-jsonl line and progress update"),
+    _opt(TrainConfig, "progress", "--no-progress", invert=True,
+         help="no progress bar (terminal) or per-window lines (otherwise) while training; epoch lines stay"),
+    _opt(TrainConfig, "plot", "--plot", help="write M.png next to --metrics-json M.json: loss and LR per step "
+         "window, top-1 per epoch, img/s and data wait over time (from the --log-jsonl step log, default "
+         "M.steps.jsonl), the FlagPerf row as its caption"),
     _opt(TrainConfig, "timing", "--timing", Timing,
          "events: CUDA events on the training stream, read once per log window / epoch (default on CUDA); sync: "
          "FlagPerf's device synchronisation at every timer edge (and a DDP barrier per step); the same on a CPU"),

@@ -22,6 +22,8 @@ from train import checkpoint, distributed
 from train.config import TrainConfig
 from train.memory import DeviceMemoryMonitor
 from train.metrics import software_versions
+from train.progress import Progress
+from train.steplog import StepLog
 from train.model import build_resnet50
 from train.precision import Precision, make_grad_scaler, model_dtype, resolve_precision, set_tf32
 from train.recipe import ModelEma, build_scheduler, build_sgd, parameter_groups
@@ -56,6 +58,8 @@ class Session:
     device_name: str
     versions: dict
     monitor: DeviceMemoryMonitor | None = None
+    progress: Progress | None = None  # set by train.loop.fit: rank 0's bars / lines
+    steplog: StepLog | None = None  # set by train.loop.fit: the JSONL step log (evaluations are logged there too)
     train_loader_size: int = 0  # px, image side of the current train loader (progressive resizing rebuilds it)
 
     @property

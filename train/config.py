@@ -150,6 +150,10 @@ class TrainConfig:
             (the same there).
         test_only: evaluate a checkpoint on val, no training (``checkpoint.file``, or the newest in
             ``checkpoint.dir``).
+        progress: rank 0 shows a live bar per train epoch and evaluation on a terminal, plain lines every
+            ``log_every`` steps (at least ten an epoch) otherwise (see train/progress.py); False: epoch lines only.
+        plot: write a PNG next to ``metrics_json`` (``M.png``) from the JSONL step log (``log_jsonl``, default
+            ``M.steps.jsonl`` then), see train/plot.py.
     """
 
     data: Path | str | None = None
@@ -175,6 +179,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     timing: Timing | None = None
     test_only: bool = False
+    progress: bool = True
+    plot: bool = False
 
     def __post_init__(self) -> None:
         ck, res = self.checkpoint, self.resolution
@@ -189,6 +195,9 @@ class TrainConfig:
              f"--target-acc1 takes a top-1 in [0, 100], got {self.target_acc1}"),
             (not self.test_only or ck.file is not None or ck.dir is not None,
              "--test-only needs --checkpoint FILE or --checkpoint-dir DIR (its newest checkpoint)"),
+            (not self.plot or self.metrics_json is not None,
+             "--plot writes its PNG next to --metrics-json: pass --metrics-json FILE too"),
+            (not (self.plot and self.test_only), "--plot draws a training run; --test-only trains nothing"),
             (ck.file is None or self.test_only,
              "--checkpoint FILE is for --test-only (to continue training use --checkpoint-dir DIR --resume)"),
         ])
@@ -200,6 +209,18 @@ class TrainConfig:
                  f"--ramp-epochs takes FIRST,LAST with FIRST <= LAST, got {res.ramp_start},{res.ramp_end}"),
                 (res.eval >= 8, f"--eval-size must be >= 8, got {res.eval}"),
             ])
+
+    @property
+    def step_log_path(self) -> Path | None:
+        """Where the JSONL step log goes: ``log_jsonl``, else next to the metrics for ``--plot``, else nowhere."""
+        if self.log_jsonl is not None or not self.plot:
+            return self.log_jsonl
+        return self.metrics_json.with_name(self.metrics_json.stem + ".steps.jsonl")
+
+    @property
+    def plot_path(self) -> Path | None:
+        """``M.png`` beside ``--metrics-json M.json`` with ``--plot``, else None."""
+        return self.metrics_json.with_suffix(".png") if self.plot else None
 
     def resolved_warmup_steps(self, total_steps: int) -> int:
         """Warm-up steps for a process that runs ``total_steps``: explicit, or min(20, steps // 5) but never 0

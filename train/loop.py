@@ -33,6 +33,8 @@ from train.precision import Precision, autocast
 from train.recipe import ModelEma
 from train.report import (CheckpointTest, Checkpointing, EvalCounts, Labels, MeasuredTimes, MemoryDetail, Placement,
                           RunReport, Training, config_label, run_verdict)
+from train.plot import plot_run
+from train.progress import Progress, progress_config
 from train.steplog import StepLog
 
 
@@ -89,17 +91,20 @@ class EvalResult:
     acc5: float
 
 
-def evaluate(model: torch.nn.Module, loader: Loader, precision: Precision, env: distributed.DistEnv) -> EvalResult:
+def evaluate(model: torch.nn.Module, loader: Loader, precision: Precision, env: distributed.DistEnv,
+             progress: Progress | None = None) -> EvalResult:
     """Top-1/top-5 over this rank's val batches, summed over ranks (each image counted exactly once).
 
-    ``model`` is the plain module (not the DDP wrapper): ranks may run different batch counts here.
+    ``model`` is the plain module (not the DDP wrapper): ranks may run different batch counts here. ``progress``
+    (rank 0's bar or lines) wraps the val batches.
     """
     model.eval()
     correct1 = torch.zeros((), dtype=torch.int64, device=env.device)
     correct5 = torch.zeros((), dtype=torch.int64, device=env.device)
     count = 0
+    batches = progress.eval(loader, _length(loader)) if progress is not None else loader
     with torch.inference_mode():
-        for batch in loader:
+        for batch in batches:
             images = batch.images.half() if precision is Precision.FP16 else batch.images
             with autocast(precision, env.device):
                 logits = model(images)
@@ -112,6 +117,13 @@ def evaluate(model: torch.nn.Module, loader: Loader, precision: Precision, env: 
     model.train()
     n, c1, c5 = distributed.all_reduce([float(count), float(correct1.item()), float(correct5.item())], "sum", env)
     return EvalResult(int(n), 100.0 * c1 / max(n, 1), 100.0 * c5 / max(n, 1))
+
+
+def _length(loader: Loader) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # a loader that does not know its batch count
+        return None
 
 
 def _log(env: distributed.DistEnv, msg: str) -> None:
@@ -235,9 +247,11 @@ def _eval_epoch(s: Session, clock: RunClock, st: LoopState, epoch: int) -> None:
     s.val_loader.set_epoch(epoch)
     with clock.eval.timing(clock.sync):
         s.sync_buffers()
-        st.last_eval = evaluate(s.model, s.val_loader, s.precision, s.env)
+        st.last_eval = evaluate(s.model, s.val_loader, s.precision, s.env, s.progress)
         if s.ema is not None:
-            st.ema_eval = evaluate(s.ema.module, s.val_loader, s.precision, s.env)
+            st.ema_eval = evaluate(s.ema.module, s.val_loader, s.precision, s.env, s.progress)
+    if s.steplog is not None:
+        s.steplog.eval_line(epoch, st.last_eval.acc1, st.last_eval.acc5)
 
 
 def _epoch_line(s: Session, st: LoopState, epoch: int, n: int, skip: int, loss: float, train_s: float,
@@ -296,7 +310,8 @@ def _run_epoch(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, t
     t0, data0, compute0, excl0 = time.perf_counter(), clock.data.total, clock.compute.total, clock.excluded
     batches = _epoch_batches(s, clock, epoch, skip, loader_states)
     loss_sum = torch.zeros((), device=s.env.device)
-    for batch in timed_iter(batches, clock.data, n, clock.data_ready):
+    for batch in s.progress.train(timed_iter(batches, clock.data, n, clock.data_ready), epoch, s.cfg.epochs, n,
+                                  loss_sum):
         loss_sum += timed_step(batch)
     clock.sync()  # once per epoch: the epoch's wall time ends when its last step has finished
     st.done, st.epochs_run, st.train_size = st.done + n, st.epochs_run + 1, s.train_loader_size
@@ -356,8 +371,11 @@ def fit(cfg: TrainConfig, env: distributed.DistEnv) -> RunReport:
     ckpt = Checkpointer(s, clock, progress)
     st = LoopState(start_step=progress.step, warm_steps=_warm_steps(cfg, s.total_steps, progress.step),
                    done=progress.step, epochs_run=progress.epoch, train_size=s.lcfg.image_size)
-    steplog = StepLog(cfg.log_jsonl if env.is_main else None, cfg.log_every, s.global_batch, clock.data,
+    steplog = StepLog(cfg.step_log_path if env.is_main else None, cfg.log_every, s.global_batch, clock.data,
                       clock.compute, lambda: progress.epoch, lambda: s.optimizer.param_groups[0]["lr"], st.start_step)
+    s.progress = Progress(progress_config(cfg.progress, env.is_main, cfg.log_every, s.global_batch),
+                          lambda: clock.data.total)
+    s.steplog = steplog
     timed_step, mark = _wrap_step(s, clock, st, ckpt, steplog)
     _train_epochs(s, clock, st, ckpt, timed_step, mark, loaded)
     steplog.close()
@@ -366,6 +384,8 @@ def fit(cfg: TrainConfig, env: distributed.DistEnv) -> RunReport:
         ckpt.save()  # always one at the end of the run (outside the loop time)
     report = _train_report(s, clock, st, ckpt, loaded, excluded_s)
     _publish(report, cfg, env)
+    if cfg.plot_path is not None and env.is_main:
+        _log(env, plot_run(cfg.step_log_path, report.row(), cfg.plot_path))
     return report
 
 
@@ -455,7 +475,9 @@ def _timed_eval(t: CheckpointTestSession, cfg: TrainConfig, env: distributed.Dis
     sync = make_clock(resolve_timing(cfg.timing, env.device), env.device).sync
     sync()
     t0 = time.perf_counter()
-    result = evaluate(t.model, t.val_loader, t.precision, env)
+    shown = Progress(progress_config(cfg.progress, env.is_main, cfg.log_every, t.lcfg.batch_size * env.world_size),
+                     lambda: 0.0)
+    result = evaluate(t.model, t.val_loader, t.precision, env, shown)
     sync()
     return result, time.perf_counter() - t0
 

@@ -2,7 +2,8 @@
 
 Each line: ``{"step", "epoch", "loss", "lr", "window_s", "img_per_s", "data_wait_s", "compute_s",
 "data_wait_fraction", "time"}`` after a ``{"run_start", "first_step", "every", "global_batch"}`` line per
-process (a resumed run appends to the same file): loss is the mean over the window (one host synchronisation per window, none
+process (a resumed run appends to the same file), and ``{"eval_epoch", "step", "acc1", "acc5", "time"}`` after
+each evaluation: loss is the mean over the window (one host synchronisation per window, none
 per step), img/s counts the global batch over the window's wall time, the two clocks are the loop's
 data-wait and compute stopwatches (their growth over the window).
 """
@@ -73,6 +74,15 @@ class StepLog:
         self._file.write(json.dumps(line) + "\n")
         self._loss, self._n, self._t = None, 0, now
         self._data, self._compute = self.data_sw.total, self.compute_sw.total
+
+    def eval_line(self, epoch: int, acc1: float, acc5: float) -> None:
+        """Append ``{"eval_epoch", "step", "acc1", "acc5", "time"}`` (0-based epoch, top-1 / top-5 in %) after the
+        window lines of that epoch (written out first)."""
+        if self.path is None:
+            return
+        self.flush()
+        self._file.write(json.dumps({"eval_epoch": epoch, "step": self.step, "acc1": acc1, "acc5": acc5,
+                                     "time": time.time()}) + "\n")
 
     def close(self) -> None:
         if self.path is not None:

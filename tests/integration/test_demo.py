@@ -1,5 +1,5 @@
-"""The embedded demo dataset, and `make demo` as the README runs it (two of its eight epochs: the same targets,
-tree, shards and flags otherwise; the README's figures come from the full run)."""
+"""The embedded demo dataset, and `make demo` as the README runs it (the first of its eight epochs, which is its
+warm-up epoch: the same targets, tree, shards and flags otherwise; the README's figures come from the full run)."""
 
 from __future__ import annotations
 
@@ -31,17 +31,20 @@ def test_make_demo_learns_above_chance(tmp_path):
     if shutil.which("make") is None:
         pytest.skip("make not installed")
     work = tmp_path / "demo"
-    args = _demo_train_args().replace("--epochs 8", "--epochs 2")
-    assert "--epochs 2" in args, args
+    args = _demo_train_args().replace("--epochs 8", "--epochs 1")
+    assert "--epochs 1" in args and "--warmup-epochs 1" in args, args
     proc = subprocess.run(["make", "demo", f"WORK={work}", f"DEMO_TRAIN_ARGS={args}"], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = json.loads((work / "metrics.json").read_text())
     assert m["eval_images"] == 200 and m["steps"] > 0
-    assert m["epochs"] == 2 and m["acc1"] > 40.0, m  # 10 classes: chance is 10%
+    assert m["epochs"] == 1 and m["acc1"] > 40.0, m  # 10 classes: chance is 10% (the full run: 88.5% here)
     assert m["p_core"] >= m["p_train"] >= m["p_whole"] > 0
     assert "| CPUx1x1 | fp32 |" in proc.stdout
     assert "cmyk->rgb: 1, grayscale->rgb: 1, png->jpeg: 1" in proc.stdout
+    assert f"plot: wrote {work / 'metrics.png'}" in proc.stdout and "1 evaluation)" in proc.stdout
+    assert (work / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert "epoch 1/1 step" in proc.stdout  # not a terminal here: plain progress lines
 
 
 def _demo_train_args() -> str:

@@ -55,8 +55,12 @@ def test_recipe_options_end_to_end(demo_shards, tmp_path):
     assert m["target_reached_epoch"] == 1 and m["epochs"] == 1 and m["steps"] == 11  # stopped after epoch 1
     assert m["ema_acc1"] is not None and m["eval_images"] == 13
     assert m["final_train_image_size"] == 16  # epoch 0 of a 16 → 32 px ramp
-    head, *lines = [json.loads(x) for x in log.read_text().splitlines()]
+    head, *records = [json.loads(x) for x in log.read_text().splitlines()]
     assert head["first_step"] == 0 and head["every"] == 4 and "run_start" in head  # one header line per process
+    lines = [x for x in records if "eval_epoch" not in x]
     assert [x["step"] for x in lines] == [4, 8, 11]  # every 4 steps, and the rest at the end
+    evals = [x for x in records if "eval_epoch" in x]  # after the epoch's windows, before the next
+    assert [(x["eval_epoch"], x["step"]) for x in evals] == [(0, 11)] and records[-1] is evals[-1]
+    assert evals[0]["acc1"] == pytest.approx(m["acc1"])
     assert all({"loss", "lr", "img_per_s", "data_wait_fraction"} <= set(x) for x in lines)
     assert lines[0]["lr"] > 0 and lines[0]["loss"] > 0
