@@ -148,6 +148,20 @@ def keep_decoded(images: torch.Tensor, labels: torch.Tensor, keys: list[str], ok
     return images, labels, keys
 
 
+def batch_buffer(n: int, size: int, shared: bool) -> torch.Tensor:
+    """An uninitialised ``n×size×size×3`` uint8 batch; with ``shared`` (in a DataLoader worker) allocated
+    directly in shared memory, so that neither a ``share_memory_()`` copy nor the hand-off to the main process
+    copies it."""
+    shape = (n, size, size, 3)
+    if not shared:
+        return torch.empty(shape, dtype=torch.uint8)
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # private; share_memory_() where absent
+    if new_shared is None:
+        return torch.empty(shape, dtype=torch.uint8).share_memory_()
+    storage = new_shared(n * size * size * 3)
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
 class ShardSamples(IterableDataset):
     """One rank's share of a split, as the raw samples of whole batches; DataLoader workers split it by plan.
 
@@ -223,22 +237,22 @@ class ShardBatches(ShardSamples):
         clock = time.perf_counter
         for rng, chunk, t_read in self.chunks():
             t0 = clock()
-            images = torch.empty((len(chunk), size, size, 3), dtype=torch.uint8)
-            if in_worker:  # decode straight into shared memory: the hand-off to the main process copies nothing
-                images.share_memory_()
+            images = batch_buffer(len(chunk), size, shared=in_worker)
             ok, skipped = [], []
             work = [0.0, 0.0]  # decode, augment (s), added to by decode_train / decode_val
             for i, (url, key, data, _) in enumerate(chunk):
-                try:
-                    images[i] = (decode_train(data, size, rng, work) if train
-                                 else decode_val(data, size, self.cfg.crop_pct, work))
+                try:  # the resize writes into the batch's slot i itself (out=): no per-sample tensor, no copy
+                    if train:
+                        decode_train(data, size, rng, work, out=images[i])
+                    else:
+                        decode_val(data, size, self.cfg.crop_pct, work, out=images[i])
                     ok.append(i)
                 except Exception as exc:
                     skipped.append(skip_reason(url, key, exc))
             labels = torch.tensor([c[3] for c in chunk], dtype=torch.int64)
             images, labels, keys = keep_decoded(images, labels, [c[1] for c in chunk], ok, skipped, train, rng,
                                                 self.cfg.on_bad_sample)
-            collate = clock() - t0 - work[0] - work[1]  # batch allocation, copies into it, labels, skipped samples
+            collate = clock() - t0 - work[0] - work[1]  # batch allocation, labels, skipped samples, the loop
             yield images, labels, keys, skipped, (t_read, work[0], work[1], collate, len(chunk))
 
 
@@ -318,8 +332,8 @@ class CpuLoader(ShardLoaderBase):
                  rank: int = 0, world_size: int = 1):
         super().__init__(cfg, split, info, device, rank, world_size)
         # per-stage CPU seconds summed over this rank's workers since the loader was built, and the samples
-        # they cover (read = tar reading + shuffle buffer; decode = JPEG → RGB; augment = crop, resize, flip;
-        # collate = copies into the shared-memory batch)
+        # they cover (read = tar reading + shuffle buffer; decode = JPEG → RGB; augment = crop, resize into the
+        # batch slot, flip there; collate = the shared-memory batch's allocation, labels, bad-sample policy)
         self._stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._stage_samples = 0
 

@@ -7,8 +7,10 @@ images). Train resizes only the crop, its box rounded to whole pixels (torchvisi
 whole pixels too); val keeps torchvision's exact geometry (:func:`center_crop_geometry`) by resizing the whole
 image and cutting the crop out.
 
-Decoders: simplejpeg (libjpeg-turbo 3, no PIL object on the way) for RGB / grayscale JPEGs, torch's uint8 SIMD
-resize; PIL for everything else (CMYK JPEGs, PNG, files libjpeg calls corrupt but PIL tolerates) and when
+Decoders: for a train crop at full scale, nvImageCodec's libjpeg-turbo region-of-interest decode (only the crop's
+pixels; no GPU needed; chosen by measurement, see ``benchmarks/bench_decode_crop.py``), else simplejpeg (libjpeg-turbo 3,
+no PIL object on the way) for RGB / grayscale JPEGs; torch's uint8 SIMD resize, written straight into the
+caller's batch slot (``out=``), the flip done in the slot; PIL for everything else (CMYK JPEGs, PNG, files libjpeg calls corrupt but PIL tolerates) and when
 simplejpeg is missing. pillow-simd, when installed (``make simd``), speeds the PIL path and the sharder.
 Output: an ``H×W×3`` uint8 tensor (HWC, RGB), ``H == W == size``.
 """
@@ -19,6 +21,7 @@ import functools
 import importlib.metadata
 import io
 import math
+import os
 import random
 import time
 
@@ -33,12 +36,27 @@ try:  # libjpeg-turbo 3 with a light Python binding; the PIL path below covers i
 except ImportError:  # pragma: no cover - a dependency in pyproject; kept optional for odd platforms
     simplejpeg = None
 
+try:  # nvImageCodec (a DALI dependency): libjpeg-turbo region-of-interest decode on the CPU, no GPU needed
+    from nvidia import nvimgcodec
+except ImportError:  # without it train decodes the whole (DCT-scaled) image with simplejpeg
+    nvimgcodec = None
+
+# The aten kernel behind F.interpolate(mode="bilinear", antialias=True), callable with out= (a private entry point,
+# present in torch 2.11-2.14; _resize_crop falls back to F.interpolate + a copy without it).
+_UPSAMPLE_AA_OUT = getattr(getattr(torch._C, "_nn", None), "_upsample_bilinear2d_aa", None)
+
 # torchvision.transforms.RandomResizedCrop defaults (Szegedy et al. 2015, "Going deeper with convolutions").
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 # Eval resize ratio: the standard 224/256 (torchvision reference scripts, timm's DEFAULT_CROP_PCT); defined
 # only here (LoaderConfig.crop_pct defaults to it).
 CROP_PCT = 0.875
+# Region decode (nvImageCodec) time / full simplejpeg decode time ≈ a + b · crop area fraction + c · crop bottom
+# edge fraction (rows above the box are still entropy-decoded; nvImageCodec's full decode is ~1.2x simplejpeg's):
+# least-squares fit over 800 RandomResizedCrop 224 boxes on 400 of the shared ImageNet samples, one core. The
+# region is decoded only where the fit says it pays (ratio < 1): 1.60 ms per image for the better of the two vs
+# 1.71 always-region and 2.00 always-full in that fit's run.
+ROI_COST = (0.24, 0.61, 0.49)
 # Val decodes at 1/k scale in the DCT domain only when the crop keeps at least this many times the output's
 # resolution there: DCT scaling is not the antialiased bilinear filter, and with margin 1 (train's) it moves the
 # val pixels 1.9/255 from torchvision's at 97 px, 2.7/255 at 64 px; with 3, 0.01 and 0.07 (800 real samples).
@@ -127,18 +145,28 @@ def _reduction(crop_w: float, crop_h: float, size: int, margin: float = 1.0) -> 
     return 1
 
 
-def _resize_crop(rgb: np.ndarray, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    """Crop ``box`` (left, top, right, bottom; pixels of ``rgb``, rounded) out of an ``H×W×3`` uint8 array and
+def _resize_crop(rgb: np.ndarray, box: tuple[float, float, float, float], size: int, out: torch.Tensor,
+                 flip: bool = False) -> torch.Tensor:
+    """Crop ``box`` (left, top, right, bottom; pixels of ``rgb``, rounded) out of an ``H×W×3`` uint8 array,
     resize it to ``size × size`` with antialiased bilinear filtering (torch's uint8 SIMD kernel, which follows
-    PIL's BILINEAR resampling). Returns a ``size×size×3`` uint8 tensor (a view, not contiguous)."""
+    PIL's BILINEAR resampling) straight into ``out`` (a contiguous ``size×size×3`` uint8 tensor, e.g. a slot
+    of the batch) and, with ``flip``, mirror it left-right there. Returns ``out``."""
     h, w = rgb.shape[:2]
     left = min(max(0, int(round(box[0]))), w - 1)
     top = min(max(0, int(round(box[1]))), h - 1)
     right = max(left + 1, min(w, int(round(box[2]))))
     bottom = max(top + 1, min(h, int(round(box[3]))))
     crop = torch.from_numpy(rgb[top:bottom, left:right]).permute(2, 0, 1).unsqueeze(0)  # 1×3×h×w channels-last
-    out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out[0].permute(1, 2, 0)
+    dst = out.permute(2, 0, 1).unsqueeze(0)  # the slot seen as 1×3×size×size channels-last: written in place
+    if crop.shape[-2:] == (size, size):
+        dst.copy_(crop)
+    elif _UPSAMPLE_AA_OUT is not None:  # F.interpolate's kernel with an out= buffer: no intermediate tensor
+        _UPSAMPLE_AA_OUT(crop, (size, size), False, None, None, out=dst)
+    else:  # a torch without that entry point: the same kernel through F.interpolate, then one copy
+        dst.copy_(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+    if flip:
+        out.copy_(out.flip(1))
+    return out
 
 
 def resize_box_exact(images: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
@@ -159,14 +187,56 @@ def resize_box_exact(images: torch.Tensor, box: tuple[float, float, float, float
     return images[..., top:top + size, left:left + size]
 
 
+@functools.cache
+def _roi_decoder(pid: int):
+    """This process's nvImageCodec CPU decoder (libjpeg-turbo, one thread: a DataLoader worker is one core);
+    keyed by ``pid`` so that a forked worker makes its own instead of using its parent's threads."""
+    return (nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                               backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)]),
+            nvimgcodec.DecodeParams(apply_exif_orientation=False))  # shards are upright (the sharder applied it)
+
+
+def _decode_roi(data: bytes, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """Decode only ``box`` (left, top, width, height; whole pixels) of a JPEG at full scale with nvImageCodec's
+    libjpeg-turbo backend (rows below the box are not decoded, columns outside it not inverse-transformed):
+    a ``height×width×3`` uint8 RGB array, or None when nvImageCodec is missing or cannot decode the stream
+    (it names the cause on stderr; the caller then decodes the whole image)."""
+    if nvimgcodec is None:
+        return None
+    left, top, w, h = box
+    decoder, params = _roi_decoder(os.getpid())
+    region = nvimgcodec.Region(top, left, top + h, left + w)
+    try:
+        img = decoder.decode(nvimgcodec.CodeStream(data).get_sub_code_stream(region=region), params=params)
+    except (RuntimeError, ValueError):  # a stream its parser rejects outright
+        return None
+    if img is None:
+        return None
+    rgb = np.asarray(img.cpu())
+    return rgb if rgb.shape == (h, w, 3) else None
+
+
+def region_pays(area: float, bottom: float, cost: tuple[float, float, float] = ROI_COST) -> bool:
+    """Whether decoding only the crop (``area``: its fraction of the image's pixels; ``bottom``: its lower edge
+    as a fraction of the height) is expected to be faster than the full decode (:data:`ROI_COST`)."""
+    return cost[0] + cost[1] * area + cost[2] * bottom < 1.0
+
+
 def _decode_turbo(data: bytes, size: int, box_fn, times: list[float] | None = None,
-                  exact: bool = False) -> torch.Tensor | None:
-    """Fast path: libjpeg-turbo through simplejpeg, reduced in the DCT domain when the crop allows it.
+                  exact: bool = False, out: torch.Tensor | None = None, flip_fn=None,
+                  roi_cost: tuple[float, float, float] = ROI_COST) -> torch.Tensor | None:
+    """Fast path: libjpeg-turbo, reduced in the DCT domain (simplejpeg) when the crop allows it; train crops
+    that need the full scale (95% of RandomResizedCrop boxes at 224 px on the 800 ImageNet samples) decode
+    only their region (:func:`_decode_roi`, nvImageCodec) when nvImageCodec is installed and
+    :func:`region_pays` (with ``roi_cost``; ``(0, 0, 0)``: always).
 
     ``exact`` (val): the box's fractional edges are kept (:func:`resize_box_exact`) and the DCT reduction needs
-    :data:`VAL_DCT_MARGIN`; otherwise (train) the box is rounded to whole pixels and only it is resized.
-    Returns None where it does not apply (no simplejpeg, not a JPEG, CMYK/YCCK, a libjpeg error); the
-    caller then uses PIL, which decodes everything PIL can.
+    :data:`VAL_DCT_MARGIN`; otherwise (train) the box is rounded to whole pixels and only it is resized, into
+    ``out`` (a contiguous ``size×size×3`` uint8 tensor, allocated when None), mirrored when ``flip_fn()``
+    (called once, after ``box_fn``: the order train's RNG draws them in) is true.
+    Returns the ``size×size×3`` uint8 result (val: maybe a view), or None where the path does not apply (no
+    simplejpeg, not a JPEG, CMYK/YCCK, a libjpeg error); the caller then uses PIL, which decodes everything
+    PIL can.
     """
     if simplejpeg is None or data[:2] != b"\xff\xd8":
         return None
@@ -177,28 +247,37 @@ def _decode_turbo(data: bytes, size: int, box_fn, times: list[float] | None = No
             return None
         left, top, cw, ch = box_fn(full_w, full_h)
         k = _reduction(cw, ch, size, VAL_DCT_MARGIN if exact else 1.0)
-        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(full_w / k),
-                                     min_height=math.ceil(full_h / k))
+        roi = k == 1 and not exact and region_pays(cw * ch / (full_w * full_h), (top + ch) / full_h,
+                                                       roi_cost)
+        rgb = _decode_roi(data, (left, top, cw, ch)) if roi else None
+        if rgb is not None:
+            left, top, full_w, full_h = 0, 0, cw, ch  # the decoded array is the box
+        else:
+            rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(full_w / k),
+                                         min_height=math.ceil(full_h / k))
     except ValueError:  # simplejpeg reports every libjpeg error (incl. recoverable ones) as ValueError
         return None
     t1 = time.perf_counter()
     fx, fy = full_w / rgb.shape[1], full_h / rgb.shape[0]
     if exact:
         chw = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)  # 1×3×H×W channels-last: the SIMD uint8 path
-        out = resize_box_exact(chw, (left / fx, top / fy, cw / fx, ch / fy), size)[0].permute(1, 2, 0)
+        result = resize_box_exact(chw, (left / fx, top / fy, cw / fx, ch / fy), size)[0].permute(1, 2, 0)
     else:
-        out = _resize_crop(rgb, (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy), size)
+        slot = torch.empty((size, size, 3), dtype=torch.uint8) if out is None else out
+        flip = flip_fn is not None and flip_fn()
+        result = _resize_crop(rgb, (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy), size, slot, flip)
     if times is not None:
         times[0] += t1 - t0
         times[1] += time.perf_counter() - t1
-    return out
+    return result
 
 
 def _decode_pil(data: bytes, size: int, box_fn, times: list[float] | None = None,
-                exact: bool = False) -> torch.Tensor:
+                exact: bool = False, out: torch.Tensor | None = None, flip_fn=None) -> torch.Tensor:
     """PIL path (any format PIL reads; pillow-simd when installed): decode, reduced with ``draft`` when the
     crop allows it (``exact``: with :data:`VAL_DCT_MARGIN`), convert to RGB, resample the box (PIL keeps its
-    fractional edges). Returns a ``size×size×3`` uint8 tensor."""
+    fractional edges), mirror it when ``flip_fn()`` is true. Returns a ``size×size×3`` uint8 tensor: ``out``
+    when given (filled), else a new one."""
     t0 = time.perf_counter()
     img = Image.open(io.BytesIO(data))
     full_w, full_h = img.size
@@ -213,57 +292,73 @@ def _decode_pil(data: bytes, size: int, box_fn, times: list[float] | None = None
     t1 = time.perf_counter()
     fx, fy = full_w / img.width, full_h / img.height
     box = (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy)
-    out = torch.from_numpy(np.array(img.resize((size, size), Image.Resampling.BILINEAR, box=box)))
+    img = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    if flip_fn is not None and flip_fn():
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if out is not None:
+        out.numpy()[...] = np.asarray(img)
+        result = out
+    else:
+        result = torch.from_numpy(np.array(img))
     if times is not None:
         times[0] += t1 - t0
         times[1] += time.perf_counter() - t1
-    return out
+    return result
 
 
-def _decode_box(data: bytes, size: int, box_fn, times: list[float] | None, exact: bool = False) -> torch.Tensor:
-    out = _decode_turbo(data, size, box_fn, times, exact)
-    return out if out is not None else _decode_pil(data, size, box_fn, times, exact)
+def _decode_box(data: bytes, size: int, box_fn, times: list[float] | None, exact: bool = False,
+                out: torch.Tensor | None = None, flip_fn=None) -> torch.Tensor:
+    result = _decode_turbo(data, size, box_fn, times, exact, out, flip_fn)
+    return result if result is not None else _decode_pil(data, size, box_fn, times, exact, out, flip_fn)
 
 
-def decode_train(data: bytes, size: int, rng: random.Random, times: list[float] | None = None) -> torch.Tensor:
-    """JPEG bytes → RandomResizedCrop(size) + random horizontal flip (p=0.5) → ``size×size×3`` uint8 tensor.
+def decode_train(data: bytes, size: int, rng: random.Random, times: list[float] | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """JPEG bytes → RandomResizedCrop(size) + random horizontal flip (p=0.5) → ``size×size×3`` uint8 tensor,
+    written into ``out`` when given (a contiguous ``size×size×3`` uint8 tensor, e.g. ``batch[i]``: the resize
+    writes there directly, the flip is done in it) and returned. ``rng`` draws the box, then the flip.
 
-    The result may be a non-contiguous view; copy it into the batch (``batch[i] = ...``). With ``times``
-    (``[decode_s, augment_s]``), the seconds spent decoding and cropping/resizing/flipping are added to it.
+    With ``times`` (``[decode_s, augment_s]``), the seconds spent decoding and cropping/resizing/flipping
+    (into ``out``) are added to it.
 
     Raises:
         PIL.UnidentifiedImageError / OSError: the bytes do not decode.
     """
-    out = _decode_box(data, size, lambda w, h: random_resized_crop_box(w, h, rng), times)
-    if rng.random() < 0.5:
-        t0 = time.perf_counter()
-        out = out.flip(1)
-        if times is not None:
-            times[1] += time.perf_counter() - t0
-    return out
+    return _decode_box(data, size, lambda w, h: random_resized_crop_box(w, h, rng), times, False, out,
+                       lambda: rng.random() < 0.5)
 
 
-def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT, times: list[float] | None = None) -> torch.Tensor:
+def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT, times: list[float] | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
     """JPEG bytes → torchvision's ``Resize(eval_resize_size(size, crop_pct))`` + ``CenterCrop(size)`` →
-    ``size×size×3`` uint8 tensor (maybe a view); geometry: :func:`center_crop_geometry`, in full-image
-    coordinates whatever DCT scale the decode used. Measured on the 800 shared ImageNet samples: mean |diff| to
-    torchvision on PIL images 0.002/255 at 224 px (max 0.23, a large image decoded at 1/2 scale), 0.012 at
-    97 px, 0.07 at 64 px.
+    ``size×size×3`` uint8 tensor (maybe a view; copied into ``out`` and ``out`` returned when given, the copy
+    counted as augment); geometry: :func:`center_crop_geometry`, in full-image coordinates whatever DCT scale
+    the decode used. Measured on the 800 shared ImageNet samples: mean |diff| to torchvision on PIL images
+    0.002/255 at 224 px (max 0.23, a large image decoded at 1/2 scale), 0.012 at 97 px, 0.07 at 64 px.
 
     ``times`` as in :func:`decode_train`.
 
     Raises:
         PIL.UnidentifiedImageError / OSError: the bytes do not decode.
     """
-    return _decode_box(data, size, lambda w, h: center_crop_box(w, h, size, crop_pct), times, exact=True)
+    result = _decode_box(data, size, lambda w, h: center_crop_box(w, h, size, crop_pct), times, exact=True)
+    if out is None or result is out:
+        return result
+    t0 = time.perf_counter()
+    out.copy_(result)
+    if times is not None:
+        times[1] += time.perf_counter() - t0
+    return out
 
 
 def decoder_name() -> str:
-    """Which decoders this process uses, e.g. ``"simplejpeg 1.9.0 (libjpeg-turbo) + pillow-simd 12.1.1.post0"``."""
+    """Which decoders this process uses, e.g. ``"nvimgcodec 0.9.0 (libjpeg-turbo region decode) + simplejpeg
+    1.9.0 (libjpeg-turbo) + pillow-simd 12.1.1.post0"``."""
     pil = f"pillow-simd {PIL.__version__}" if is_pillow_simd() else f"pillow {PIL.__version__}"
     if simplejpeg is None:
         return f"{pil} (simplejpeg not installed)"
-    return f"simplejpeg {simplejpeg.__version__} (libjpeg-turbo) + {pil}"
+    roi = "" if nvimgcodec is None else f"nvimgcodec {nvimgcodec.__version__} (libjpeg-turbo region decode) + "
+    return f"{roi}simplejpeg {simplejpeg.__version__} (libjpeg-turbo) + {pil}"
 
 
 @functools.cache

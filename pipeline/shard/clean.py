@@ -18,6 +18,11 @@ from enum import Enum
 import numpy as np
 from PIL import Image, ImageOps
 
+try:  # libjpeg-turbo without PIL's chunked decoder loop: the fast integrity check of pass-through JPEGs
+    import simplejpeg
+except ImportError:  # pragma: no cover - simplejpeg is a dependency; without it PIL does the check
+    simplejpeg = None
+
 # PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, 89.5 Mpx): larger images are downscaled to it.
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_QUALITY = 95
@@ -85,11 +90,22 @@ class JpegHeader:
         frame: start-of-frame marker byte (0xC0 baseline, 0xC2 progressive, ...), None if absent.
         components: colour components in the frame (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK), 0 if unknown.
         adobe_transform: the Adobe APP14 transform flag (0 none/CMYK, 1 YCbCr, 2 YCCK), None if no APP14.
+        width, height: pixel size in the (first) frame header, 0 if unknown.
+        frames: start-of-frame segments seen (more than one: a file PIL may read otherwise).
+        app1: an APP1 segment is present (EXIF or XMP: where PIL finds an orientation).
+        mpf: an APP2 "MPF" segment is present (PIL may open the file as a multi-picture MPO).
+        complete: the segments parse cleanly up to the first start-of-scan marker.
     """
 
     frame: int | None = None
     components: int = 0
     adobe_transform: int | None = None
+    width: int = 0
+    height: int = 0
+    frames: int = 0
+    app1: bool = False
+    mpf: bool = False
+    complete: bool = False
 
 
 def jpeg_header(data: bytes) -> JpegHeader:
@@ -98,6 +114,8 @@ def jpeg_header(data: bytes) -> JpegHeader:
         return JpegHeader()
     pos, n = 2, len(data)
     frame, components, adobe = None, 0, None
+    width = height = frames = 0
+    app1 = mpf = complete = False
     while pos + 4 <= n:
         if data[pos] != 0xFF:
             break
@@ -109,16 +127,25 @@ def jpeg_header(data: bytes) -> JpegHeader:
             pos += 2
             continue
         if marker in (0xDA, 0xD9):  # start of scan / end of image: header is over
+            complete = marker == 0xDA
             break
         seg_len = int.from_bytes(data[pos + 2:pos + 4], "big")
         seg = data[pos + 4:pos + 2 + seg_len]
-        if marker in _SOF_ALL and frame is None:
-            frame = marker
-            components = seg[5] if len(seg) > 5 else 0
+        if marker in _SOF_ALL:
+            frames += 1
+            if frame is None:
+                frame = marker
+                components = seg[5] if len(seg) > 5 else 0
+                if len(seg) > 5:
+                    height, width = int.from_bytes(seg[1:3], "big"), int.from_bytes(seg[3:5], "big")
         elif marker == 0xEE and seg[:5] == b"Adobe" and len(seg) >= 12:
             adobe = seg[11]
+        elif marker == 0xE1:
+            app1 = True
+        elif marker == 0xE2 and seg[:4] == b"MPF\0":
+            mpf = True
         pos += 2 + seg_len
-    return JpegHeader(frame, components, adobe)
+    return JpegHeader(frame, components, adobe, width, height, frames, app1, mpf, complete)
 
 
 def _orientation(img: Image.Image) -> int:
@@ -196,6 +223,9 @@ def normalize_image(data: bytes, *, quality: int = DEFAULT_QUALITY, max_pixels: 
 
 
 def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None) -> NormalizedImage:
+    fast = _clean_from_header(data, max_pixels, max_size)
+    if fast is not None:
+        return fast
     img = _open(data)
     width, height = img.size
     fmt = img.format or "unknown"
@@ -211,6 +241,8 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
     huffman = fmt == "JPEG" and header.frame in _SOF_HUFFMAN
     adobe_rgb = header.components == 3 and header.adobe_transform == 0  # RGB stored without YCbCr transform
     passthrough = huffman and mode == "RGB" and not adobe_rgb and orientation == 1 and scale == 1.0
+    if passthrough and decodes_cleanly(data):
+        return NormalizedImage(jpeg=data, width=width, height=height)
     if passthrough:
         # Only the check is needed, not the pixels: decoding at 1/8 scale still entropy-decodes every
         # scan (so truncation and corrupt data raise) but skips most of the IDCT and colour work.
@@ -226,6 +258,46 @@ def _normalize(data: bytes, quality: int, max_pixels: int, max_size: int | None)
         return NormalizedImage(jpeg=data, width=width, height=height)
     steps = _colour_steps(fmt, huffman, mode, header, adobe_rgb)
     return _convert(img, steps, orientation, scale, target, quality)
+
+
+def _clean_from_header(data: bytes, max_pixels: int, max_size: int | None) -> NormalizedImage | None:
+    """The pass-through of a clean JPEG decided without PIL, or None to leave the file to PIL's path.
+
+    Only the common case is decided here: a single Huffman frame (SOF0/1/2) of 3 components in YCbCr (no Adobe
+    transform 0), no APP1 segment (so neither EXIF nor XMP can carry an orientation: PIL reads it from those
+    only), no MPF segment (PIL would open an MPO), within ``max_pixels`` / ``max_size`` and the truncation
+    bound, that :func:`decodes_cleanly`. That is exactly the case where PIL's path (format JPEG, mode RGB,
+    orientation 1, scale 1, a clean decode) passes the bytes through, so the verdict and the recorded size are
+    the same; every other file, and every doubt, goes to PIL's path, which decides as before.
+    """
+    h = jpeg_header(data)
+    if not (h.complete and h.frames == 1 and h.frame in _SOF_HUFFMAN and h.components == 3
+            and h.adobe_transform != 0 and not h.app1 and not h.mpf and h.width >= 1 and h.height >= 1):
+        return None
+    pixels = h.width * h.height
+    if pixels > _MIN_BYTES_CHECK_PIXELS and len(data) < pixels / _PIXELS_PER_BYTE_MAX:
+        return None  # PIL's path rejects it as truncated, with its message
+    if _target_size(h.width, h.height, max_pixels, max_size)[0] != 1.0 or not decodes_cleanly(data):
+        return None
+    return NormalizedImage(jpeg=data, width=h.width, height=h.height)
+
+
+def decodes_cleanly(data: bytes) -> bool:
+    """True when libjpeg-turbo (simplejpeg) decodes the whole JPEG ``data`` at 1/8 scale without any error or
+    warning: every scan is entropy-decoded (so truncated or corrupt data fails), but the IDCT and colour
+    conversion work on one value per 8x8 block. False also when simplejpeg is missing.
+
+    Only a True is trusted: a JPEG that PIL reads with the same libjpeg-turbo then decodes as well. A False
+    (a warning such as "extraneous bytes", a truncated file, or no simplejpeg) says nothing, and the caller
+    leaves the verdict to PIL's own decode, so the accepted and rejected files stay those of a PIL-only check.
+    """
+    if simplejpeg is None:
+        return False
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_height=1, min_width=1, min_factor=8, strict=True)
+    except Exception:  # ValueError from libjpeg-turbo; anything else also means "ask PIL"
+        return False
+    return True
 
 
 def _open(data: bytes) -> Image.Image:

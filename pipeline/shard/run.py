@@ -32,7 +32,7 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 import os
 import random
@@ -50,7 +50,7 @@ from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, ImageRejec
 from pipeline.shard.jsonsafe import escape_text, json_safe, needs_escape
 from pipeline.shard.lifetime import die_with_parent
 from pipeline.source import LayoutOptions, SourceItem, SourceTree, scan_source
-from pipeline.shard.writer import TMP_SUFFIX, OutputError, ShardWriter, output_error
+from pipeline.shard.writer import TMP_SUFFIX, OutputError, ShardWriter, commit_shard, output_error
 
 FORMAT_VERSION = 3  # bump when the bytes written for the same input change
 PARTS_DIR = "_parts"
@@ -296,20 +296,37 @@ def _init_pool_worker(parent: int, *init_args) -> None:
 
 
 def _write_shard(task: ShardTask) -> PartRecord:
-    """Worker: read, check and convert the task's files, write the tar + index, then the part record.
+    """Worker: read, check and convert the task's files and write the tar + index under their ``.tmp`` names;
+    returns the part record, not yet saved: :func:`_commit_shard` (in the sharder process) makes the shard final.
 
     Raises:
         OutputError: writing the output failed (disk full, read-only, ...); the shard's partial files stay
             under their ``.tmp`` names and the next run rewrites it.
     """
     out: Path = _WORKER["out"]
-    writer = ShardWriter(out, task.name, len(task.items) or 1)
+    writer = ShardWriter(out, task.name, len(task.items) or 1, durable=False)
     try:
-        part = _fill_shard(task, writer)
-        (out / PARTS_DIR).mkdir(exist_ok=True)
-        dsinfo.write_json_atomic(out / PARTS_DIR / f"{task.name}.json", json_safe(part.__dict__))
+        return _fill_shard(task, writer)
     except OSError as exc:  # input read errors are rejects inside _fill_shard: this one is the output's
         writer.abort()
+        raise output_error(exc, out) from None
+
+
+def _commit_shard(out: Path, part: PartRecord) -> PartRecord:
+    """Sharder process (a thread of it): flush a shard a worker wrote to disk and rename it
+    (:func:`~pipeline.shard.writer.commit_shard`), then save its part record, last, as before. The fsync waits
+    happen here, while the workers go on decoding, instead of in the workers.
+
+    Raises:
+        OutputError: the disk reports an error (full, ...); the shard stays under ``.tmp`` names (rewritten
+            by the next run).
+    """
+    try:
+        if part.filename is not None:
+            commit_shard(out, part.filename)
+        (out / PARTS_DIR).mkdir(exist_ok=True)
+        dsinfo.write_json_atomic(out / PARTS_DIR / f"{part.name}.json", json_safe(part.__dict__))
+    except OSError as exc:
         raise output_error(exc, out) from None
     return part
 
@@ -454,20 +471,32 @@ def _run_tasks(out: Path, todo: list[ShardTask], tree: SourceTree, cfg: ShardCon
     bar = tqdm(total=total_files, unit="img", desc=f"shard-imagenet {tree.root.name}", disable=not cfg.progress,
                dynamic_ncols=True)
     init_args = (str(out), cfg.quality, cfg.max_pixels, cfg.max_size, list(tree.classes), counter)
+    committer = ThreadPoolExecutor(1, thread_name_prefix="shard-commit")  # one thread: commits in order
+    commits: list[Future] = []
+
+    def commit(part: PartRecord) -> None:
+        """Queue the commit of a written shard; first raise the error of an earlier commit, if one failed."""
+        for c in commits:
+            if c.done() and c.exception() is not None:
+                c.result()
+        commits.append(committer.submit(_commit_shard, out, part))
+
     try:
         if cfg.workers > 1 and len(todo) > 1:
-            written = _run_pool(todo, cfg.workers, init_args, counter, bar)
+            _run_pool(todo, cfg.workers, init_args, counter, bar, commit)
         else:
-            written = _run_serial(todo, init_args, counter, bar)
+            _run_serial(todo, init_args, counter, bar, commit)
+        written = [c.result() for c in commits]
         bar.update(counter.value - bar.n)
     finally:
+        committer.shutdown(wait=True)  # on an error too: shards the workers finished are committed, so kept
         bar.close()
     return written
 
 
-def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, bar: tqdm) -> list[PartRecord]:
-    """Write the tasks in ``min(workers, len(todo))`` forked processes; on any error or Ctrl-C stop them now."""
-    written = []
+def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, bar: tqdm, commit) -> None:
+    """Write the tasks in ``min(workers, len(todo))`` forked processes, handing each finished one's part record
+    to ``commit``; on any error or Ctrl-C stop them now."""
     ctx = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_pool_worker, (os.getpid(), *init_args))
     try:
@@ -477,7 +506,7 @@ def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, ba
             bar.update(counter.value - bar.n)
             for fut in done:
                 try:
-                    written.append(fut.result())
+                    commit(fut.result())
                 except BrokenProcessPool:
                     raise RuntimeError("a sharder worker process died (out of memory or a crash in an "
                                        "image decoder); complete shards are kept: run the same command "
@@ -490,17 +519,14 @@ def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, ba
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
-    return written
 
 
-def _run_serial(todo: list[ShardTask], init_args: tuple, counter, bar: tqdm) -> list[PartRecord]:
-    """Write the tasks one after the other in this process."""
+def _run_serial(todo: list[ShardTask], init_args: tuple, counter, bar: tqdm, commit) -> None:
+    """Write the tasks one after the other in this process, handing each part record to ``commit``."""
     _init_worker(*init_args)
-    written = []
     for t in todo:
-        written.append(_write_shard(t))
+        commit(_write_shard(t))
         bar.update(counter.value - bar.n)
-    return written
 
 
 def _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, images_done, pending, kept) -> ShardSummary:

@@ -55,7 +55,7 @@ def _walk_files(folder: str, errors: list[OSError]) -> list[str]:
     seen: set[str] = set()
     top = os.path.realpath(folder)
     for dirpath, dirnames, filenames in os.walk(folder, onerror=errors.append, followlinks=True):
-        real = os.path.realpath(dirpath)
+        real = top if dirpath == folder else os.path.realpath(dirpath)  # os.walk yields ``folder`` first, as given
         # a folder entered before, or one that holds the folder being walked (a link back up), is a loop
         if real in seen or (real != top and (top + os.sep).startswith(real.rstrip(os.sep) + os.sep)):
             dirnames[:] = []

@@ -86,6 +86,7 @@ def test_verdict_flips_with_a_delay_in_decode_or_in_the_step(demo_shards, monkey
 
     with monkeypatch.context() as m:  # DataLoader workers are forked: they inherit the patched function
         m.setattr(transforms.simplejpeg, "decode_jpeg", slow_decode)
+        m.setattr(transforms, "nvimgcodec", None)  # every train crop then decodes through simplejpeg
         slow_io = _bench(demo_shards, workers=(2,))
     assert slow_io.sweep["cpu"][2].median < 21  # at most 2 workers / 0.1 s
     assert slow_io.stages["cpu"].seconds_per_image["decode"] >= 0.1
