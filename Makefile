@@ -7,7 +7,7 @@ IMAGENET ?=
 WORK ?= build/demo
 WORKERS ?= 2
 # Training flags of the demo: a low-resolution run that learns the embedded classes in a few minutes on 2 cores.
-DEMO_TRAIN_ARGS ?= --epochs 8 --batch-size 32 --image-size 64 --warmup-epochs 1 --workers 1
+DEMO_TRAIN_ARGS ?= --epochs 8 --batch-size 32 --image-size 64 --warmup-epochs 1 --workers 1 --log-every 5
 
 # Every install into $(VENV) takes the exact tested versions of constraints.txt (pyproject.toml: the ranges).
 CONSTRAINTS := constraints.txt

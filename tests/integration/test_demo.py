@@ -38,7 +38,7 @@ def test_make_demo_learns_above_chance(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = json.loads((work / "metrics.json").read_text())
     assert m["eval_images"] == 200 and m["steps"] > 0
-    assert m["epochs"] == 1 and m["acc1"] > 40.0, m  # 10 classes: chance is 10% (the full run: 88.5% here)
+    assert m["epochs"] == 1 and m["acc1"] > 40.0, m  # 10 classes: chance is 10% (the full run: 92.0% after it)
     assert m["p_core"] >= m["p_train"] >= m["p_whole"] > 0
     assert "| CPUx1x1 | fp32 |" in proc.stdout
     assert "cmyk->rgb: 1, grayscale->rgb: 1, png->jpeg: 1" in proc.stdout
