@@ -127,6 +127,9 @@ def _travelling_files(dst: Path) -> None:
             shutil.copy2(src, dst / name)
 
 
+SMOKE_LEGS = ("synthetic-amp", "cpu", "folder", "io-bench", "synthetic-amp-compile")
+
+
 @pytest.mark.slow
 def test_smoke_run_from_a_copy_of_what_travels(tmp_path):
     repo, out = tmp_path / "repo", tmp_path / "out"
@@ -138,18 +141,22 @@ def test_smoke_run_from_a_copy_of_what_travels(tmp_path):
     t0 = time.monotonic()
     # a budget no busy machine exhausts (the script's default, 175 s, is what a quiet one needs) and that still
     # leaves the compile leg's need (600 s) out of reach: how long the run took is not asserted
+    # one leg of each kind (synthetic, loader on shards, loader on the tree, io-bench, compile's skip path); the
+    # rest are reported as not selected (every backend's train path has tests of its own)
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--smoke", "--budget-s", "400",
-                           "--work", str(tmp_path / "work")],
+                           "--legs", ",".join(SMOKE_LEGS), "--work", str(tmp_path / "work")],
                           cwd=repo, env=dict(os.environ, OUT=str(out)), capture_output=True, text=True, timeout=400)
     wall = time.monotonic() - t0
     print(proc.stdout[-6000:], f"\nsmoke wall {wall:.0f} s")
     data = json.loads((out / "results.json").read_text())
     status = {e["name"]: e["status"] for e in data["legs"]}
     assert list(status) == [leg.name for leg in gc.full_legs(1)] and data["finished"] is True
-    for name in ("synthetic-amp", "synthetic-bf16", "synthetic-fp32-tf32", "cpu", "folder", "io-bench"):
+    for name in ("synthetic-amp", "cpu", "folder", "io-bench"):
         assert status[name] == gc.OK, (name, proc.stdout[-3000:])
-    assert status["dali"] in (gc.OK, gc.NOT_INSTALLED) and status["nvjpeg"] in (gc.OK, gc.FAILED)
     assert status["synthetic-amp-compile"] == gc.SKIPPED
+    reasons = {e["name"]: e.get("reason", "") for e in data["legs"]}
+    for name in set(status) - set(SMOKE_LEGS):
+        assert status[name] == gc.SKIPPED and reasons[name] == "not selected (--legs)", (name, reasons[name])
     iob = next(e for e in data["legs"] if e["name"] == "io-bench")
     assert iob["verdict"] and iob["results"]["verdict"] is not None
     for name in status:

@@ -102,7 +102,7 @@ def test_verdict_flips_with_a_delay_in_decode_or_in_the_step(demo_shards, monkey
 
     with monkeypatch.context() as m:
         m.setattr(loop.TrainStep, "__call__", slow_step)
-        slow_compute = _bench(demo_shards, workers=(2,))
+        slow_compute = _bench(demo_shards, workers=(2,), train_steps=2)  # 1 warm-up + 2 timed steps of 1 s
     assert slow_compute.compute.p_core < 8.1
     assert not slow_compute.verdict.io_bound, slow_compute.verdict.lines
 

@@ -115,10 +115,12 @@ def test_decode_val_matches_torchvision_on_synthetic_odd_and_even_sizes(size):
 
 @pytest.mark.parametrize("size", [224, 97])
 def test_decode_val_matches_torchvision_on_real_images(size):
-    """The 800 shared samples, raw files (both sides ignore EXIF orientation): measured mean 0.002 (224 px) and
-    0.012 (97 px), max 0.23 / 1.3, where a large image is decoded at 1/2 scale in the DCT domain."""
+    """The 800 shared samples at 224 px, every second one at 97, raw files (both sides ignore EXIF orientation):
+    measured on all 800, mean 0.002 (224 px) and 0.012 (97 px), max 0.23 / 1.3, where a large image is decoded
+    at 1/2 scale in the DCT domain."""
     files = sorted(shared("imagenet-samples").glob("*.JPEG"))
     assert len(files) == 800
+    files = files if size == 224 else files[::2]  # the odd size on every second sample (400)
     d = [mean_abs(T.decode_val(f.read_bytes(), size), torchvision_pixels(Image.open(f), size)) for f in files]
     assert np.mean(d) <= 0.5 and max(d) < 3, (np.mean(d), max(d))
 

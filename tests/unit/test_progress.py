@@ -74,12 +74,14 @@ def test_live_bar_on_a_terminal_and_nothing_when_disabled():
     assert quiet.getvalue() == ""
 
 
-def test_train_on_a_pseudo_terminal_shows_bars(tmp_path):
-    """What a person at a terminal sees: tqdm bars for each epoch and each evaluation, loss and data wait in them."""
+def test_train_on_a_pseudo_terminal_shows_bars_and_plots(tmp_path):
+    """What a person at a terminal sees: tqdm bars for each epoch and each evaluation, loss and data wait in them;
+    and what --plot leaves next to the metrics."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a 160-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "tools.train", *SYNTHETIC, "--epochs", "2", "--log-every", "2"],
-                            cwd=REPO, stdout=follower, stderr=follower)
+    m = tmp_path / "run" / "m.json"
+    proc = subprocess.Popen([sys.executable, "-m", "tools.train", *SYNTHETIC, "--epochs", "2", "--log-every", "2",
+                             "--metrics-json", str(m), "--plot"], cwd=REPO, stdout=follower, stderr=follower)
     os.close(follower)
     chunks = []
     while True:
@@ -96,14 +98,8 @@ def test_train_on_a_pseudo_terminal_shows_bars(tmp_path):
     assert "epoch 1/2" in shown and "epoch 2/2" in shown and "eval" in shown and "\r" in shown
     assert "loss=" in shown and "data wait=" in shown and "6/6" in shown
     assert "| CPUx1x1 | fp32 |" in shown
-
-
-def test_plot_writes_a_png_from_the_step_log(tmp_path, capsys):
-    m = tmp_path / "run" / "m.json"
-    assert train_cli.main([*SYNTHETIC, "--epochs", "2", "--log-every", "2", "--metrics-json", str(m), "--plot"]) == 0
-    out = capsys.readouterr().out
     png, log = tmp_path / "run" / "m.png", tmp_path / "run" / "m.steps.jsonl"
-    assert f"plot: wrote {png} (6 step windows, 2 evaluations)" in out
+    assert f"plot: wrote {png} (6 step windows, 2 evaluations)" in shown
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     series = read_step_log(log)
     assert series.step == [2, 4, 6, 8, 10, 12] and series.eval_epoch == [1, 2]
