@@ -148,8 +148,11 @@ def test_compute_only_is_train_synthetic_p_core(demo_shards, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_stage_times_add_up_to_loader_wall_time_at_one_worker(tmp_path):
-    """On real JPEGs at 224 px: the worker's per-stage seconds of a window's batches vs the window's wall time."""
+def test_stage_times_add_up_to_loader_wall_time_at_one_worker(tmp_path, monkeypatch):
+    """On real JPEGs at 224 px: the worker's per-stage seconds of a window's batches vs the window's wall time.
+    Robust by construction: 20 ms of sleep in every decode (the forked worker inherits it) keeps the one worker
+    the bottleneck and dwarfs what a busy machine adds to either side; a sleep is not slowed by a CPU hog."""
+    from pipeline.read import transforms
     from pipeline.shard.run import ShardConfig, shard_tree
     from train.iobench.run import IoBenchResult, _fidelity_hooks, batches_forever, time_windows
 
@@ -160,6 +163,14 @@ def test_stage_times_add_up_to_loader_wall_time_at_one_worker(tmp_path):
         os.symlink(f, d / f.name)
     shard_tree(ShardConfig(src=tmp_path / "tree", out=tmp_path / "shards", shard_size=64, workers=2, progress=False))
     info = load_info(tmp_path / "shards")
+    real_decode = transforms.simplejpeg.decode_jpeg
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.02)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(transforms, "nvimgcodec", None)  # every train decode through simplejpeg (and the sleep)
+    monkeypatch.setattr(transforms.simplejpeg, "decode_jpeg", slow_decode)
     loader = build_loader(LoaderKind.CPU, LoaderConfig(batch_size=16, image_size=224, workers=1), Split.TRAIN, info,
                           torch.device("cpu"))
     result = IoBenchResult(machine={}, config={})
