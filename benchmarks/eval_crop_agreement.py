@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from benchmarks.common import DEFAULT_SAMPLES, shard_sample_tree
+from pipeline.compat import zip_strict
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
 from pipeline.dataset import load_info
 from pipeline.read.transforms import CROP_PCT, eval_resize_size
@@ -80,7 +81,7 @@ def loader_pixels(kind: str, info, size: int, crop_pct: float, order: list[str])
     try:
         batches = list(loader)
         keys = [k for b in batches for k in b.keys] or order
-        return dict(zip(keys, (img for b in batches for img in b.images), strict=True))
+        return dict(zip_strict(keys, (img for b in batches for img in b.images)))
     finally:
         close = getattr(loader, "close", None)
         if close is not None:

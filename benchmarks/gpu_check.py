@@ -535,6 +535,15 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _compat():
+    """:mod:`pipeline.compat` (this script runs as ``python3 benchmarks/gpu_check.py``, the repo not on sys.path)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import pipeline.compat
+
+    return pipeline.compat
+
+
 def run_logged(cmd: list[str], env: dict, log_path: Path, title: str, timeout_s: float) -> ProcResult:
     """Run ``cmd`` in the repo root in its own process group, output appended to ``log_path`` as it comes;
     killed (the whole group) after ``timeout_s`` seconds."""
@@ -543,7 +552,8 @@ def run_logged(cmd: list[str], env: dict, log_path: Path, title: str, timeout_s:
         log.flush()
         start = os.path.getsize(log_path)
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                **_compat().new_process_group_kwargs())
         rc = None
         try:
             rc = proc.wait(timeout=max(1.0, timeout_s))

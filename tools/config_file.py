@@ -23,10 +23,10 @@ import argparse
 import json
 import math
 import sys
-import tomllib
 from enum import Enum
 from pathlib import Path
 
+from pipeline.compat import TOMLDecodeError, toml_loads
 from tools.cli_common import Option, Schema, shown
 
 LEGACY_TABLES = ("data", "run")  # tables of older files: grouping only, any option (as at the top level)
@@ -38,12 +38,12 @@ class ConfigFileError(ValueError):
 
 def _read(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
+        return toml_loads(path.read_text())
     except FileNotFoundError:
         raise ConfigFileError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigFileError(f"{path}: cannot read the config file ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except TOMLDecodeError as exc:
         raise ConfigFileError(f"{path}: invalid TOML ({exc})") from None
 
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline.compat import BooleanOptionalAction
 from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY
 from pipeline.shard.jsonsafe import escape_text
 from pipeline.dataset import DatasetError
@@ -56,7 +57,7 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
     """Resuming a run and splitting it across machines."""
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--resume", action=BooleanOptionalAction, default=True,
                    help="keep complete shards of an earlier identical run (default: on)")
     p.add_argument("--num-jobs", type=int, default=1, help="split the shards across this many jobs (machines)")
     p.add_argument("--job-index", type=int, default=0, help="which of the --num-jobs jobs this is (0-based)")

@@ -21,7 +21,7 @@ from pipeline.dataset import DatasetError
 from tools.cli_common import Option, Schema, add_option, error_line, positive
 from tools.config_file import add_config_option, parse_args_with_config, resolved_path, write_resolved
 from train.config import CheckpointConfig, OptimConfig, TrainConfig, default_of
-from train.precision import Precision
+from train.precision import Precision, prepare_tf32_env
 from train.recipe import Resolution, Schedule
 from train import distributed
 from train.clock import Timing
@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if cfg.target_acc1 is not None and not cfg.eval:
         print(f"train: note: --no-eval: the target top-1 {cfg.target_acc1}% is never checked", file=sys.stderr)
+    prepare_tf32_env(cfg.tf32)  # MetaX reads METAX_USE_TF32 when CUDA starts: set it before anything starts CUDA
     from train.loop import run  # imported late: torch start-up is not needed for --help
 
     from pipeline.backends.cpu import SampleDecodeError

@@ -3,7 +3,9 @@ parts of the training step (:class:`Session`), or, for ``--test-only``, the val 
 (:class:`CheckpointTestSession`).
 
 Backends differ only through their registry entry (:func:`pipeline.backends.backend_spec`): what input they
-need (shards, an image tree, nothing) and whether the data order depends on the worker count.
+need (shards, an image tree, nothing), whether the data order depends on the worker count and whether a ``cuda``
+device must be NVIDIA's (DALI, nvJPEG: :func:`check_loader_device` stops the run before anything is built on
+another vendor's ``cuda`` device, e.g. MetaX's).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.backends import DataInput, Loader, LoaderConfig, Split, backend_spec, build_loader
+from pipeline.backends import DataInput, Loader, LoaderConfig, LoaderKind, Split, backend_spec, build_loader
+from pipeline.compat import compile_model
 from pipeline.dataset import DatasetInfo, load_info
-from train import checkpoint, distributed
+from train import accelerator, checkpoint, distributed
 from train.config import TrainConfig
 from train.memory import DeviceMemoryMonitor
 from train.metrics import software_versions
@@ -26,6 +29,7 @@ from train.progress import Progress
 from train.steplog import StepLog
 from train.model import build_resnet50
 from train.precision import Precision, make_grad_scaler, model_dtype, resolve_precision, set_tf32
+from train.precision import unsupported as precision_unsupported
 from train.recipe import ModelEma, build_scheduler, build_sgd, parameter_groups
 
 
@@ -57,6 +61,7 @@ class Session:
     peak_lr: float
     device_name: str
     versions: dict
+    sgd_impl: str  # how SGD's step runs (pipeline.compat.SgdImpl): fused, foreach or for-loop
     monitor: DeviceMemoryMonitor | None = None
     progress: Progress | None = None  # set by train.loop.fit: rank 0's bars / lines
     steplog: StepLog | None = None  # set by train.loop.fit: the JSONL step log (evaluations are logged there too)
@@ -127,6 +132,23 @@ def val_loader(cfg: TrainConfig, lcfg: LoaderConfig, info: DatasetInfo | None,
     return build_loader(cfg.loader, val_cfg, Split.VAL, info, env.device, env.rank, env.world_size)
 
 
+def check_loader_device(kind: LoaderKind, device: torch.device) -> None:
+    """Stop before anything is built when backend ``kind`` cannot run on ``device``: a backend that needs NVIDIA
+    CUDA (:attr:`pipeline.backends.BackendSpec.needs_nvidia`) on a ``cuda`` device of another vendor (MetaX, AMD,
+    another CUDA-like device; :mod:`train.accelerator`). On a CPU such backends run their CPU path.
+
+    Raises:
+        ValueError: one line naming the device and saying to use ``--loader cpu``.
+    """
+    spec = backend_spec(kind)
+    if not spec.needs_nvidia or device.type != "cuda":
+        return
+    acc = accelerator.identify(device)
+    why = spec.device_refusal(device, acc.is_nvidia, acc.describe(device))
+    if why is not None:
+        raise ValueError(why)
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's (``platform.processor()``, else ``cpu``)."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -134,9 +156,10 @@ def device_name(device: torch.device) -> str:
 
 def build_model(cfg: TrainConfig, env: distributed.DistEnv, num_classes: int,
                 precision: Precision) -> tuple[torch.nn.Module, ModelEma | None]:
-    """ResNet50 on this rank's device (TF32 as ``--tf32`` says on CUDA) and its EMA when ``--ema-decay`` is set."""
+    """ResNet50 on this rank's device (TF32 as ``--tf32`` says on CUDA, in the device's own way: see
+    :func:`train.precision.set_tf32`) and its EMA when ``--ema-decay`` is set."""
     if env.device.type == "cuda":
-        set_tf32(cfg.tf32)
+        set_tf32(cfg.tf32, accelerator.vendor_of(env.device))
     model = build_resnet50(num_classes, env.device, cfg.zero_init_residual, model_dtype(precision), cfg.channels_last)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     return model, ema
@@ -147,20 +170,34 @@ def _train_model(cfg: TrainConfig, env: distributed.DistEnv, model: torch.nn.Mod
     ddp_model = (DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
                  if env.distributed else model)
     # compile time lands in the first steps, which the warm-up leaves out of p_*
-    return torch.compile(ddp_model) if cfg.compile else ddp_model
+    return compile_model(ddp_model) if cfg.compile else ddp_model
 
 
 def _optimiser(cfg: TrainConfig, env: distributed.DistEnv, model: torch.nn.Module, steps_per_epoch: int,
                total_steps: int, peak_lr: float):
-    """(SGD, LR schedule): fused SGD on CUDA, warm-up then cosine or step decay over ``total_steps``."""
+    """(SGD, LR schedule, SGD's :class:`~pipeline.compat.SgdImpl`): fused SGD on CUDA where this torch has it,
+    warm-up then cosine or step decay over ``total_steps``."""
     o = cfg.optim
     # fused SGD on CUDA: one kernel per step, and GradScaler hands it the scale and inf flag on the device
     # instead of reading the inf check back with .item() (a host synchronisation per step)
-    optimizer = build_sgd(parameter_groups(model, o.weight_decay, o.decay_bn_and_bias), peak_lr, o.momentum,
-                          o.nesterov, fused=env.device.type == "cuda")
+    optimizer, impl = build_sgd(parameter_groups(model, o.weight_decay, o.decay_bn_and_bias), peak_lr, o.momentum,
+                                o.nesterov, fused=env.device.type == "cuda")
     scheduler = build_scheduler(optimizer, min(total_steps, round(o.warmup_epochs * steps_per_epoch)), total_steps,
                                 o.schedule, tuple(m * steps_per_epoch for m in o.milestones), o.gamma)
-    return optimizer, scheduler
+    return optimizer, scheduler, impl
+
+
+def supported_precision(cfg: TrainConfig, env: distributed.DistEnv) -> Precision:
+    """``--precision`` resolved for this rank's device.
+
+    Raises:
+        ValueError: this torch cannot run it on this device (one line; e.g. torch 2.0 and ``amp`` on a CPU).
+    """
+    precision = resolve_precision(cfg.precision, env.device)
+    why = precision_unsupported(precision, env.device)
+    if why is not None:
+        raise ValueError(why)
+    return precision
 
 
 def build_session(cfg: TrainConfig, env: distributed.DistEnv) -> Session:
@@ -168,23 +205,25 @@ def build_session(cfg: TrainConfig, env: distributed.DistEnv) -> Session:
     process.
 
     Raises:
-        ValueError / pipeline.dataset.DatasetError: the data or the options cannot work.
+        ValueError / pipeline.dataset.DatasetError: the data or the options cannot work (also: a loader that needs
+            an NVIDIA GPU on another ``cuda`` device, :func:`check_loader_device`).
     """
+    check_loader_device(cfg.loader, env.device)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts them)
+    precision = supported_precision(cfg, env)
     info, lcfg = dataset(cfg), loader_config(cfg)
     train_loader = build_loader(cfg.loader, lcfg, Split.TRAIN, info, env.device, env.rank, env.world_size)
     val = val_loader(cfg, lcfg, info, env)
-    precision = resolve_precision(cfg.precision, env.device)
     model, ema = build_model(cfg, env, train_loader.num_classes, precision)
     global_batch = lcfg.batch_size * env.world_size
     peak_lr = cfg.optim.peak_lr(global_batch)
     steps_per_epoch = len(train_loader)
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or steps_per_epoch * cfg.epochs)
-    optimizer, scheduler = _optimiser(cfg, env, model, steps_per_epoch, total_steps, peak_lr)
+    optimizer, scheduler, sgd_impl = _optimiser(cfg, env, model, steps_per_epoch, total_steps, peak_lr)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     return Session(cfg, env, info, lcfg, train_loader, val, precision, model, _train_model(cfg, env, model), ema,
                    optimizer, scheduler, criterion, make_grad_scaler(precision, env.device), steps_per_epoch,
-                   total_steps, global_batch, peak_lr, device_name(env.device), software_versions(),
+                   total_steps, global_batch, peak_lr, device_name(env.device), software_versions(), sgd_impl,
                    train_loader_size=lcfg.image_size)
 
 
@@ -207,12 +246,14 @@ def build_checkpoint_test(cfg: TrainConfig, env: distributed.DistEnv) -> Checkpo
     """The val loader and the checkpoint's model (and EMA) of ``--test-only``.
 
     Raises:
-        ValueError / CheckpointError: no checkpoint, or one of another model / class count.
+        ValueError / CheckpointError: no checkpoint, or one of another model / class count; a loader that needs an
+            NVIDIA GPU on another ``cuda`` device (:func:`check_loader_device`).
     """
+    check_loader_device(cfg.loader, env.device)
     path = checkpoint_to_test(cfg)
+    precision = supported_precision(cfg, env)
     lcfg = loader_config(cfg)
     val = val_loader(cfg, lcfg, dataset(cfg), env)
-    precision = resolve_precision(cfg.precision, env.device)
     model, _ = build_model(dataclasses.replace(cfg, ema_decay=None), env, val.num_classes, precision)
     loaded, ema_state = checkpoint.load_weights(path, model, val.num_classes)
     ema = None

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pipeline.compat import init_process_group
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -59,10 +61,7 @@ def init_distributed() -> DistEnv:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        init_process_group("nccl" if device.type == "cuda" else "gloo", device if device.type == "cuda" else None)
     return DistEnv(rank, world_size, local_rank, device)
 
 

@@ -3,10 +3,12 @@
 Every field is read from the running system; a field that cannot be read is ``None`` (the report then says
 "unknown" rather than guess). Sources: ``/etc/os-release`` (OS), ``platform.release()`` (kernel),
 ``/proc/cpuinfo`` (CPU model), ``/sys/class/dmi/id`` (machine model), torch's CUDA runtime (accelerator model,
-count, CUDA version), NVML (driver), ``/.dockerenv`` / ``/proc/1/cgroup`` (inside a container; the Docker
-version is the host's and cannot be read from inside, so it stays unknown there unless ``docker`` is on PATH),
-``/sys/class/infiniband`` (multi-node network: InfiniBand / RoCE port rate). Software versions come from
-:func:`train.metrics.software_versions`.
+count, CUDA version), :mod:`train.accelerator` (what the ``cuda`` device is: vendor; driver from NVML or
+``nvidia-smi`` on NVIDIA, from plain ``mx-smi``'s "Kernel Mode Driver Version" on MetaX; the vendor tool's version;
+MetaX's MACA version), :func:`train.precision.tf32_state` (how TF32 was set and whether it is on),
+``/.dockerenv`` / ``/proc/1/cgroup`` (inside a container; the Docker version is the host's and cannot be read from
+inside, so it stays unknown there unless ``docker`` is on PATH), ``/sys/class/infiniband`` (multi-node network:
+InfiniBand / RoCE port rate). Software versions come from :func:`train.metrics.software_versions`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,27 @@ from pathlib import Path
 
 import torch
 
+from train import accelerator
+from train.accelerator import Accelerator, Vendor
+from train.precision import tf32_state
+
 
 @dataclass(frozen=True)
 class Environment:
     """Hardware and software of one run; ``None``: not readable here. ``nodes``: torchrun nodes of the run
-    (world size / processes per node); ``interconnect``: e.g. ``"InfiniBand, 200 Gb/s (mlx5_0)"``."""
+    (world size / processes per node); ``interconnect``: e.g. ``"InfiniBand, 200 Gb/s (mlx5_0)"``.
+
+    ``accelerator_vendor``: :class:`train.accelerator.Vendor`'s value (``nvidia``, ``metax``, ``amd``,
+    ``other-cuda``; ``none`` on a CPU run); ``driver``: the accelerator's driver version; ``accelerator_tool``: the
+    vendor tool and its version (``mx-smi 2.2.8``, ``nvidia-smi 550.54.15``); ``maca``: MetaX's MACA version;
+    ``tf32`` / ``tf32_mechanism``: whether TF32 math is on and how it was set (``torch.backends`` or
+    ``METAX_USE_TF32``; both None on a CPU run)."""
 
     machine: str | None
     cpu: str | None
     cpu_cores: int
     accelerator: str | None
+    accelerator_vendor: str
     accelerator_count: int
     nodes: int
     processes_per_node: int
@@ -37,9 +50,13 @@ class Environment:
     os: str | None
     kernel: str | None
     driver: str | None
+    accelerator_tool: str | None
     docker: str | None
     framework: str
     cuda: str | None
+    maca: str | None
+    tf32: bool | None
+    tf32_mechanism: str | None
     dependencies: dict
 
     def to_json(self) -> dict:
@@ -110,14 +127,19 @@ def interconnect() -> str | None:
 
 def collect(world_size: int, processes_per_node: int, versions: dict) -> Environment:
     """This process's :class:`Environment` for a run of ``world_size`` ranks, ``processes_per_node`` per node;
-    ``versions`` as :func:`train.metrics.software_versions` returns them."""
+    ``versions`` as :func:`train.metrics.software_versions` returns them (its ``driver`` is used where the
+    accelerator's tools give none)."""
     cuda = torch.cuda.is_available()
     per_node = max(1, processes_per_node)
     deps = {k: versions.get(k) for k in ("python", "torchvision", "cudnn", "dali")}
+    acc = accelerator.detect() if cuda else Accelerator(Vendor.NONE)
+    tf32 = tf32_state(acc.vendor)
     return Environment(
         machine=machine_model(), cpu=cpu_model(), cpu_cores=os.cpu_count() or 1,
-        accelerator=torch.cuda.get_device_name(0) if cuda else None,
+        accelerator=acc.name, accelerator_vendor=acc.vendor.value,
         accelerator_count=torch.cuda.device_count() if cuda else 0,
         nodes=max(1, world_size // per_node), processes_per_node=per_node, interconnect=interconnect(),
-        os=os_name(), kernel=platform.release() or None, driver=versions.get("driver"), docker=docker_version(),
-        framework=f"pytorch-{torch.__version__}", cuda=versions.get("cuda"), dependencies=deps)
+        os=os_name(), kernel=platform.release() or None, driver=acc.driver or versions.get("driver"),
+        accelerator_tool=acc.tool, docker=docker_version(), framework=f"pytorch-{torch.__version__}",
+        cuda=versions.get("cuda"), maca=acc.maca, tf32=tf32.enabled if tf32 is not None else None,
+        tf32_mechanism=tf32.mechanism.value if tf32 is not None else None, dependencies=deps)

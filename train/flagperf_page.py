@@ -8,7 +8,9 @@ node: 1x1, 1x8, 2x8) and precision (fp32, amp, bf16, fp16); the 配置 cell is t
 processes per node ("A100单机8卡（1x8）", "A100单机单卡（1x1）", "A100两机8卡（2x8）"). Rounding as FlagPerf's pages:
 e2e_time and p_* whole numbers (s, img/s), acc one decimal with %, mem used/total GiB one decimal each; ``/``
 where a figure does not exist (no evaluation: acc; ``--test-only``: p_*). A field of the environment that no run
-could read says "未知" (English: "unknown"); where runs disagree, their values are joined by " / ".
+could read says "未知" (English: "unknown"); where runs disagree, their values are joined by " / ". 加速卡驱动版本 is
+the environment's ``driver``: NVIDIA's driver (NVML / ``nvidia-smi``), on MetaX the "Kernel Mode Driver Version" of
+``mx-smi``; MetaX runs add their MACA version to 依赖软件版本.
 """
 
 from __future__ import annotations
@@ -197,6 +199,8 @@ def _network(runs: list[RunRecord], t: dict) -> str:
 
 def _dependencies(runs: list[RunRecord], t: dict) -> list[str]:
     lines = [f"     - cuda: {_field(runs, 'cuda', t['unknown'])}"]
+    if any(r.environment.get("maca") for r in runs):  # MetaX's software stack (runs on other vendors: none)
+        lines.append(f"     - maca: {_field(runs, 'maca', t['unknown'])}")
     for dep in ("torchvision", "cudnn", "dali", "python"):
         values = {str(r.environment.get('dependencies', {}).get(dep)) for r in runs
                   if r.environment.get("dependencies", {}).get(dep)}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.compat import SgdImpl, check_numpy_interop
 from pipeline.backends import Batch, Loader
 from train import checkpoint, distributed
 from train.build import CheckpointTestSession, Session, build_checkpoint_test, build_session
@@ -139,6 +140,7 @@ def run(cfg: TrainConfig) -> RunReport:
         pipeline.dataset.DatasetError: ``cfg.data`` is not a usable shard folder.
         ValueError: options that cannot work (e.g. a batch larger than the train split allows).
     """
+    check_numpy_interop()
     env = distributed.init_distributed()
     try:
         return test_only(cfg, env) if cfg.test_only else fit(cfg, env)
@@ -434,7 +436,8 @@ def _training(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, lo
     return Training(
         steps=st.done, ema_acc1=st.ema_eval.acc1 if st.ema_eval is not None else None, target_acc1=s.cfg.target_acc1,
         target_reached_epoch=st.target_reached, final_train_image_size=st.train_size,
-        channels_last=s.cfg.channels_last, compile=s.cfg.compile, checkpointing=resumed,
+        channels_last=s.cfg.channels_last, compile=s.cfg.compile, optimizer_impl=s.sgd_impl,
+        grad_scaler_syncs_per_step=s.scaler is not None and s.sgd_impl != SgdImpl.FUSED, checkpointing=resumed,
         warmup_steps=st.warm_steps, warmup_s_rank0=st.marks[0].time - st.loop_start,
         total_trained_images=st.done * s.global_batch, skipped_samples=int(skipped_total),
         skipped_examples_rank0=tuple(skipped[:10]), rank_steps_min=int(-neg_min), rank_steps_max=int(steps_max),

@@ -17,6 +17,8 @@ from enum import Enum
 
 import torch
 
+from pipeline.compat import foreach_copy_, make_sgd, zip_strict
+
 
 class Schedule(str, Enum):
     """LR schedule after warmup: cosine to zero, or step decay by ``gamma`` at given epochs."""
@@ -37,8 +39,11 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, decay_bn_and_b
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_sgd(groups: list[dict], lr: float, momentum: float, nesterov: bool, fused: bool) -> torch.optim.SGD:
-    """SGD over ``groups`` with every momentum buffer created as zeros up front.
+def build_sgd(groups: list[dict], lr: float, momentum: float, nesterov: bool, fused: bool
+              ) -> tuple[torch.optim.SGD, str]:
+    """SGD over ``groups`` with every momentum buffer created as zeros up front, and how its step runs
+    (:class:`pipeline.compat.SgdImpl`: ``fused`` where asked for and this torch and device have it, else
+    ``foreach`` or ``for-loop``; the same update).
 
     ``fused=True`` (CUDA: one kernel per step, and GradScaler passes it the scale and the inf flag on the device,
     no per-step ``.item()``) has a trap: its first step allocates the momentum buffers with ``empty_like`` and,
@@ -46,12 +51,12 @@ def build_sgd(groups: list[dict], lr: float, momentum: float, nesterov: bool, fu
     step adds garbage momentum. A zero buffer gives exactly the first step's ``buf = grad`` (``m * 0 + g == g``),
     so with the buffers made here every backend and precision trains bitwise as with lazily made ones.
     """
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, fused=fused)
+    optimizer, impl = make_sgd(groups, lr, momentum, nesterov, fused)
     if momentum > 0:
         for group in optimizer.param_groups:
             for param in group["params"]:
                 optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-    return optimizer
+    return optimizer, impl
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: Schedule = Schedule.COSINE,
@@ -100,7 +105,7 @@ class ModelEma:
     def _pairs(self, model: torch.nn.Module):
         mine = itertools.chain(self.module.parameters(), self.module.buffers())
         theirs = itertools.chain(model.parameters(), model.buffers())
-        return list(zip(mine, theirs, strict=True))
+        return list(zip_strict(mine, theirs))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
@@ -109,10 +114,10 @@ class ModelEma:
         floats = [(a, b.detach()) for a, b in pairs if a.is_floating_point()]
         ints = [(a, b) for a, b in pairs if not a.is_floating_point()]
         if ints:
-            torch._foreach_copy_([a for a, _ in ints], [b for _, b in ints])
+            foreach_copy_([a for a, _ in ints], [b for _, b in ints])
         ema, cur = [a for a, _ in floats], [b for _, b in floats]
         if self.updates == 0:
-            torch._foreach_copy_(ema, cur)
+            foreach_copy_(ema, cur)
         else:
             torch._foreach_lerp_(ema, cur, 1.0 - self.decay)
         self.updates += 1

@@ -98,6 +98,8 @@ class Training(Part):
     final_train_image_size: int  # px, the last train loader's (progressive resizing)
     channels_last: bool
     compile: bool
+    optimizer_impl: str  # SGD's step: fused, foreach or for-loop (pipeline.compat.SgdImpl; fused needs torch 2.3+)
+    grad_scaler_syncs_per_step: bool  # amp without fused SGD: GradScaler reads the inf flag on the host every step
     checkpointing: Checkpointing = inline()
     warmup_steps: int  # left out of p_whole / p_train / p_core
     warmup_s_rank0: float  # s

@@ -9,7 +9,6 @@ install without DALI never imports DALI.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 
 import torch
 
+from pipeline.compat import cache
 from pipeline.dataset import DatasetInfo
 from pipeline.read.transforms import CROP_PCT
 
@@ -260,6 +260,9 @@ class BackendSpec:
         local_only: reads local files only (not a URL dataset).
         requires: a module that must be importable for it to work (None: always available).
         install_hint: what :meth:`available` says when ``requires`` is missing (one line; None: a generic line).
+        needs_nvidia: on a ``cuda`` device it runs NVIDIA-only code (DALI, nvJPEG), so it cannot run on another
+            vendor's ``cuda`` device (MetaX, AMD ROCm, ...); on a CPU device it runs its CPU path
+            (:meth:`device_refusal`).
         stage_probe: ``"module:function"`` measuring its per-stage cost for io-bench with the backend's own
             code, None where it has no stages to measure; the function takes ``(kind, cfg, split, info,
             max_samples)`` (this entry's :class:`LoaderKind`, a :class:`LoaderConfig` giving batch size, image
@@ -276,6 +279,7 @@ class BackendSpec:
     install_hint: str | None = None
     local_only: bool = False
     stage_probe: str | None = None
+    needs_nvidia: bool = False
 
     def available(self) -> str | None:
         """None when this backend can be built here, else why not (one line)."""
@@ -286,6 +290,15 @@ class BackendSpec:
         except (ModuleNotFoundError, ValueError):  # its parent package is missing / a stubbed-out module
             found = False
         return None if found else (self.install_hint or f"{self.requires} is not installed")
+
+    def device_refusal(self, device: torch.device, nvidia: bool, device_text: str) -> str | None:
+        """Why this backend cannot run on ``device`` (one line), or None: a ``needs_nvidia`` backend on a ``cuda``
+        device that is not NVIDIA's (``nvidia`` False). ``device_text``: how the line names the device, e.g.
+        ``MetaX C500 (cuda:0)``. Imports nothing of the backend."""
+        if not (self.needs_nvidia and device.type == "cuda" and not nvidia):
+            return None
+        return (f"--loader {self.kind.value} needs an NVIDIA GPU; this run's device is {device_text}: "
+                f"use --loader cpu")
 
     def loader_class(self):
         module_name, cls_name = self.target.split(":")
@@ -311,9 +324,9 @@ _REGISTRY: dict[LoaderKind, BackendSpec] = {spec.kind: spec for spec in (
     BackendSpec(LoaderKind.SYNTHETIC, "pipeline.backends.synthetic:SyntheticLoader", DataInput.NONE),
     BackendSpec(LoaderKind.DALI, "pipeline.backends.dali:DaliLoader", DataInput.SHARDS, local_only=True,
                 requires="nvidia.dali", install_hint="DALI not installed: pip install 'imagenet-pipeline[dali]'",
-                stage_probe="pipeline.backends.dali:measure_stages"),
+                stage_probe="pipeline.backends.dali:measure_stages", needs_nvidia=True),
     BackendSpec(LoaderKind.NVJPEG, "pipeline.backends.nvjpeg:NvjpegLoader", DataInput.SHARDS,
-                order_by_workers=True),
+                order_by_workers=True, needs_nvidia=True),
 )}
 
 
@@ -380,7 +393,7 @@ def to_device_prefetched(host_batches: Iterator[tuple[torch.Tensor, torch.Tensor
         yield batch
 
 
-@functools.cache
+@cache
 def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """ImageNet mean and 1/std as ``1×3×1×1`` float32 on ``device``, made once per device."""
     mean = torch.tensor(IMAGENET_MEAN_255, device=device).view(1, 3, 1, 1)

@@ -29,6 +29,7 @@ import PIL
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline.compat import new_shared_uint8
 from pipeline.read import plan as epoch_plan
 from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, OnBadSample, ReplayResume, Split,
                                StageTimes, to_device_prefetched)
@@ -155,11 +156,7 @@ def batch_buffer(n: int, size: int, shared: bool) -> torch.Tensor:
     shape = (n, size, size, 3)
     if not shared:
         return torch.empty(shape, dtype=torch.uint8)
-    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # private; share_memory_() where absent
-    if new_shared is None:
-        return torch.empty(shape, dtype=torch.uint8).share_memory_()
-    storage = new_shared(n * size * size * 3)
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    return new_shared_uint8(n * size * size * 3).view(shape)
 
 
 class ShardSamples(IterableDataset):

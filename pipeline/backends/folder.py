@@ -36,6 +36,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
 from torchvision import datasets, transforms
 
+from pipeline.compat import image_folder_class
 from pipeline.read import plan as epoch_plan
 from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, OnBadSample, ReplayResume, Split,
                                StageTimes, to_device_prefetched)
@@ -45,7 +46,7 @@ from pipeline.read.tarstream import is_url
 from pipeline.read.transforms import RRC_RATIO, RRC_SCALE, eval_resize_size
 
 
-class _FixedClassesImageFolder(datasets.ImageFolder):
+class _FixedClassesImageFolder(image_folder_class()):  # ImageFolder, with allow_empty on every torchvision
     """ImageFolder whose class list is given (train's), so val labels index the same classes as train's."""
 
     def __init__(self, root: str, classes: list[str], **kwargs):

@@ -70,8 +70,9 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torch.utils.data import get_worker_info
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode
 
+from pipeline.compat import decode_jpeg_one, decode_jpegs
 from pipeline.backends import Batch, LoaderConfig, Split, normalize_on_device
 from pipeline.backends.cpu import ShardLoaderBase, ShardSamples, keep_decoded, skip_reason
 from pipeline.dataset import DatasetInfo
@@ -156,10 +157,14 @@ class ShardBytes(ShardSamples):
 
 
 def _decode(streams: torch.Tensor | list[torch.Tensor], device: torch.device):
-    """``torchvision.io.decode_jpeg(streams, mode=RGB, device=device)`` without its deprecation warning (0.29)."""
+    """``torchvision.io.decode_jpeg(streams, mode=RGB, device=device)`` without its deprecation warning (0.29): a
+    list in one batched call where torchvision has it (0.19+), else one call per file
+    (:func:`pipeline.compat.decode_jpegs`)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(streams, mode=ImageReadMode.RGB, device=device)
+        if isinstance(streams, list):
+            return decode_jpegs(streams, ImageReadMode.RGB, device)
+        return decode_jpeg_one(streams, ImageReadMode.RGB, device)
 
 
 def batch_decode(streams: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:

@@ -17,7 +17,6 @@ Output: an ``H×W×3`` uint8 tensor (HWC, RGB), ``H == W == size``.
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import io
 import math
@@ -31,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipeline.compat import aa_resize_reads_strided_uint8, cache, upsample_aa_out
+
 try:  # libjpeg-turbo 3 with a light Python binding; the PIL path below covers its absence
     import simplejpeg
 except ImportError:  # pragma: no cover - a dependency in pyproject; kept optional for odd platforms
@@ -41,9 +42,6 @@ try:  # nvImageCodec (a DALI dependency): libjpeg-turbo region-of-interest decod
 except ImportError:  # without it train decodes the whole (DCT-scaled) image with simplejpeg
     nvimgcodec = None
 
-# The aten kernel behind F.interpolate(mode="bilinear", antialias=True), callable with out= (a private entry point,
-# present in torch 2.11-2.14; _resize_crop falls back to F.interpolate + a copy without it).
-_UPSAMPLE_AA_OUT = getattr(getattr(torch._C, "_nn", None), "_upsample_bilinear2d_aa", None)
 
 # torchvision.transforms.RandomResizedCrop defaults (Szegedy et al. 2015, "Going deeper with convolutions").
 RRC_SCALE = (0.08, 1.0)
@@ -157,11 +155,13 @@ def _resize_crop(rgb: np.ndarray, box: tuple[float, float, float, float], size: 
     right = max(left + 1, min(w, int(round(box[2]))))
     bottom = max(top + 1, min(h, int(round(box[3]))))
     crop = torch.from_numpy(rgb[top:bottom, left:right]).permute(2, 0, 1).unsqueeze(0)  # 1×3×h×w channels-last
+    if not aa_resize_reads_strided_uint8():  # torch 2.0: its uint8 kernel misreads a strided view; copy the crop
+        crop = crop.contiguous(memory_format=torch.channels_last)
     dst = out.permute(2, 0, 1).unsqueeze(0)  # the slot seen as 1×3×size×size channels-last: written in place
     if crop.shape[-2:] == (size, size):
         dst.copy_(crop)
-    elif _UPSAMPLE_AA_OUT is not None:  # F.interpolate's kernel with an out= buffer: no intermediate tensor
-        _UPSAMPLE_AA_OUT(crop, (size, size), False, None, None, out=dst)
+    elif upsample_aa_out() is not None:  # F.interpolate's kernel with an out= buffer: no intermediate tensor
+        upsample_aa_out()(crop, (size, size), False, None, None, out=dst)
     else:  # a torch without that entry point: the same kernel through F.interpolate, then one copy
         dst.copy_(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
     if flip:
@@ -187,7 +187,7 @@ def resize_box_exact(images: torch.Tensor, box: tuple[float, float, float, float
     return images[..., top:top + size, left:left + size]
 
 
-@functools.cache
+@cache
 def _roi_decoder(pid: int):
     """This process's nvImageCodec CPU decoder (libjpeg-turbo, one thread: a DataLoader worker is one core);
     keyed by ``pid`` so that a forked worker makes its own instead of using its parent's threads."""
@@ -361,7 +361,7 @@ def decoder_name() -> str:
     return f"{roi}simplejpeg {simplejpeg.__version__} (libjpeg-turbo) + {pil}"
 
 
-@functools.cache
+@cache
 def is_pillow_simd() -> bool:
     """True when the ``PIL`` package this process imports is pillow-simd's (``make simd``), not stock Pillow's."""
     try:

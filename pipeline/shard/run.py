@@ -46,6 +46,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import dataset as dsinfo
+from pipeline.compat import remove_suffix, shutdown_cancelling
 from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, ImageRejected, RejectReason, normalize_image
 from pipeline.shard.jsonsafe import escape_text, json_safe, needs_escape
 from pipeline.shard.lifetime import die_with_parent
@@ -499,6 +500,7 @@ def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, ba
     to ``commit``; on any error or Ctrl-C stop them now."""
     ctx = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(min(workers, len(todo)), ctx, _init_pool_worker, (os.getpid(), *init_args))
+    pending_futures: set = set()
     try:
         pending_futures = {pool.submit(_write_shard, t) for t in todo}
         while pending_futures:
@@ -516,7 +518,7 @@ def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, ba
         # removed by the next run; complete shards are kept for --resume).
         for proc in list(getattr(pool, "_processes", {}).values()):
             proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        shutdown_cancelling(pool, pending_futures)
         raise
     pool.shutdown()
 
@@ -576,7 +578,7 @@ def _remove_stale(out: Path, tasks: list[ShardTask]) -> None:
     """Remove shards, indexes, temporary files and part records of ``out`` that no task of this run names."""
     wanted = {t.name for t in tasks} | {t.name.replace(".tar", ".idx") for t in tasks}
     for p in out.iterdir():
-        ours = _SHARD_NAME.fullmatch(p.name.removesuffix(TMP_SUFFIX))
+        ours = _SHARD_NAME.fullmatch(remove_suffix(p.name, TMP_SUFFIX))
         if ours and (p.name.endswith(TMP_SUFFIX) or p.name not in wanted):
             p.unlink(missing_ok=True)
     task_parts = {f"{t.name}.json" for t in tasks}

@@ -19,7 +19,7 @@ import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Tuple
 
 from PIL import Image
 
@@ -28,7 +28,7 @@ from pipeline.shard.lifetime import die_with_parent
 from pipeline.shard.writer import IDX_VERSION, index_name
 
 REQUIRED = ("jpg", "cls", "lbl", "json")
-_Member = tuple[str, str, int, int]  # sample key, extension, data offset, size
+_Member = Tuple[str, str, int, int]  # sample key, extension, data offset, size
 _Bad = Callable[[str, str], None]  # records a problem: (sample key or "", what)
 
 
@@ -112,7 +112,7 @@ def _check_sample(key: str, s: dict[str, bytes], num_classes: int, bad: _Bad) ->
         bad(key, f"missing member(s) {', '.join(missing)}")
         return
     try:
-        cls = int(s["cls"].decode("ascii"))
+        cls = int(str(s["cls"], "ascii"))
         (lbl,) = struct.unpack("<i", s["lbl"])
         meta = json.loads(s["json"])
     except (ValueError, UnicodeDecodeError, struct.error) as exc:

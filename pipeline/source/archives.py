@@ -91,6 +91,9 @@ def _iter_tar(fd: int, start: int, size: int, name: str):
     Raises:
         tarfile.ReadError: not a tar, or a header is broken (members before it have been yielded).
     """
+    if size == 0 or not os.pread(fd, min(size, 512), start).strip(b"\0"):
+        return  # an empty tar (no bytes, or an end-of-archive block first): no members. Said here, not by
+        # tarfile: Python 3.8's TarFile.next() seeks to offset -1 on one
     with tarfile.open(fileobj=_Window(fd, start, size, name), mode="r:") as tf:
         while True:
             m = tf.next()

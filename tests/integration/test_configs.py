@@ -8,11 +8,11 @@ import os
 import socket
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 
+from pipeline.compat import toml_loads
 from tools import train as train_cli
 from tools.config_file import load_defaults, parse_args_with_config, resolved_path, resolved_toml
 from train.precision import Precision
@@ -121,7 +121,7 @@ def test_resolved_config_round_trip(tmp_path):
     assert 'data = "s3://bucket/shards"' in text and 'precision = "bf16"' in text and "no_eval = true" in text
     keys = {line.split(" = ")[0] for line in text.splitlines() if not line.startswith("#")}
     assert "max_steps" not in keys and "config" not in keys  # None values and --config itself left out
-    tables = tomllib.loads(text)  # grouped by component: the run's own options at the top level
+    tables = toml_loads(text)  # grouped by component: the run's own options at the top level
     assert tables["data"] == "s3://bucket/shards" and tables["epochs"] == 3 and tables["no_eval"] is True
     assert tables["loader"] == {"loader": "cpu", "batch_size": 256, "image_size": 224, "workers": 2,
                                 "shuffle_buffer": 500, "synthetic_train_samples": 1_281_167,

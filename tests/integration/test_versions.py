@@ -1,12 +1,12 @@
-"""Version policy: pyproject.toml's ranges cover the GPU machine (Python 3.12, torch 2.11, torchvision 0.26) and
-the development venv; constraints.txt pins, inside those ranges, exactly what this venv has; the Makefile's
-installs use it."""
+"""Version policy: pyproject.toml's ranges cover FlagPerf's MetaX C500 stack (Python 3.8, torch 2.0, torchvision
+0.15) up to Python 3.13 and torch 2.14, the GPU machine (Python 3.12, torch 2.11, torchvision 0.26) and the
+development venv; constraints.txt pins, inside those ranges, exactly what this venv has; the Makefile's installs
+use it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -15,8 +15,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from pipeline.compat import toml_loads
+
 REPO = Path(__file__).resolve().parents[2]
-PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+PROJECT = toml_loads((REPO / "pyproject.toml").read_text())["project"]
 UNPINNED_EXTRAS = {"gpu"}  # nvidia-ml-py: only on the GPU machine, not in the development venv
 
 
@@ -24,7 +26,8 @@ def _requirements() -> list[Requirement]:
     extras = PROJECT["optional-dependencies"]
     reqs = list(PROJECT["dependencies"]) + [r for name, rs in extras.items() if name not in UNPINNED_EXTRAS
                                             for r in rs]
-    return [Requirement(r) for r in reqs]
+    # a requirement for other Pythons only (tomli below 3.11) is neither pinned nor installed here
+    return [r for r in map(Requirement, reqs) if r.marker is None or r.marker.evaluate()]
 
 
 def _pins() -> dict[str, Version]:
@@ -38,14 +41,19 @@ def _pins() -> dict[str, Version]:
     return pins
 
 
-def test_ranges_cover_the_gpu_machine_and_this_venv():
+def test_ranges_cover_the_c500_stack_the_gpu_machine_and_this_venv():
     python = SpecifierSet(PROJECT["requires-python"])
-    assert [v for v in ("3.10", "3.11", "3.12", "3.13") if v in python] == ["3.11", "3.12"]
+    assert [v for v in ("3.7", "3.8", "3.10", "3.11", "3.12", "3.13", "3.14") if v in python] == [
+        "3.8", "3.10", "3.11", "3.12", "3.13"]
     reqs = {canonicalize_name(r.name): r.specifier for r in _requirements()}
-    for name, ok, bad in (("torch", ("2.11.0", "2.14.1"), ("2.10.0", "2.15.0")),
-                          ("torchvision", ("0.26.0", "0.29.1"), ("0.25.0", "0.30.0"))):
+    for name, ok, bad in (("torch", ("2.0.0", "2.0.1", "2.1.2", "2.11.0", "2.14.1"), ("1.13.1", "2.15.0")),
+                          ("torchvision", ("0.15.2", "0.16.2", "0.26.0", "0.29.1"), ("0.14.1", "0.30.0")),
+                          ("numpy", ("1.24.4", "2.4.6"), ("1.23.5", "3.0.0"))):
         assert all(reqs[name].contains(v) for v in ok) and not any(reqs[name].contains(v) for v in bad), name
     assert PROJECT["optional-dependencies"]["gpu"] == ["nvidia-ml-py"]
+    tomli = [Requirement(r) for r in PROJECT["dependencies"] if r.startswith("tomli")]
+    assert len(tomli) == 1 and not tomli[0].marker.evaluate({"python_version": "3.11"}) \
+        and tomli[0].marker.evaluate({"python_version": "3.8"})  # the tomllib backport, below 3.11 only
 
 
 IN_PROJECT_VENV = Path(sys.prefix).resolve() == (REPO / ".venv").resolve()

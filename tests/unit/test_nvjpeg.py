@@ -137,7 +137,12 @@ def test_batch_decode_retries_one_by_one_and_decode_images_routes_the_rest():
     cmyk, png = encode(noise(2).convert("CMYK")), encode(noise(3), "PNG")
     streams = [t(good), t(cmyk), t(png)]
     got = nv.decode_images(streams, [nv.nvjpeg_decodable(bytes(s.numpy())) for s in streams], CPU)
-    assert got[0].shape == got[1].shape == (3, 30, 40) and got[2] is None  # PNG: left to PIL
+    assert got[0].shape == (3, 30, 40) and got[2] is None  # PNG: left to PIL
+    try:  # torchvision < 0.16 cannot convert CMYK to RGB: then it is left to PIL too (NvjpegLoader decodes it)
+        cmyk_on_cpu = nv._decode(streams[1], CPU) is not None
+    except RuntimeError:
+        cmyk_on_cpu = False
+    assert (got[1].shape == (3, 30, 40)) if cmyk_on_cpu else got[1] is None
 
 
 def build_shards(tmp_path: Path, split: str, replace: dict[int, bytes]) -> Path:

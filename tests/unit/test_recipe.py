@@ -61,7 +61,10 @@ def test_ema_tracks_weights():
 def test_ema_matches_torch_averaged_model_and_its_count_survives_a_state_dict():
     """Same numbers as torch's AveragedModel (EMA fn, buffers averaged), and the update count is in the state:
     an EMA restored from a state_dict continues the average instead of restarting from the live weights."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    swa_utils = pytest.importorskip("torch.optim.swa_utils")
+    if not hasattr(swa_utils, "get_ema_multi_avg_fn"):
+        pytest.skip(f"torch {torch.__version__} has no get_ema_multi_avg_fn (the reference; torch 2.1+)")
+    AveragedModel, get_ema_multi_avg_fn = swa_utils.AveragedModel, swa_utils.get_ema_multi_avg_fn
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
@@ -93,7 +96,11 @@ def test_precision_modes_build_a_scaler_only_for_amp():
     assert make_grad_scaler(Precision.BF16, CPU) is None  # bf16 has fp32's range: no loss scaling
     assert make_grad_scaler(Precision.FP16, CPU) is None
     assert make_grad_scaler(Precision.FP32, CPU) is None
-    assert isinstance(make_grad_scaler(Precision.AMP, CPU), torch.amp.GradScaler)
+    if hasattr(torch.amp, "GradScaler"):  # torch 2.3+: a CPU GradScaler exists
+        assert isinstance(make_grad_scaler(Precision.AMP, CPU), torch.amp.GradScaler)
+    else:  # torch 2.0-2.2: one line saying what to use instead
+        with pytest.raises(ValueError, match="--precision amp on a cpu device needs torch.amp.GradScaler"):
+            make_grad_scaler(Precision.AMP, CPU)
     assert model_dtype(Precision.FP16) is torch.float16 and model_dtype(Precision.BF16) is torch.float32
     model = build_resnet50(10, CPU, dtype=model_dtype(Precision.FP16))
     assert all(p.dtype is torch.float16 for p in model.parameters())
@@ -116,8 +123,12 @@ def test_sgd_after_a_step_the_grad_scaler_skipped_is_plain_momentum_sgd(fused):
     CPU fused kernel, the same logic as CUDA's."""
     from train.recipe import build_sgd
 
+    if not hasattr(torch.amp, "GradScaler"):
+        pytest.skip(f"torch {torch.__version__} has no CPU GradScaler (torch 2.3+)")
     p = torch.nn.Parameter(torch.ones(4))
-    opt = build_sgd([{"params": [p], "weight_decay": 0.0}], lr=0.1, momentum=0.875, nesterov=False, fused=fused)
+    opt, impl = build_sgd([{"params": [p], "weight_decay": 0.0}], lr=0.1, momentum=0.875, nesterov=False,
+                          fused=fused)
+    assert impl in (("fused", "foreach") if fused else ("foreach",))
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
     scaler.scale(torch.ones(()))  # initialises the scale, as scaling the loss does
     for grad in (torch.full((4,), float("inf")), torch.ones(4)):  # step 1 overflows: GradScaler skips it

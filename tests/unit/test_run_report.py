@@ -16,7 +16,7 @@ FLAGPERF = ["e2e_time", "p_whole", "p_train", "p_core", "acc1", "mem_used_gib", 
             "mem", "acc5", "eval_images", "val_samples"]
 TRAIN_KEYS = [
     *FLAGPERF, "steps", "ema_acc1", "target_acc1", "target_reached_epoch", "final_train_image_size",
-    "channels_last", "compile", "resumed_from_step", "resumed_from", "checkpoint_s", "resume_skip_s",
+    "channels_last", "compile", "optimizer_impl", "grad_scaler_syncs_per_step", "resumed_from_step", "resumed_from", "checkpoint_s", "resume_skip_s",
     "checkpoints_written", "warmup_steps", "warmup_s_rank0", "total_trained_images", "skipped_samples",
     "skipped_examples_rank0", "rank_steps_min", "rank_steps_max", "epochs", "timing", "device_syncs_rank0",
     "data_wait_fraction", "times_s", "rank0_times_s", "verdict", "loader_stage_seconds_per_image_rank0",
@@ -29,8 +29,9 @@ TEST_ONLY_KEYS = [
 TIMES = ["e2e", "loop", "eval", "compute", "data"]
 VERDICT = ["io_bound", "ratio", "dominant_stage", "cores_needed", "levers", "lines"]
 VERSIONS = ["python", "torch", "torchvision", "cuda", "cudnn", "driver", "dali"]
-ENVIRONMENT = ["machine", "cpu", "cpu_cores", "accelerator", "accelerator_count", "nodes", "processes_per_node",
-               "interconnect", "os", "kernel", "driver", "docker", "framework", "cuda", "dependencies"]
+ENVIRONMENT = ["machine", "cpu", "cpu_cores", "accelerator", "accelerator_vendor", "accelerator_count", "nodes",
+               "processes_per_node", "interconnect", "os", "kernel", "driver", "accelerator_tool", "docker",
+               "framework", "cuda", "maca", "tf32", "tf32_mechanism", "dependencies"]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,9 @@ def test_train_metrics_json_keys_and_order(trained):
     assert list(m["environment"]) == ENVIRONMENT
     env = m["environment"]
     assert (env["nodes"], env["processes_per_node"], env["accelerator_count"]) == (1, 1, 0)
+    assert (env["accelerator"], env["accelerator_vendor"], env["accelerator_tool"], env["maca"]) == (None, "none",
+                                                                                                    None, None)
+    assert (env["tf32"], env["tf32_mechanism"]) == (None, None)  # a CPU run: no TF32 (MetaX: see test_accelerator)
     assert env["framework"] == f"pytorch-{m['versions']['torch']}" and env["cpu_cores"] >= 1
     assert env["dependencies"]["torchvision"] == m["versions"]["torchvision"]
     assert (m["steps"], m["epochs"], m["warmup_steps"], m["trained_images"], m["total_trained_images"]) == (6, 2, 1,

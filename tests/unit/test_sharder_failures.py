@@ -119,7 +119,15 @@ def test_read_only_output_is_one_line(tmp_path, monkeypatch, capsys):
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real_mkdir(path, *args, **kwargs)
 
+    real_path_mkdir = Path.mkdir
+
+    def path_mkdir(self, *args, **kwargs):  # Python 3.8's pathlib calls its own reference to os.mkdir
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_path_mkdir(self, *args, **kwargs)
+
     monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(Path, "mkdir", path_mkdir)
     rc, _, err = run_cli([src, "--out", tmp_path / "ro" / "shards"], capsys)
     assert rc == 2
     line = one_error_line(err)

@@ -118,11 +118,18 @@ def test_worker_batch_buffer_is_shared_memory():
     assert not batch_buffer(3, 16, shared=False).is_shared()
 
 
+def test_worker_batch_buffer_without_the_private_shared_allocator(monkeypatch):
+    """A torch without ``UntypedStorage._new_shared``: the buffer is made, then moved to shared memory."""
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", None, raising=False)
+    b = batch_buffer(3, 16, shared=True)
+    assert b.shape == (3, 16, 16, 3) and b.dtype == torch.uint8 and b.is_shared() and b.is_contiguous()
+
+
 def test_resize_without_the_out_kernel_is_the_same(monkeypatch):
     """A torch without the private out= entry point of the antialiased resize: F.interpolate + a copy, same pixels."""
     data = [f.read_bytes() for f in FILES[:6]]
     with_kernel = [T.decode_train(d, 40, random.Random(i)) for i, d in enumerate(data)]
-    monkeypatch.setattr(T, "_UPSAMPLE_AA_OUT", None)
+    monkeypatch.setattr(T, "upsample_aa_out", lambda: None)
     for i, d in enumerate(data):
         slot = torch.zeros((40, 40, 3), dtype=torch.uint8)
         assert torch.equal(T.decode_train(d, 40, random.Random(i), out=slot), with_kernel[i]), i

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import torch
 
 from pipeline.backends import DataInput, LoaderConfig, LoaderKind, Split, backend_spec, build_loader
+from pipeline.compat import check_numpy_interop
 from pipeline.dataset import DatasetInfo, load_info
 from pipeline.backends.probe import StageCosts
 from train.config import OptimConfig, TrainConfig
@@ -50,8 +51,9 @@ class IoBenchConfig:
 
     Attributes:
         data: shard folder written by shard-imagenet (or its URL prefix: the cpu backend only).
-        loaders: backends to measure (unavailable ones are skipped with the reason in the report; any backend
-            that reads data, nvjpeg included; those without a stage probe get no per-stage line).
+        loaders: backends to measure (unavailable ones are skipped with the reason in the report, as are dali and
+            nvjpeg on a ``cuda`` device that is not NVIDIA's; any backend that reads data, nvjpeg included; those
+            without a stage probe get no per-stage line).
         workers: worker counts of the sweep; None = 1, 2, 4, ... and the number of cores.
         batch_size, image_size, precision: of the loaders and of the training step.
         repeat: timed windows per sweep point; loader_batches: batches per window (at least 5 per worker);
@@ -410,10 +412,19 @@ def _new_result(s: _Setup) -> IoBenchResult:
 
 
 def _why_not_measured(kind: LoaderKind, s: _Setup) -> str | None:
-    """Why backend ``kind`` cannot be measured here (one line), or None."""
+    """Why backend ``kind`` cannot be measured here (one line), or None: no input for it, not installed, a
+    backend that needs an NVIDIA GPU on another vendor's ``cuda`` device (:func:`train.build.check_loader_device`:
+    ``--loader dali needs an NVIDIA GPU; this run's device is MetaX C500 (cuda): use --loader cpu``), local files
+    only with a URL dataset."""
+    from train.build import check_loader_device
+
     spec = backend_spec(kind)
     if spec.needs is DataInput.IMAGE_TREE and s.folder_root is None:
         return "no ImageFolder tree: pass --folder-root DIR (the class-folder tree the shards were made from)"
+    try:
+        check_loader_device(kind, s.device)
+    except ValueError as exc:
+        return str(exc)
     missing = spec.available()
     if missing is not None:
         return missing
@@ -441,6 +452,7 @@ def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> I
         pipeline.dataset.DatasetError: ``c.data`` is not a usable shard folder.
         ValueError: bad options.
     """
+    check_numpy_interop()
     s = _setup(c, progress)
     result = _new_result(s)
     loaders = _usable_loaders(s, result.skipped)
