@@ -1,5 +1,10 @@
 # Two entry points (see README): `make demo` and `make test`.
-PYTHON ?= python3.11
+# The Python that makes $(VENV) (README "Supported stacks"): PYTHON=/path/to/python overrides; else python3.11, the
+# tested development version, where present; else the first of python3.12, 3.13, 3.10, 3.9, 3.8, python3 on PATH
+# whose version is in 3.8-3.13. Empty when none fits: the install then stops with one line saying which work.
+SUPPORTED_PYTHONS := 3.11 3.12 3.13 3.10 3.9 3.8
+python_fits = $(shell $(1) -c 'import sys; print(sys.executable if (3, 8) <= sys.version_info[:2] <= (3, 13) else "")' 2>/dev/null)
+PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(call python_fits,python$(v))) $(call python_fits,python3))
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Set IMAGENET=/path/to/imagenet to run the demo on a real class-folder tree instead of the embedded one.
@@ -9,21 +14,28 @@ WORKERS ?= 2
 # Training flags of the demo: a low-resolution run that learns the embedded classes in a few minutes on 2 cores.
 DEMO_TRAIN_ARGS ?= --epochs 8 --batch-size 32 --image-size 64 --warmup-epochs 1 --workers 1 --log-every 5
 
-# Every install into $(VENV) takes the exact tested versions of constraints.txt (pyproject.toml: the ranges).
+# Every install into a Python 3.11 $(VENV) takes the exact tested versions of constraints.txt; with another Python
+# pip resolves pyproject.toml's ranges for it (constraints.txt pins the 3.11 set, e.g. numpy 2.4, absent on 3.8).
 CONSTRAINTS := constraints.txt
-PIP := $(BIN)/python -m pip install --quiet -c $(CONSTRAINTS)
+VENV_PYTHON_VERSION = $(shell p=$(BIN)/python; test -x $$p || p="$(PYTHON)"; $$p -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+PINNED = $(filter 3.11,$(VENV_PYTHON_VERSION))
+PIP = $(BIN)/python -m pip install --quiet $(if $(PINNED),-c $(CONSTRAINTS))
 
 .PHONY: demo test install flagperf simd unsimd clean gpu-wheels gpu-check gpu-smoke
 
 $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "make: no Python 3.8-3.13 found (python3.11 is the tested \
+	one); install one, or pass PYTHON=/path/to/python3.X"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PINNED)" || echo "make: $(VENV) has Python $(VENV_PYTHON_VERSION), not the tested 3.11: installing \
+	pyproject.toml's ranges, not constraints.txt's pins"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(PIP) -e '.[dev]'
 	touch $@
 
 # The tests also exercise DALI's CPU pipelines (nvidia-dali-cuda130 runs without a GPU with device_id=None).
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(PIP) -e '.[dev,dali]'
+	$(PIP) -e '.[dev,dali]' $(if $(PINNED),,|| echo "make: no DALI wheel for Python $(VENV_PYTHON_VERSION): the DALI tests will be skipped")
 	touch $@
 
 install: $(BIN)/.installed
@@ -98,6 +110,20 @@ gpu-check:
 # The same code path with tiny sizes on this machine's CPU (< 3 minutes).
 gpu-smoke: $(BIN)/.installed-test
 	$(BIN)/python benchmarks/gpu_check.py --smoke
+
+# Stack matrix (issue 18; README "Supported stacks and `make compat`"): per leg, a venv in build/compat/<leg>/venv
+# (pyenv's Python, reused when present) with the leg's torch/torchvision and the project as pyproject.toml's ranges
+# resolve there, its unit tests, one end-to-end run per backend and the cpu loader's rate against $(VENV);
+# writes build/compat/results.{json,md} and every command's output to build/compat/<leg>/log.txt.
+# COMPAT_LEGS: comma list of py38 (3.8.18, torch 2.0.1), py310 (3.10.13, 2.1.2), py312 (3.12.1, 2.11.0),
+# py313 (3.13.0, 2.14.1). COMPAT_ARGS: more flags (--bench-rounds N, --out DIR; --keep-going is the default here:
+# set COMPAT_ARGS= to stop at the first failed leg). COMPAT_PYTHON: any python3 >= 3.8 runs the driver (stdlib only).
+COMPAT_LEGS ?= py38,py310,py312,py313
+COMPAT_ARGS ?= --keep-going
+COMPAT_PYTHON ?= python3
+.PHONY: compat
+compat: $(BIN)/.installed
+	$(COMPAT_PYTHON) benchmarks/compat.py --legs $(COMPAT_LEGS) --dev-venv $(VENV) $(COMPAT_ARGS)
 
 clean:
 	rm -rf build
