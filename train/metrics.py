@@ -126,8 +126,9 @@ def flagperf_row(m: FlagPerfMetrics, config: str, precision: str, fix_hp: str) -
 
 
 def software_versions() -> dict[str, str | None]:
-    """Versions a run depends on: Python, torch, torchvision, CUDA / cuDNN of the torch build, the NVIDIA driver
-    (NVML) and DALI; None where absent."""
+    """Versions a run depends on: Python, torch, torchvision, CUDA / cuDNN of the torch build, the accelerator's
+    driver (NVIDIA: NVML or ``nvidia-smi``; MetaX: ``mx-smi``'s kernel-mode driver; see :mod:`train.accelerator`)
+    and DALI; None where absent."""
     import importlib.metadata
 
     import torchvision
