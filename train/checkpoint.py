@@ -5,7 +5,8 @@ then ``os.replace``'d onto its final name (and the folder fsync'd): a file with 
 complete; a kill mid-write leaves only a ``*.tmp`` that :func:`latest_checkpoint` ignores and the next
 save removes. Older checkpoints are deleted only after the new one is in place (the last ``keep`` stay).
 
-Contents (only tensors and plain Python values, so ``torch.load(weights_only=True)`` reads it): a header
+Contents (only tensors and plain Python values, so ``torch.load(weights_only=True)`` of every torch from 2.0
+reads it; bytes are stored as tagged uint8 tensors, which torch 2.0 / 2.1's loader needs): a header
 (format version, model name, class count, world size, global batch, image size, precision, total steps),
 the model (unwrapped from DDP), optimizer, GradScaler, LR scheduler and EMA states (the EMA with its update
 count), the position (epoch, global step, batches done in that epoch), every rank's train-loader state
@@ -149,6 +150,34 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+BYTES_TAG = "__bytes__"
+
+
+def bytes_as_tensors(obj):
+    """``obj`` with every ``bytes`` inside dicts / lists as ``{BYTES_TAG: 1-D uint8 tensor}``: torch 2.0 / 2.1's
+    ``torch.load(weights_only=True)`` refuses pickled bytes (``_codecs.encode``), tensors load on every torch
+    (a DALI loader state holds its pipeline checkpoint as bytes)."""
+    if isinstance(obj, bytes):
+        return {BYTES_TAG: torch.frombuffer(bytearray(obj), dtype=torch.uint8) if obj else
+                torch.empty(0, dtype=torch.uint8)}
+    if isinstance(obj, dict):
+        return {k: bytes_as_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [bytes_as_tensors(v) for v in obj]
+    return obj
+
+
+def tensors_as_bytes(obj):
+    """The inverse of :func:`bytes_as_tensors` (bytes saved by an older version pass through unchanged)."""
+    if isinstance(obj, dict):
+        if set(obj) == {BYTES_TAG} and isinstance(obj[BYTES_TAG], torch.Tensor):
+            return bytes(obj[BYTES_TAG].numpy().tobytes())
+        return {k: tensors_as_bytes(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [tensors_as_bytes(v) for v in obj]
+    return obj
+
+
 def save_checkpoint(directory: Path, header: Header, progress: Progress, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler=None, scaler: torch.amp.GradScaler | None = None,
                     ema=None, keep: int = 2, loader_states: list | None = None) -> Path:
@@ -171,7 +200,7 @@ def save_checkpoint(directory: Path, header: Header, progress: Progress, model: 
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
-        "loader": list(loader_states or []),
+        "loader": bytes_as_tensors(list(loader_states or [])),
         "rng": rng_state(),
     }
     final = checkpoint_path(d, progress.step)
@@ -268,7 +297,7 @@ def load_checkpoint(path: Path, expected: Header, model: torch.nn.Module, optimi
                               f"--checkpoint-dir to start fresh") from None
     if restore_rng and payload.get("rng") is not None:
         set_rng_state(payload["rng"])
-    return Loaded(path, header, Progress(**payload["progress"]), list(payload.get("loader") or []))
+    return Loaded(path, header, Progress(**payload["progress"]), tensors_as_bytes(list(payload.get("loader") or [])))
 
 
 def every_n_steps(fn: Callable[..., T], progress: Progress, every: int | None,

@@ -333,3 +333,20 @@ def test_strided_uint8_resize_is_tried_and_crops_are_right_either_way(monkeypatc
         results.append(out.clone())
         assert (out.float() - ref.float()).abs().mean() < 1.0, trusted
     assert torch.equal(results[0], results[1])
+
+
+def test_checkpoint_bytes_travel_as_tensors_that_every_weights_only_loader_reads():
+    """torch 2.0 / 2.1's ``torch.load(weights_only=True)`` refuses pickled bytes (a DALI loader state holds some):
+    checkpoints store them as uint8 tensors and give them back as bytes; bytes of older checkpoints pass."""
+    import io
+
+    from train.checkpoint import BYTES_TAG, bytes_as_tensors, tensors_as_bytes
+
+    state = [{"pipeline": b"\x00\xffDALI", "empty": b"", "n": 3, "nested": {"b": [b"x"]}}, {}]
+    stored = bytes_as_tensors(state)
+    assert isinstance(stored[0]["pipeline"][BYTES_TAG], torch.Tensor)
+    buf = io.BytesIO()
+    torch.save(stored, buf)
+    buf.seek(0)
+    assert tensors_as_bytes(torch.load(buf, weights_only=True)) == state
+    assert tensors_as_bytes(state) == state

@@ -142,11 +142,14 @@ def same(a, b):
 
 
 def saved(state):
-    """``state`` through torch.save / torch.load(weights_only=True), as a checkpoint stores it."""
+    """``state`` through torch.save / torch.load(weights_only=True), as a checkpoint stores it (its bytes as
+    uint8 tensors: torch 2.0 / 2.1's weights_only loader refuses pickled bytes)."""
+    from train.checkpoint import bytes_as_tensors, tensors_as_bytes
+
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(bytes_as_tensors(state), buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=True)
+    return tensors_as_bytes(torch.load(buf, weights_only=True))
 
 
 def count_runs(loader, monkeypatch):
