@@ -27,14 +27,35 @@ if TYPE_CHECKING:  # torch is imported inside the functions that need it: the Py
 #: ``functools.cache`` (3.9+) or the identical ``lru_cache(maxsize=None)`` before it.
 cache: Callable = getattr(functools, "cache", None) or functools.lru_cache(maxsize=None)
 
-try:  # the standard library's TOML reader from 3.11; the same API as the tomli backport it came from
-    import tomllib  # novermin
-except ImportError:  # Python < 3.11: the tomli backport (a dependency there, see pyproject.toml)
-    import tomli as tomllib  # type: ignore[no-redef]
+def _toml_module():
+    """The standard library's TOML reader (3.11+), else the tomli backport it came from (the same API; a
+    dependency below 3.11, see pyproject.toml). Imported when first needed, so that the rest of this module
+    works without either (e.g. ``benchmarks/gpu_check.py`` on a machine with only torch)."""
+    try:
+        import tomllib  # novermin
 
-#: ``tomllib.loads`` / ``tomllib.TOMLDecodeError`` of whichever module is present.
-toml_loads: Callable[[str], dict] = tomllib.loads
-TOMLDecodeError = tomllib.TOMLDecodeError
+        return tomllib
+    except ImportError:
+        import tomli
+
+        return tomli
+
+
+class TOMLDecodeError(ValueError):
+    """A TOML text that does not parse (raised by :func:`toml_loads` for tomllib's / tomli's own error)."""
+
+
+def toml_loads(text: str) -> dict:
+    """``tomllib.loads(text)`` (tomli's before Python 3.11).
+
+    Raises:
+        TOMLDecodeError: ``text`` is not valid TOML (the parser's message kept).
+    """
+    toml = _toml_module()
+    try:
+        return toml.loads(text)
+    except toml.TOMLDecodeError as exc:
+        raise TOMLDecodeError(str(exc)) from None
 
 
 class _BooleanOptionalAction(argparse.Action):
@@ -193,6 +214,34 @@ def grad_scaler(device_type: str):
 
 
 @cache
+def cpu_float16_supported() -> bool:
+    """Whether this torch runs a float16 model on the CPU (``--precision fp16``): a 1×1 conv, batch norm, max
+    pool, linear and log-softmax in float16, tried once. torch 2.0 and 2.1 have no float16 CPU kernels for these
+    ("slow_conv2d_cpu" not implemented for 'Half')."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.ones(1, 2, 4, 4, dtype=torch.float16)
+    try:
+        y = F.conv2d(x, torch.ones(2, 2, 1, 1, dtype=torch.float16))
+        y = F.batch_norm(y, torch.zeros(2, dtype=torch.float16), torch.ones(2, dtype=torch.float16), training=True)
+        y = F.max_pool2d(y, 2).flatten(1)
+        F.log_softmax(F.linear(y, torch.ones(3, y.shape[1], dtype=torch.float16)), dim=1)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def cuda_device_uuid(device) -> str | None:
+    """The CUDA device's UUID as NVML names it (``GPU-…``), or None where torch does not tell it
+    (``get_device_properties(...).uuid`` is absent in torch 2.0 and 2.1)."""
+    import torch
+
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return None if uuid is None else f"GPU-{uuid}"
+
+
+@cache
 def autocast_dtype_supported(device_type: str, dtype: torch.dtype) -> bool:
     """Whether ``torch.autocast(device_type, dtype=dtype)`` computes in ``dtype`` here, tried once with a 2×2
     matmul on the CPU (torch 2.0's CPU autocast takes only bfloat16 and refuses float16); CUDA's autocast takes
@@ -226,9 +275,10 @@ def make_sgd(groups: list, lr: float, momentum: float, nesterov: bool, fused: bo
              ) -> tuple[torch.optim.SGD, str]:
     """``torch.optim.SGD`` over ``groups`` and the :class:`SgdImpl` it runs with.
 
-    ``fused=True`` asks for the fused kernel (torch 2.3+ on CUDA, later also on CPU); where this torch or this
-    device has none, SGD runs with ``foreach`` (the same update, several kernels) or, without that, the for-loop,
-    and the result says so. All three compute the same update (``buf = m·buf + g``, ``p -= lr·buf``, Nesterov
+    ``fused=True`` asks for the fused kernel (torch 2.3+ on CUDA, later also on CPU); torch checks the device
+    only at the first step, so one step on a one-element parameter on the groups' device is tried first. Where
+    this torch or this device has none, SGD runs with ``foreach`` (the same update, several kernels) or, without
+    that, the for-loop, and the result says so. All three compute the same update (``buf = m·buf + g``, ``p -= lr·buf``, Nesterov
     likewise). With a GradScaler, only the fused one takes the scale and the inf flag on the device; the others
     make GradScaler read the inf flag on the host once a step (one device synchronisation per step).
     """
@@ -236,14 +286,41 @@ def make_sgd(groups: list, lr: float, momentum: float, nesterov: bool, fused: bo
 
     params = inspect.signature(torch.optim.SGD.__init__).parameters
     kwargs = dict(lr=lr, momentum=momentum, nesterov=nesterov)
-    if fused and "fused" in params:
+    if fused and "fused" in params and _fused_sgd_steps(_first_param(groups)):
         try:
             return torch.optim.SGD(groups, fused=True, **kwargs), SgdImpl.FUSED
-        except (RuntimeError, ValueError, TypeError):  # no fused kernel for these parameters' device here
+        except (RuntimeError, ValueError, TypeError):  # refused for these parameters (e.g. a dtype)
             pass
     if "foreach" in params:
         return torch.optim.SGD(groups, foreach=True, **kwargs), SgdImpl.FOREACH
     return torch.optim.SGD(groups, **kwargs), SgdImpl.FOR_LOOP
+
+
+def _first_param(groups: list):
+    import torch
+
+    for g in groups:
+        for p in (g["params"] if isinstance(g, dict) else [g]):
+            return p
+    return torch.zeros(1)
+
+
+def _fused_sgd_steps(like) -> bool:
+    """Whether fused SGD takes a step on ``like``'s device and dtype here (tried once per device and dtype)."""
+    return _fused_sgd_steps_on(str(like.device), like.dtype)
+
+
+@cache
+def _fused_sgd_steps_on(device: str, dtype) -> bool:
+    import torch
+
+    p = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+    p.grad = torch.zeros_like(p)
+    try:
+        torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
+    except (RuntimeError, ValueError, TypeError, NotImplementedError):
+        return False
+    return True
 
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -361,5 +438,6 @@ def image_folder_class():
 __all__ = ["BooleanOptionalAction", "SgdImpl", "TOMLDecodeError", "autocast_dtype_supported",
            "cache", "compile_model", "decode_jpeg_one", "decode_jpegs", "grad_scaler", "image_folder_class",
            "init_process_group", "make_sgd", "new_process_group_kwargs", "new_shared_uint8", "remove_suffix", "shutdown_cancelling",
-           "aa_resize_reads_strided_uint8", "check_numpy_interop", "foreach_copy_",
+           "aa_resize_reads_strided_uint8", "check_numpy_interop", "cpu_float16_supported",
+           "cuda_device_uuid", "foreach_copy_",
            "toml_loads", "upsample_aa_out", "zip_strict"]

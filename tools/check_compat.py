@@ -64,6 +64,7 @@ NEWER_KEYWORDS = {
     ("zip", "strict"): "pipeline.compat.zip_strict (zip(strict=) is Python 3.10+)",
     ("Popen", "process_group"): "pipeline.compat.new_process_group_kwargs (process_group= is Python 3.11+)",
     ("DataLoader", "in_order"): "no in_order= (torch 2.6+)",
+    ("load", "mmap"): "torch.load without mmap= (torch 2.1+)",
     ("shutdown", "cancel_futures"): "pipeline.compat.shutdown_cancelling (cancel_futures= is Python 3.9+)",
 }
 #: Modules newer than Python 3.8 / torch 2.0, imported only through pipeline.compat.
@@ -142,6 +143,27 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
+def _import_aliases(tree: ast.AST) -> dict:
+    """Local name → what it stands for, from ``import a.b as x`` and ``from a import b [as x]``."""
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    aliases[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+    return aliases
+
+
+def _resolve(dotted: str, aliases: dict) -> str:
+    """``dotted`` with its first name replaced by what an import bound it to."""
+    head, _, rest = dotted.partition(".")
+    full = aliases.get(head)
+    return dotted if full is None else (f"{full}.{rest}" if rest else full)
+
+
 def _annotation_nodes(tree: ast.AST) -> set[int]:
     """ids of every node inside an annotation (arguments, returns, annotated assignments)."""
     roots: list[ast.AST] = []
@@ -198,6 +220,7 @@ def rule_findings(path: Path, text: str, exempt_apis: bool) -> list[Finding]:
             out.append(Finding(path, line, "a vermin exemption outside pipeline/compat.py: put the newer API "
                                            "behind a fallback there"))
     in_annotation = _annotation_nodes(tree)
+    aliases = _import_aliases(tree)
     for node in ast.walk(tree):
         if id(node) in in_annotation:
             continue
@@ -213,19 +236,31 @@ def rule_findings(path: Path, text: str, exempt_apis: bool) -> list[Finding]:
         if exempt_apis:
             continue
         if isinstance(node, ast.Attribute):
-            dotted = _dotted(node) or node.attr
+            dotted = _resolve(_dotted(node) or node.attr, aliases)
+            if node.attr == "uuid" and isinstance(node.value, ast.Call) and \
+                    (_dotted(node.value.func) or "").endswith("get_device_properties"):
+                out.append(Finding(path, line, "get_device_properties(...).uuid: not in torch 2.0 / 2.1; use "
+                                               "pipeline.compat.cuda_device_uuid"))
+                continue
             for suffix, instead in NEWER_ATTRIBUTES.items():
                 if _suffix_match(dotted, suffix) or ("." not in suffix and node.attr == suffix):
                     out.append(Finding(path, line, f"{dotted}: not in the oldest supported stack; use {instead}"))
                     break
         elif isinstance(node, ast.Call):
-            name = _dotted(node.func) or ""
+            name = _dotted(node.func) or (node.func.attr if isinstance(node.func, ast.Attribute) else "")
             for (callee, keyword), instead in NEWER_KEYWORDS.items():
                 if _suffix_match(name, callee) and any(k.arg == keyword for k in node.keywords):
                     out.append(Finding(path, line, f"{name}({keyword}=...): not in the oldest supported stack; "
                                                    f"use {instead}"))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if isinstance(node, ast.ImportFrom):  # from torch.amp import GradScaler: the name it binds
+                for a in node.names:
+                    full = f"{node.module or ''}.{a.name}"
+                    for suffix, instead in NEWER_ATTRIBUTES.items():
+                        if "." in suffix and _suffix_match(full, suffix):
+                            out.append(Finding(path, line, f"from {node.module} import {a.name}: not in the oldest "
+                                                           f"supported stack; use {instead}"))
             for module in modules:
                 if module.split(".")[0] in NEWER_IMPORTS:
                     out.append(Finding(path, line, f"import {module}: use {NEWER_IMPORTS[module.split('.')[0]]}"))

@@ -162,8 +162,8 @@ def bytes_as_tensors(obj):
                 torch.empty(0, dtype=torch.uint8)}
     if isinstance(obj, dict):
         return {k: bytes_as_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [bytes_as_tensors(v) for v in obj]
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(bytes_as_tensors(v) for v in obj)
     return obj
 
 
@@ -173,8 +173,8 @@ def tensors_as_bytes(obj):
         if set(obj) == {BYTES_TAG} and isinstance(obj[BYTES_TAG], torch.Tensor):
             return bytes(obj[BYTES_TAG].numpy().tobytes())
         return {k: tensors_as_bytes(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [tensors_as_bytes(v) for v in obj]
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tensors_as_bytes(v) for v in obj)
     return obj
 
 

@@ -36,6 +36,7 @@ from typing import Callable
 
 import torch
 
+from pipeline.compat import cuda_device_uuid
 from train import accelerator
 from train.accelerator import MXSMI, NVIDIA_SMI, ToolError, Vendor
 
@@ -70,14 +71,22 @@ class MemoryUse:
 def nvml_used_reader(device: torch.device) -> Callable[[], int] | None:
     """A function returning the device's used memory in bytes through NVML, or None when NVML is unavailable.
 
-    The NVML device is found by the CUDA device's UUID (so ``CUDA_VISIBLE_DEVICES`` renumbering is harmless).
+    The NVML device is found by the CUDA device's UUID (so ``CUDA_VISIBLE_DEVICES`` renumbering is harmless);
+    where torch does not tell the UUID (torch 2.0 / 2.1), by its index mapped through ``CUDA_VISIBLE_DEVICES``.
     """
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        uuid = f"GPU-{torch.cuda.get_device_properties(device).uuid}"
-        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid.encode())  # bytes: older nvidia-ml-py take no str
+        uuid = cuda_device_uuid(device)
+        if uuid is not None:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid.encode())  # bytes: older nvidia-ml-py take no str
+        else:
+            index = accelerator.physical_index(device.index if device.index is not None
+                                               else torch.cuda.current_device(), Vendor.NVIDIA)
+            if index is None:
+                return None
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         pynvml.nvmlDeviceGetMemoryInfo(handle)
     except Exception:  # noqa: BLE001 - not installed, no driver library, unknown UUID: use cudaMemGetInfo
         return None
@@ -227,7 +236,7 @@ class DeviceMemoryMonitor:
     def stop(self) -> int:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=self.interval + TOOL_TIMEOUT_S + 1.0)  # a tool call in flight ends first
         self._sample()
         return self.peak
 

@@ -25,7 +25,7 @@ from enum import Enum
 
 import torch
 
-from pipeline.compat import autocast_dtype_supported, grad_scaler
+from pipeline.compat import autocast_dtype_supported, cpu_float16_supported, grad_scaler
 
 from train.accelerator import Vendor, vendor_hint
 
@@ -72,7 +72,8 @@ def make_grad_scaler(precision: Precision, device: torch.device):
 def unsupported(precision: Precision, device: torch.device) -> str | None:
     """Why ``precision`` (a resolved one) cannot run on ``device`` with this torch, in one line, or None.
 
-    torch 2.0's CPU autocast takes only bfloat16 (``amp`` is float16 autocast) and its CPU has no GradScaler.
+    torch 2.0 / 2.1's CPU autocast takes only bfloat16 (``amp`` is float16 autocast), their CPU has no GradScaler
+    and no float16 convolution (``fp16``).
     """
     dtype = {Precision.AMP: torch.float16, Precision.BF16: torch.bfloat16}.get(precision)
     if dtype is not None and not autocast_dtype_supported(device.type, dtype):
@@ -85,6 +86,9 @@ def unsupported(precision: Precision, device: torch.device) -> str | None:
             grad_scaler(device.type)
         except ValueError as exc:
             return str(exc)
+    if precision is Precision.FP16 and device.type == "cpu" and not cpu_float16_supported():
+        return (f"--precision fp16 needs float16 CPU kernels (convolution, batch norm), which torch "
+                f"{torch.__version__} does not have: use --precision fp32")
     return None
 
 

@@ -520,7 +520,8 @@ class DaliLoader:
         position: batches of that epoch already yielded; an epoch's end is the next epoch's batch 0),
         ``reader_batch`` (batches taken in DALI's current reader epoch, which runs past the epoch's last
         yielded batch), ``pipeline`` (DALI's serialized checkpoint, bytes) and ``sha256`` (of ``pipeline``).
-        Only str, int, bool, bytes and dicts: ``torch.load(weights_only=True)`` reads it.
+        Only str, int, bool, bytes and dicts: ``torch.load(weights_only=True)`` reads it (on torch 2.0 / 2.1 only
+        through :mod:`train.checkpoint`, which stores the bytes as uint8 tensors).
         """
         if self.split is not Split.TRAIN:
             return {}

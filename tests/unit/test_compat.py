@@ -71,7 +71,7 @@ def test_toml_reader_is_tomllib_or_the_tomli_backport():
     with pytest.raises(compat.TOMLDecodeError):
         compat.toml_loads("a = = 1")
     expected = "tomllib" if sys.version_info >= (3, 11) else "tomli"
-    assert compat.tomllib.__name__ == expected
+    assert compat._toml_module().__name__ == expected
 
 
 @pytest.mark.parametrize("has_process_group", [True, False])
@@ -350,3 +350,31 @@ def test_checkpoint_bytes_travel_as_tensors_that_every_weights_only_loader_reads
     buf.seek(0)
     assert tensors_as_bytes(torch.load(buf, weights_only=True)) == state
     assert tensors_as_bytes(state) == state
+
+
+def test_fp16_on_a_cpu_is_tried_and_refused_in_one_line_where_absent(monkeypatch):
+    from train import precision as P
+
+    cpu = torch.device("cpu")
+    assert isinstance(compat.cpu_float16_supported(), bool)
+    monkeypatch.setattr(P, "cpu_float16_supported", lambda: False)  # torch 2.0 / 2.1
+    why = P.unsupported(P.Precision.FP16, cpu)
+    assert why is not None and "--precision fp16 needs float16 CPU kernels" in why and "\n" not in why
+    assert P.unsupported(P.Precision.FP32, cpu) is None
+    assert P.unsupported(P.Precision.FP16, torch.device("cuda", 0)) is None  # CUDA has float16 kernels
+
+
+def test_fused_sgd_is_chosen_only_where_a_step_runs(monkeypatch):
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    monkeypatch.setattr(compat, "_fused_sgd_steps_on", lambda device, dtype: False)  # checked only at step time
+    assert compat.make_sgd(groups, 0.1, 0.9, False, fused=True)[1] == compat.SgdImpl.FOREACH
+
+
+def test_cuda_device_uuid_where_torch_tells_it(monkeypatch):
+    class Props:
+        uuid = "1234-abcd"
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    assert compat.cuda_device_uuid(0) == "GPU-1234-abcd"
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: object())  # torch 2.0 / 2.1
+    assert compat.cuda_device_uuid(0) is None

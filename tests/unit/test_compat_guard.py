@@ -58,6 +58,13 @@ def test_a_planted_functools_cache_fails_through_vermin(tmp_path):
     ("name = 'a.tmp'.removesuffix('.tmp')\n", "pipeline.compat.remove_suffix"),
     ("import tomllib\n", "pipeline.compat.toml_loads"),
     ("pairs = list(zip([1], [2], strict=True))\n", "pipeline.compat.zip_strict"),
+    ("from torch.amp import GradScaler\n", "pipeline.compat.grad_scaler"),
+    ("import torchvision.io as tio\nx = tio.decode_jpeg\n", "pipeline.compat.decode_jpegs"),
+    ("import torch\nu = torch.cuda.get_device_properties(0).uuid\n", "pipeline.compat.cuda_device_uuid"),
+    ("import torch\nm = torch.load('f.pt', mmap=True)\n", "without mmap="),
+    ("import torch\ntorch._foreach_copy_([], [])\n", "pipeline.compat.foreach_copy_"),
+    ("from concurrent.futures import ThreadPoolExecutor\nThreadPoolExecutor().shutdown(cancel_futures=True)\n",
+     "pipeline.compat.shutdown_cancelling"),
 ])
 def test_each_newer_api_planted_outside_compat_fails(tmp_path, body, expected):
     found = _rules(tmp_path, body)

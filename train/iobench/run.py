@@ -35,7 +35,7 @@ from pipeline.compat import check_numpy_interop
 from pipeline.dataset import DatasetInfo, load_info
 from pipeline.backends.probe import StageCosts
 from train.config import OptimConfig, TrainConfig
-from train.precision import Precision, resolve_precision
+from train.precision import Precision, prepare_tf32_env, resolve_precision
 from train.distributed import cores_per_rank
 from train.iobench.storage import ReadRate
 from train.iobench.verdict import Evidence, Lever, Verdict, decide
@@ -453,6 +453,7 @@ def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> I
         ValueError: bad options.
     """
     check_numpy_interop()
+    prepare_tf32_env(False)  # its training runs are fp32 without TF32, as train's default (MetaX: before CUDA starts)
     s = _setup(c, progress)
     result = _new_result(s)
     loaders = _usable_loaders(s, result.skipped)
