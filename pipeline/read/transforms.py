@@ -158,10 +158,11 @@ def _resize_crop(rgb: np.ndarray, box: tuple[float, float, float, float], size: 
     if not aa_resize_reads_strided_uint8():  # torch 2.0: its uint8 kernel misreads a strided view; copy the crop
         crop = crop.contiguous(memory_format=torch.channels_last)
     dst = out.permute(2, 0, 1).unsqueeze(0)  # the slot seen as 1×3×size×size channels-last: written in place
+    kernel = upsample_aa_out()
     if crop.shape[-2:] == (size, size):
         dst.copy_(crop)
-    elif upsample_aa_out() is not None:  # F.interpolate's kernel with an out= buffer: no intermediate tensor
-        upsample_aa_out()(crop, (size, size), False, None, None, out=dst)
+    elif kernel is not None:  # F.interpolate's kernel with an out= buffer: no intermediate tensor
+        kernel(crop, (size, size), False, None, None, out=dst)
     else:  # a torch without that entry point: the same kernel through F.interpolate, then one copy
         dst.copy_(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False))
     if flip:
