@@ -131,7 +131,7 @@ def full_legs(workers: int) -> tuple[LegSpec, ...]:
     data = dict(kind="loader", warmup_steps=25, steps=150, timeout_s=150, need_s=45, flags=("--workers", str(workers)))
     return (LegSpec("synthetic-amp", precision="amp", **syn),
             LegSpec("synthetic-bf16", precision="bf16", **syn),
-            LegSpec("synthetic-fp32-tf32", precision="fp32", **{**syn, "flags": ("--tf32",)}),
+            LegSpec("synthetic-fp32-tf32", precision="fp32", **{**syn, "flags": ("--tf32", "on")}),
             LegSpec("cpu", loader="cpu", **data), LegSpec("nvjpeg", loader="nvjpeg", **data),
             LegSpec("folder", loader="folder", **data), LegSpec("dali", loader="dali", **data),
             LegSpec("io-bench", kind="io-bench", timeout_s=150, need_s=60),

@@ -214,19 +214,21 @@ def grad_scaler(device_type: str):
 
 
 @cache
-def cpu_float16_supported() -> bool:
-    """Whether this torch runs a float16 model on the CPU (``--precision fp16``): a 1×1 conv, batch norm, max
-    pool, linear and log-softmax in float16, tried once. torch 2.0 and 2.1 have no float16 CPU kernels for these
+def cpu_dtype_supported(dtype_name: str) -> bool:
+    """Whether this torch runs a model cast to ``dtype_name`` (``"float16"``: ``--precision half``;
+    ``"bfloat16"``: ``--precision fp16``, FlagPerf's bfloat16 cast) on the CPU: a 1×1 conv, batch norm, max pool,
+    linear and log-softmax in that dtype, tried once. torch 2.0 and 2.1 have no float16 CPU kernels for these
     ("slow_conv2d_cpu" not implemented for 'Half')."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.ones(1, 2, 4, 4, dtype=torch.float16)
+    dtype = getattr(torch, dtype_name)
+    x = torch.ones(1, 2, 4, 4, dtype=dtype)
     try:
-        y = F.conv2d(x, torch.ones(2, 2, 1, 1, dtype=torch.float16))
-        y = F.batch_norm(y, torch.zeros(2, dtype=torch.float16), torch.ones(2, dtype=torch.float16), training=True)
+        y = F.conv2d(x, torch.ones(2, 2, 1, 1, dtype=dtype))
+        y = F.batch_norm(y, torch.zeros(2, dtype=dtype), torch.ones(2, dtype=dtype), training=True)
         y = F.max_pool2d(y, 2).flatten(1)
-        F.log_softmax(F.linear(y, torch.ones(3, y.shape[1], dtype=torch.float16)), dim=1)
+        F.log_softmax(F.linear(y, torch.ones(3, y.shape[1], dtype=dtype)), dim=1)
     except (RuntimeError, NotImplementedError):
         return False
     return True
@@ -438,6 +440,6 @@ def image_folder_class():
 __all__ = ["BooleanOptionalAction", "SgdImpl", "TOMLDecodeError", "autocast_dtype_supported",
            "cache", "compile_model", "decode_jpeg_one", "decode_jpegs", "grad_scaler", "image_folder_class",
            "init_process_group", "make_sgd", "new_process_group_kwargs", "new_shared_uint8", "remove_suffix", "shutdown_cancelling",
-           "aa_resize_reads_strided_uint8", "check_numpy_interop", "cpu_float16_supported",
+           "aa_resize_reads_strided_uint8", "check_numpy_interop", "cpu_dtype_supported",
            "cuda_device_uuid", "foreach_copy_",
            "toml_loads", "upsample_aa_out", "zip_strict"]

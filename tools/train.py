@@ -21,7 +21,7 @@ from pipeline.dataset import DatasetError
 from tools.cli_common import Option, Schema, add_option, error_line, positive
 from tools.config_file import add_config_option, parse_args_with_config, resolved_path, write_resolved
 from train.config import CheckpointConfig, OptimConfig, TrainConfig, default_of
-from train.precision import Precision, prepare_tf32_env
+from train.precision import Precision, Tf32Mode, prepare_tf32_env
 from train.recipe import Resolution, Schedule
 from train import distributed
 from train.clock import Timing
@@ -78,7 +78,10 @@ RUN_OPTIONS = (
          "ImageFolder root with train/ and val/ for --loader folder; optional for synthetic"),
     _opt(TrainConfig, "epochs", "--epochs", positive(int), "epochs, each followed by eval"),
     _opt(TrainConfig, "max_steps", "--max-steps", positive(int), "stop after this many train steps in total"),
-    _opt(TrainConfig, "precision", "--precision", Precision, "auto = amp on CUDA, fp32 on CPU"),
+    _opt(TrainConfig, "precision", "--precision", Precision,
+         "fp32; amp = float16 autocast + GradScaler; fp16 = FlagPerf's: model and inputs cast to bfloat16, no "
+         "scaler; bf16 = bfloat16 autocast; half = model and inputs cast to float16; auto = amp on CUDA, fp32 on "
+         "CPU"),
     _opt(TrainConfig, "seed", "--seed", int, "seed of model init, data order and crops"),
     _opt(TrainConfig, "eval", "--no-eval", help="skip the per-epoch evaluation", invert=True),
     _opt(TrainConfig, "zero_init_residual", "--no-zero-init-residual", invert=True,
@@ -89,7 +92,18 @@ RUN_OPTIONS = (
     _opt(TrainConfig, "compile", "--compile", help="torch.compile the model"),
     _opt(TrainConfig, "channels_last", "--no-channels-last", invert=True,
          help="NCHW model and batches (default: channels-last)"),
-    _opt(TrainConfig, "tf32", "--tf32", help="allow TF32 math in fp32 mode on CUDA (default: off)"),
+    _opt(TrainConfig, "tf32", "--tf32", Tf32Mode,
+         "TF32 math on CUDA: on, off (true fp32), default (PyTorch's defaults: cuDNN convolutions may use TF32, "
+         "matmuls not; FlagPerf's NVIDIA runs)"),
+    _opt(TrainConfig, "cudnn_benchmark", "--no-cudnn-benchmark", invert=True,
+         help="do not let cuDNN time and pick its fastest algorithms (FlagPerf's runs; default: on)"),
+    _opt(TrainConfig, "cudnn_deterministic", "--cudnn-deterministic",
+         help="only deterministic cuDNN algorithms (FlagPerf's NVIDIA runs)"),
+    _opt(TrainConfig, "initial_eval", "--initial-eval",
+         help="evaluate once before training, as FlagPerf's case (inside its e2e_time)"),
+    _opt(TrainConfig, "flagperf_case", "--flagperf-case", str,
+         "the FlagPerf config this run reproduces, e.g. C500x1x8 (the vendor page compares against it; set by the "
+         "FlagPerf presets)"),
     _input("--min-train-size", positive(int),
            "progressive resizing: train at this side first, growing to --image-size over --ramp-epochs"),
     _input("--ramp-epochs", _epoch_range, "FIRST,LAST epoch of the resize ramp (default: 0,epochs-1)"),

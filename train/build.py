@@ -28,7 +28,7 @@ from train.metrics import software_versions
 from train.progress import Progress
 from train.steplog import StepLog
 from train.model import build_resnet50
-from train.precision import Precision, make_grad_scaler, model_dtype, resolve_precision, set_tf32
+from train.precision import Precision, make_grad_scaler, model_dtype, resolve_precision, set_cudnn, set_tf32
 from train.precision import unsupported as precision_unsupported
 from train.recipe import ModelEma, build_scheduler, build_sgd, parameter_groups
 
@@ -157,7 +157,9 @@ def device_name(device: torch.device) -> str:
 def build_model(cfg: TrainConfig, env: distributed.DistEnv, num_classes: int,
                 precision: Precision) -> tuple[torch.nn.Module, ModelEma | None]:
     """ResNet50 on this rank's device (TF32 as ``--tf32`` says on CUDA, in the device's own way: see
-    :func:`train.precision.set_tf32`) and its EMA when ``--ema-decay`` is set."""
+    :func:`train.precision.set_tf32`; cuDNN's benchmark / deterministic flags as the config says) and its EMA when
+    ``--ema-decay`` is set."""
+    set_cudnn(cfg.cudnn_benchmark, cfg.cudnn_deterministic)
     if env.device.type == "cuda":
         set_tf32(cfg.tf32, accelerator.vendor_of(env.device))
     model = build_resnet50(num_classes, env.device, cfg.zero_init_residual, model_dtype(precision), cfg.channels_last)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.backends import LoaderConfig, LoaderKind
-from train.precision import Precision
+from train.precision import Precision, Tf32Mode
 from train.recipe import Resolution, Schedule
 from train.clock import Timing
 
@@ -141,12 +141,20 @@ class TrainConfig:
             (None = no EMA).
         target_acc1: stop after the first evaluation whose top-1 (%) reaches it (FlagPerf's ``target_acc1``).
         compile: ``torch.compile`` the model (its compile time falls in the warm-up steps).
-        tf32: allow TF32 matmuls / convolutions on CUDA in fp32 mode (off: true fp32).
+        tf32: TF32 matmuls / convolutions on CUDA (:class:`train.precision.Tf32Mode`: ``off`` = true fp32, this
+            project's default; ``on``; ``default`` = PyTorch's defaults, FlagPerf's NVIDIA runs).
+        cudnn_benchmark: let cuDNN time its algorithms per input shape and keep the fastest (this project's default;
+            FlagPerf's runs: off).
+        cudnn_deterministic: only deterministic cuDNN algorithms (FlagPerf's NVIDIA runs: on).
+        initial_eval: evaluate once before training, as FlagPerf's case does (inside its e2e_time, outside
+            p_whole); its top-1 and time are reported.
+        flagperf_case: the FlagPerf config this run reproduces (:data:`train.flagperf_case.CONFIGS`, e.g.
+            ``C500x1x8``): the vendor page compares the run against it (None: FlagPerf's base config).
         resolution: progressive train resolution and a separate eval resolution (None: ``image_size`` for both).
         channels_last: model and batches in channels-last memory format (False: NCHW, for comparison).
         log_jsonl: rank 0 appends one JSON line per ``log_every`` steps here (see train/steplog.py).
         checkpoint: checkpoint / resume options.
-        timing: how steps are timed on CUDA (see train/timing.py); None = ``events`` on CUDA, ``sync`` on CPU
+        timing: how steps are timed on CUDA (see train/clock.py); None = ``events`` on CUDA, ``sync`` on CPU
             (the same there).
         test_only: evaluate a checkpoint on val, no training (``checkpoint.file``, or the newest in
             ``checkpoint.dir``).
@@ -171,7 +179,11 @@ class TrainConfig:
     ema_decay: float | None = None
     target_acc1: float | None = None
     compile: bool = False
-    tf32: bool = False
+    tf32: Tf32Mode = Tf32Mode.OFF
+    cudnn_benchmark: bool = True
+    cudnn_deterministic: bool = False
+    initial_eval: bool = False
+    flagperf_case: str | None = None
     resolution: Resolution | None = None
     log_jsonl: Path | None = None
     channels_last: bool = True
@@ -184,7 +196,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         ck, res = self.checkpoint, self.resolution
+        from train.flagperf_case import CONFIGS
+
         _check([
+            (self.flagperf_case in (None, "base", *CONFIGS),
+             f"--flagperf-case {self.flagperf_case}: no such FlagPerf ResNet50 config (known: base, "
+             f"{', '.join(CONFIGS)})"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
             (self.warmup_steps is None or self.warmup_steps >= 0,
@@ -235,3 +252,24 @@ class TrainConfig:
             raise ValueError(f"--warmup-steps {self.warmup_steps} must be >= 0 and below the run's {total_steps} "
                              f"steps (nothing would be measured)")
         return self.warmup_steps
+
+
+def _jsonable(value: object) -> object:
+    """A config value as JSON: enums by value, paths as text, tuples as lists, dataclasses as objects."""
+    from enum import Enum
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def config_json(cfg: TrainConfig) -> dict:
+    """The whole resolved config as a JSON object (the metrics JSON's ``resolved_config``): every field of every
+    component, nested as the dataclasses are (``loader_cfg``, ``optim``, ``checkpoint``, ``resolution``)."""
+    return _jsonable(cfg)

@@ -56,8 +56,7 @@ def init_distributed() -> DistEnv:
             raise RuntimeError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
                                f"use --nproc-per-node <= the GPU count")
         device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        torch.cuda.set_device(device)  # cuDNN's algorithm choice: train.precision.set_cudnn, from the run's config
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,15 +26,18 @@ from pipeline.backends import Batch, Loader
 from train import checkpoint, distributed
 from train.build import CheckpointTestSession, Session, build_checkpoint_test, build_session
 from train.clock import Mark, RunClock, Timing, after_calls, make_clock, resolve_timing, timed_iter
-from train.config import TrainConfig
+from train.config import TrainConfig, config_json
 from train.environment import Environment
 from train.environment import collect as collect_environment
 from train.memory import MemoryUse, peak_memory, reset_peaks, start_monitor
-from train.metrics import FlagPerfMetrics, RunTimes, flagperf_metrics, process_start_time
-from train.precision import Precision, autocast
+from train.metrics import (FlagPerfFigures, FlagPerfTimes, RunTimes, SteadyFigures, flagperf_figures,
+                           process_start_time, steady_figures)
+from train import accelerator
+from train.precision import (METAX_TF32_ENV, PAGE_LABEL, Precision, autocast, autocast_dtype, cast_input, cudnn_state,
+                             model_dtype, tf32_state)
 from train.recipe import ModelEma
-from train.report import (CheckpointTest, Checkpointing, EvalCounts, Labels, MeasuredTimes, MemoryDetail, Placement,
-                          RunReport, Training, config_label, run_verdict)
+from train.report import (CheckpointTest, Checkpointing, DatasetSummary, EvalCounts, Labels, MeasuredTimes,
+                          MemoryDetail, Numerics, Placement, RunReport, Training, config_label, run_verdict)
 from train.plot import plot_run
 from train.progress import Progress, progress_config
 from train.steplog import StepLog
@@ -64,7 +68,7 @@ class TrainStep:
                    s.model, s.cfg.channels_last)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        images = batch.images.half() if self.precision is Precision.FP16 else batch.images
+        images = cast_input(batch.images, self.precision)  # fp16 (FlagPerf's): bfloat16; half: float16
         if not self.channels_last:
             images = images.contiguous()
         with autocast(self.precision, self.device):
@@ -85,11 +89,14 @@ class TrainStep:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Evaluation over all ranks: ``count`` images, top-1 and top-5 accuracy in %."""
+    """Evaluation over all ranks: ``count`` images, top-1 and top-5 accuracy in % (each image once), and FlagPerf's
+    top-1: the unweighted mean over every rank's val batches of each batch's top-1 (%), ``batches`` of them."""
 
     count: int
     acc1: float
     acc5: float
+    batch_mean_acc1: float
+    batches: int
 
 
 def evaluate(model: torch.nn.Module, loader: Loader, precision: Precision, env: distributed.DistEnv,
@@ -102,22 +109,26 @@ def evaluate(model: torch.nn.Module, loader: Loader, precision: Precision, env: 
     model.eval()
     correct1 = torch.zeros((), dtype=torch.int64, device=env.device)
     correct5 = torch.zeros((), dtype=torch.int64, device=env.device)
-    count = 0
+    batch_acc_sum = torch.zeros((), dtype=torch.float64, device=env.device)  # FlagPerf's: sum of per-batch top-1 %
+    count = n_batches = 0
     batches = progress.eval(loader, _length(loader)) if progress is not None else loader
     with torch.inference_mode():
         for batch in batches:
-            images = batch.images.half() if precision is Precision.FP16 else batch.images
             with autocast(precision, env.device):
-                logits = model(images)
+                logits = model(cast_input(batch.images, precision))
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
             hits = top.eq(batch.labels.view(-1, 1))
             correct1 += hits[:, 0].sum()
             correct5 += hits.any(dim=1).sum()
+            batch_acc_sum += hits[:, 0].sum() * (100.0 / batch.labels.shape[0])
             count += batch.labels.shape[0]
+            n_batches += 1
     model.train()
-    n, c1, c5 = distributed.all_reduce([float(count), float(correct1.item()), float(correct5.item())], "sum", env)
-    return EvalResult(int(n), 100.0 * c1 / max(n, 1), 100.0 * c5 / max(n, 1))
+    n, c1, c5, nb, acc_sum = distributed.all_reduce(
+        [float(count), float(correct1.item()), float(correct5.item()), float(n_batches), float(batch_acc_sum.item())],
+        "sum", env)
+    return EvalResult(int(n), 100.0 * c1 / max(n, 1), 100.0 * c5 / max(n, 1), acc_sum / max(nb, 1), int(nb))
 
 
 def _length(loader: Loader) -> int | None:
@@ -140,10 +151,11 @@ def run(cfg: TrainConfig) -> RunReport:
         pipeline.dataset.DatasetError: ``cfg.data`` is not a usable shard folder.
         ValueError: options that cannot work (e.g. a batch larger than the train split allows).
     """
+    run_start = time.time()  # FlagPerf's e2e_time starts here: in its __main__, after the imports
     check_numpy_interop()
     env = distributed.init_distributed()
     try:
-        return test_only(cfg, env) if cfg.test_only else fit(cfg, env)
+        return test_only(cfg, env, run_start) if cfg.test_only else fit(cfg, env, run_start)
     finally:
         distributed.shutdown(env)
 
@@ -218,7 +230,12 @@ class Checkpointer:
 
 @dataclass
 class LoopState:
-    """What the epochs leave behind for the report (times in s, ``perf_counter``; ``train_size`` in px)."""
+    """What the epochs leave behind for the report (times in s, ``perf_counter``; ``train_size`` in px).
+
+    ``epochs_train_s``: the epochs' times without their evaluations, warm-up included (FlagPerf's p_train);
+    ``flagperf_images``: ``len(dataset)`` per finished epoch, the trained images of a cut-short one (FlagPerf's
+    count); ``initial_eval`` / ``initial_eval_s``: the evaluation before training (``--initial-eval``).
+    """
 
     start_step: int
     warm_steps: int
@@ -231,6 +248,10 @@ class LoopState:
     last_eval: EvalResult | None = None
     ema_eval: EvalResult | None = None
     target_reached: int | None = None
+    epochs_train_s: float = 0.0
+    flagperf_images: int = 0
+    initial_eval: EvalResult | None = None
+    initial_eval_s: float | None = None
 
 
 def _warm_steps(cfg: TrainConfig, total_steps: int, start_step: int) -> int:
@@ -292,11 +313,13 @@ def _check_finite(s: Session, loss: float, epoch: int) -> None:
 
 
 def _target_reached(s: Session, st: LoopState, epoch: int) -> bool:
-    """Whether ``--target-acc1`` was reached by this epoch's evaluation (then noted in ``st``)."""
-    if s.cfg.target_acc1 is None or st.last_eval is None or st.last_eval.acc1 < s.cfg.target_acc1:
+    """Whether ``--target-acc1`` was reached by this epoch's evaluation (then noted in ``st``): FlagPerf's test,
+    its top-1 (the mean of per-batch top-1, :class:`EvalResult`) against the target."""
+    if s.cfg.target_acc1 is None or st.last_eval is None or st.last_eval.batch_mean_acc1 < s.cfg.target_acc1:
         return False
     st.target_reached = epoch + 1
-    _log(s.env, f"target top-1 {s.cfg.target_acc1}% reached after epoch {epoch + 1}: stopping")
+    _log(s.env, f"target top-1 {s.cfg.target_acc1}% reached after epoch {epoch + 1} (FlagPerf's top-1 "
+                f"{st.last_eval.batch_mean_acc1:.2f}%): stopping")
     return True
 
 
@@ -318,6 +341,9 @@ def _run_epoch(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, t
     clock.sync()  # once per epoch: the epoch's wall time ends when its last step has finished
     st.done, st.epochs_run, st.train_size = st.done + n, st.epochs_run + 1, s.train_loader_size
     train_s = time.perf_counter() - t0 - (clock.excluded - excl0)
+    st.epochs_train_s += train_s
+    whole = skip == 0 and n == s.steps_per_epoch  # FlagPerf adds len(dataset) per epoch
+    st.flagperf_images += s.train_loader.num_samples if whole else n * s.global_batch
     compute_s = clock.compute.total - compute0
     _eval_epoch(s, clock, st, epoch)
     loss = loss_sum.item()  # one host read per epoch, which the log line needs anyway
@@ -341,10 +367,27 @@ def _wrap_step(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, s
     return steplog.wrap(timed), mark
 
 
+def _initial_eval(s: Session, clock: RunClock, st: LoopState) -> None:
+    """FlagPerf's evaluation before training (``--initial-eval``): inside e2e_time, outside the loop's times."""
+    if not s.cfg.initial_eval or s.val_loader is None:
+        return
+    distributed.barrier(s.env)
+    clock.sync()
+    t0 = time.perf_counter()
+    s.val_loader.set_epoch(0)
+    st.initial_eval = evaluate(s.model, s.val_loader, s.precision, s.env, s.progress)
+    clock.sync()
+    st.initial_eval_s = time.perf_counter() - t0
+    _log(s.env, f"initial evaluation (FlagPerf's, before training): top-1 {st.initial_eval.acc1:.2f}% "
+                f"(FlagPerf's mean of per-batch top-1 {st.initial_eval.batch_mean_acc1:.2f}%) in "
+                f"{st.initial_eval_s:.1f} s")
+
+
 def _train_epochs(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, timed_step, mark,
                   loaded: checkpoint.Loaded | None) -> None:
     """The loop: every epoch from the (resumed) position, timed from its start to its last step's end."""
     s.monitor = start_monitor(s.env.device)
+    _initial_eval(s, clock, st)
     distributed.barrier(s.env)
     clock.sync()
     st.loop_start = time.perf_counter()
@@ -362,7 +405,7 @@ def _train_epochs(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer
         st.warm_steps = 0
 
 
-def fit(cfg: TrainConfig, env: distributed.DistEnv) -> RunReport:
+def fit(cfg: TrainConfig, env: distributed.DistEnv, run_start: float | None = None) -> RunReport:
     """Train ``cfg``'s run in this process (one rank) and report it (see :func:`run`)."""
     s = build_session(cfg, env)
     timing = resolve_timing(cfg.timing, env.device)
@@ -384,7 +427,7 @@ def fit(cfg: TrainConfig, env: distributed.DistEnv) -> RunReport:
     excluded_s = clock.excluded  # checkpoint writes + resume replay inside the loop
     if cfg.checkpoint.dir is not None and (not ckpt.steps or ckpt.steps[-1] != st.done):
         ckpt.save()  # always one at the end of the run (outside the loop time)
-    report = _train_report(s, clock, st, ckpt, loaded, excluded_s)
+    report = _train_report(s, clock, st, ckpt, loaded, excluded_s, run_start)
     _publish(report, cfg, env)
     if cfg.plot_path is not None and env.is_main:
         _log(env, plot_run(cfg.step_log_path, report.row(), cfg.plot_path))
@@ -425,7 +468,7 @@ def _stage_seconds_per_image(loader: Loader) -> dict[str, float] | None:
 
 
 def _training(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, loaded: checkpoint.Loaded | None,
-              flagperf: FlagPerfMetrics, measured: MeasuredTimes) -> Training:
+              steady: SteadyFigures, measured: MeasuredTimes) -> Training:
     """The training part of the report; every rank's step counts and skipped samples are gathered here."""
     skipped = (*s.train_loader.stats().skipped, *(s.val_loader.stats().skipped if s.val_loader else ()))
     steps_max, neg_min = distributed.all_reduce([st.done, -st.done], "max", s.env)
@@ -442,7 +485,7 @@ def _training(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, lo
         total_trained_images=st.done * s.global_batch, skipped_samples=int(skipped_total),
         skipped_examples_rank0=tuple(skipped[:10]), rank_steps_min=int(-neg_min), rank_steps_max=int(steps_max),
         epochs=st.epochs_run, times=measured,
-        verdict=run_verdict(flagperf.p_core, flagperf.p_train, measured.data_wait_fraction, stages, s.lcfg.workers),
+        verdict=run_verdict(steady.p_core, steady.p_train, measured.data_wait_fraction, stages, s.lcfg.workers),
         loader_stage_seconds_per_image_rank0=stages, global_batch_size=s.global_batch)
 
 
@@ -454,21 +497,57 @@ def _placement(cfg: TrainConfig, env: distributed.DistEnv, precision: Precision,
     return Placement(env.world_size, precision.value, cfg.loader.value, str(env.device), device_name)
 
 
+def _numerics(s: Session) -> Numerics:
+    """The numerics this rank trained with (TF32 as the device runs it; None fields on a CPU)."""
+    tf32 = tf32_state(accelerator.vendor_of(s.env.device))
+    benchmark, deterministic = cudnn_state()
+    dtype = str(model_dtype(s.precision)).replace("torch.", "")
+    auto = autocast_dtype(s.precision)
+    return Numerics(s.precision.value, PAGE_LABEL.get(s.precision, s.precision.value), dtype, dtype,
+                    str(auto).replace("torch.", "") if auto is not None else None, s.scaler is not None,
+                    s.cfg.tf32.value, tf32.matmul if tf32 else None, tf32.cudnn if tf32 else None,
+                    tf32.mechanism.value if tf32 else None, os.environ.get(METAX_TF32_ENV), benchmark, deterministic,
+                    s.cfg.channels_last)
+
+
+def _dataset(cfg: TrainConfig, train: Loader | None, val: Loader | None, num_classes: int) -> DatasetSummary:
+    data = None if cfg.data is None else str(cfg.data)
+    name = "synthetic" if data is None else (str(data).rstrip("/").rsplit("/", 1)[-1] or str(data))
+    return DatasetSummary(data, name, train.num_samples if train is not None else 0,
+                          val.num_samples if val is not None else 0, num_classes)
+
+
+def _flagperf(s: Session, clock: RunClock, st: LoopState, excluded_s: float, run_start: float | None,
+              end: float) -> FlagPerfFigures:
+    """FlagPerf's figures of this rank (rank 0's are reported), every step counted (see :mod:`train.metrics`)."""
+    ev = st.last_eval
+    converged = None if s.cfg.target_acc1 is None else st.target_reached is not None
+    times = FlagPerfTimes(e2e=end - (run_start if run_start is not None else process_start_time()),
+                          initial_eval=st.initial_eval_s, loop=st.loop_s - excluded_s,
+                          epochs_train=st.epochs_train_s, compute=clock.compute.total, images=st.flagperf_images,
+                          acc1=ev.batch_mean_acc1 if ev is not None else None, converged=converged)
+    return flagperf_figures(times, clock.timing.value)
+
+
 def _train_report(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, loaded: checkpoint.Loaded | None,
-                  excluded_s: float) -> RunReport:
-    """Stop the loaders and report the run: FlagPerf's metrics from the times after warm-up, max over ranks."""
+                  excluded_s: float, run_start: float | None = None) -> RunReport:
+    """Stop the loaders and report the run: the steady figures from the times after warm-up (max over ranks) and
+    FlagPerf's from every step (rank 0's)."""
     mem, e2e = _close_and_stop(s)
+    end = time.time()
     local, times = _times(s, clock, st, e2e, excluded_s)
     (mem_used,) = distributed.all_reduce([mem.used_gib], "max", s.env)
     trained_images = (st.done - st.start_step - st.warm_steps) * s.global_batch  # this process's measured steps
-    flagperf = flagperf_metrics(trained_images, times, st.last_eval.acc1 if st.last_eval else None,
-                                dataclasses.replace(mem, used_gib=mem_used))
+    steady = steady_figures(trained_images, times, st.last_eval.acc1 if st.last_eval else None,
+                            dataclasses.replace(mem, used_gib=mem_used))
     measured = MeasuredTimes.of(clock.timing.value, clock.sync.count, times, local)
-    return RunReport(flagperf, _eval_counts(st.last_eval, s.val_loader),
-                     _training(s, clock, st, ckpt, loaded, flagperf, measured), None,
+    return RunReport(steady, _eval_counts(st.last_eval, s.val_loader),
+                     _training(s, clock, st, ckpt, loaded, steady, measured), None,
                      _placement(s.cfg, s.env, s.precision, s.device_name), MemoryDetail.of(mem, with_peaks=True),
                      Labels(s.versions, config_label(s.env), f"bs={s.lcfg.batch_size},lr={s.peak_lr:g}",
-                            tuple(sys.argv), _environment(s.env, s.versions)))
+                            tuple(sys.argv), _environment(s.env, s.versions)),
+                     _flagperf(s, clock, st, excluded_s, run_start, end), _numerics(s),
+                     _dataset(s.cfg, s.train_loader, s.val_loader, s.train_loader.num_classes), config_json(s.cfg))
 
 
 # --- evaluation of a checkpoint --------------------------------------------------------------------------------
@@ -485,7 +564,7 @@ def _timed_eval(t: CheckpointTestSession, cfg: TrainConfig, env: distributed.Dis
     return result, time.perf_counter() - t0
 
 
-def test_only(cfg: TrainConfig, env: distributed.DistEnv) -> RunReport:
+def test_only(cfg: TrainConfig, env: distributed.DistEnv, run_start: float | None = None) -> RunReport:
     """Evaluate a checkpoint on the val split (every image once over all ranks): top-1 / top-5 and the FlagPerf row
     (no training: p_whole / p_train / p_core are ``/``). Returns the report (see :func:`run`).
 
@@ -501,10 +580,13 @@ def test_only(cfg: TrainConfig, env: distributed.DistEnv) -> RunReport:
     e2e = time.time() - process_start_time()
     tested = CheckpointTest(str(t.path), t.loaded.progress.step, ema_result.acc1 if ema_result else None, eval_s,
                             result.count / max(eval_s, 1e-9))
-    report = RunReport(FlagPerfMetrics(e2e, None, None, None, result.acc1, mem.used_gib, mem.total_gib, 0),
+    flagperf = FlagPerfFigures(time.time() - (run_start if run_start is not None else process_start_time()), None,
+                               None, None, result.batch_mean_acc1, 0, None, None, "none")
+    report = RunReport(SteadyFigures(e2e, None, None, None, result.acc1, mem.used_gib, mem.total_gib, 0),
                        _eval_counts(result, t.val_loader), None, tested,
                        _placement(cfg, env, t.precision, t.device_name), MemoryDetail.of(mem, with_peaks=False),
                        Labels(t.versions, config_label(env), f"bs={t.lcfg.batch_size},test-only", tuple(sys.argv),
-                              _environment(env, t.versions)))
+                              _environment(env, t.versions)),
+                       flagperf, None, _dataset(cfg, None, t.val_loader, t.val_loader.num_classes), config_json(cfg))
     _publish(report, cfg, env)
     return report

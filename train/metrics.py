@@ -1,20 +1,31 @@
-"""FlagPerf's ResNet50 metrics, defined as its training case defines them.
+"""FlagPerf's ResNet50 metrics in two named sets: ``flagperf`` (FlagPerf's own definitions, to the letter) and
+``steady`` (this project's unperturbed steady-state figures).
 
-FlagPerf (github.com/FlagOpen/FlagPerf, training/nvidia/resnet50-pytorch/README.md) reports:
+The metrics (FlagPerf's vendor pages, e.g. github.com/FlagOpen/FlagPerf training/nvidia/resnet50-pytorch/README.md):
+e2e_time (s), p_whole, p_train, p_core (img/s), acc1 (%), mem (GiB used / total).
 
-==========  =====================================================================================
-e2e_time    s, the whole process, from process start to the end of the run
-p_whole     trained images / time of the train loop, per-epoch evaluation included (img/s)
-p_train     trained images / time of the train loop without the evaluation (img/s)
-p_core      trained images / pure compute time: from a batch on the device to its optimizer step
-            done, excluding data-loader wait and host→device copy (img/s)
-acc1        top-1 accuracy (%) of the last evaluation, every val image counted once over all ranks
-mem         peak device memory used / device total (GiB; see train/memory.py); on CPU, peak process
-            RSS / physical RAM
-==========  =====================================================================================
+``flagperf`` (:class:`FlagPerfFigures`, :func:`flagperf_figures`), as FlagPerf's case computes them
+(``training/benchmarks/resnet50/pytorch/run_pretraining.py`` and ``train/trainer.py``), on rank 0:
 
-Trained images = steps × world size × per-rank batch size. Times are the maximum over ranks.
-Since compute ⊂ (loop − eval) ⊂ loop, p_core ≥ p_train ≥ p_whole always holds.
+==========  =====================================================================================================
+e2e_time    s, from the start of the run after imports (FlagPerf: ``time.time()`` in ``__main__``) to its end; it
+            holds the initial evaluation before training (``--initial-eval``, FlagPerf always does one)
+images      ``len(dataset)`` added per finished epoch (the partial last batch and DistributedSampler's padding do
+            not matter); an epoch cut short (``--max-steps``, a resume) adds the images it trained
+p_whole     images / the train loop's time (epochs and their evaluations; the initial evaluation is outside)
+p_train     images / the sum over epochs of each epoch's time without its evaluation (loader start-up included)
+p_core      images / the sum of every step's time (FlagPerf: ``time.time()`` around each step; on an accelerator
+            that times kernel launches only, so here the step clock's synchronised time: CUDA events or a
+            device-wide synchronise per step, ``p_core_timing``)
+acc1        % of the last evaluation: the unweighted mean of per-batch top-1 over every rank's val batches
+==========  =====================================================================================================
+
+Warm-up steps count everywhere. ``steady`` (:class:`SteadyFigures`, :func:`steady_figures`): the steps after
+warm-up only (``--warmup-steps``), images = measured steps x global batch, times the maximum over ranks, e2e from
+process start, acc1 exact (every val image once over all ranks); checkpoint writes and a resume's replay are left
+out of both sets (FlagPerf's case has neither). Since compute ⊂ (loop − eval) ⊂ loop in both sets,
+p_core ≥ p_train ≥ p_whole always holds. mem (both): peak device memory used / device total (see train/memory.py;
+FlagPerf samples nvidia-smi / mx-smi every 5 s); on CPU, peak process RSS / physical RAM.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
+from enum import Enum
 
 import torch
 
@@ -44,6 +56,13 @@ def process_start_time() -> float:
         return _IMPORT_TIME
 
 
+class FigureSet(str, Enum):
+    """Which definitions a set of figures follows (see the module docstring)."""
+
+    FLAGPERF = "flagperf"
+    STEADY = "steady"
+
+
 @dataclass(frozen=True)
 class RunTimes:
     """Measured times of one run (s), each the maximum over ranks.
@@ -63,11 +82,17 @@ class RunTimes:
     data: float
 
 
+def _rate(images: int, seconds: float, name: str) -> float:
+    if seconds <= 0:
+        raise ValueError(f"{name} time must be > 0 s, got {seconds}")
+    return images / seconds
+
+
 @dataclass(frozen=True)
-class FlagPerfMetrics:
-    """The FlagPerf row (see module docstring) plus what it was computed from: e2e_time in s, p_* in img/s, acc1
-    in %, mem in GiB, trained_images the p_* numerator (warm-up left out). Field names are the metrics JSON's keys
-    (:mod:`train.report`)."""
+class SteadyFigures:
+    """The ``steady`` set (see the module docstring) plus what it was computed from: e2e_time in s, p_* in img/s,
+    acc1 in %, mem in GiB, trained_images the p_* numerator (warm-up left out). Field names are the metrics JSON's
+    top-level keys (:mod:`train.report`)."""
 
     e2e_time: float
     p_whole: float | None  # None: no training (``--test-only``)
@@ -77,6 +102,7 @@ class FlagPerfMetrics:
     mem_used_gib: float
     mem_total_gib: float
     trained_images: int
+    figure_set: FigureSet = FigureSet.STEADY
 
     @property
     def mem(self) -> str:
@@ -84,30 +110,88 @@ class FlagPerfMetrics:
 
     def to_json(self) -> dict:
         d = asdict(self)
+        d["figure_set"] = self.figure_set.value
         d["mem"] = self.mem
         return d
 
 
-def flagperf_metrics(trained_images: int, times: RunTimes, acc1: float | None, mem: MemoryUse) -> FlagPerfMetrics:
-    """Compute the FlagPerf metrics from measured times.
+def steady_figures(trained_images: int, times: RunTimes, acc1: float | None, mem: MemoryUse) -> SteadyFigures:
+    """The steady-state figures from the times after warm-up (maxima over ranks).
 
     Raises:
         ValueError: a time that the formulas divide by is not positive.
     """
-    train_only = times.loop - times.eval
-    for name, value in (("loop", times.loop), ("loop - eval", train_only), ("compute", times.compute)):
-        if value <= 0:
-            raise ValueError(f"{name} time must be > 0 s, got {value}")
-    return FlagPerfMetrics(
+    return SteadyFigures(
         e2e_time=times.e2e,
-        p_whole=trained_images / times.loop,
-        p_train=trained_images / train_only,
-        p_core=trained_images / times.compute,
+        p_whole=_rate(trained_images, times.loop, "loop"),
+        p_train=_rate(trained_images, times.loop - times.eval, "loop - eval"),
+        p_core=_rate(trained_images, times.compute, "compute"),
         acc1=acc1,
         mem_used_gib=mem.used_gib,
         mem_total_gib=mem.total_gib,
         trained_images=trained_images,
     )
+
+
+@dataclass(frozen=True)
+class FlagPerfTimes:
+    """What FlagPerf's figures are computed from, rank 0's own (s, images, %).
+
+    Attributes:
+        e2e: run start after imports → end of run (initial evaluation included).
+        initial_eval: the evaluation before training (None: none ran).
+        loop: the train loop, per-epoch evaluations included (FlagPerf's ``traintime``).
+        epochs_train: the epochs without their evaluations, summed (``noevaltime``).
+        compute: every step, warm-up included, summed (``purecomputetime``, synchronised).
+        images: ``len(dataset)`` per finished epoch, the trained images of a cut-short one (``num_trained_samples``).
+        acc1: mean of per-batch top-1 of the last evaluation (None: none ran).
+        converged: whether an evaluation reached ``target_acc1`` (None: no target).
+    """
+
+    e2e: float
+    initial_eval: float | None
+    loop: float
+    epochs_train: float
+    compute: float
+    images: int
+    acc1: float | None
+    converged: bool | None
+
+
+@dataclass(frozen=True)
+class FlagPerfFigures:
+    """The ``flagperf`` set (see the module docstring): the metrics JSON's ``flagperf`` object and the vendor
+    page's row. e2e_time in s, p_* in img/s, acc1 in %; ``p_core_timing``: how step times were taken
+    (``events`` / ``sync``: both synchronised, unlike FlagPerf's host timer)."""
+
+    e2e_time: float
+    p_whole: float | None
+    p_train: float | None
+    p_core: float | None
+    acc1: float | None
+    trained_images: int
+    converged: bool | None
+    initial_eval_s: float | None
+    p_core_timing: str
+    figure_set: FigureSet = FigureSet.FLAGPERF
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["figure_set"] = self.figure_set.value
+        return d
+
+
+def flagperf_figures(t: FlagPerfTimes, p_core_timing: str) -> FlagPerfFigures:
+    """FlagPerf's figures: images / loop, / epochs without evaluation, / steps (see :class:`FlagPerfTimes`).
+
+    Raises:
+        ValueError: a time that the formulas divide by is not positive.
+    """
+    return FlagPerfFigures(
+        e2e_time=t.e2e, p_whole=_rate(t.images, t.loop, "loop"),
+        p_train=_rate(t.images, t.epochs_train, "epochs without evaluation"),
+        p_core=_rate(t.images, t.compute, "compute"), acc1=t.acc1, trained_images=t.images, converged=t.converged,
+        initial_eval_s=t.initial_eval, p_core_timing=p_core_timing)
 
 
 TABLE_HEADER = ("| config | precision | fix_hp | e2e_time | p_whole | p_train | p_core | acc | mem |\n"
@@ -118,11 +202,11 @@ def _cell(value: float | None, fmt: str) -> str:
     return "/" if value is None else format(value, fmt)
 
 
-def flagperf_row(m: FlagPerfMetrics, config: str, precision: str, fix_hp: str) -> str:
+def flagperf_row(m: SteadyFigures | FlagPerfFigures, config: str, precision: str, fix_hp: str, mem: str) -> str:
     """One row of FlagPerf's results table (its README's columns), markdown; ``/`` where a figure does not exist."""
     acc = "/" if m.acc1 is None else f"{m.acc1:.1f}%"
     return (f"| {config} | {precision} | {fix_hp} | {m.e2e_time:.0f} | {_cell(m.p_whole, '.1f')} "
-            f"| {_cell(m.p_train, '.1f')} | {_cell(m.p_core, '.1f')} | {acc} | {m.mem} |")
+            f"| {_cell(m.p_train, '.1f')} | {_cell(m.p_core, '.1f')} | {acc} | {mem} |")
 
 
 def software_versions() -> dict[str, str | None]:

@@ -1,7 +1,8 @@
 """What a finished run reports: the typed :class:`RunReport`, its console summary and its metrics JSON.
 
 A report is built of frozen parts whose field names are the metrics JSON's keys, in the JSON's order (the one
-place those names are defined; the FlagPerf row's are :class:`train.metrics.FlagPerfMetrics`'s). A part held in
+place those names are defined; the figures' are :class:`train.metrics.SteadyFigures`' (top level) and
+:class:`train.metrics.FlagPerfFigures`' (the ``flagperf`` object)). A part held in
 an *inline* field lays its keys out flat in the JSON, where it stands; an inline part that is None adds none
 (a ``--test-only`` report has no training part, a training report no checkpoint-test part). Units: seconds
 (``*_s``, times), img/s (``p_*``, ``eval_img_per_s``), GiB (``mem*``), % (accuracies).
@@ -18,7 +19,7 @@ from train.environment import Environment
 from train.iobench.verdict import Evidence, Verdict, decide
 from train.memory import MemoryUse
 from train import distributed
-from train.metrics import TABLE_HEADER, FlagPerfMetrics, RunTimes, flagperf_row
+from train.metrics import TABLE_HEADER, FlagPerfFigures, RunTimes, SteadyFigures, flagperf_row
 
 
 def inline():
@@ -175,27 +176,66 @@ class Labels(Part):
 
 
 @dataclass(frozen=True)
-class RunReport(Part):
-    """The report of one ``train`` run: FlagPerf's metrics, the evaluation, what the training (or the checkpoint
-    test) did, where it ran, memory detail and labels. :meth:`to_json` is the metrics JSON."""
+class Numerics(Part):
+    """The numerics the run trained with: its precision mode and the FlagPerf page's label for it, parameter /
+    input / autocast dtypes, loss scaling, TF32 (the ``--tf32`` mode, torch's two flags, the mechanism, MetaX's
+    variable), cuDNN's benchmark / deterministic flags and the memory format."""
 
-    flagperf: FlagPerfMetrics = inline()
+    precision: str
+    page_label: str
+    param_dtype: str
+    input_dtype: str
+    autocast_dtype: str | None
+    grad_scaler: bool
+    tf32: str
+    tf32_matmul: bool | None
+    tf32_cudnn: bool | None
+    tf32_mechanism: str | None
+    metax_use_tf32: str | None
+    cudnn_benchmark: bool
+    cudnn_deterministic: bool
+    channels_last: bool
+
+
+@dataclass(frozen=True)
+class DatasetSummary(Part):
+    """The data the run used: ``--data`` (None: synthetic), its name (the folder's), images per split (all
+    ranks) and classes."""
+
+    data: str | None
+    name: str
+    train_samples: int
+    val_samples: int
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class RunReport(Part):
+    """The report of one ``train`` run: the steady figures (top level), the evaluation, what the training (or the
+    checkpoint test) did, where it ran, memory detail, labels, FlagPerf's figures (``flagperf``), the numerics,
+    the data and the resolved config. :meth:`to_json` is the metrics JSON."""
+
+    steady: SteadyFigures = inline()
     eval: EvalCounts = inline()
     training: Training | None = inline()
     test: CheckpointTest | None = inline()
     placement: Placement = inline()
     memory: MemoryDetail = inline()
     labels: Labels = inline()
+    flagperf: FlagPerfFigures | None = None
+    numerics: Numerics | None = None
+    dataset: DatasetSummary | None = None
+    resolved_config: dict | None = None
 
     @property
     def p_core(self) -> float | None:
-        """img/s (None: ``--test-only``)."""
-        return self.flagperf.p_core
+        """The steady p_core, img/s (None: ``--test-only``)."""
+        return self.steady.p_core
 
     @property
     def p_train(self) -> float | None:
-        """img/s (None: ``--test-only``)."""
-        return self.flagperf.p_train
+        """The steady p_train, img/s (None: ``--test-only``)."""
+        return self.steady.p_train
 
     @property
     def data_wait_fraction(self) -> float | None:
@@ -218,21 +258,31 @@ class RunReport(Part):
     def device_name(self) -> str:
         return self.placement.device_name
 
-    def row(self) -> str:
-        """The FlagPerf table: header and this run's row."""
-        return f"{TABLE_HEADER}\n{flagperf_row(self.flagperf, self.labels.config, self.precision, self.labels.fix_hp)}"
+    def row(self, figures: SteadyFigures | FlagPerfFigures | None = None) -> str:
+        """The FlagPerf table: header and this run's row of ``figures`` (default: the steady set)."""
+        figures = figures if figures is not None else self.steady
+        return (f"{TABLE_HEADER}\n"
+                f"{flagperf_row(figures, self.labels.config, self.precision, self.labels.fix_hp, self.steady.mem)}")
+
+    def rows(self) -> str:
+        """Both figure sets, each named: FlagPerf's (when the run has it), then the steady one."""
+        steady = (f"steady figures (warm-up steps left out, max over ranks, exact top-1):\n{self.row()}")
+        if self.flagperf is None:
+            return steady
+        return (f"flagperf figures (FlagPerf's definitions: warm-up included, len(dataset) per epoch, rank 0, "
+                f"mean of per-batch top-1):\n{self.row(self.flagperf)}\n{steady}")
 
     def summary(self) -> str:
         """The console summary: the FlagPerf row with, for training, rank 0's time split and the verdict; for a
         checkpoint test, its result line first."""
         if self.training is None:
-            return f"{_test_line(self)}\n{self.row()}"
-        m, tr = self.flagperf, self.training
+            return f"{_test_line(self)}\n{self.rows()}"
+        m, tr = self.steady, self.training
         t = tr.times.rank0_times_s  # one rank's own times add up; the row uses the maximum over ranks
         split = (f"time split (s, rank 0): loop {t.loop:.1f} = train {t.loop - t.eval:.1f} (compute {t.compute:.1f}, "
                  f"data wait {t.data:.1f}, other {t.loop - t.eval - t.compute - t.data:.1f}) + eval {t.eval:.1f}; "
                  f"p_core/p_train = {m.p_core / m.p_train:.2f}; timing {tr.times.timing}")
-        return "\n".join([self.row(), split, *(f"verdict: {line}" for line in tr.verdict.lines)])
+        return "\n".join([self.rows(), split, *(f"verdict: {line}" for line in tr.verdict.lines)])
 
     def write_json(self, path: Path | None) -> None:
         """Write :meth:`to_json` to ``path`` (its folder made); nothing when ``path`` is None."""
@@ -243,7 +293,7 @@ class RunReport(Part):
 
 def _test_line(r: RunReport) -> str:
     t, e, ema = r.test, r.eval, r.test.ema_acc1
-    return (f"test: {t.checkpoint} (step {t.checkpoint_step}): val top-1 {r.flagperf.acc1:.2f}% top-5 {e.acc5:.2f}% "
+    return (f"test: {t.checkpoint} (step {t.checkpoint_step}): val top-1 {r.steady.acc1:.2f}% top-5 {e.acc5:.2f}% "
             f"on {e.eval_images} images" + (f", EMA top-1 {ema:.2f}%" if ema is not None else "")
             + f", {t.eval_img_per_s:.1f} img/s")
 

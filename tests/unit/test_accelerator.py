@@ -434,9 +434,13 @@ def test_tf32_on_metax_sets_its_variable(metax, monkeypatch):
     monkeypatch.delenv("METAX_USE_TF32")  # absent, restored after the test
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
     assert prepare_tf32_env(True) is Vendor.METAX and os.environ["METAX_USE_TF32"] == "1"
-    assert set_tf32(False, Vendor.METAX) == Tf32State(Tf32Mechanism.METAX_ENV, False)
+    assert set_tf32(False, Vendor.METAX) == Tf32State(Tf32Mechanism.METAX_ENV, False, False, False)
     assert os.environ["METAX_USE_TF32"] == "0" and not torch.backends.cudnn.allow_tf32  # torch's flags too
-    assert tf32_state(Vendor.METAX) == Tf32State(Tf32Mechanism.METAX_ENV, False)
+    assert tf32_state(Vendor.METAX) == Tf32State(Tf32Mechanism.METAX_ENV, False, False, False)
+    # --tf32 default (FlagPerf's): PyTorch's own flags, the inherited variable kept
+    monkeypatch.setenv("METAX_USE_TF32", "1")
+    assert prepare_tf32_env("default") is Vendor.METAX and os.environ["METAX_USE_TF32"] == "1"
+    assert set_tf32("default", Vendor.METAX) == Tf32State(Tf32Mechanism.METAX_ENV, True, False, True)
 
 
 def test_tf32_elsewhere_leaves_the_metax_variable_alone(monkeypatch, bin_dir):
@@ -448,8 +452,11 @@ def test_tf32_elsewhere_leaves_the_metax_variable_alone(monkeypatch, bin_dir):
     monkeypatch.delenv("METAX_USE_TF32")
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
     assert prepare_tf32_env(True) is None and "METAX_USE_TF32" not in os.environ
-    assert set_tf32(True, Vendor.NVIDIA) == Tf32State(Tf32Mechanism.TORCH_BACKENDS, True)
+    assert set_tf32(True, Vendor.NVIDIA) == Tf32State(Tf32Mechanism.TORCH_BACKENDS, True, True, True)
     assert "METAX_USE_TF32" not in os.environ and torch.backends.cuda.matmul.allow_tf32
+    # FlagPerf's NVIDIA runs: PyTorch's defaults, cuDNN convolutions in TF32, float32 matmuls not
+    assert set_tf32("default", Vendor.NVIDIA) == Tf32State(Tf32Mechanism.TORCH_BACKENDS, False, False, True)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
 
 
 def test_driver_version_for_the_versions_block(metax, monkeypatch, bin_dir):

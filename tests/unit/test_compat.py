@@ -352,16 +352,20 @@ def test_checkpoint_bytes_travel_as_tensors_that_every_weights_only_loader_reads
     assert tensors_as_bytes(state) == state
 
 
-def test_fp16_on_a_cpu_is_tried_and_refused_in_one_line_where_absent(monkeypatch):
+def test_16_bit_casts_on_a_cpu_are_tried_and_refused_in_one_line_where_absent(monkeypatch):
     from train import precision as P
 
     cpu = torch.device("cpu")
-    assert isinstance(compat.cpu_float16_supported(), bool)
-    monkeypatch.setattr(P, "cpu_float16_supported", lambda: False)  # torch 2.0 / 2.1
-    why = P.unsupported(P.Precision.FP16, cpu)
-    assert why is not None and "--precision fp16 needs float16 CPU kernels" in why and "\n" not in why
+    assert isinstance(compat.cpu_dtype_supported("float16"), bool)
+    assert compat.cpu_dtype_supported("bfloat16") is True  # every supported torch has bfloat16 CPU kernels
+    monkeypatch.setattr(P, "cpu_dtype_supported", lambda name: name != "float16")  # torch 2.0 / 2.1
+    why = P.unsupported(P.Precision.HALF, cpu)
+    assert why is not None and "--precision half needs float16 CPU kernels" in why and "\n" not in why
+    assert P.unsupported(P.Precision.FP16, cpu) is None  # FlagPerf's fp16 is a bfloat16 cast
+    monkeypatch.setattr(P, "cpu_dtype_supported", lambda name: False)
+    assert "--precision fp16 needs bfloat16 CPU kernels" in P.unsupported(P.Precision.FP16, cpu)
     assert P.unsupported(P.Precision.FP32, cpu) is None
-    assert P.unsupported(P.Precision.FP16, torch.device("cuda", 0)) is None  # CUDA has float16 kernels
+    assert P.unsupported(P.Precision.HALF, torch.device("cuda", 0)) is None  # CUDA has float16 kernels
 
 
 def test_fused_sgd_is_chosen_only_where_a_step_runs(monkeypatch):

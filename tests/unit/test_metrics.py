@@ -7,22 +7,22 @@ import time
 import pytest
 
 from train.memory import MemoryUse, peak_memory
-from train.metrics import RunTimes, flagperf_metrics, flagperf_row, process_start_time
+from train.metrics import RunTimes, flagperf_row, process_start_time, steady_figures
 from train.clock import Stopwatch, SyncStepClock, timed_iter
 
 
-def test_flagperf_formulas():
+def test_steady_formulas():
     times = RunTimes(e2e=100.0, loop=80.0, eval=16.0, compute=40.0, data=20.0)
-    m = flagperf_metrics(6400, times, acc1=71.5, mem=MemoryUse(28.6, 40.0, "cuda-reserved"))
+    m = steady_figures(6400, times, acc1=71.5, mem=MemoryUse(28.6, 40.0, "cuda-reserved"))
     assert m.p_whole == pytest.approx(6400 / 80)
     assert m.p_train == pytest.approx(6400 / 64)
     assert m.p_core == pytest.approx(6400 / 40)
     assert m.p_core >= m.p_train >= m.p_whole > 0
     assert m.e2e_time == 100.0 and m.mem == "28.6/40.0"
-    row = flagperf_row(m, "CPUx1x1", "fp32", "bs=32,lr=0.1")
+    row = flagperf_row(m, "CPUx1x1", "fp32", "bs=32,lr=0.1", m.mem)
     assert row == "| CPUx1x1 | fp32 | bs=32,lr=0.1 | 100 | 80.0 | 100.0 | 160.0 | 71.5% | 28.6/40.0 |"
     with pytest.raises(ValueError, match="compute"):
-        flagperf_metrics(1, RunTimes(1, 1, 0, 0, 0), 0, MemoryUse(0, 1, "x"))
+        steady_figures(1, RunTimes(1, 1, 0, 0, 0), 0, MemoryUse(0, 1, "x"))
 
 
 def test_timers_measure_data_wait_and_compute_separately():

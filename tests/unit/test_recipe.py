@@ -94,16 +94,17 @@ def test_progressive_resolution():
 
 def test_precision_modes_build_a_scaler_only_for_amp():
     assert make_grad_scaler(Precision.BF16, CPU) is None  # bf16 has fp32's range: no loss scaling
-    assert make_grad_scaler(Precision.FP16, CPU) is None
+    assert make_grad_scaler(Precision.FP16, CPU) is None and make_grad_scaler(Precision.HALF, CPU) is None
     assert make_grad_scaler(Precision.FP32, CPU) is None
     if hasattr(torch.amp, "GradScaler"):  # torch 2.3+: a CPU GradScaler exists
         assert isinstance(make_grad_scaler(Precision.AMP, CPU), torch.amp.GradScaler)
     else:  # torch 2.0-2.2: one line saying what to use instead
         with pytest.raises(ValueError, match="--precision amp on a cpu device needs torch.amp.GradScaler"):
             make_grad_scaler(Precision.AMP, CPU)
-    assert model_dtype(Precision.FP16) is torch.float16 and model_dtype(Precision.BF16) is torch.float32
+    assert model_dtype(Precision.FP16) is torch.bfloat16 and model_dtype(Precision.HALF) is torch.float16
+    assert model_dtype(Precision.BF16) is torch.float32
     model = build_resnet50(10, CPU, dtype=model_dtype(Precision.FP16))
-    assert all(p.dtype is torch.float16 for p in model.parameters())
+    assert all(p.dtype is torch.bfloat16 for p in model.parameters())
     with autocast(Precision.BF16, CPU):
         y = torch.nn.Linear(4, 4)(torch.randn(2, 4))
     assert y.dtype is torch.bfloat16

@@ -12,20 +12,27 @@ from tools import train as train_cli
 SMALL = ["--batch-size", "4", "--image-size", "32", "--workers", "1"]
 SYNTHETIC = ["--loader", "synthetic", "--synthetic-train-samples", "12", "--synthetic-val-samples", "6", *SMALL]
 
-FLAGPERF = ["e2e_time", "p_whole", "p_train", "p_core", "acc1", "mem_used_gib", "mem_total_gib", "trained_images",
-            "mem", "acc5", "eval_images", "val_samples"]
+STEADY = ["e2e_time", "p_whole", "p_train", "p_core", "acc1", "mem_used_gib", "mem_total_gib", "trained_images",
+          "figure_set", "mem", "acc5", "eval_images", "val_samples"]
+TAIL = ["flagperf", "numerics", "dataset", "resolved_config"]
+FLAGPERF = ["e2e_time", "p_whole", "p_train", "p_core", "acc1", "trained_images", "converged", "initial_eval_s",
+            "p_core_timing", "figure_set"]
+NUMERICS = ["precision", "page_label", "param_dtype", "input_dtype", "autocast_dtype", "grad_scaler", "tf32",
+            "tf32_matmul", "tf32_cudnn", "tf32_mechanism", "metax_use_tf32", "cudnn_benchmark", "cudnn_deterministic",
+            "channels_last"]
 TRAIN_KEYS = [
-    *FLAGPERF, "steps", "ema_acc1", "target_acc1", "target_reached_epoch", "final_train_image_size",
+    *STEADY, "steps", "ema_acc1", "target_acc1", "target_reached_epoch", "final_train_image_size",
     "channels_last", "compile", "optimizer_impl", "grad_scaler_syncs_per_step", "resumed_from_step", "resumed_from", "checkpoint_s", "resume_skip_s",
     "checkpoints_written", "warmup_steps", "warmup_s_rank0", "total_trained_images", "skipped_samples",
     "skipped_examples_rank0", "rank_steps_min", "rank_steps_max", "epochs", "timing", "device_syncs_rank0",
     "data_wait_fraction", "times_s", "rank0_times_s", "verdict", "loader_stage_seconds_per_image_rank0",
     "global_batch_size", "world_size", "precision", "loader", "device", "device_name", "mem_kind",
     "mem_peak_allocated_gib_rank0", "mem_peak_reserved_gib_rank0", "mem_device_used_gib_nvml_rank0", "versions",
-    "config", "fix_hp", "argv", "environment"]
+    "config", "fix_hp", "argv", "environment", *TAIL]
 TEST_ONLY_KEYS = [
-    *FLAGPERF, "test_only", "checkpoint", "checkpoint_step", "ema_acc1", "eval_s", "eval_img_per_s", "world_size",
-    "precision", "loader", "device", "device_name", "mem_kind", "versions", "config", "fix_hp", "argv", "environment"]
+    *STEADY, "test_only", "checkpoint", "checkpoint_step", "ema_acc1", "eval_s", "eval_img_per_s", "world_size",
+    "precision", "loader", "device", "device_name", "mem_kind", "versions", "config", "fix_hp", "argv", "environment",
+    *TAIL]
 TIMES = ["e2e", "loop", "eval", "compute", "data"]
 VERDICT = ["io_bound", "ratio", "dominant_stage", "cores_needed", "levers", "lines"]
 VERSIONS = ["python", "torch", "torchvision", "cuda", "cudnn", "driver", "dali"]
@@ -51,6 +58,14 @@ def test_train_metrics_json_keys_and_order(trained):
     assert list(m["times_s"]) == list(m["rank0_times_s"]) == TIMES
     assert list(m["verdict"]) == VERDICT and list(m["versions"]) == VERSIONS
     assert list(m["environment"]) == ENVIRONMENT
+    assert list(m["flagperf"]) == FLAGPERF and list(m["numerics"]) == NUMERICS
+    assert m["figure_set"] == "steady" and m["flagperf"]["figure_set"] == "flagperf"
+    # FlagPerf's count: len(dataset) = 12 per finished epoch, every step timed (no warm-up left out)
+    assert (m["flagperf"]["trained_images"], m["flagperf"]["initial_eval_s"]) == (24, None)
+    assert m["dataset"] == {"data": None, "name": "synthetic", "train_samples": 12, "val_samples": 6,
+                            "num_classes": 1000}
+    assert m["resolved_config"]["loader_cfg"]["batch_size"] == 4 and m["resolved_config"]["tf32"] == "off"
+    assert (m["numerics"]["cudnn_benchmark"], m["numerics"]["param_dtype"]) == (True, "float32")
     env = m["environment"]
     assert (env["nodes"], env["processes_per_node"], env["accelerator_count"]) == (1, 1, 0)
     assert (env["accelerator"], env["accelerator_vendor"], env["accelerator_tool"], env["maca"]) == (None, "none",
@@ -95,21 +110,21 @@ def test_run_returns_the_typed_report_its_json_is_the_file(tmp_path):
     assert (report.steps, report.precision, report.device, report.device_name) == (3, "fp32", "cpu",
                                                                                    m["device_name"])
     assert report.training.times.times_s.loop == m["times_s"]["loop"] and report.test is None
-    assert report.flagperf.acc1 is None and "| / |" in report.row()
+    assert report.steady.acc1 is None and "| / |" in report.row()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        report.flagperf = None
+        report.steady = None
 
 
 def test_test_only_report_shape_and_summary():
     from train.iobench.verdict import Verdict
     from train.memory import MemoryUse
-    from train.metrics import FlagPerfMetrics
+    from train.metrics import SteadyFigures
     from train.environment import collect
     from train.report import (CheckpointTest, EvalCounts, Labels, MemoryDetail, Placement, RunReport,
                               run_verdict)
 
     mem = MemoryUse(1.0, 8.0, "cpu-rss")
-    report = RunReport(FlagPerfMetrics(5.0, None, None, None, 50.0, 1.0, 8.0, 0), EvalCounts(75.0, 4, 4), None,
+    report = RunReport(SteadyFigures(5.0, None, None, None, 50.0, 1.0, 8.0, 0), EvalCounts(75.0, 4, 4), None,
                        CheckpointTest("ck.pt", 6, None, 0.5, 8.0), Placement(1, "fp32", "cpu", "cpu", "x86"),
                        MemoryDetail.of(mem, with_peaks=False), Labels({}, "CPUx1x1", "bs=4,test-only", ("train",),
                                                                       collect(1, 1, {})))
@@ -118,6 +133,7 @@ def test_test_only_report_shape_and_summary():
     assert (report.steps, report.p_core, report.data_wait_fraction, report.device_name) == (0, None, None, "x86")
     assert report.summary().splitlines() == [
         "test: ck.pt (step 6): val top-1 50.00% top-5 75.00% on 4 images, 8.0 img/s",
+        "steady figures (warm-up steps left out, max over ranks, exact top-1):",
         "| config | precision | fix_hp | e2e_time | p_whole | p_train | p_core | acc | mem |",
         "| ------ | --------- | ------ | -------- | ------- | ------- | ------ | --- | --- |",
         "| CPUx1x1 | fp32 | bs=4,test-only | 5 | / | / | / | 50.0% | 1.0/8.0 |"]
