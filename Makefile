@@ -50,7 +50,8 @@ endif
 	$(BIN)/train --data $(WORK)/shards --loader cpu $(DEMO_TRAIN_ARGS) --metrics-json $(WORK)/metrics.json --plot
 
 # FlagPerf sweep (README "FlagPerf vendor page"): shard IMAGENET (resumable: a finished run is skipped), run the
-# configs/flagperf presets that fit NPROC processes, write the vendor page to $(FLAGPERF_OUT)/README.md.
+# packaged FlagPerf presets (train/presets/flagperf, those of the visible device's vendor) that fit NPROC processes,
+# write the vendor page to $(FLAGPERF_OUT)/README.md.
 # SWEEP_ARGS: train flags for every run (e.g. --max-steps 200 --no-eval for a short sweep).
 NPROC ?= $(shell $(BIN)/python -c "import torch; print(max(1, torch.cuda.device_count()))" 2>/dev/null || echo 1)
 FLAGPERF_OUT ?= build/flagperf

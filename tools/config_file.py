@@ -15,6 +15,12 @@ line naming the file and the key.
 
 :func:`write_resolved` writes every effective option (None values left out), the run's own at the top level and
 the others in their component tables; ``--config`` reads it back to the same options.
+
+Presets: ``train --config NAME``, where NAME is no existing file, reads a preset shipped inside the ``train``
+package (``train/presets/<group>/<name>.toml``, package data, so a wheel has them): FlagPerf's configs by
+FlagPerf's names (``C500x1x8``, or ``flagperf/C500x1x8``), this project's tuned recipes as ``tuned/dle-amp`` (or
+``dle-amp`` where no other group has that name). An unknown name is one line listing the presets
+(:func:`resolve_config`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from pipeline.compat import TOMLDecodeError, toml_loads
 from tools.cli_common import Option, Schema, shown
 
 LEGACY_TABLES = ("data", "run")  # tables of older files: grouping only, any option (as at the top level)
+PRESET_PROGS = ("train",)  # the commands whose --config also takes a preset name
+FLAGPERF_GROUP = "flagperf"  # its presets are named without the group: C500x1x8
 
 
 class ConfigFileError(ValueError):
@@ -119,18 +127,83 @@ def load_defaults(schema: Schema, path: Path) -> dict[str, object]:
     return out
 
 
+def presets_dir() -> Path:
+    """The folder of the packaged presets: ``presets/`` beside the ``train`` package's ``__init__.py`` (in a
+    checkout and in an installed wheel alike)."""
+    import train
+
+    return Path(train.__file__).resolve().parent / "presets"
+
+
+def presets(root: Path | None = None) -> dict[str, Path]:
+    """Every packaged preset by its name: ``C500x1x8`` for FlagPerf's (group ``flagperf``), ``tuned/dle-amp``
+    for the others (``<group>/<file stem>``); FlagPerf's first, each group sorted. ``root``: the presets folder
+    (default :func:`presets_dir`); a missing folder has none."""
+    root = presets_dir() if root is None else Path(root)
+    groups = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: (d.name != FLAGPERF_GROUP, d.name)) \
+        if root.is_dir() else []
+    found: dict[str, Path] = {}
+    for group in groups:
+        for path in sorted(group.glob("*.toml")):
+            found[path.stem if group.name == FLAGPERF_GROUP else f"{group.name}/{path.stem}"] = path
+    return found
+
+
+def find_preset(name: str, root: Path | None = None) -> Path | None:
+    """The preset called ``name`` (``C500x1x8``, ``flagperf/C500x1x8``, ``tuned/dle-amp``, or ``dle-amp`` when
+    only one group has it; a trailing ``.toml`` is allowed), or None when there is none.
+
+    Raises:
+        ConfigFileError: a bare name that several groups have (the message names them).
+    """
+    known = presets(root)
+    name = name[:-len(".toml")] if name.endswith(".toml") else name
+    if name.startswith(FLAGPERF_GROUP + "/"):  # FlagPerf's, named with its group
+        name = name[len(FLAGPERF_GROUP) + 1:]
+        return known.get(name) if "/" not in name else None
+    if name in known:
+        return known[name]
+    matches = [n for n in known if n.rpartition("/")[2] == name]
+    if len(matches) > 1:
+        raise ConfigFileError(f"{name}: several presets have that name ({', '.join(matches)}): name its group")
+    return known[matches[0]] if matches else None
+
+
+def resolve_config(value: str | Path, root: Path | None = None) -> Path:
+    """What ``--config VALUE`` reads: VALUE itself when it is an existing file (a file always wins) or looks like
+    one (an absolute path, or a name ending in ``.toml`` that is no preset either), else the packaged preset of
+    that name (:func:`find_preset`).
+
+    Raises:
+        ConfigFileError: no such file and no such preset (one line listing the presets), or an ambiguous name.
+    """
+    path = Path(value)
+    if path.exists():
+        return path
+    text = str(value)
+    preset = None if path.is_absolute() else find_preset(text, root)
+    if preset is not None:
+        return preset
+    if path.is_absolute() or text.endswith(".toml"):
+        return path  # read as a file: "config file not found"
+    names = ", ".join(presets(root)) or "none installed"
+    raise ConfigFileError(f"{text}: no such config file, and no preset of that name (presets: {names})")
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE.toml`` (read by :func:`parse_args_with_config`)."""
-    parser.add_argument("--config", type=Path, metavar="FILE.toml",
+    """Add ``--config FILE.toml|PRESET`` (read by :func:`parse_args_with_config`)."""
+    parser.add_argument("--config", type=Path, metavar="FILE.toml|PRESET",
                         help="option defaults from a TOML file (keys = flag names; a group's options below in its "
-                             "table, the run's at the top level; flags given here win); see docs/launch.md")
+                             "table, the run's at the top level; flags given here win), or a packaged preset by "
+                             "name (train: FlagPerf's C500x1x8, A100x1x8, ...; tuned/dle-amp); see docs/launch.md")
 
 
 def parse_args_with_config(parser: argparse.ArgumentParser, schema: Schema,
                            argv: list[str] | None = None) -> argparse.Namespace:
     """Apply the ``--config`` file's values as defaults, then parse ``argv`` (flags win).
 
-    ``parser`` has ``--config`` (:func:`add_config_option`). A bad file ends the process through
+    ``parser`` has ``--config`` (:func:`add_config_option`); for the commands of :data:`PRESET_PROGS` its value may
+    name a packaged preset (:func:`resolve_config`). A bad file or an unknown preset ends the process through
     ``parser.error`` (usage + one line, exit 2).
     """
     pre = argparse.ArgumentParser(add_help=False)
@@ -138,7 +211,8 @@ def parse_args_with_config(parser: argparse.ArgumentParser, schema: Schema,
     known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.config is not None:
         try:
-            parser.set_defaults(**load_defaults(schema, known.config))
+            path = resolve_config(known.config) if schema.prog in PRESET_PROGS else known.config
+            parser.set_defaults(**load_defaults(schema, path))
         except ConfigFileError as exc:
             parser.error(str(exc))
     return parser.parse_args(argv)

@@ -1,5 +1,6 @@
-"""``train --config FILE.toml``: precedence, one-line errors, the resolved config round trip, FlagPerf presets,
-and a 2-"node" gloo launch (two torchrun agents with --nnodes 2 on this machine)."""
+"""``train --config FILE.toml``: precedence, one-line errors, the resolved config round trip, a FlagPerf preset
+run by name, and a 2-"node" gloo launch of one (two torchrun agents with --nnodes 2 on this machine). The presets'
+values are checked in tests/unit/test_presets.py."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ import pytest
 
 from pipeline.compat import toml_loads
 from tools import train as train_cli
-from tools.config_file import load_defaults, parse_args_with_config, resolved_path, resolved_toml
+from tools.config_file import parse_args_with_config, resolved_path, resolved_toml
 from train.precision import Precision
 
 REPO = Path(__file__).resolve().parents[2]
-PRESETS = sorted((REPO / "configs" / "flagperf").glob("*.toml"))
 TINY = ["--image-size", "32", "--batch-size", "2", "--max-steps", "2", "--no-eval", "--loader", "cpu",
         "--workers", "1"]
 
@@ -146,36 +146,17 @@ def test_train_writes_the_resolved_config_next_to_the_metrics(demo_shards, tmp_p
     assert options(from_file) == options(direct)
 
 
-def test_presets_exist_for_every_flagperf_row():
-    names = {p.stem for p in PRESETS}
-    assert names == {f"resnet50_{c}_{p}" for c in ("1x1", "1x8", "2x8") for p in ("fp32", "amp", "fp16")}
-
-
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_preset_maps_onto_a_train_config(preset):
-    precision = preset.stem.rsplit("_", 1)[1]
-    if precision not in {p.value for p in Precision}:
-        pytest.skip(f"--precision {precision} is not accepted by this checkout yet")
-    assert "FlagOpen/FlagPerf" in preset.read_text() and "training/nvidia/resnet50-pytorch" in preset.read_text()
-    parser, args = parse(["--config", str(preset), "--data", "shards"])
-    cfg = train_cli.config_from_args(args)
-    assert cfg.precision.value == precision
-    bs, lr = (256, 0.8) if precision == "fp32" else (512, 0.2)
-    assert cfg.loader_cfg.batch_size == bs and cfg.optim.lr == lr
-    assert cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 1e-4 and cfg.epochs == 100
-    assert set(load_defaults(train_cli.SCHEMA, preset)) <= set(vars(args))
-
-
 @pytest.mark.slow
-def test_fp32_preset_runs_on_cpu_with_tiny_overrides(demo_shards, tmp_path, capsys):
-    preset = REPO / "configs" / "flagperf" / "resnet50_1x1_fp32.toml"
+def test_flagperf_preset_runs_on_cpu_with_tiny_overrides(demo_shards, tmp_path, capsys):
+    """A FlagPerf preset by name (the packaged A100x1x1: bs=256, lr=0.8), shrunk by flags to two CPU steps."""
     out = tmp_path / "m.json"
-    assert train_cli.main(["--config", str(preset), "--data", str(demo_shards), *TINY,
+    assert train_cli.main(["--config", "A100x1x1", "--data", str(demo_shards), *TINY,
                            "--metrics-json", str(out)]) == 0
     m = json.loads(out.read_text())
     assert m["steps"] == 2 and m["precision"] == "fp32" and m["fix_hp"] == "bs=2,lr=0.8"
     assert "| CPUx1x1 | fp32 | bs=2,lr=0.8 |" in capsys.readouterr().out
-    assert 'precision = "fp32"' in (tmp_path / "m.config.toml").read_text()
+    resolved = (tmp_path / "m.config.toml").read_text()
+    assert 'precision = "fp32"' in resolved and 'flagperf_case = "A100x1x1"' in resolved
 
 
 @pytest.mark.slow
@@ -187,7 +168,7 @@ def test_two_nodes_gloo_launch(demo_shards, tmp_path):
     for node in range(2):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
-               "-m", "tools.train", "--config", str(REPO / "configs" / "flagperf" / "resnet50_2x8_fp32.toml"),
+               "-m", "tools.train", "--config", "A100x2x8",
                "--data", str(demo_shards), *TINY, "--metrics-json", str(tmp_path / f"node{node}" / "m.json")]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
