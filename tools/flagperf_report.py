@@ -1,9 +1,15 @@
 """``flagperf-report RUN.json ... [--out README.md] [--lang zh|en] [--device-name NAME]``.
 
-Writes the FlagPerf vendor README section of the ResNet50 case (环境配置, 通用指标, 性能指标; Chinese by default,
-as FlagPerf's vendor pages are) from the metrics JSONs of any number of ``train --metrics-json`` runs: one
-performance row per run, ordered 1x1, 1x8, 2x8 and by precision. See train/flagperf_page.py for the layout,
-the rounding and what "unknown" means. Without ``--out`` the page goes to stdout.
+Writes the FlagPerf vendor page of the ResNet50 case (``training/<vendor>/resnet50-pytorch/README.md``; Chinese by
+default, as FlagPerf's vendor pages are) from the metrics JSONs of any number of ``train --metrics-json`` runs:
+数据集准备, the vendor section with 环境配置 (and the 数据格式 note for 16-bit runs), 运行情况 with 通用指标 (数据集
+and 额外修改项 filled from the runs) and 性能指标 (one row per run from its ``flagperf`` figures, ordered by layout
+and precision), and the notes under it. See train/flagperf_page.py for the layout, the rounding, fix_hp and what
+额外修改项 compares. Without ``--out`` the page goes to stdout.
+
+Exit status 2 with one line naming the file and the key for a file that is not a metrics JSON of train, a
+``--test-only`` run, or one written before the ``flagperf`` figures existed (rerun train), and for an ``--out`` that
+cannot be written.
 """
 
 from __future__ import annotations

@@ -510,9 +510,12 @@ def _numerics(s: Session) -> Numerics:
                     s.cfg.channels_last)
 
 
-def _dataset(cfg: TrainConfig, train: Loader | None, val: Loader | None, num_classes: int) -> DatasetSummary:
+def _dataset(cfg: TrainConfig, info, train: Loader | None, val: Loader | None, num_classes: int) -> DatasetSummary:
+    """The data of the run; its name is the folder the shards were made from (``_info.json``'s ``source``), else
+    the ``--data`` folder's, ``synthetic`` without data."""
     data = None if cfg.data is None else str(cfg.data)
-    name = "synthetic" if data is None else (str(data).rstrip("/").rsplit("/", 1)[-1] or str(data))
+    source = (info.extra.get("source") if info is not None else None) or data
+    name = "synthetic" if source is None else (str(source).rstrip("/").rsplit("/", 1)[-1] or str(source))
     return DatasetSummary(data, name, train.num_samples if train is not None else 0,
                           val.num_samples if val is not None else 0, num_classes)
 
@@ -547,7 +550,7 @@ def _train_report(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer
                      Labels(s.versions, config_label(s.env), f"bs={s.lcfg.batch_size},lr={s.peak_lr:g}",
                             tuple(sys.argv), _environment(s.env, s.versions)),
                      _flagperf(s, clock, st, excluded_s, run_start, end), _numerics(s),
-                     _dataset(s.cfg, s.train_loader, s.val_loader, s.train_loader.num_classes), config_json(s.cfg))
+                     _dataset(s.cfg, s.info, s.train_loader, s.val_loader, s.train_loader.num_classes), config_json(s.cfg))
 
 
 # --- evaluation of a checkpoint --------------------------------------------------------------------------------
@@ -587,6 +590,6 @@ def test_only(cfg: TrainConfig, env: distributed.DistEnv, run_start: float | Non
                        _placement(cfg, env, t.precision, t.device_name), MemoryDetail.of(mem, with_peaks=False),
                        Labels(t.versions, config_label(env), f"bs={t.lcfg.batch_size},test-only", tuple(sys.argv),
                               _environment(env, t.versions)),
-                       flagperf, None, _dataset(cfg, None, t.val_loader, t.val_loader.num_classes), config_json(cfg))
+                       flagperf, None, _dataset(cfg, None, None, t.val_loader, t.val_loader.num_classes), config_json(cfg))
     _publish(report, cfg, env)
     return report

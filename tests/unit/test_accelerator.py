@@ -335,9 +335,9 @@ def test_environment_of_a_metax_run_and_its_vendor_page(metax, monkeypatch, tmp_
     assert (env["accelerator"], env["accelerator_vendor"], env["accelerator_count"]) == ("MetaX C500", "metax", 2)
     assert (env["driver"], env["accelerator_tool"], env["maca"]) == ("3.0.11", "mx-smi 2.2.8", "3.1.0.14")
     assert (env["tf32"], env["tf32_mechanism"]) == (True, "METAX_USE_TF32")
-    run = {"config": "CUDAx1x1", "precision": "amp", "fix_hp": "bs=256,lr=0.256", "e2e_time": 100.0,
-           "p_whole": 1.0, "p_train": 1.0, "p_core": 1.0, "acc1": None, "mem_used_gib": 4.0, "mem_total_gib": 64.0,
-           "device_name": "MetaX C500", "environment": env}
+    from test_flagperf_page import faithful  # a complete metrics JSON of a MetaX run (tests/unit, same folder)
+
+    run = {**faithful(vendor="metax", layout="1x1"), "environment": env, "device_name": "MetaX C500"}
     path = tmp_path / "m.json"
     path.write_text(json.dumps(run))
     lines = render([load_run(path)], Lang.ZH).splitlines()
