@@ -18,6 +18,9 @@ p_core      images / the sum of every step's time (FlagPerf: ``time.time()`` aro
             that times kernel launches only, so here the step clock's synchronised time: CUDA events or a
             device-wide synchronise per step, ``p_core_timing``)
 acc1        % of the last evaluation: the unweighted mean of per-batch top-1 over every rank's val batches
+            (FlagPerf's DistributedSampler pads val to a multiple of the world size with repeated images, none for
+            ImageNet's 50,000 at 8 or 16 ranks; here a rank's val share is not padded, and the mean is over all
+            ranks' batches, which is FlagPerf's ``sum / (steps x world size)`` when ranks have equal batch counts)
 ==========  =====================================================================================================
 
 Warm-up steps count everywhere. ``steady`` (:class:`SteadyFigures`, :func:`steady_figures`): the steps after
