@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
 
+from pipeline.compat import BooleanOptionalAction
+
 
 def positive(kind):
     """argparse type: ``kind(text)`` that must be > 0."""
@@ -54,6 +56,8 @@ class Option:
             the default is not None.
         invert: a switch that sets ``field`` to False (``--no-eval`` sets ``eval``).
         metavar: as argparse's (Enum types get ``{a,b,c}``).
+        negatable: a switch with both forms, ``--flag`` / ``--no-flag`` (its default from the schema), so a
+            ``--config`` file's ``true`` can be turned off on the command line.
     """
 
     flag: str
@@ -64,6 +68,7 @@ class Option:
     help: str = ""
     invert: bool = False
     metavar: str | None = None
+    negatable: bool = False
 
     @property
     def dest(self) -> str:
@@ -89,6 +94,10 @@ class Option:
 
 def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
     """``parser.add_argument`` for ``option`` (``parser`` may be an argument group)."""
+    if option.type is None and option.negatable:
+        parser.add_argument(option.flag, action=BooleanOptionalAction, default=option.default,
+                            help=f"{option.help} (default: {'on' if option.default else 'off'})")
+        return
     if option.type is None:
         parser.add_argument(option.flag, action="store_true", help=option.help_text())
         return

@@ -57,14 +57,16 @@ def _epoch_range(text: str) -> tuple[int, int]:
 
 
 def _opt(cls: type, field: str, flag: str, type=None, help: str = "", *, invert: bool = False,
-         metavar: str | None = None, default: object = _FROM_SCHEMA, table: object = _FROM_SCHEMA) -> Option:
+         metavar: str | None = None, default: object = _FROM_SCHEMA, table: object = _FROM_SCHEMA,
+         negatable: bool = False) -> Option:
     """The flag of field ``cls.field``, its default read from the dataclass (a switch's is off: it sets the field
-    to ``not invert``), in the table of ``cls`` unless ``table`` is given."""
+    to ``not invert``; a ``negatable`` one, ``--flag`` / ``--no-flag``, takes the field's default), in the table of
+    ``cls`` unless ``table`` is given."""
     if default is _FROM_SCHEMA:
-        default = False if type is None else default_of(cls, field)
+        default = False if type is None and not negatable else default_of(cls, field)
     attr, cls_table = COMPONENTS[cls]
     return Option(flag, cls_table if table is _FROM_SCHEMA else table, f"{attr}.{field}" if attr else field, type,
-                  default, help, invert, metavar)
+                  default, help, invert, metavar, negatable)
 
 
 def _input(flag: str, type, help: str) -> Option:
@@ -99,8 +101,9 @@ RUN_OPTIONS = (
          help="do not let cuDNN time and pick its fastest algorithms (FlagPerf's runs; default: on)"),
     _opt(TrainConfig, "cudnn_deterministic", "--cudnn-deterministic",
          help="only deterministic cuDNN algorithms (FlagPerf's NVIDIA runs)"),
-    _opt(TrainConfig, "initial_eval", "--initial-eval",
-         help="evaluate once before training, as FlagPerf's case (inside its e2e_time)"),
+    _opt(TrainConfig, "initial_eval", "--initial-eval", negatable=True,
+         help="evaluate once before training, as FlagPerf's case (inside its e2e_time; the FlagPerf presets set "
+              "it, --no-initial-eval skips it)"),
     _opt(TrainConfig, "flagperf_case", "--flagperf-case", str,
          "the FlagPerf config this run reproduces, e.g. C500x1x8 (the vendor page compares against it; set by the "
          "FlagPerf presets)"),

@@ -134,3 +134,13 @@ def test_a_bare_name_in_two_groups_is_ambiguous(tmp_path):
         find_preset("fast", tmp_path)
     assert presets(tmp_path / "none") == {}
     assert find_preset("flagperf/dle-amp") is None and find_preset("flagperf/tuned/dle-amp") is None
+
+
+def test_flags_override_a_preset_both_ways():
+    base = ["--config", "C500x1x8", "--loader", "synthetic"]
+    cfg = config_of(base)
+    assert cfg.initial_eval is True and cfg.cudnn_benchmark is False and cfg.tf32 is Tf32Mode.ON
+    cfg = config_of([*base, "--no-initial-eval", "--precision", "fp16", "--tf32", "off", "--batch-size", "8"])
+    assert cfg.initial_eval is False and cfg.precision is Precision.FP16 and cfg.tf32 is Tf32Mode.OFF
+    assert cfg.loader_cfg.batch_size == 8 and cfg.optim.lr == 0.4  # the rest stays the preset's
+    assert config_of(["--loader", "synthetic", "--initial-eval"]).initial_eval is True
