@@ -177,15 +177,17 @@ def resolve_config(value: str | Path, root: Path | None = None) -> Path:
     Raises:
         ConfigFileError: no such file and no such preset (one line listing the presets), or an ambiguous name.
     """
-    path = Path(value)
-    if path.exists():
-        return path
     text = str(value)
+    if not text.strip():
+        raise ConfigFileError("--config: empty: give a TOML file or a preset name")
+    path = Path(value)
+    if path.is_file():
+        return path
     preset = None if path.is_absolute() else find_preset(text, root)
     if preset is not None:
         return preset
-    if path.is_absolute() or text.endswith(".toml"):
-        return path  # read as a file: "config file not found"
+    if path.is_absolute() or text.endswith(".toml") or path.exists():
+        return path  # read as a file: "config file not found", or a folder's "cannot read"
     names = ", ".join(presets(root)) or "none installed"
     raise ConfigFileError(f"{text}: no such config file, and no preset of that name (presets: {names})")
 
@@ -207,11 +209,13 @@ def parse_args_with_config(parser: argparse.ArgumentParser, schema: Schema,
     ``parser.error`` (usage + one line, exit 2).
     """
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path)
+    pre.add_argument("--config")  # text: Path("") would read as "."
     known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.config is not None:
         try:
-            path = resolve_config(known.config) if schema.prog in PRESET_PROGS else known.config
+            if not known.config.strip():
+                raise ConfigFileError("--config: empty: give a TOML file or a preset name")
+            path = resolve_config(known.config) if schema.prog in PRESET_PROGS else Path(known.config)
             parser.set_defaults(**load_defaults(schema, path))
         except ConfigFileError as exc:
             parser.error(str(exc))

@@ -33,6 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what a value that passed load_run's checks but still cannot be written raises (a hand-edited JSON)
+_RENDER_ERRORS = (ArithmeticError, AttributeError, KeyError, LookupError, TypeError, ValueError)
+
+
+def _render_or_exit(p: argparse.ArgumentParser, runs: list, lang: Lang, device: str | None) -> str:
+    """The page; where a JSON that load_run accepted still cannot be rendered, one line naming the first file
+    that fails alone (exit 2), never a traceback."""
+    try:
+        return render(runs, lang, device)
+    except _RENDER_ERRORS as exc:
+        culprit = "these metrics JSONs"
+        for run in runs:
+            try:
+                render([run], lang, device)
+            except _RENDER_ERRORS:
+                culprit = run.path
+                break
+        p.exit(2, f"flagperf-report: error: {culprit}: cannot write the page from it ({exc.__class__.__name__}: "
+                  f"{exc}); a metrics JSON edited by hand or damaged? rerun train\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
@@ -40,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [load_run(path) for path in args.runs]
     except RunFileError as exc:
         p.exit(2, f"flagperf-report: error: {exc}\n")
-    page = render(runs, Lang(args.lang), args.device_name)
+    page = _render_or_exit(p, runs, Lang(args.lang), args.device_name)
     if args.out is None:
         sys.stdout.write(page)
         return 0

@@ -282,6 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_flag(extra: list[str], flag: str) -> str | None:
+    """The value of ``flag`` among the train flags after ``--`` (the last one given), or None."""
+    value = None
+    for i, x in enumerate(extra):
+        if x == flag and i + 1 < len(extra):
+            value = extra[i + 1]
+        elif x.startswith(flag + "="):
+            value = x.split("=", 1)[1]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, plan, run and report; returns the exit status (0: every planned run finished; 2: a usage error)."""
     from train.precision import Precision
@@ -296,9 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not args.precisions:
         p.error(f"--precisions {','.join(args.precisions)}: unknown {', '.join(bad) or 'empty list'} (choose from "
                 f"{', '.join(m.value for m in Precision)})")
+    owned = [f for f in ("--metrics-json", "--config", "--data") for x in extra if x == f or x.startswith(f + "=")]
+    if owned:
+        p.error(f"{owned[0]} after --: the sweep sets it for every run (--data, DIR/<preset>_<precision>.json, the "
+                f"preset); drop it")
     data, out = Path(os.path.abspath(args.data)), Path(os.path.abspath(args.out))
-    if not (data / "_info.json").is_file():
-        p.error(f"--data {args.data}: no _info.json in {data}; make shards with shard-imagenet first")
+    folder = _train_flag(extra, "--loader") == "folder"
+    if folder and not ((data / "train").is_dir() and (data / "val").is_dir()):
+        p.error(f"--data {args.data}: --loader folder needs an ImageFolder root with train/ and val/ in {data}")
+    if not folder and not (data / "_info.json").is_file():
+        p.error(f"--data {args.data}: no _info.json in {data}; make shards with shard-imagenet first (or pass "
+                f"-- --loader folder for an ImageFolder tree)")
     known = flagperf_presets()
     if not known:
         p.error("no FlagPerf preset is installed (train/presets/flagperf/ is empty or missing)")
@@ -315,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = plan({n: known[n] for n in names}, args.precisions, args.nproc)
     if not any(r.procs for r in runs):
         p.error(f"no chosen preset fits this node ({', '.join(names)}; --nproc {args.nproc})")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        p.error(f"--out {args.out}: cannot make that folder ({exc.strerror or exc}); pick a writable path")
     done, failed = [], []
     for run in runs:
         if run.procs is None:

@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(cfg)
     except (DatasetError, ValueError, SampleDecodeError, ShardReadError) as exc:
-        print(f"train: error: {error_line(exc)}", file=sys.stderr)
+        sys.stderr.write(f"train: error: {error_line(exc)}\n")  # one write: ranks' lines do not interleave
+        sys.stderr.flush()
         return 2
     if cfg.metrics_json is not None and distributed.global_rank() == 0:
         write_resolved(SCHEMA, args, resolved_path(cfg.metrics_json))  # metrics.json -> metrics.config.toml

@@ -20,9 +20,10 @@ Sources (paths in FlagPerf's repository):
   (lr 0.1, batch 32), ``config_A100x2x8.py`` (lr 0.8, batch 256); ``training/metax/resnet50-pytorch/config/
   config_C500x1x1.py`` (lr 0.8, batch 256, max_epoch 6), ``config_C500x1x8.py`` (lr 0.4, batch 128),
   ``config_C550x1x8.py`` (lr 0.4, batch 128).
-* ``A100x1x1``: the stored config file of that name is an older layout (``learning_rate``, sample-count
-  termination) that today's trainer does not read; the values here are the fix_hp of the A100 1x1 row of
-  ``training/nvidia/resnet50-pytorch/README.md`` (bs=256, lr=0.8), with the base's 100 epochs.
+* ``A100x1x1``: ``training/nvidia/resnet50-pytorch/config/config_A100x1x1.py`` as stored is an older layout
+  (``learning_rate = 0.1``, ``train_batch_size = 32``, a sample-count termination); its lr and batch are the
+  base's, so the config here is the base's (lr 0.1, batch 32). The A100 1x1 row of FlagPerf's NVIDIA page ran with
+  fix_hp bs=256, lr=0.8: a change from this config, which the page's fix_hp column shows.
 * ``C500x2x8``: the MetaX page has a 2x8 row; its config file was not found in FlagPerf's tree as read here. The
   values (lr 0.8, batch 256) are those the A100 2x8 config and issue 19's reading of FlagPerf give; marked
   ``verified=False``.
@@ -103,7 +104,7 @@ _NVIDIA = replace(BASE, vendor=Vendor.NVIDIA)
 _METAX = replace(BASE, vendor=Vendor.METAX, cudnn_benchmark=None, cudnn_deterministic=None, metax_use_tf32="1")
 
 CONFIGS: dict[str, CaseConfig] = {c.name: c for c in (
-    replace(_NVIDIA, name="A100x1x1", nodes=1, per_node=1, lr=0.8, batch=256),
+    replace(_NVIDIA, name="A100x1x1", nodes=1, per_node=1, lr=0.1, batch=32),
     replace(_NVIDIA, name="A100x1x8", nodes=1, per_node=8, lr=0.1, batch=32),
     replace(_NVIDIA, name="A100x2x8", nodes=2, per_node=8, lr=0.8, batch=256),
     replace(_METAX, name="C500x1x1", nodes=1, per_node=1, lr=0.8, batch=256, max_epoch=6),

@@ -171,7 +171,7 @@ class Change:
     runs: tuple[str, ...] = ()
 
 
-CHANGE_KEYS = ("pipeline", "layout", "channels_last", "tf32", "cudnn", "momentum", "weight_decay", "decay_bn_bias",
+CHANGE_KEYS = ("pipeline", "layout", "bn_sync", "channels_last", "tf32", "cudnn", "momentum", "weight_decay", "decay_bn_bias",
                "nesterov", "label_smoothing", "lr_warmup", "lr_schedule", "zero_init_residual", "ema", "image_size",
                "resolution", "crop_pct", "compile", "max_steps", "epochs", "initial_eval", "eval", "target_acc1",
                "workers", "seed", "precision", "resumed")
@@ -194,7 +194,18 @@ class _Reader:
     def fail(self, key: str, what: str) -> RunFileError:
         return RunFileError(f"{self.path}: {key}: {what}")
 
-    def get(self, obj: dict, key: str, kind, where: str = "", optional: bool = False):
+    def get(self, obj: dict, key: str, kind, where: str = "", optional: bool = False, low: float | None = None,
+            high: float | None = None):
+        """``obj[key]`` of ``kind`` (None allowed when ``optional``), within [``low``, ``high``] where given."""
+        value = self._get(obj, key, kind, where, optional)
+        if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+            name = f"{where}.{key}" if where else key
+            bound = f">= {low:g}" if high is None else f"<= {high:g}" if low is None else f"in [{low:g}, {high:g}]"
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:37]}..."
+            raise self.fail(name, f"{shown} is out of range (must be {bound})")
+        return value
+
+    def _get(self, obj: dict, key: str, kind, where: str = "", optional: bool = False):
         name = f"{where}.{key}" if where else key
         if key not in obj:
             raise self.fail(name, "missing (not a metrics JSON of this project's train --metrics-json)")
@@ -246,6 +257,16 @@ def fix_hp(resolved: dict, world_size: int, case: CaseConfig) -> str:
     return f"bs={batch},lr={lr:g}"
 
 
+_BIG = 1e12  # a bound no real figure reaches (img/s, s, GiB, images): beyond it a JSON was edited or is damaged
+_TIMINGS = ("events", "sync", "none")
+
+
+def _one_of(rd: _Reader, value: str, key: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise rd.fail(key, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
 _OLD = "written by an older train without FlagPerf's figures: rerun train to get FlagPerf's figures"
 
 
@@ -278,11 +299,12 @@ def load_run(path: Path) -> RunRecord:
         raise rd.fail("config", f"{config!r} is not <device>x<nodes>x<per node>") from None
     f = rd.get(m, "flagperf", dict)
     figures = FlagPerfSet(
-        rd.get(f, "e2e_time", _NUM, "flagperf"), rd.get(f, "p_whole", _NUM, "flagperf", True),
-        rd.get(f, "p_train", _NUM, "flagperf", True), rd.get(f, "p_core", _NUM, "flagperf", True),
-        rd.get(f, "acc1", _NUM, "flagperf", True), rd.get(f, "trained_images", int, "flagperf"),
+        rd.get(f, "e2e_time", _NUM, "flagperf", low=0, high=_BIG),
+        rd.get(f, "p_whole", _NUM, "flagperf", True, 0, _BIG),
+        rd.get(f, "p_train", _NUM, "flagperf", True, 0, _BIG), rd.get(f, "p_core", _NUM, "flagperf", True, 0, _BIG),
+        rd.get(f, "acc1", _NUM, "flagperf", True, 0, 100), rd.get(f, "trained_images", int, "flagperf", low=0),
         rd.get(f, "converged", bool, "flagperf", True), rd.get(f, "initial_eval_s", _NUM, "flagperf", True),
-        rd.get(f, "p_core_timing", str, "flagperf"))
+        _one_of(rd, rd.get(f, "p_core_timing", str, "flagperf"), "flagperf.p_core_timing", _TIMINGS))
     n = rd.get(m, "numerics", dict)
     numerics = RunNumerics(
         rd.get(n, "precision", str, "numerics"), rd.get(n, "param_dtype", str, "numerics"),
@@ -299,20 +321,26 @@ def load_run(path: Path) -> RunRecord:
                                             f"({', '.join(PRECISION_ORDER)})") from None
     d = rd.get(m, "dataset", dict)
     dataset = RunDataset(rd.get(d, "data", str, "dataset", True), rd.get(d, "name", str, "dataset"),
-                         rd.get(d, "train_samples", int, "dataset"), rd.get(d, "val_samples", int, "dataset"),
-                         rd.get(d, "num_classes", int, "dataset"))
+                         rd.get(d, "train_samples", int, "dataset", low=0),
+                         rd.get(d, "val_samples", int, "dataset", low=0),
+                         rd.get(d, "num_classes", int, "dataset", low=1))
     resolved = _check_resolved(rd, rd.get(m, "resolved_config", dict))
     environment = m.get("environment") or {}
     if not isinstance(environment, dict):
         raise rd.fail("environment", f"expected an object, got {environment!r}")
+    if not isinstance(environment.get("dependencies", {}) or {}, dict):
+        raise rd.fail("environment.dependencies", f"expected an object, got {environment['dependencies']!r}")
     try:
         case = case_for(resolved, environment.get("accelerator_vendor"))
     except KeyError as exc:
         raise rd.fail("resolved_config.flagperf_case", exc.args[0]) from None
-    world_size = rd.get(m, "world_size", int)
+    world_size = rd.get(m, "world_size", int, low=1)
+    if nodes_i < 1 or per_node_i < 1:
+        raise rd.fail("config", f"{config!r}: nodes and processes per node must be >= 1")
     return RunRecord(
         str(path), nodes_i, per_node_i, numerics.precision, label, fix_hp(resolved, world_size, case), figures,
-        float(rd.get(m, "mem_used_gib", _NUM)), float(rd.get(m, "mem_total_gib", _NUM)),
+        float(rd.get(m, "mem_used_gib", _NUM, low=0, high=_BIG)),
+        float(rd.get(m, "mem_total_gib", _NUM, low=0, high=_BIG)),
         rd.get(m, "device_name", str), environment, numerics, dataset, rd.get(resolved, "loader", str,
                                                                               "resolved_config"),
         resolved, case, rd.get(m, "steps", int), rd.get(m, "epochs", int),
@@ -325,30 +353,32 @@ def _check_resolved(rd: _Reader, r: dict) -> dict:
     rd.get(r, "flagperf_case", str, w, True)
     rd.get(r, "loader", str, w)
     lc = rd.get(r, "loader_cfg", dict, w)
-    for key in ("batch_size", "image_size", "workers", "seed"):
-        rd.get(lc, key, int, f"{w}.loader_cfg")
-    rd.get(lc, "crop_pct", _NUM, f"{w}.loader_cfg")
+    rd.get(lc, "batch_size", int, f"{w}.loader_cfg", low=1, high=_BIG)
+    rd.get(lc, "image_size", int, f"{w}.loader_cfg", low=8, high=1_000_000)
+    rd.get(lc, "workers", int, f"{w}.loader_cfg", low=0, high=_BIG)
+    rd.get(lc, "seed", int, f"{w}.loader_cfg")
+    rd.get(lc, "crop_pct", _NUM, f"{w}.loader_cfg", low=1e-6, high=1)
     o = rd.get(r, "optim", dict, w)
-    rd.get(o, "lr", _NUM, f"{w}.optim", True)
+    rd.get(o, "lr", _NUM, f"{w}.optim", True, 0, _BIG)
     for key in ("lr_per_256", "momentum", "weight_decay", "label_smoothing", "warmup_epochs", "gamma"):
-        rd.get(o, key, _NUM, f"{w}.optim")
+        rd.get(o, key, _NUM, f"{w}.optim", low=0, high=_BIG)
     for key in ("nesterov", "decay_bn_and_bias"):
         rd.get(o, key, bool, f"{w}.optim")
     rd.get(o, "schedule", str, f"{w}.optim")
     for i, v in enumerate(rd.get(o, "milestones", list, f"{w}.optim")):
         if isinstance(v, bool) or not isinstance(v, int):
             raise rd.fail(f"{w}.optim.milestones[{i}]", f"expected an integer, got {v!r}")
-    rd.get(r, "epochs", int, w)
-    rd.get(r, "max_steps", int, w, True)
+    rd.get(r, "epochs", int, w, low=1, high=_BIG)
+    rd.get(r, "max_steps", int, w, True, 1, _BIG)
     rd.get(r, "seed", int, w)
-    rd.get(r, "ema_decay", _NUM, w, True)
-    rd.get(r, "target_acc1", _NUM, w, True)
+    rd.get(r, "ema_decay", _NUM, w, True, 0, 1)
+    rd.get(r, "target_acc1", _NUM, w, True, 0, 100)
     for key in ("eval", "zero_init_residual", "compile", "initial_eval"):
         rd.get(r, key, bool, w)
     res = rd.get(r, "resolution", dict, w, True)
     if res is not None:
         for key in ("start", "end", "ramp_start", "ramp_end", "eval"):
-            rd.get(res, key, int, f"{w}.resolution")
+            rd.get(res, key, int, f"{w}.resolution", low=0, high=1_000_000)
     return r
 
 
@@ -539,6 +569,10 @@ def run_changes(r: RunRecord, lang: Lang) -> list[tuple[str, str]]:
     if res.get("flagperf_case") not in (None, "base") and (r.nodes, r.per_node) != (c.nodes, c.per_node):
         add("layout", "布局" if zh else "layout",
             f"按 {c.name} 的配置运行于 {r.layout}" if zh else f"{c.name}'s config run on {r.layout}", c.layout)
+    if r.nodes * r.per_node > 1:
+        add("bn_sync", "BN 统计量" if zh else "BN statistics",
+            "每次评估与检查点前在各 rank 间取平均" if zh else "averaged over ranks before every evaluation and checkpoint",
+            "DDP 默认，前向时广播 rank 0 的" if zh else "DDP's default: rank 0's, broadcast at each forward")
     if n.channels_last:
         add("channels_last", "内存布局" if zh else "memory format",
             "模型与输入为 channels-last" if zh else "model and inputs channels-last", "NCHW")
@@ -901,7 +935,7 @@ def perf_notes(runs: list[RunRecord], device: str, lang: Lang) -> list[str]:
                 "评估（--initial-eval）；每轮训练图像数记为 len(dataset)；预热步计入 p_*；acc 为最后一次评估各批 top-1 的平均。去掉预热步、"
                 "按实际训练图像数计的稳态一组（`figure_set` 为 `steady`）在同一 JSON 的顶层。",
                 f"- p_core：{timed}；FlagPerf 自身的计时在单卡（1x1）运行中不同步设备，只计到 kernel 发射为止。",
-                f"- fix_hp 与额外修改项对照的 FlagPerf 配置：{against}（fix_hp 为 `/`：每卡 batch 与学习率与之相同）。"]
+                f"- fix_hp 与额外修改项对照的 FlagPerf 配置：{against}；fix_hp 为 `/` 表示该行每卡 batch 与学习率与此配置相同，否则写出该行所用的值。"]
     return ["Notes:", "",
             "- The performance rows are the metrics JSON's `flagperf` set (FlagPerf's definitions): e2e_time from "
             "the run's start after the imports, the evaluation before training (--initial-eval) included; "
@@ -910,8 +944,8 @@ def perf_notes(runs: list[RunRecord], device: str, lang: Lang) -> list[str]:
             "`steady`) is at the same JSON's top level.",
             f"- p_core: {timed}; FlagPerf's own timer does not synchronise the device in a one-card (1x1) run, so "
             "it measures kernel launches only.",
-            f"- FlagPerf config that fix_hp and Other changes compare with: {against} (fix_hp `/`: the same "
-            "per-card batch and learning rate)."]
+            f"- FlagPerf config that fix_hp and Other changes compare with: {against} ; a fix_hp of `/` "
+            "means that row ran the config's per-card batch and learning rate, else the row's own values are shown."]
 
 
 def default_device(r: RunRecord) -> str:

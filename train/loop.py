@@ -13,16 +13,19 @@ the first step comes from :mod:`train.build`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from pipeline.compat import SgdImpl, check_numpy_interop
 from pipeline.backends import Batch, Loader
+from pipeline.dataset import REPORT_FILE
 from train import checkpoint, distributed
 from train.build import CheckpointTestSession, Session, build_checkpoint_test, build_session
 from train.clock import Mark, RunClock, Timing, after_calls, make_clock, resolve_timing, timed_iter
@@ -33,8 +36,8 @@ from train.memory import MemoryUse, peak_memory, reset_peaks, start_monitor
 from train.metrics import (FlagPerfFigures, FlagPerfTimes, RunTimes, SteadyFigures, flagperf_figures,
                            process_start_time, steady_figures)
 from train import accelerator
-from train.precision import (METAX_TF32_ENV, PAGE_LABEL, Precision, autocast, autocast_dtype, cast_input, cudnn_state,
-                             model_dtype, tf32_state)
+from train.precision import (METAX_TF32_ENV, PAGE_LABEL, SIXTEEN_BIT_CAST, Precision, autocast, autocast_dtype,
+                             cast_input, cudnn_state, model_dtype, tf32_state)
 from train.recipe import ModelEma
 from train.report import (CheckpointTest, Checkpointing, DatasetSummary, EvalCounts, Labels, MeasuredTimes,
                           MemoryDetail, Numerics, Placement, RunReport, Training, config_label, run_verdict)
@@ -307,9 +310,14 @@ def _epoch_batches(s: Session, clock: RunClock, epoch: int, skip: int, loader_st
 
 
 def _check_finite(s: Session, loss: float, epoch: int) -> None:
+    """Stop a diverged run in one line, with the advice that fits its precision (a 16-bit cast has no loss
+    scaling: autocast keeps float32 weights)."""
     if not math.isfinite(loss):
+        cast = s.precision in SIXTEEN_BIT_CAST
         raise ValueError(f"the training loss became {loss} in epoch {epoch + 1} (diverged): lower --lr (now "
-                         f"{s.peak_lr:g} peak), raise --warmup-epochs, or use --precision amp/bf16 instead of fp16")
+                         f"{s.peak_lr:g} peak), raise --warmup-epochs"
+                         + (f", or use --precision amp (float16 autocast with loss scaling) or fp32 instead of "
+                            f"{s.precision.value}" if cast else ""))
 
 
 def _target_reached(s: Session, st: LoopState, epoch: int) -> bool:
@@ -510,14 +518,34 @@ def _numerics(s: Session) -> Numerics:
                     s.cfg.channels_last)
 
 
+def _source_name(cfg: TrainConfig, info) -> str:
+    """The name of the run's data: the folder the shards were made from (shard-imagenet's ``report.json`` or
+    ``_info.json`` ``source``), else the ``--data`` folder's own name; ``synthetic`` without data."""
+    if cfg.data is None:
+        return "synthetic"
+    source = info.extra.get("source") if info is not None else None
+    if source is None and isinstance(cfg.data, Path):
+        try:
+            source = json.loads((cfg.data / REPORT_FILE).read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            source = None
+    text = str(source or cfg.data).rstrip("/")
+    return text.rsplit("/", 1)[-1] or text
+
+
 def _dataset(cfg: TrainConfig, info, train: Loader | None, val: Loader | None, num_classes: int) -> DatasetSummary:
-    """The data of the run; its name is the folder the shards were made from (``_info.json``'s ``source``), else
-    the ``--data`` folder's, ``synthetic`` without data."""
-    data = None if cfg.data is None else str(cfg.data)
-    source = (info.extra.get("source") if info is not None else None) or data
-    name = "synthetic" if source is None else (str(source).rstrip("/").rsplit("/", 1)[-1] or str(source))
-    return DatasetSummary(data, name, train.num_samples if train is not None else 0,
-                          val.num_samples if val is not None else 0, num_classes)
+    """The data of the run: its name, images per split (the shards' own counts, also for a split the run did not
+    load, e.g. val with ``--no-eval``) and classes."""
+    def count(split: str, loader: Loader | None) -> int:
+        if info is not None and split in info.splits:
+            return info.splits[split].num_samples
+        if cfg.data is None:  # synthetic: the sizes it was given
+            lc = cfg.loader_cfg
+            return lc.synthetic_train_samples if split == "train" else lc.synthetic_val_samples
+        return loader.num_samples if loader is not None else 0
+
+    return DatasetSummary(None if cfg.data is None else str(cfg.data), _source_name(cfg, info),
+                          count("train", train), count("val", val), num_classes)
 
 
 def _flagperf(s: Session, clock: RunClock, st: LoopState, excluded_s: float, run_start: float | None,

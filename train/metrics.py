@@ -165,7 +165,8 @@ class FlagPerfTimes:
 class FlagPerfFigures:
     """The ``flagperf`` set (see the module docstring): the metrics JSON's ``flagperf`` object and the vendor
     page's row. e2e_time in s, p_* in img/s, acc1 in %; ``p_core_timing``: how step times were taken
-    (``events`` / ``sync``: both synchronised, unlike FlagPerf's host timer)."""
+    (``events`` / ``sync``: both synchronised, unlike FlagPerf's host timer); the times the rates divide by (s,
+    rank 0's): ``loop_s`` (p_whole), ``epochs_train_s`` (p_train), ``compute_s`` (p_core)."""
 
     e2e_time: float
     p_whole: float | None
@@ -176,6 +177,9 @@ class FlagPerfFigures:
     converged: bool | None
     initial_eval_s: float | None
     p_core_timing: str
+    loop_s: float | None = None
+    epochs_train_s: float | None = None
+    compute_s: float | None = None
     figure_set: FigureSet = FigureSet.FLAGPERF
 
     def to_json(self) -> dict:
@@ -194,7 +198,8 @@ def flagperf_figures(t: FlagPerfTimes, p_core_timing: str) -> FlagPerfFigures:
         e2e_time=t.e2e, p_whole=_rate(t.images, t.loop, "loop"),
         p_train=_rate(t.images, t.epochs_train, "epochs without evaluation"),
         p_core=_rate(t.images, t.compute, "compute"), acc1=t.acc1, trained_images=t.images, converged=t.converged,
-        initial_eval_s=t.initial_eval, p_core_timing=p_core_timing)
+        initial_eval_s=t.initial_eval, p_core_timing=p_core_timing, loop_s=t.loop, epochs_train_s=t.epochs_train,
+        compute_s=t.compute)
 
 
 TABLE_HEADER = ("| config | precision | fix_hp | e2e_time | p_whole | p_train | p_core | acc | mem |\n"

@@ -259,10 +259,14 @@ class RunReport(Part):
         return self.placement.device_name
 
     def row(self, figures: SteadyFigures | FlagPerfFigures | None = None) -> str:
-        """The FlagPerf table: header and this run's row of ``figures`` (default: the steady set)."""
+        """The FlagPerf table: header and this run's row of ``figures`` (default: the steady set; its precision cell
+        the mode's name, the flagperf set's the label FlagPerf's pages give it: ``bf16`` for ``fp16``)."""
         figures = figures if figures is not None else self.steady
+        label = self.precision
+        if isinstance(figures, FlagPerfFigures) and self.numerics is not None:
+            label = self.numerics.page_label
         return (f"{TABLE_HEADER}\n"
-                f"{flagperf_row(figures, self.labels.config, self.precision, self.labels.fix_hp, self.steady.mem)}")
+                f"{flagperf_row(figures, self.labels.config, label, self.labels.fix_hp, self.steady.mem)}")
 
     def rows(self) -> str:
         """Both figure sets, each named: FlagPerf's (when the run has it), then the steady one."""
@@ -270,7 +274,8 @@ class RunReport(Part):
         if self.flagperf is None:
             return steady
         return (f"flagperf figures (FlagPerf's definitions: warm-up included, len(dataset) per epoch, rank 0, "
-                f"mean of per-batch top-1):\n{self.row(self.flagperf)}\n{steady}")
+                f"mean of per-batch top-1; precision as FlagPerf's pages label it):\n{self.row(self.flagperf)}\n"
+                f"{steady}")
 
     def summary(self) -> str:
         """The console summary: the FlagPerf row with, for training, rank 0's time split and the verdict; for a

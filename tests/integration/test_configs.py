@@ -148,13 +148,13 @@ def test_train_writes_the_resolved_config_next_to_the_metrics(demo_shards, tmp_p
 
 @pytest.mark.slow
 def test_flagperf_preset_runs_on_cpu_with_tiny_overrides(demo_shards, tmp_path, capsys):
-    """A FlagPerf preset by name (the packaged A100x1x1: bs=256, lr=0.8), shrunk by flags to two CPU steps."""
+    """A FlagPerf preset by name (the packaged A100x1x1: bs=32, lr=0.1), shrunk by flags to two CPU steps."""
     out = tmp_path / "m.json"
     assert train_cli.main(["--config", "A100x1x1", "--data", str(demo_shards), *TINY,
                            "--metrics-json", str(out)]) == 0
     m = json.loads(out.read_text())
-    assert m["steps"] == 2 and m["precision"] == "fp32" and m["fix_hp"] == "bs=2,lr=0.8"
-    assert "| CPUx1x1 | fp32 | bs=2,lr=0.8 |" in capsys.readouterr().out
+    assert m["steps"] == 2 and m["precision"] == "fp32" and m["fix_hp"] == "bs=2,lr=0.1"
+    assert "| CPUx1x1 | fp32 | bs=2,lr=0.1 |" in capsys.readouterr().out
     resolved = (tmp_path / "m.config.toml").read_text()
     assert 'precision = "fp32"' in resolved and 'flagperf_case = "A100x1x1"' in resolved
 

@@ -4,6 +4,7 @@ activation dtypes of every precision mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import pytest
@@ -112,6 +113,7 @@ def test_both_figure_sets_match_hand_computed_values(fake_run):
     assert f.p_core == pytest.approx(24 / (6 * STEP_S))
     assert f.initial_eval_s == pytest.approx(epoch_eval)
     assert f.e2e_time == pytest.approx(BUILD_S + epoch_eval + loop)  # 21.5 s
+    assert (f.loop_s, f.epochs_train_s, f.compute_s) == pytest.approx((loop, 2 * epoch_train, 6 * STEP_S))
     assert f.converged is True and f.p_core_timing == "sync"  # synthetic labels are learnt: 100% top-1
     # steady: the first step is warm-up (mark after it: 1 s start-up + 0.5 s wait + 2 s step), max over ranks
     s = report.steady
@@ -126,6 +128,11 @@ def test_both_figure_sets_match_hand_computed_values(fake_run):
     assert js["flagperf"]["p_whole"] == f.p_whole and js["p_whole"] == s.p_whole and js["figure_set"] == "steady"
     summary = report.summary()
     assert summary.index("flagperf figures") < summary.index("steady figures")
+    fp16 = dataclasses.replace(report, numerics=dataclasses.replace(report.numerics, precision="fp16",
+                                                                    page_label="bf16"),
+                               placement=dataclasses.replace(report.placement, precision="fp16"))
+    flagperf_row, steady_row = [line for line in fp16.rows().splitlines() if line.startswith("| CPU")]
+    assert "| bf16 |" in flagperf_row and "| fp16 |" in steady_row  # FlagPerf's page label vs the mode
 
 
 def test_a_cut_short_epoch_counts_the_images_it_trained(monkeypatch):
@@ -200,3 +207,37 @@ def test_precision_modes_parameter_and_activation_dtypes(precision, param, activ
     assert seen["conv1"][1] is activation and seen["fc"][1] is activation
     assert seen["conv1"][0] is (param if precision in (Precision.FP16, Precision.HALF) else torch.float32)
     assert (grad_scaler is not None) is scaler and torch.isfinite(loss.float())
+
+
+def test_the_dataset_block_counts_every_split_and_names_the_source(tmp_path):
+    """The shards' own split sizes, also for val when the run did not evaluate (``--no-eval``), and the name of
+    the tree the shards were made from (shard-imagenet's report.json), not the shard folder's."""
+    import json
+
+    from pipeline.dataset import DatasetInfo, SplitInfo
+
+    shards = tmp_path / "flagperf-shards"
+    shards.mkdir()
+    (shards / "report.json").write_text(json.dumps({"source": "/data/imagenet"}))
+    info = DatasetInfo(shards, {"train": SplitInfo("train", 1_281_167, ("t.tar",), (1_281_167,)),
+                                "val": SplitInfo("val", 50_000, ("v.tar",), (50_000,))}, ("a",) * 1000, {})
+    args = train_cli.build_parser().parse_args(["--data", str(shards), "--no-eval", "--workers", "0"])
+    d = loop_mod._dataset(train_cli.config_from_args(args), info, None, None, 1000)
+    assert (d.name, d.train_samples, d.val_samples, d.num_classes) == ("imagenet", 1_281_167, 50_000, 1000)
+    (shards / "report.json").unlink()  # no report: the folder's own name
+    assert loop_mod._dataset(train_cli.config_from_args(args), info, None, None, 1000).name == "flagperf-shards"
+    syn = train_cli.config_from_args(train_cli.build_parser().parse_args(
+        ["--loader", "synthetic", "--synthetic-val-samples", "7", "--no-eval", "--workers", "0"]))
+    d = loop_mod._dataset(syn, None, None, None, 1000)
+    assert (d.name, d.val_samples) == ("synthetic", 7)
+
+
+@pytest.mark.parametrize("precision, advice", [(Precision.HALF, "instead of half"), (Precision.FP16, "instead of fp16"),
+                                               (Precision.FP32, None), (Precision.AMP, None)])
+def test_divergence_advice_fits_the_precision(precision, advice):
+    s = types.SimpleNamespace(precision=precision, peak_lr=0.8)
+    with pytest.raises(ValueError) as err:
+        loop_mod._check_finite(s, float("nan"), 0)
+    msg = str(err.value)
+    assert "lower --lr (now 0.8 peak)" in msg and "\n" not in msg
+    assert (advice in msg) if advice else "--precision" not in msg

@@ -250,5 +250,33 @@ def test_missing_shards_name_the_resolved_folder(tmp_path, capsys, monkeypatch):
         sweep.main(["--data", "shards", "--out", "o"])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == f"flagperf-sweep: error: --data shards: no _info.json in {tmp_path / 'shards'}; make shards " \
-                   f"with shard-imagenet first"
+                   f"with shard-imagenet first (or pass -- --loader folder for an ImageFolder tree)"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--out", "shards/_info.json"], "--out shards/_info.json: cannot make that folder"),
+    (["--out", "o", "--", "--metrics-json", "mine.json"], "--metrics-json after --: the sweep sets it"),
+    (["--out", "o", "--", "--config=x.toml"], "--config after --: the sweep sets it"),
+    (["--out", "o", "--", "--loader", "folder"], "--loader folder needs an ImageFolder root with train/ and val/"),
+])
+def test_sweep_usage_errors_are_one_line(tmp_path, capsys, monkeypatch, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "_info.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--data", "shards", "--presets", "C500x1x1", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and expected in err.strip().splitlines()[-1]
+
+
+def test_the_sweep_reads_an_image_folder_with_the_folder_loader(monkeypatch, tmp_path):
+    """``-- --loader folder`` sweeps an ImageFolder tree (FlagPerf's own input) instead of shards."""
+    for split in ("train", "val"):
+        (tmp_path / "tree" / split).mkdir(parents=True)
+    ran = []
+    monkeypatch.setattr(sweep, "execute", lambda run, data, out, extra: ran.append((data, extra)) or None)
+    assert sweep.main(["--data", str(tmp_path / "tree"), "--out", str(tmp_path / "o"), "--presets", "C500x1x1", "--",
+                       "--loader", "folder"]) == 1  # the stand-in run "failed": nothing to report
+    assert ran == [(tmp_path / "tree", ["--loader", "folder"])]

@@ -16,7 +16,7 @@ STEADY = ["e2e_time", "p_whole", "p_train", "p_core", "acc1", "mem_used_gib", "m
           "figure_set", "mem", "acc5", "eval_images", "val_samples"]
 TAIL = ["flagperf", "numerics", "dataset", "resolved_config"]
 FLAGPERF = ["e2e_time", "p_whole", "p_train", "p_core", "acc1", "trained_images", "converged", "initial_eval_s",
-            "p_core_timing", "figure_set"]
+            "p_core_timing", "loop_s", "epochs_train_s", "compute_s", "figure_set"]
 NUMERICS = ["precision", "page_label", "param_dtype", "input_dtype", "autocast_dtype", "grad_scaler", "tf32",
             "tf32_matmul", "tf32_cudnn", "tf32_mechanism", "metax_use_tf32", "cudnn_benchmark", "cudnn_deterministic",
             "channels_last"]
