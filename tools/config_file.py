@@ -73,11 +73,19 @@ def _entries(raw: dict, schema: Schema, path: Path) -> list[tuple[str, str | Non
     return entries
 
 
+def _negated(schema: Schema, key: str) -> Option | None:
+    """The ``--flag`` / ``--no-flag`` option a ``no_flag`` key names (the key's value then sets the opposite)."""
+    key = key.replace("-", "_")
+    option = schema.option(key[3:]) if key.startswith("no_") else None
+    return option if option is not None and option.negatable else None
+
+
 def _option(schema: Schema, path: Path, shown_key: str, table: str | None, key: str, value: object) -> Option:
-    """The option a key sets, checked to stand where it belongs."""
+    """The option a key sets, checked to stand where it belongs (``no_flag = true`` of a ``--flag`` /
+    ``--no-flag`` option sets it too: see :func:`load_defaults`)."""
     if isinstance(value, dict):
         raise ConfigFileError(f"{path}: key '{shown_key}': nested tables are not supported")
-    option = schema.option(key.replace("-", "_"))
+    option = schema.option(key.replace("-", "_")) or _negated(schema, key)
     if option is None:
         raise ConfigFileError(f"{path}: unknown key '{shown_key}' (not an option of {schema.prog})")
     if table in schema.tables and option.table != table:
@@ -123,7 +131,8 @@ def load_defaults(schema: Schema, path: Path) -> dict[str, object]:
         option = _option(schema, path, shown_key, table, key, value)
         if option.dest in out:
             raise ConfigFileError(f"{path}: key '{shown_key}': set twice")
-        out[option.dest] = _convert(option, shown_key, value, path)
+        converted = _convert(option, shown_key, value, path)
+        out[option.dest] = not converted if _negated(schema, key) is option else converted
     return out
 
 

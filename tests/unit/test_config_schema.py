@@ -35,7 +35,9 @@ def test_flag_defaults_are_the_schema_defaults():
             assert parser.get_default(option.dest) is None
             continue
         cls, name = schema_field(option)
-        if option.type is None:  # a switch: off by default; an inverted one turns a field that is on by default off
+        if option.type is None and option.negatable:  # --flag / --no-flag: the field's own default
+            assert parser.get_default(option.dest) is default_of(cls, name), option.flag
+        elif option.type is None:  # a switch: off by default; an inverted one turns a field on by default off
             assert parser.get_default(option.dest) is False and default_of(cls, name) is option.invert, option.flag
         elif option.flag != "--workers":  # --workers: default None = the cores per rank
             assert parser.get_default(option.dest) == default_of(cls, name), option.flag

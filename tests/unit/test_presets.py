@@ -144,3 +144,14 @@ def test_flags_override_a_preset_both_ways():
     assert cfg.initial_eval is False and cfg.precision is Precision.FP16 and cfg.tf32 is Tf32Mode.OFF
     assert cfg.loader_cfg.batch_size == 8 and cfg.optim.lr == 0.4  # the rest stays the preset's
     assert config_of(["--loader", "synthetic", "--initial-eval"]).initial_eval is True
+
+
+def test_every_switch_a_preset_sets_can_be_turned_back(tmp_path):
+    cfg = config_of(["--config", "A100x1x8", "--loader", "synthetic", "--cudnn-benchmark", "--no-cudnn-deterministic",
+                     "--zero-init-residual", "--no-decay-bn-bias"])
+    assert (cfg.cudnn_benchmark, cfg.cudnn_deterministic, cfg.zero_init_residual) == (True, False, True)
+    assert cfg.optim.decay_bn_and_bias is False
+    old = tmp_path / "old.toml"  # the negative spelling of older files is read too
+    old.write_text("no_cudnn_benchmark = true\nno_zero_init_residual = true\n")
+    cfg = config_of(["--config", str(old), "--loader", "synthetic"])
+    assert (cfg.cudnn_benchmark, cfg.zero_init_residual) == (False, False)
