@@ -47,7 +47,9 @@ from pathlib import Path
 
 from pipeline.read.transforms import CROP_PCT, eval_resize_size
 from train.flagperf_case import BASE, CONFIGS, CaseConfig, Vendor, case_config, is_imagenet
+from train.metrics import FlagPerfFigures
 from train.precision import PAGE_LABEL, Precision
+from train.report import DatasetSummary, Numerics  # the metrics JSON's blocks, read back as the writer's types
 
 
 class Lang(str, Enum):
@@ -70,53 +72,6 @@ class RunFileError(ValueError):
 
 
 @dataclass(frozen=True)
-class FlagPerfSet:
-    """The metrics JSON's ``flagperf`` figures (FlagPerf's definitions: initial evaluation inside e2e_time,
-    ``len(dataset)`` per epoch, warm-up included, acc1 the mean of per-batch top-1). e2e_time and
-    initial_eval_s in s, p_* in img/s, acc1 in %; None where the figure does not exist."""
-
-    e2e_time: float
-    p_whole: float | None
-    p_train: float | None
-    p_core: float | None
-    acc1: float | None
-    trained_images: int
-    converged: bool | None
-    initial_eval_s: float | None
-    p_core_timing: str
-
-
-@dataclass(frozen=True)
-class RunNumerics:
-    """The metrics JSON's ``numerics``: what the run trained with (dtypes as names, e.g. ``bfloat16``)."""
-
-    precision: str
-    param_dtype: str
-    input_dtype: str
-    autocast_dtype: str | None
-    grad_scaler: bool
-    tf32: str
-    tf32_matmul: bool | None
-    tf32_cudnn: bool | None
-    tf32_mechanism: str | None
-    metax_use_tf32: str | None
-    cudnn_benchmark: bool
-    cudnn_deterministic: bool
-    channels_last: bool
-
-
-@dataclass(frozen=True)
-class RunDataset:
-    """The metrics JSON's ``dataset``: ``--data`` (None: synthetic), its name, images per split, classes."""
-
-    data: str | None
-    name: str
-    train_samples: int
-    val_samples: int
-    num_classes: int
-
-
-@dataclass(frozen=True)
 class RunRecord:
     """What the page needs of one run's metrics JSON (``train --metrics-json``).
 
@@ -136,13 +91,13 @@ class RunRecord:
     precision: str
     page_label: str
     fix_hp: str
-    figures: FlagPerfSet
+    figures: FlagPerfFigures
     mem_used_gib: float
     mem_total_gib: float
     device_name: str
     environment: dict
-    numerics: RunNumerics
-    dataset: RunDataset
+    numerics: Numerics
+    dataset: DatasetSummary
     loader: str
     resolved: dict
     case: CaseConfig
@@ -298,7 +253,7 @@ def load_run(path: Path) -> RunRecord:
     except ValueError:
         raise rd.fail("config", f"{config!r} is not <device>x<nodes>x<per node>") from None
     f = rd.get(m, "flagperf", dict)
-    figures = FlagPerfSet(
+    figures = FlagPerfFigures(
         rd.get(f, "e2e_time", _NUM, "flagperf", low=0, high=_BIG),
         rd.get(f, "p_whole", _NUM, "flagperf", True, 0, _BIG),
         rd.get(f, "p_train", _NUM, "flagperf", True, 0, _BIG), rd.get(f, "p_core", _NUM, "flagperf", True, 0, _BIG),
@@ -306,21 +261,22 @@ def load_run(path: Path) -> RunRecord:
         rd.get(f, "converged", bool, "flagperf", True), rd.get(f, "initial_eval_s", _NUM, "flagperf", True),
         _one_of(rd, rd.get(f, "p_core_timing", str, "flagperf"), "flagperf.p_core_timing", _TIMINGS))
     n = rd.get(m, "numerics", dict)
-    numerics = RunNumerics(
-        rd.get(n, "precision", str, "numerics"), rd.get(n, "param_dtype", str, "numerics"),
+    precision = rd.get(n, "precision", str, "numerics")
+    try:
+        label = PAGE_LABEL[Precision(precision)]
+    except (ValueError, KeyError):
+        raise rd.fail("numerics.precision", f"{precision!r} is not a precision mode of train "
+                                            f"({', '.join(PRECISION_ORDER)})") from None
+    numerics = Numerics(
+        precision, label, rd.get(n, "param_dtype", str, "numerics"),
         rd.get(n, "input_dtype", str, "numerics"), rd.get(n, "autocast_dtype", str, "numerics", True),
         rd.get(n, "grad_scaler", bool, "numerics"), rd.get(n, "tf32", str, "numerics"),
         rd.get(n, "tf32_matmul", bool, "numerics", True), rd.get(n, "tf32_cudnn", bool, "numerics", True),
         rd.get(n, "tf32_mechanism", str, "numerics", True), rd.get(n, "metax_use_tf32", str, "numerics", True),
         rd.get(n, "cudnn_benchmark", bool, "numerics"), rd.get(n, "cudnn_deterministic", bool, "numerics"),
         rd.get(n, "channels_last", bool, "numerics"))
-    try:
-        label = PAGE_LABEL[Precision(numerics.precision)]
-    except (ValueError, KeyError):
-        raise rd.fail("numerics.precision", f"{numerics.precision!r} is not a precision mode of train "
-                                            f"({', '.join(PRECISION_ORDER)})") from None
     d = rd.get(m, "dataset", dict)
-    dataset = RunDataset(rd.get(d, "data", str, "dataset", True), rd.get(d, "name", str, "dataset"),
+    dataset = DatasetSummary(rd.get(d, "data", str, "dataset", True), rd.get(d, "name", str, "dataset"),
                          rd.get(d, "train_samples", int, "dataset", low=0),
                          rd.get(d, "val_samples", int, "dataset", low=0),
                          rd.get(d, "num_classes", int, "dataset", low=1))
@@ -452,7 +408,7 @@ def _join(items: list[str], lang: Lang) -> str:
     return ("、" if lang is Lang.ZH else ", ").join(items)
 
 
-def dataset_text(d: RunDataset, loader: str, lang: Lang) -> str:
+def dataset_text(d: DatasetSummary, loader: str, lang: Lang) -> str:
     """``ImageNet2012`` for ILSVRC2012's 1,281,167 / 50,000 images (not synthetic), else the data's name and
     counts: ``demo-imagenet（训练 1,000 张 / 验证 200 张，10 类）``."""
     if loader != "synthetic" and is_imagenet(d.train_samples, d.val_samples):
