@@ -58,6 +58,8 @@ class Option:
         metavar: as argparse's (Enum types get ``{a,b,c}``).
         negatable: a switch with both forms, ``--flag`` / ``--no-flag`` (its default from the schema), so a
             ``--config`` file's ``true`` can be turned off on the command line.
+        aliases: other spellings of the flag that users bring from timm, torchvision's references or NVIDIA's
+            ConvNets (``-b`` for ``--batch-size``); the dest and the config-file key stay ``flag``'s.
     """
 
     flag: str
@@ -69,6 +71,7 @@ class Option:
     invert: bool = False
     metavar: str | None = None
     negatable: bool = False
+    aliases: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
@@ -94,17 +97,18 @@ class Option:
 
 def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
     """``parser.add_argument`` for ``option`` (``parser`` may be an argument group)."""
+    names = (option.flag, *option.aliases)
     if option.type is None and option.negatable:
-        parser.add_argument(option.flag, action=BooleanOptionalAction, default=option.default,
+        parser.add_argument(*names, dest=option.dest, action=BooleanOptionalAction, default=option.default,
                             help=f"{option.help} (default: {'on' if option.default else 'off'})")
         return
     if option.type is None:
-        parser.add_argument(option.flag, action="store_true", help=option.help_text())
+        parser.add_argument(*names, dest=option.dest, action="store_true", help=option.help_text())
         return
     choices = option.choices
     metavar = option.metavar or ("{" + ",".join(shown(c) for c in choices) + "}" if choices else None)
-    parser.add_argument(option.flag, type=option.type, default=option.default, choices=choices, metavar=metavar,
-                        help=option.help_text())
+    parser.add_argument(*names, dest=option.dest, type=option.type, default=option.default, choices=choices,
+                        metavar=metavar, help=option.help_text())
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,8 @@ RUN_OPTIONS = (
     _opt(TrainConfig, "warmup_steps", "--warmup-steps", int, "first steps left out of p_whole/p_train/p_core and "
          "reported separately (default: min(20, total steps // 5))"),
     _opt(TrainConfig, "metrics_json", "--metrics-json", Path, "write the metrics here (rank 0)"),
+    Option("--output-dir", None, "output_dir", Path, None, "the run's folder: resolved config, metrics, step log, "
+           "plot and checkpoints (rank 0)", aliases=("--output",)),
     _opt(TrainConfig, "log_jsonl", "--log-jsonl", Path, "append one JSON line per --log-every steps here (rank "
          "0): loss, lr, img/s, data wait of the window"),
     _opt(TrainConfig, "log_every", "--log-every", positive(int), "steps per --log-jsonl line and progress update"),

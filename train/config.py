@@ -132,6 +132,8 @@ class TrainConfig:
         precision: numeric precision (``auto`` picks per device).
         seed: seed of model init and data order.
         metrics_json: where rank 0 writes the metrics (None = not written).
+        output_dir: the run's folder (torchvision references' ``--output-dir``, timm's ``--output``): resolved
+            config, metrics, step log, plot and checkpoints of one run (see the outputs of :mod:`train.rundir`).
         eval: evaluate after every epoch (FlagPerf does).
         warmup_steps: first train steps left out of p_whole / p_train / p_core (start-up: allocator, cudnn
             autotuning, worker start, compile) and reported separately; None = min(20, steps // 5), at least 1
@@ -173,6 +175,7 @@ class TrainConfig:
     precision: Precision = Precision.AUTO
     seed: int = default_of(LoaderConfig, "seed")
     metrics_json: Path | None = None
+    output_dir: Path | None = None
     eval: bool = True
     warmup_steps: int | None = None
     zero_init_residual: bool = True
