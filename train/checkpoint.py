@@ -3,7 +3,9 @@
 A checkpoint is ``<dir>/ckpt-step{step:08d}.pt``, written to a ``.tmp`` file in the same folder, fsync'd,
 then ``os.replace``'d onto its final name (and the folder fsync'd): a file with the final name is always
 complete; a kill mid-write leaves only a ``*.tmp`` that :func:`latest_checkpoint` ignores and the next
-save removes. Older checkpoints are deleted only after the new one is in place (the last ``keep`` stay).
+save removes. Older checkpoints are deleted only after the new one is in place (the last ``keep`` stay). One run
+writes a folder: ``train`` locks it for the run (:mod:`train.rundir`), so another run's clean-up and rotation
+never delete these files.
 
 Contents (only tensors and plain Python values, so ``torch.load(weights_only=True)`` of every torch from 2.0
 reads it; bytes are stored as tagged uint8 tensors, which torch 2.0 / 2.1's loader needs): a header
@@ -30,6 +32,8 @@ from typing import Callable, TypeVar
 
 import numpy as np
 import torch
+
+from pipeline.fsio import fsync_dir
 
 FORMAT_VERSION = 2  # 2: EMA update count and per-rank loader states
 MODEL_NAME = "resnet50"
@@ -137,19 +141,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 BYTES_TAG = "__bytes__"
 
 
@@ -218,7 +209,7 @@ def save_checkpoint(directory: Path, header: Header, progress: Progress, model: 
             from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(d)
+    fsync_dir(d)
     for old in list_checkpoints(d)[:-keep]:  # only now that the new one is complete
         old.unlink(missing_ok=True)
     return final
