@@ -342,15 +342,17 @@ def compile_model(model: torch.nn.Module) -> torch.nn.Module:
         raise ValueError(f"--compile: torch {torch.__version__} cannot compile here: {exc}") from None
 
 
-def init_process_group(backend: str, device: torch.device | None = None) -> None:
+def init_process_group(backend: str, device: torch.device | None = None, timeout: Any = None) -> None:
     """``torch.distributed.init_process_group(backend)`` from the environment (torchrun's variables), bound to
-    ``device`` (``device_id=``, torch 2.3+: NCCL connects eagerly and knows the rank's GPU) where supported."""
+    ``device`` (``device_id=``, torch 2.3+: NCCL connects eagerly and knows the rank's GPU) where supported;
+    ``timeout`` (a ``datetime.timedelta``; None: torch's default) bounds its collectives and store reads."""
     import torch.distributed as dist
 
+    kwargs = {"timeout": timeout} if timeout is not None else {}
     if device is not None and "device_id" in inspect.signature(dist.init_process_group).parameters:
-        dist.init_process_group(backend, device_id=device)
+        dist.init_process_group(backend, device_id=device, **kwargs)
     else:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------- torchvision

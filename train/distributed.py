@@ -4,17 +4,34 @@ collectives the loop needs.
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT``; without them the run is a single process. Backend: NCCL when CUDA is present, gloo otherwise.
 The one place in train/ that reads torchrun's environment.
+
+A frozen rank (stopped, swapped out, a hung driver) would make the others wait in their next collective for
+torch's default 30 minutes. Here collectives time out after ``--dist-timeout`` s, and every rank publishes a
+heartbeat (:class:`Heartbeat`: ``time.time()`` every few seconds, from a daemon thread, into the process group's
+TCPStore); a rank that sees another's heartbeat older than the timeout, or whose collective times out, ends
+with one line naming the rank that stopped answering (:func:`stall_line`) and exit code :data:`EXIT_STALLED`,
+through ``os._exit``: a rank stuck in a collective cannot unwind. Heartbeat ages compare the clocks of the
+nodes (NTP keeps them within a second, far below the timeout).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from pipeline.compat import init_process_group
+from train.accelerator import choose_device
+
+EXIT_STALLED = 69  # sysexits' EX_UNAVAILABLE: a rank stopped answering; the job cannot go on
+HEARTBEAT_PREFIX = "train/heartbeat/"
 
 
 @dataclass(frozen=True)
@@ -40,27 +57,26 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed() -> DistEnv:
-    """Read torchrun's environment, pick the device and join the process group if ``WORLD_SIZE > 1``.
+def init_distributed(timeout_s: float | None = None, device_request: str = "auto") -> DistEnv:
+    """Read torchrun's environment, pick the device (``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N``; see
+    :func:`train.accelerator.choose_device`) and join the process group if ``WORLD_SIZE > 1`` (its collectives time
+    out after ``timeout_s`` s; None: torch's default).
 
     Raises:
         RuntimeError: the environment variables are inconsistent (e.g. RANK >= WORLD_SIZE).
+        ValueError: a GPU asked for that this node cannot give (one line).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = global_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not 0 <= rank < world_size:
         raise RuntimeError(f"RANK={rank} is not in [0, WORLD_SIZE={world_size}); launch with torchrun")
-    if torch.cuda.is_available():
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
-                               f"use --nproc-per-node <= the GPU count")
-        device = torch.device("cuda", local_rank)
+    device = choose_device(device_request, local_rank, local_world_size())
+    if device.type == "cuda":
         torch.cuda.set_device(device)  # cuDNN's algorithm choice: train.precision.set_cudnn, from the run's config
-    else:
-        device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        init_process_group("nccl" if device.type == "cuda" else "gloo", device if device.type == "cuda" else None)
+        init_process_group("nccl" if device.type == "cuda" else "gloo", device if device.type == "cuda" else None,
+                           timeout=timedelta(seconds=timeout_s) if timeout_s is not None else None)
     return DistEnv(rank, world_size, local_rank, device)
 
 
@@ -138,3 +154,154 @@ def shutdown(env: DistEnv) -> None:
     """Leave the process group."""
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# --- preemption votes and stalled ranks --------------------------------------------------------------------------
+
+class StopVote:
+    """Votes of the ranks on stopping (see :class:`train.preempt.StopAgreement`): a MAX all-reduce of one int32
+    flag on a host (gloo) group of every rank, ``async_op`` so it runs beside the step; no device tensor, so no
+    device synchronisation on CUDA. Created by every rank at the same point (a collective).
+    """
+
+    def __init__(self, env: DistEnv, timeout_s: float | None = None) -> None:
+        kwargs = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
+        self.group = dist.new_group(backend="gloo", **kwargs)
+
+    def __call__(self, flag: bool) -> Callable[[], bool]:
+        """Start a vote on this rank's ``flag``; returns the function that waits for it and reads the result
+        (True where any rank voted True)."""
+        votes = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        work = dist.all_reduce(votes, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+
+        def result() -> bool:
+            work.wait()
+            return int(votes[0]) > 0
+
+        return result
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that timed out (gloo: ``RuntimeError: ... Timed out waiting 30000ms for
+    recv operation to complete``; NCCL's watchdog and the store: ``... timeout ...``; torch 2.1+ raises
+    ``DistBackendError``, a RuntimeError)."""
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
+def stall_line(stale: list[tuple[int, float]], timeout_s: float, gone: list[int] | None = None) -> str:
+    """The one line of a stalled job (without the ``train:`` prefix): ``stale`` = (rank, seconds since its last
+    heartbeat) of the ranks that stopped answering, ``gone`` = ranks that already left the run."""
+    gave_up = f"the others gave up after --dist-timeout {timeout_s:g} s"
+    if stale:
+        who = ", ".join(f"rank {r} stopped answering {age:.0f} s ago" for r, age in stale)
+        return f"error: {who} (no heartbeat); {gave_up}"
+    if gone:
+        return (f"error: a collective timed out: rank{'s' if len(gone) > 1 else ''} {', '.join(map(str, gone))} "
+                f"left the run (see its own error); {gave_up}")
+    return (f"error: a collective timed out but every rank's heartbeat is fresh (a rank slow, or in another "
+            f"collective); {gave_up}: raise --dist-timeout if a step or checkpoint can take that long")
+
+
+class Heartbeat:
+    """This rank's heartbeat in the process group's store, and the watch on the others'.
+
+    A daemon thread writes ``time.time()`` under ``train/heartbeat/<rank>`` every ``interval_s`` (a quarter of
+    the timeout, at most 5 s) and reads the other ranks' entries; one older than ``timeout_s`` (or a store that
+    does not answer) ends this process with :func:`stall_line` on stderr and :data:`EXIT_STALLED`. The same ending
+    follows a collective that timed out in the main thread (:meth:`give_up_after`). :meth:`stop` marks this rank
+    as done (a rank that finished is never stale) and ends the thread. Nothing is started for one process.
+
+    Args:
+        store: the TCPStore (default: the default process group's); ``clock``: wall clock in s (tests);
+        ``exit``: how the process ends (``os._exit``; tests replace it).
+    """
+
+    def __init__(self, env: DistEnv, timeout_s: float, store: object | None = None,
+                 clock: Callable[[], float] = time.time, exit: Callable[[int], None] = os._exit,
+                 interval_s: float | None = None) -> None:
+        self.env, self.timeout_s, self.clock, self._exit = env, timeout_s, clock, exit
+        self.interval_s = interval_s if interval_s is not None else max(0.2, min(5.0, timeout_s / 4))
+        self.store = store
+        self._started = clock()
+        self._stopped = threading.Event()
+        self._once = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Heartbeat:
+        if not self.env.distributed:
+            return self
+        if self.store is None:
+            self.store = dist.distributed_c10d._get_default_store()
+        self._started = self.clock()
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="train-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def beat(self) -> None:
+        self.store.set(HEARTBEAT_PREFIX + str(self.env.rank), repr(self.clock()))
+
+    def ages(self) -> dict[int, float | None]:
+        """Seconds since each other rank's last heartbeat (None: that rank has finished)."""
+        now, ages = self.clock(), {}
+        for r in range(self.env.world_size):
+            if r == self.env.rank:
+                continue
+            key = HEARTBEAT_PREFIX + str(r)
+            if not self.store.check([key]):  # not published yet: count from this rank's start
+                ages[r] = now - self._started
+                continue
+            value = self.store.get(key).decode()
+            ages[r] = None if value == "done" else now - float(value)
+        return ages
+
+    def stale(self, older_than_s: float) -> list[tuple[int, float]]:
+        """(rank, age in s) of the ranks whose heartbeat is older than ``older_than_s``."""
+        return [(r, age) for r, age in self.ages().items() if age is not None and age > older_than_s]
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval_s):
+            try:
+                self.beat()
+                stale = self.stale(self.timeout_s)
+            except Exception as exc:  # the store's host (torchrun's agent or rank 0) does not answer
+                if self._stopped.is_set():
+                    return
+                self.give_up(f"error: the rendezvous store ({os.environ.get('MASTER_ADDR', '?')}:"
+                             f"{os.environ.get('MASTER_PORT', '?')}) stopped answering ({str(exc).splitlines()[0]}); "
+                             f"the run cannot go on")
+                return
+            if stale and not self._stopped.is_set():
+                self.give_up(stall_line(stale, self.timeout_s))
+                return
+
+    def give_up_after(self, exc: BaseException) -> None:
+        """A collective timed out in the main thread: name the rank(s) that stopped answering and end."""
+        try:
+            ages = self.ages()
+            stale = [(r, a) for r, a in ages.items() if a is not None and a > 2 * self.interval_s]
+            line = stall_line(stale, self.timeout_s, [r for r, a in ages.items() if a is None])
+        except Exception:  # the store is gone too
+            line = stall_line([], self.timeout_s) + f" ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+        self.give_up(line)
+
+    def give_up(self, line: str) -> None:
+        """Write ``train: <line>`` on stderr (once per process) and end it with :data:`EXIT_STALLED`."""
+        if not self._once.acquire(blocking=False):
+            return
+        sys.stderr.write(f"train: {line}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        self._exit(EXIT_STALLED)
+
+    def stop(self) -> None:
+        """Mark this rank done and end the thread (idempotent)."""
+        if self._thread is None or self._stopped.is_set():
+            return
+        self._stopped.set()
+        try:
+            self.store.set(HEARTBEAT_PREFIX + str(self.env.rank), "done")
+        except Exception:  # leaving anyway
+            pass
+        self._thread.join(timeout=self.interval_s + 1)
