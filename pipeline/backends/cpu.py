@@ -1,7 +1,7 @@
 """CPU decode backend: webdataset shards → DataLoader workers (libjpeg-turbo / PIL) → uint8 batches → device.
 
 Each worker reads its part of the epoch (see :mod:`pipeline.read.plan`) with :mod:`pipeline.read.tarstream` (local
-files, or http(s):// / s3:// URLs streamed through webdataset's ``gopen``),
+files, or http(s):// / s3:// URLs streamed by a ``curl`` / ``aws s3 cp`` subprocess),
 shuffles train samples through a buffer, decodes and crops with :mod:`pipeline.read.transforms`, and
 collates whole batches itself as ``N×H×W×3`` uint8. Workers decode straight into shared memory, so the
 hand-off copies nothing; the training process only copies the batch to the device (pinned memory,
@@ -34,7 +34,7 @@ from pipeline.read import plan as epoch_plan
 from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, OnBadSample, ReplayResume, Split,
                                StageTimes, to_device_prefetched)
 from pipeline.dataset import DatasetInfo
-from pipeline.read.tarstream import ShardReadError, iter_samples
+from pipeline.read.tarstream import RemoteOptions, ShardReadError, iter_samples
 from pipeline.read.transforms import decode_train, decode_val
 
 
@@ -43,16 +43,22 @@ class SampleDecodeError(RuntimeError):
     """A sample in a shard could not be decoded; the message names the shard and the key."""
 
 
-def read_segments(paths: list[str], segments, num_classes: int) -> Iterator[tuple[str, str, bytes, int]]:
+def read_segments(paths: list[str], segments, num_classes: int, lengths: list[int] | None = None,
+                  remote: RemoteOptions | None = None) -> Iterator[tuple[str, str, bytes, int]]:
     """Yield ``(shard path or URL, key, jpg bytes, label)`` for every sample of ``segments``, in order.
 
+    ``lengths``: each shard's sample count by ``_info.json``, checked as far as each segment reads (see
+    :func:`pipeline.read.tarstream.iter_samples`); ``remote``: the timeout and retries of URL shards.
+
     Raises:
-        ShardReadError: a shard cannot be read, or a sample lacks its ``jpg`` / ``cls`` member or its ``cls`` is
-            not a class index below ``num_classes`` (names the shard, the key and what the member holds).
+        ShardReadError: a shard cannot be read (a URL: after the retries) or holds another count than
+            ``lengths`` says, or a sample lacks its ``jpg`` / ``cls`` member or its ``cls`` is not a class index
+            below ``num_classes`` (names the shard, the key and what the member holds).
     """
     for seg in segments:
         url = paths[seg.shard]
-        for key, members in iter_samples(url, seg.skip, seg.take):
+        length = None if lengths is None else lengths[seg.shard]
+        for key, members in iter_samples(url, seg.skip, seg.take, remote, length):
             yield url, key, _member(url, key, members, "jpg"), class_index(url, key, members, num_classes)
 
 
@@ -203,7 +209,7 @@ class ShardSamples(IterableDataset):
         worker, num_workers = (wi.id, wi.num_workers) if wi is not None else (0, 1)
         plan = self.worker_plan(worker, num_workers)
         rng = random.Random(f"{self.cfg.seed}/{self.epoch}/{self.rank}/{worker}/{self.split.value}")  # str seeds are stable
-        samples = read_segments(self.paths, plan.segments, self.num_classes)
+        samples = read_segments(self.paths, plan.segments, self.num_classes, self.lengths, self.cfg.remote_options())
         if self.split is Split.TRAIN:
             samples = shuffled(samples, self.cfg.shuffle_buffer, rng)
         clock = time.perf_counter

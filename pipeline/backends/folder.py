@@ -10,6 +10,14 @@ batch as ``N×S×S×3`` uint8 (in shared memory, in a worker) and, on CUDA, pins
 :func:`pipeline.backends.to_device_prefetched` untouched (its non-blocking copy really is asynchronous, and the
 training process spends no time on a layout copy); on the device the NHWC batch viewed as NCHW is channels-last.
 
+The listing is ImageFolder's (class folders of ``train/``, sorted, give the class indices; files with its image
+extensions, in its order), with two differences: a folder symlink is followed at most once by its real path,
+and never when it leads back into the split folder (a symlink loop is listed once, the link named in a note);
+and a flat ``val/`` (ImageNet's val as distributed: image files, no class folders) is labelled by its label file,
+found as ``shard-imagenet`` finds it (:mod:`pipeline.source.val_labels`), else refused in one line. A split
+with no image at all is refused too: never an accuracy measured on nothing. Each image is turned upright by
+its EXIF orientation (as every backend does; torchvision's ImageFolder does not).
+
 The backend times its own stages where they run (in the workers): ``read`` (the file's bytes), ``decode`` (PIL
 decode + convert to RGB), ``augment`` (the torchvision transforms and the HWC tensor) per sample, ``collate``
 (stacking the batch) per batch. The seconds travel with each batch and are booked when the batch is handed out,
@@ -26,6 +34,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -33,37 +42,44 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, DistributedSampler, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from pipeline.compat import image_folder_class
 from pipeline.read import plan as epoch_plan
 from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, OnBadSample, ReplayResume, Split,
                                StageTimes, to_device_prefetched)
 from pipeline.backends.cpu import decode_failure, keep_decoded, warn_skipped
 from pipeline.dataset import DatasetInfo
 from pipeline.read.tarstream import is_url
-from pipeline.read.transforms import RRC_RATIO, RRC_SCALE, eval_resize_size
+from pipeline.read.transforms import RRC_RATIO, RRC_SCALE, eval_resize_size, pil_orientation, upright_pil
+from pipeline.source.types import LayoutError, LayoutOptions
+from pipeline.source.val_labels import LabelFinder, LabelResolver
 
 
-class _FixedClassesImageFolder(image_folder_class()):  # ImageFolder, with allow_empty on every torchvision
-    """ImageFolder whose class list is given (train's), so val labels index the same classes as train's."""
+class FolderSamples(Dataset):
+    """The listed image files of one split with their class indices (train's class list, so val labels index the
+    same classes as train's), read, decoded and transformed per sample as torchvision's ImageFolder would.
 
-    def __init__(self, root: str, classes: list[str], **kwargs):
-        self._given = classes
-        super().__init__(root, **kwargs)
+    Attributes:
+        samples: ``(file path, class index)`` pairs in ImageFolder's order (class, then folder path, then name).
+        classes: the class names (train's class folders, sorted); ``targets``: the class index of each sample.
+    """
 
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        present = sorted(e.name for e in os.scandir(directory) if e.is_dir())
-        unknown = [c for c in present if c not in set(self._given)]
-        if unknown:
-            raise FileNotFoundError(f"class folder(s) {', '.join(unknown[:3])} not in train/")
-        return list(self._given), {c: i for i, c in enumerate(self._given)}
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: Callable):
+        self.samples = samples
+        self.targets = [target for _, target in samples]
+        self.classes = list(classes)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, tuple[float, float, float], str | None]:
         """Sample ``index`` as ``(S×S×3 uint8, class index, (read_s, decode_s, augment_s), None)``: the file's bytes,
-        PIL's decode + convert to RGB (the pixels ImageFolder's own loader gives), then the transform; for a file
-        that cannot be read or decoded ``(None, class index, times, "<file>: cannot decode (...)")``."""
+        PIL's decode + convert to RGB (the pixels ImageFolder's own loader gives) turned upright by the file's EXIF
+        orientation (as every backend does), then the transform; for a file that cannot be read or decoded
+        ``(None, class index, times, "<file>: cannot decode (...)")``."""
         path, target = self.samples[index]
         clock = time.perf_counter
         t0 = t1 = t2 = clock()
@@ -71,12 +87,134 @@ class _FixedClassesImageFolder(image_folder_class()):  # ImageFolder, with allow
             with open(path, "rb") as f:
                 data = f.read()
             t1 = clock()
-            img = Image.open(io.BytesIO(data)).convert("RGB")
+            img = Image.open(io.BytesIO(data))
+            img = upright_pil(img.convert("RGB"), pil_orientation(img, data))
             t2 = clock()
             x = self.transform(img)
         except Exception as exc:  # damaged file: TimedCollate applies the bad-sample policy
             return None, target, (t1 - t0, clock() - t1, 0.0), decode_failure(path, exc)
         return x, target, (t1 - t0, t2 - t1, clock() - t2), None
+
+
+def _is_image(name: str) -> bool:
+    """torchvision's ImageFolder rule: the file name ends in one of its image extensions (any case)."""
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def walk_images(top: Path, tree: Path, followed: set[str], notes: list[str]) -> list[str]:
+    """The image files under ``top`` (recursively) in ImageFolder's order: by folder path, then by name.
+
+    Folder symlinks are followed at most once by their real path: a link whose target is inside ``tree`` (the
+    split folder: its files are listed where they are) or a folder already listed (``followed``, the real paths
+    so far, updated here) is skipped, and named in ``notes``; so a symlink loop is listed once, never followed
+    round. File symlinks are kept (as ImageFolder keeps them); unreadable folders are named in ``notes``.
+    """
+    tree_real = os.path.realpath(tree)
+    top_real = os.path.realpath(top)
+    if top_real in followed:  # e.g. a class folder that is a symlink to another class folder
+        notes.append(f"{top}: its target {top_real} is already listed (a folder is read once); left out")
+        return []
+    by_dir: list[tuple[str, list[str]]] = []
+    pending = [str(top)]
+    followed.add(top_real)
+    while pending:
+        folder = pending.pop()
+        files = []
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            notes.append(f"{folder}: cannot list it ({exc.strerror or exc}); its images are left out")
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # follows a symlink
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                if _is_image(entry.name):
+                    files.append(entry.path)
+                continue
+            real = os.path.realpath(entry.path)
+            if entry.is_symlink():
+                inside = real == tree_real or real.startswith(tree_real.rstrip(os.sep) + os.sep)
+                if inside or real in followed:
+                    why = "it leads back into " + str(tree) if inside else "its target is already listed"
+                    notes.append(f"{entry.path}: folder symlink to {real} not followed ({why}; each folder is "
+                                 f"read once)")
+                    continue
+            elif real in followed:  # a folder reached twice through links above it
+                continue
+            followed.add(real)
+            pending.append(entry.path)
+        by_dir.append((folder, files))
+    return [f for _, files in sorted(by_dir) for f in files]
+
+
+def class_folder_samples(split_dir: Path, classes: list[str], notes: list[str]) -> list[tuple[str, int]]:
+    """``(file, class index)`` of every image under ``split_dir/<class>/`` (ImageFolder's listing, with
+    :func:`walk_images`' symlink rule); a class folder that is absent holds no images (val may hold fewer classes
+    than train).
+
+    Raises:
+        ValueError: ``split_dir`` holds a folder that is not a class of ``classes`` (one line).
+    """
+    present = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    known = set(classes)
+    unknown = [c for c in present if c not in known]
+    if unknown:
+        raise ValueError(f"{split_dir}: class folder(s) {', '.join(unknown[:3])} not in train/; give --data the "
+                         f"folder holding train/<class>/ and val/<class>/")
+    followed: set[str] = set()
+    samples = []
+    for index, name in enumerate(classes):
+        if name in present:
+            samples += [(f, index) for f in walk_images(split_dir / name, split_dir, followed, notes)]
+    strays = [e.name for e in os.scandir(split_dir) if not e.is_dir() and _is_image(e.name)]
+    if strays and present:
+        notes.append(f"{split_dir}: {len(strays)} image file(s) outside the class folders (e.g. {min(strays)}) "
+                     f"left out, as ImageFolder leaves them")
+    return samples
+
+
+def flat_val_samples(root: Path, val_dir: Path, classes: list[str], notes: list[str]) -> list[tuple[str, int]]:
+    """``(file, class index)`` of a flat val (ImageNet's val as distributed: image files, no class folders),
+    labelled by its label file, found as ``shard-imagenet`` finds it (:mod:`pipeline.source.val_labels`: devkit
+    ground truth, ``LOC_val_solution.csv``, TensorFlow synset labels, ``valprep.sh``, Caffe ``val.txt``; in
+    ``root``, its subfolders or ``val_dir``); images are matched by file stem. Images the file does not list are
+    left out (named in ``notes``).
+
+    Raises:
+        ValueError: no usable label file, or one naming a class train/ does not have (one line each).
+    """
+    files = sorted(e.path for e in os.scandir(val_dir) if not e.is_dir() and _is_image(e.name))
+    finder = LabelFinder(root, [val_dir])
+    resolver = LabelResolver(root, LayoutOptions(), finder, list(classes), None, None)
+    found: list[str] = []
+    try:
+        labels = resolver.resolve(found)
+    except LayoutError as exc:
+        raise ValueError(f"--loader folder: {exc}") from None
+    if labels is None:
+        raise ValueError(f"{val_dir}: flat val ({len(files)} image files, no class folders) and no val label file "
+                         f"to label it; {resolver.looked_for()} (SRC = {root}); put ImageNet's label file there "
+                         f"(e.g. LOC_val_solution.csv) or sort val/ into class folders val/<class>/")
+    notes += found
+    index = {c: i for i, c in enumerate(classes)}
+    samples, unlisted = [], []
+    for path in files:
+        wnid = labels.by_stem.get(Path(path).stem)
+        if wnid is None:
+            unlisted.append(path)
+        elif wnid not in index:
+            raise ValueError(f"{path}: class {wnid} (from {labels.source}, read as {labels.read_as}) is not a "
+                             f"class folder of {root / Split.TRAIN.value}; remove those val images or add the class")
+        else:
+            samples.append((path, index[wnid]))
+    notes.append(f"{val_dir}: flat val labelled by {labels.description}")
+    if unlisted:
+        notes.append(f"{val_dir}: {len(unlisted)} image(s) not listed in {labels.source} left out "
+                     f"(e.g. {Path(unlisted[0]).name})")
+    return samples
 
 
 def pil_to_hwc_tensor(img) -> torch.Tensor:
@@ -85,7 +223,7 @@ def pil_to_hwc_tensor(img) -> torch.Tensor:
 
 
 class TimedCollate:
-    """Samples of :meth:`_FixedClassesImageFolder.__getitem__` → ``(N×S×S×3 uint8, N int64, failures, stage
+    """Samples of :meth:`FolderSamples.__getitem__` → ``(N×S×S×3 uint8, N int64, failures, stage
     times)``, the stage times being ``(read_s, decode_s, augment_s, collate_s, N)`` of the batch and ``failures``
     the lines naming the files that did not decode. The images are stacked by the DataLoader's default collate (in
     a worker: straight into shared memory); the rows of failed files are then replaced or dropped by
@@ -139,14 +277,25 @@ def crop_transform(split: Split, cfg: LoaderConfig) -> transforms.Compose:
                                pil_to_hwc_tensor])
 
 
+def _is_flat(split_dir: Path) -> bool:
+    """True when ``split_dir`` holds image files and no folders (ImageNet's val as distributed)."""
+    try:
+        entries = list(os.scandir(split_dir))
+    except OSError:
+        return False
+    return not any(e.is_dir() for e in entries) and any(_is_image(e.name) for e in entries)
+
+
 class FolderLoader(ReplayResume):
     """The ``folder`` backend for one split on one rank. Implements ``Loader``.
 
     Yields ``N×3×S×S`` channels-last images (float32 normalised, or uint8 with ``normalize=False``) and ``N``
-    int64 labels.
+    int64 labels. ``notes``: what the listing left out or how it labelled a flat val (printed on stderr as
+    ``note: ...`` lines by rank 0).
 
     Raises:
-        ValueError: no ``data_root`` in the config, or ``<data_root>/<split>`` is not an ImageFolder tree.
+        ValueError: no ``data_root`` in the config, ``<data_root>/<split>`` is not an ImageFolder tree, a flat val
+            with no usable label file, or a split with no image to train on / evaluate (one line each).
     """
 
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
@@ -154,15 +303,28 @@ class FolderLoader(ReplayResume):
         if cfg.data_root is None or is_url(cfg.data_root):
             raise ValueError("--loader folder needs --data DIR: a local ImageFolder root holding train/<class>/ and "
                              "val/<class>/")
-        root = Path(cfg.data_root) / split.value
+        data_root = Path(cfg.data_root)
+        root = data_root / split.value
+        notes: list[str] = []
         try:
             # class indices always come from train/ (val/ may hold a subset of the classes, as in a split run)
-            classes = datasets.folder.find_classes(str(Path(cfg.data_root) / Split.TRAIN.value))[0]
-            dataset = _FixedClassesImageFolder(str(root), classes, transform=crop_transform(split, cfg),
-                                               allow_empty=split is Split.VAL)
+            classes = datasets.folder.find_classes(str(data_root / Split.TRAIN.value))[0]
+            if split is Split.VAL and _is_flat(root):
+                samples = flat_val_samples(data_root, root, classes, notes)
+            else:
+                samples = class_folder_samples(root, classes, notes)
         except (FileNotFoundError, OSError) as exc:
             raise ValueError(f"{root}: not an ImageFolder tree ({exc}); give --data the folder holding "
                              f"train/<class>/ and val/<class>/") from None
+        if not samples:
+            raise ValueError(f"{root}: no image files to {'evaluate' if split is Split.VAL else 'train on'} (looked "
+                             f"for {', '.join(IMG_EXTENSIONS[:3])}, ... files in its class folders); put the images "
+                             f"there" + (" or pass --no-eval" if split is Split.VAL else ""))
+        dataset = FolderSamples(samples, classes, crop_transform(split, cfg))
+        self.notes = tuple(notes)
+        if rank == 0:
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr, flush=True)
         self.split = split
         self.device = device
         self.normalize = cfg.normalize

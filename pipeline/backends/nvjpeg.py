@@ -42,6 +42,9 @@ handled here (torchvision's CUDA decoder as of 0.29):
 * nvJPEG leaks memory before CUDA 11.6 (torchvision warns once); files the hardware engine does not take
   (progressive ones; all of them on GPUs without the engine) are decoded one by one inside the call, on the SMs.
 * torchvision 0.29 deprecates its decoders in favour of TorchCodec: the per-call DeprecationWarning is silenced.
+* ``decode_jpeg`` ignores EXIF orientation (and older torchvisions cannot apply it): each decoded image is turned
+  upright here (:func:`~pipeline.read.transforms.exif_orientation`, a header walk; a flip / transpose on the device
+  only for a rotated image), as every backend does.
 
 Robustness (the cpu backend's policy): a sample nvJPEG rejects is retried on the CPU (``decode_jpeg``, then PIL
 through :mod:`pipeline.read.transforms`, which also crops it); one that decodes nowhere is named on stderr
@@ -76,8 +79,8 @@ from pipeline.compat import decode_jpeg_one, decode_jpegs
 from pipeline.backends import Batch, LoaderConfig, Split, normalize_on_device
 from pipeline.backends.cpu import ShardLoaderBase, ShardSamples, keep_decoded, skip_reason
 from pipeline.dataset import DatasetInfo
-from pipeline.read.transforms import (center_crop_box, decode_train, decode_val, random_resized_crop_box,
-                                      resize_box_exact)
+from pipeline.read.transforms import (center_crop_box, decode_train, decode_val, exif_orientation,
+                                      random_resized_crop_box, resize_box_exact, upright_chw)
 
 # Frame (SOF) markers that start a frame header; DHT (C4), JPG (C8) and DAC (CC) share the range but are not frames.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -328,6 +331,7 @@ class NvjpegLoader(ShardLoaderBase):
             data = stream.numpy().tobytes()
             out = decode_train(data, size, rng) if train else decode_val(data, size, self.cfg.crop_pct)
             return out.to(self.device)
+        img = upright_chw(img, exif_orientation(stream.numpy()))  # decode_jpeg leaves EXIF orientation to us
         _, h, w = img.shape
         if not train:  # torchvision's Resize + CenterCrop exactly: the whole image resized, the crop cut out
             box = center_crop_box(w, h, size, self.cfg.crop_pct)

@@ -13,6 +13,11 @@ no PIL object on the way) for RGB / grayscale JPEGs; torch's uint8 SIMD resize, 
 caller's batch slot (``out=``), the flip done in the slot; PIL for everything else (CMYK JPEGs, PNG, files libjpeg calls corrupt but PIL tolerates) and when
 simplejpeg is missing. pillow-simd, when installed (``make simd``), speeds the PIL path and the sharder.
 Output: an ``H×W×3`` uint8 tensor (HWC, RGB), ``H == W == size``.
+
+EXIF orientation is applied, as by every backend (cpu, nvjpeg, folder, dali): the picture is turned upright
+(:func:`exif_orientation`, :func:`upright_hwc`) before the crop box is drawn in its coordinates. The sharder writes
+upright images without EXIF, so only shards written by other tools pay for it (a header walk per image, and no
+region decode for a rotated one).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 # Eval resize ratio: the standard 224/256 (torchvision reference scripts, timm's DEFAULT_CROP_PCT); defined
 # only here (LoaderConfig.crop_pct defaults to it).
 CROP_PCT = 0.875
+# The crop sides (px) a run may ask for (--image-size, --eval-size, --min-train-size), both ends included: 8 is the
+# smallest ResNet50 input that keeps a pixel after its 32x downsampling; 2048 is 4x ImageNet's typical image side and
+# already 12 MiB per uint8 image (3 GiB for a batch of 256 in shared memory): larger asks fail deep inside a worker.
+IMAGE_SIZE_RANGE = (8, 2048)
 # Region decode (nvImageCodec) time / full simplejpeg decode time ≈ a + b · crop area fraction + c · crop bottom
 # edge fraction (rows above the box are still entropy-decoded; nvImageCodec's full decode is ~1.2x simplejpeg's):
 # least-squares fit over 800 RandomResizedCrop 224 boxes on 400 of the shared ImageNet samples, one core. The
@@ -59,6 +68,115 @@ ROI_COST = (0.24, 0.61, 0.49)
 # resolution there: DCT scaling is not the antialiased bilinear filter, and with margin 1 (train's) it moves the
 # val pixels 1.9/255 from torchvision's at 97 px, 2.7/255 at 64 px; with 3, 0.01 and 0.07 (800 real samples).
 VAL_DCT_MARGIN = 3.0
+
+
+# EXIF orientation (tag 0x0112) → the PIL transpose that makes the image upright (PIL's ImageOps.exif_transpose,
+# the EXIF 2.3 table: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
+# 8 rotate 90 counter-clockwise). 5..8 swap width and height.
+_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(data) -> int:
+    """The EXIF orientation (1..8) of a JPEG, read from its APP1 ``Exif`` segment without decoding anything; 1 when
+    ``data`` is not a JPEG, has no EXIF block, no orientation tag, or a damaged one (never raises).
+
+    Cheap: it walks the marker segments before the first scan (usually a few hundred bytes) and parses IFD0 only
+    when an APP1 ``Exif`` segment is there; files the sharder wrote have none (it writes upright images without
+    EXIF), so for them this is a handful of byte comparisons. ``data``: ``bytes`` or any bytes-like object (a
+    ``memoryview`` of a uint8 array). Every backend applies the orientation this returns, so all agree.
+    """
+    try:
+        return _exif_orientation(memoryview(data).cast("B"))
+    except (ValueError, TypeError, IndexError):  # damaged EXIF must never cost the image
+        return 1
+
+
+def _exif_orientation(data: memoryview) -> int:
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return 1
+    pos = 2
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return 1
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # standalone markers
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no EXIF before the image data
+            return 1
+        seg_len = (data[pos + 2] << 8) | data[pos + 3]
+        if marker == 0xE1 and bytes(data[pos + 4:pos + 10]) == b"Exif\0\0":
+            return _tiff_orientation(bytes(data[pos + 10:pos + 2 + seg_len]))
+        pos += 2 + seg_len
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """Orientation tag of IFD0 of an EXIF TIFF block (1 when absent or out of 1..8)."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd:ifd + 2], order)
+    for i in range(count):
+        entry = tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i]
+        if len(entry) < 12:
+            return 1
+        if int.from_bytes(entry[0:2], order) == 0x0112:
+            value = int.from_bytes(entry[8:10], order)  # SHORT, left-justified in the value field
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """``(width, height)`` of an image stored ``width×height`` once its EXIF ``orientation`` is applied."""
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def upright_hwc(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """An ``H×W×C`` array turned upright by EXIF ``orientation`` (1..8; 1: returned as is), as PIL's
+    ``ImageOps.exif_transpose``: a contiguous array, ``W×H×C`` for orientations 5..8."""
+    if orientation == 1:
+        return rgb
+    if orientation in (5, 6, 7, 8):
+        rgb = rgb.transpose(1, 0, 2)  # 5 (transpose); the others are it plus a flip
+        if orientation == 6:
+            rgb = rgb[:, ::-1]
+        elif orientation == 7:
+            rgb = rgb[::-1, ::-1]
+        elif orientation == 8:
+            rgb = rgb[::-1]
+    elif orientation == 2:
+        rgb = rgb[:, ::-1]
+    elif orientation == 3:
+        rgb = rgb[::-1, ::-1]
+    elif orientation == 4:
+        rgb = rgb[::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def upright_chw(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A ``C×H×W`` tensor (any device) turned upright by EXIF ``orientation``, as :func:`upright_hwc`."""
+    if orientation == 1:
+        return img
+    if orientation in (5, 6, 7, 8):
+        img = img.transpose(1, 2)
+        flip = {5: (), 6: (2,), 7: (1, 2), 8: (1,)}[orientation]
+    else:
+        flip = {2: (2,), 3: (1, 2), 4: (1,)}[orientation]
+    return img.flip(flip) if flip else img.contiguous()
+
+
+def upright_pil(img: Image.Image, orientation: int) -> Image.Image:
+    """A PIL image turned upright by EXIF ``orientation`` (1: returned as is)."""
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
 def random_resized_crop_box(width: int, height: int, rng: random.Random,
@@ -243,19 +361,21 @@ def _decode_turbo(data: bytes, size: int, box_fn, times: list[float] | None = No
         return None
     t0 = time.perf_counter()
     try:
-        full_h, full_w, colorspace, _ = simplejpeg.decode_jpeg_header(data)  # (height, width, colorspace, subsampling)
+        stored_h, stored_w, colorspace, _ = simplejpeg.decode_jpeg_header(data)  # (h, w, colorspace, subsampling)
         if colorspace not in ("Gray", "YCbCr", "RGB"):
             return None
+        orientation = exif_orientation(data)  # the box is drawn in the upright image's coordinates
+        full_w, full_h = upright_size(stored_w, stored_h, orientation)
         left, top, cw, ch = box_fn(full_w, full_h)
         k = _reduction(cw, ch, size, VAL_DCT_MARGIN if exact else 1.0)
-        roi = k == 1 and not exact and region_pays(cw * ch / (full_w * full_h), (top + ch) / full_h,
-                                                       roi_cost)
+        roi = k == 1 and not exact and orientation == 1 and region_pays(cw * ch / (full_w * full_h),
+                                                                        (top + ch) / full_h, roi_cost)
         rgb = _decode_roi(data, (left, top, cw, ch)) if roi else None
         if rgb is not None:
             left, top, full_w, full_h = 0, 0, cw, ch  # the decoded array is the box
         else:
-            rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(full_w / k),
-                                         min_height=math.ceil(full_h / k))
+            rgb = upright_hwc(simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=math.ceil(stored_w / k),
+                                                     min_height=math.ceil(stored_h / k)), orientation)
     except ValueError:  # simplejpeg reports every libjpeg error (incl. recoverable ones) as ValueError
         return None
     t1 = time.perf_counter()
@@ -281,15 +401,18 @@ def _decode_pil(data: bytes, size: int, box_fn, times: list[float] | None = None
     when given (filled), else a new one."""
     t0 = time.perf_counter()
     img = Image.open(io.BytesIO(data))
-    full_w, full_h = img.size
+    orientation = pil_orientation(img, data)
+    stored_w, stored_h = img.size
+    full_w, full_h = upright_size(stored_w, stored_h, orientation)
     left, top, cw, ch = box_fn(full_w, full_h)
     if img.format == "JPEG":
         k = _reduction(cw, ch, size, VAL_DCT_MARGIN if exact else 1.0)
         if k > 1:
-            img.draft("RGB", (math.ceil(full_w / k), math.ceil(full_h / k)))
+            img.draft("RGB", (math.ceil(stored_w / k), math.ceil(stored_h / k)))
     img.load()
     if img.mode != "RGB":
         img = img.convert("RGB")
+    img = upright_pil(img, orientation)
     t1 = time.perf_counter()
     fx, fy = full_w / img.width, full_h / img.height
     box = (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy)
@@ -305,6 +428,18 @@ def _decode_pil(data: bytes, size: int, box_fn, times: list[float] | None = None
         times[0] += t1 - t0
         times[1] += time.perf_counter() - t1
     return result
+
+
+def pil_orientation(img: Image.Image, data: bytes) -> int:
+    """EXIF orientation (1..8) of the image PIL opened from ``data``: a JPEG's by :func:`exif_orientation` (what
+    every backend reads), another format's (PNG, WebP, TIFF carry EXIF too) by PIL; 1 when absent or damaged."""
+    if img.format == "JPEG":
+        return exif_orientation(data)
+    try:
+        value = int(img.getexif().get(0x0112, 1))
+    except Exception:  # damaged EXIF must never cost the image
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _decode_box(data: bytes, size: int, box_fn, times: list[float] | None, exact: bool = False,
@@ -360,6 +495,31 @@ def decoder_name() -> str:
         return f"{pil} (simplejpeg not installed)"
     roi = "" if nvimgcodec is None else f"nvimgcodec {nvimgcodec.__version__} (libjpeg-turbo region decode) + "
     return f"{roi}simplejpeg {simplejpeg.__version__} (libjpeg-turbo) + {pil}"
+
+
+def region_decoder_has_wheel(python: tuple[int, int], system: str, machine: str) -> bool:
+    """Whether pip has an nvImageCodec wheel (``nvidia-nvimgcodec-cu13``) for this interpreter and platform: the
+    environment marker of that default dependency in pyproject.toml (Linux x86_64, Python 3.9+); ``system`` as
+    ``platform.system()``, ``machine`` as ``platform.machine()``."""
+    return python >= (3, 9) and system == "Linux" and machine in ("x86_64", "AMD64")
+
+
+def decode_line() -> str:
+    """The cpu backend's decoders in one start-up line (``train`` / ``io-bench`` print it), e.g. ``"decode:
+    nvimgcodec 0.9.0 (libjpeg-turbo region decode) + simplejpeg 1.9.0 (libjpeg-turbo) + pillow 13.0.0"``; without
+    nvImageCodec it says that train crops are decoded whole (the slower path) and what to do about it."""
+    line = f"decode: {decoder_name()}"
+    if nvimgcodec is not None or simplejpeg is None:
+        return line
+    import platform
+    import sys
+
+    if region_decoder_has_wheel(sys.version_info[:2], platform.system(), platform.machine()):
+        why = "nvImageCodec not installed: `.venv/bin/pip install -e '.[fast]'` in the checkout adds it (nvidia-nvimgcodec-cu13)"
+    else:
+        why = (f"nvImageCodec has no wheel for Python {sys.version_info[0]}.{sys.version_info[1]} on "
+               f"{platform.system()} {platform.machine()} (Linux x86_64, Python 3.9+ only)")
+    return f"{line}; no region decode, train crops are decoded whole, DCT-scaled ({why})"
 
 
 @cache

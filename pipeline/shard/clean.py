@@ -25,6 +25,26 @@ except ImportError:  # pragma: no cover - simplejpeg is a dependency; without it
 
 # PIL's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS, 89.5 Mpx): larger images are downscaled to it.
 DEFAULT_MAX_PIXELS = 89_478_485
+# The smallest --max-size (longer side, px) and --max-pixels accepted: below them every image would be stored
+# smaller than any train crop one would use (64 px, the smallest in this project's recipes); 1 stored every image
+# as 1x1 without a word.
+MIN_MAX_SIZE = 64
+MIN_MAX_PIXELS = MIN_MAX_SIZE * MIN_MAX_SIZE
+
+
+def check_limits(max_pixels: int, max_size: int | None) -> None:
+    """Refuse downscale limits that would ruin every image (see :data:`MIN_MAX_SIZE`).
+
+    Raises:
+        ValueError: ``max_pixels`` below :data:`MIN_MAX_PIXELS` or ``max_size`` below :data:`MIN_MAX_SIZE`
+            (one line naming the flag).
+    """
+    if max_size is not None and max_size < MIN_MAX_SIZE:
+        raise ValueError(f"--max-size {max_size}: must be >= {MIN_MAX_SIZE} (px, the longer side kept); smaller would "
+                         f"store every image below the smallest train crop")
+    if max_pixels < MIN_MAX_PIXELS:
+        raise ValueError(f"--max-pixels {max_pixels}: must be >= {MIN_MAX_PIXELS} ({MIN_MAX_SIZE}x{MIN_MAX_SIZE}); "
+                         f"smaller would store every image below the smallest train crop")
 DEFAULT_QUALITY = 95
 _ORIENTATION_TAG = 0x0112
 _PIXELS_PER_BYTE_MAX = 2048  # see the truncation check in _normalize
