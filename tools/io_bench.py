@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pipeline.backends import DataInput, LoaderKind, backend_spec
-from tools.cli_common import error_line, positive
+from tools.cli_common import Parser, enum_type, error_line, positive
 from pipeline.dataset import DatasetError
 from train.precision import Precision
 
@@ -57,8 +57,8 @@ def _loader_list(text: str) -> tuple[LoaderKind, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = _defaults()
-    p = argparse.ArgumentParser(prog="io-bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="io-bench", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="shard folder written by shard-imagenet (or its http(s)/s3 URL)")
     p.add_argument("--loader", type=_loader_list, default=d["loaders"],
                    help=f"backends to measure, comma list of {','.join(k.value for k in _measurable())} (default: "
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker counts to sweep, comma list (default: 1,2,4,... cores)")
     p.add_argument("--batch-size", type=positive(int), default=d["batch_size"])
     p.add_argument("--image-size", type=positive(int), default=d["image_size"])
-    p.add_argument("--precision", type=Precision, choices=list(Precision), default=d["precision"],
+    p.add_argument("--precision", type=enum_type(Precision), choices=list(Precision), default=d["precision"],
                    metavar="{" + ",".join(k.value for k in Precision) + "}")
     p.add_argument("--repeat", type=positive(int), default=d["repeat"],
                    help=f"timed windows per sweep point (default: {d['repeat']})")
@@ -88,10 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tqdm import tqdm
-
     from pipeline.read.tarstream import ShardReadError, is_url
-    from train.iobench.run import IoBenchConfig, run_io_bench
+    from train.iobench.run import BenchProgress, IoBenchConfig, run_io_bench
     from train.iobench.report import write_report
 
     data = args.data if is_url(args.data) else Path(args.data)
@@ -103,21 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # the schema's own checks (e.g. --image-size below 8)
         print(f"io-bench: error: {error_line(exc)}", file=sys.stderr)
         return 2
-    bar = tqdm(desc="io-bench", unit="step", bar_format="{desc}: {n_fmt} steps done [{elapsed}]")
+    from pipeline.read.transforms import decode_line
 
-    def progress(line: str) -> None:
-        bar.set_description_str(f"io-bench: {line}")
-        bar.update(1)
-
+    print(f"io-bench: {decode_line()} (the cpu backend's)", flush=True)
+    progress = BenchProgress(sys.stderr)  # a bar with ETA on a terminal, a plain line per step otherwise
+    finished = False
     try:
         result = run_io_bench(cfg, progress)
+        finished = True
     except (DatasetError, ValueError, ShardReadError) as exc:
-        bar.leave = False  # clear the progress line: the error stands on its own line
-        bar.close()
+        progress.close(done=False)  # the error stands on its own line
         print(f"io-bench: error: {error_line(exc)}", file=sys.stderr)
         return 2
     finally:
-        bar.close()  # also on an unexpected error: a bar left open would shift every later one
+        progress.close(done=finished)  # also on an unexpected error: a bar left open would shift every later one
     report = write_report(result, args.out)
     if result.verdict:
         for line in result.verdict.lines:

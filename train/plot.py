@@ -2,7 +2,12 @@
 
 Four panels: mean loss and learning rate per step window (x: step), val top-1 per epoch (the evaluation lines),
 img/s and data-wait % per window over wall time (s since the first run start in the file: a resumed run
-appends its windows after a gap). The caption is the run's FlagPerf row (header and row). matplotlib with the
+appends its windows after a gap), the evaluations marked there by dotted lines. A window's img/s counts its
+training time only (the step log leaves evaluation and checkpoint time out: ``paused_s``); in a log written
+before ``paused_s`` existed, a window that holds an evaluation is left out of the two wall-time panels rather
+than drawn as a false dip. Series of few points are drawn with markers, so that a run of one window still
+shows a point in every panel (:func:`panels` holds what is drawn). The caption is the run's FlagPerf row
+(header and row). matplotlib with the
 Agg backend: no display needed.
 """
 
@@ -11,6 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.fsio import WriteFailed, atomic_write
 
 
 @dataclass
@@ -27,6 +34,9 @@ class StepSeries:
     eval_epoch: list[int] = field(default_factory=list)
     acc1: list[float] = field(default_factory=list)
     start: float | None = None
+    paused: list[float | None] = field(default_factory=list)  # per window: s outside training (None: not logged)
+    eval_time: list[float] = field(default_factory=list)  # per evaluation: when it ended (time.time(), s)
+    every: int | None = None  # --log-every of the (last) run in the file
 
 
 def read_step_log(path: Path) -> StepSeries:
@@ -43,9 +53,11 @@ def read_step_log(path: Path) -> StepSeries:
             continue
         if "run_start" in rec:
             s.start = rec["run_start"] if s.start is None else s.start
+            s.every = rec.get("every", s.every)
         elif "eval_epoch" in rec:
             s.eval_epoch.append(rec["eval_epoch"] + 1)
             s.acc1.append(rec["acc1"])
+            s.eval_time.append(rec.get("time", s.time[-1] if s.time else 0.0))
         elif "loss" in rec:
             s.step.append(rec["step"])
             s.loss.append(rec["loss"])
@@ -53,39 +65,101 @@ def read_step_log(path: Path) -> StepSeries:
             s.img_per_s.append(rec["img_per_s"])
             s.data_wait.append(100.0 * rec["data_wait_fraction"])
             s.time.append(rec["time"])
+            s.paused.append(rec.get("paused_s"))
     return s
 
 
+MARKERS_UP_TO = 40  # a series of at most this many points marks each one (one point alone draws no line)
+_EVAL_TOLERANCE_S = 0.05  # an old log's window flushed by its evaluation line ends just before that line
+
+
+@dataclass(frozen=True)
+class Series:
+    """What one panel draws: ``x`` and ``y`` values; ``marker``: matplotlib's marker for each point (None: a
+    plain line, for series of more than :data:`MARKERS_UP_TO` points)."""
+
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+
+    @property
+    def marker(self) -> str | None:
+        return "o" if len(self.x) <= MARKERS_UP_TO else None
+
+
+@dataclass(frozen=True)
+class Panels:
+    """The plot's data: ``loss`` and ``lr`` over steps, ``acc1`` (%) over 1-based epochs, ``img_per_s`` and
+    ``data_wait`` (%) over wall s since the run start, and ``evals_at``: when each evaluation ended (wall s)."""
+
+    loss: Series
+    lr: Series
+    acc1: Series
+    img_per_s: Series
+    data_wait: Series
+    evals_at: tuple[float, ...]
+
+
+def spans_eval(s: StepSeries) -> list[bool]:
+    """Per window: whether its img/s counts an evaluation's time. Only in a log written before the step log left
+    evaluations out (no ``paused_s``): there, the first window to end at or after an evaluation line held it."""
+    held = [False] * len(s.step)
+    for t in s.eval_time:
+        i = next((i for i, end in enumerate(s.time) if end >= t - _EVAL_TOLERANCE_S), None)
+        if i is not None and s.paused[i] is None:
+            held[i] = True
+    return held
+
+
+def panels(s: StepSeries) -> Panels:
+    """What :func:`draw` plots of ``s`` (see the module docstring)."""
+    t0 = s.start if s.start is not None else (s.time[0] if s.time else 0.0)
+    held = spans_eval(s)
+    kept = [i for i in range(len(s.step)) if not held[i]]
+    wall = tuple(s.time[i] - t0 for i in kept)
+    return Panels(Series(tuple(s.step), tuple(s.loss)), Series(tuple(s.step), tuple(s.lr)),
+                  Series(tuple(s.eval_epoch), tuple(s.acc1)), Series(wall, tuple(s.img_per_s[i] for i in kept)),
+                  Series(wall, tuple(s.data_wait[i] for i in kept)), tuple(t - t0 for t in s.eval_time))
+
+
 def draw(s: StepSeries, caption: str, out: Path) -> None:
-    """Write the four-panel PNG of ``s`` to ``out`` with ``caption`` under it."""
+    """Write the four-panel PNG of ``s`` to ``out`` (atomically) with ``caption`` under it.
+
+    Raises:
+        pipeline.fsio.WriteFailed: ``out`` cannot be written (disk full, ...); an earlier ``out`` stays whole.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    t0 = s.start if s.start is not None else (s.time[0] if s.time else 0.0)
-    wall = [t - t0 for t in s.time]
+    p = panels(s)
     fig, ax = plt.subplots(2, 2, figsize=(11, 7.5))
-    ax[0, 0].plot(s.step, s.loss, color="tab:blue")
+    ax[0, 0].plot(p.loss.x, p.loss.y, marker=p.loss.marker, color="tab:blue")
     ax[0, 0].set(xlabel="step", ylabel="loss (window mean)", title="loss and learning rate")
     lr_ax = ax[0, 0].twinx()
-    lr_ax.plot(s.step, s.lr, color="tab:orange")
+    lr_ax.plot(p.lr.x, p.lr.y, marker=p.lr.marker, color="tab:orange")
     lr_ax.set_ylabel("learning rate", color="tab:orange")
-    ax[0, 1].plot(s.eval_epoch, s.acc1, marker="o", color="tab:green")
+    ax[0, 1].plot(p.acc1.x, p.acc1.y, marker="o", color="tab:green")
     ax[0, 1].set(xlabel="epoch", ylabel="val top-1 (%)", title="top-1 per epoch")
     ax[0, 1].xaxis.set_major_locator(MaxNLocator(integer=True))
     if not s.acc1:
         ax[0, 1].text(0.5, 0.5, "no evaluation", ha="center", va="center", transform=ax[0, 1].transAxes)
-    ax[1, 0].plot(wall, s.img_per_s, color="tab:purple")
-    ax[1, 0].set(xlabel="wall time (s)", ylabel="img/s (window)", title="throughput")
-    ax[1, 1].plot(wall, s.data_wait, color="tab:red")
+    for a in (ax[1, 0], ax[1, 1]):  # evaluations: outside the windows' training time
+        for i, t in enumerate(p.evals_at):
+            a.axvline(t, color="tab:gray", linestyle=":", linewidth=1, label="evaluation" if i == 0 else None)
+    ax[1, 0].plot(p.img_per_s.x, p.img_per_s.y, marker=p.img_per_s.marker, color="tab:purple")
+    ax[1, 0].set(xlabel="wall time (s)", ylabel="img/s (window, evaluations left out)", title="throughput")
+    if p.evals_at:
+        ax[1, 0].legend(loc="lower right", fontsize=8)
+    ax[1, 1].plot(p.data_wait.x, p.data_wait.y, marker=p.data_wait.marker, color="tab:red")
     ax[1, 1].set(xlabel="wall time (s)", ylabel="data wait (%)", title="data wait", ylim=(0, 100))
     fig.text(0.5, 0.01, caption, ha="center", va="bottom", family="monospace", fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:  # atomic: an earlier plot stays whole when this one cannot be written
+        atomic_write(out, lambda f: fig.savefig(f, dpi=100, format="png"), "the plot")
+    finally:
+        plt.close(fig)
 
 
 def plot_run(step_log: Path, caption: str, out: Path) -> str:
@@ -98,8 +172,10 @@ def plot_run(step_log: Path, caption: str, out: Path) -> str:
         return f"plot: {step_log} holds no step window; no plot written"
     try:
         draw(series, caption, out)
-    except OSError as exc:
-        return f"plot: {out}: {exc.strerror or exc}; no plot written"
+    except WriteFailed as exc:
+        return f"plot: {exc}"
     windows, evals = len(series.step), len(series.acc1)
+    few = (f"; one window: lower --log-every (now {series.every}) for a finer plot" if windows == 1 and series.every
+           else "")
     return (f"plot: wrote {out} ({windows} step window{'s' if windows != 1 else ''}, {evals} evaluation"
-            f"{'s' if evals != 1 else ''})")
+            f"{'s' if evals != 1 else ''}{few})")

@@ -5,7 +5,10 @@ A bar or line wraps the loop's iterator (outside the data timer: its own cost fa
 never the step. It counts steps on the host; every ``window`` steps it shows the window's img/s (global batch ×
 steps / wall s), its data-wait share (growth of the loop's data stopwatch / wall s) and the window's mean loss,
 read from the epoch's running loss sum on the device: one host read per window (the JSONL step log reads at
-the same rate), none per step. Evaluation bars show steps and img/s only (their accuracy is summed on the device
+the same rate), none per step. The bar's postfix is compact (``loss 3.171, 2876 img/s, data wait 12%``); below
+:data:`WIDE_COLUMNS` columns the bar leaves out its percentage and elapsed time (steps done and ETA stay), so an
+80-column terminal keeps a bar of several characters and the whole postfix. Evaluation bars show steps and img/s
+only (their accuracy is summed on the device
 and read once at the end).
 """
 
@@ -40,6 +43,40 @@ def progress_config(enabled: bool, is_main: bool, log_every: int, global_batch: 
     return ProgressConfig(enabled and is_main, live, log_every, global_batch)
 
 
+# Bars narrower than this many columns leave out the percentage and the elapsed time, so that an 80-column
+# terminal keeps a bar of several characters and the whole postfix (loss, img/s, data wait).
+WIDE_COLUMNS = 110
+_WIDE_BAR = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}"
+_NARROW_BAR = "{desc} |{bar}| {n_fmt}/{total_fmt} ETA {remaining}{postfix}"
+
+
+@dataclass(frozen=True)
+class WindowRates:
+    """One window of steps: ``img_per_s`` (global batch × steps / wall s), ``data_wait`` (share of the wall time
+    in the loader's ``next()``, 0..1), ``loss`` (mean over the window's steps; None where not tracked)."""
+
+    img_per_s: float
+    data_wait: float
+    loss: float | None
+
+    def line(self, data_wait: bool = True) -> str:
+        """The plain line's fields: ``loss 3.1712, img/s 2876.3, data wait 12%``."""
+        fields = [f"loss {self.loss:.4f}"] if self.loss is not None else []
+        fields.append(f"img/s {self.img_per_s:.1f}")
+        if data_wait:
+            fields.append(f"data wait {100 * self.data_wait:.0f}%")
+        return ", ".join(fields)
+
+    def postfix(self, data_wait: bool = True) -> str:
+        """The bar's compact postfix: ``loss 3.171, 2876 img/s, data wait 12%``."""
+        fields = [f"loss {self.loss:.3f}"] if self.loss is not None else []
+        rate = self.img_per_s
+        fields.append(f"{rate:.0f} img/s" if rate >= 100 else f"{rate:.1f} img/s")
+        if data_wait:
+            fields.append(f"data wait {100 * self.data_wait:.0f}%")
+        return ", ".join(fields)
+
+
 class _Window:
     """Rates over the last window of steps: img/s, data-wait share, mean loss."""
 
@@ -47,32 +84,44 @@ class _Window:
         self.data_total, self.loss_sum = data_total, loss_sum
         self.t, self.data, self.loss, self.steps = time.perf_counter(), data_total(), 0.0, 0
 
-    def close(self, steps: int, batch: int) -> dict[str, str]:
+    def close(self, steps: int, batch: int) -> WindowRates:
         now, data = time.perf_counter(), self.data_total()
         wall = max(now - self.t, 1e-9)
-        out = {"img/s": f"{(steps - self.steps) * batch / wall:.1f}", "data wait": f"{100 * (data - self.data) / wall:.0f}%"}
+        mean_loss = None
         if self.loss_sum is not None:
             total = float(self.loss_sum)  # the one host read of the window
-            out = {"loss": f"{(total - self.loss) / max(steps - self.steps, 1):.4f}", **out}
+            mean_loss = (total - self.loss) / max(steps - self.steps, 1)
             self.loss = total
+        out = WindowRates((steps - self.steps) * batch / wall, (data - self.data) / wall, mean_loss)
         self.t, self.data, self.steps = now, data, steps
         return out
 
 
-def _terminal_width(stream: TextIO) -> int | None:
-    """None (tqdm follows the terminal's width), or 100 columns where the terminal reports a width of 0 (a
-    pseudo-terminal nobody sized), on which tqdm would draw nothing."""
+def _terminal_columns(stream: TextIO) -> int | None:
+    """The terminal's width in columns (0: a pseudo-terminal nobody sized), or None (not a terminal)."""
     try:
-        return None if os.get_terminal_size(stream.fileno()).columns > 0 else 100
+        return os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
+
+
+def bar_layout(columns: int | None) -> tuple[int | None, str]:
+    """(tqdm's ``ncols``, its ``bar_format``) for a terminal of ``columns`` (None: unknown, tqdm follows the
+    terminal): 100 columns where the terminal reports 0 (tqdm would draw nothing), the narrow layout below
+    :data:`WIDE_COLUMNS`."""
+    if columns == 0:
+        columns = 100
+    return columns, (_NARROW_BAR if columns is not None and columns < WIDE_COLUMNS else _WIDE_BAR)
 
 
 class Progress:
     """Wraps the loop's iterators (see module docstring); does nothing when ``cfg.enabled`` is False."""
 
-    def __init__(self, cfg: ProgressConfig, data_total: Callable[[], float], stream: TextIO | None = None):
+    def __init__(self, cfg: ProgressConfig, data_total: Callable[[], float], stream: TextIO | None = None,
+                 ncols: int | None = None):
+        """``ncols``: the bar's width in columns (None: the terminal's; tests pass a fake width)."""
         self.cfg, self.data_total, self.stream = cfg, data_total, stream or sys.stdout
+        self.ncols = ncols
 
     def train(self, batches: Iterable, epoch: int, epochs: int, total: int,
               loss_sum: torch.Tensor | None) -> Iterator:
@@ -93,9 +142,13 @@ class Progress:
     def _show(self, batches: Iterable, label: str, total: int | None, window: _Window,
               data_wait: bool = True) -> Iterator:
         every = max(1, min(self.cfg.window, (total or self.cfg.window) // 10 or 1))
-        width = _terminal_width(self.stream)
-        bar = (tqdm(total=total, desc=label, unit="step", file=self.stream, leave=True, ncols=width,
-                    dynamic_ncols=width is None) if self.cfg.live else None)
+        bar = None
+        if self.cfg.live:
+            columns = self.ncols if self.ncols is not None else _terminal_columns(self.stream)
+            ncols, layout = bar_layout(columns)
+            bar = tqdm(total=total, desc=label, unit="step", file=self.stream, leave=True, ncols=ncols,
+                       dynamic_ncols=self.ncols is None and columns != 0,
+                       bar_format=layout if total is not None else None)
         steps = 0
         try:
             for batch in batches:
@@ -110,11 +163,9 @@ class Progress:
                 bar.close()
 
     def _report(self, bar, label: str, steps: int, total: int | None, window: _Window, data_wait: bool) -> None:
-        fields = window.close(steps, self.cfg.global_batch)
-        if not data_wait:
-            fields.pop("data wait")
+        rates = window.close(steps, self.cfg.global_batch)
         if bar is not None:
-            bar.set_postfix(fields, refresh=True)
+            bar.set_postfix_str(rates.postfix(data_wait), refresh=True)
             return
-        text = ", ".join(f"{k} {v}" for k, v in fields.items())
-        print(f"{label} step {steps}/{total if total is not None else '?'}: {text}", file=self.stream, flush=True)
+        print(f"{label} step {steps}/{total if total is not None else '?'}: {rates.line(data_wait)}",
+              file=self.stream, flush=True)

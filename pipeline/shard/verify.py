@@ -19,11 +19,12 @@ import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, TextIO, Tuple
 
 from PIL import Image
 
 from pipeline.dataset import DatasetInfo, ShardEntry, load_info
+from pipeline.progress import CountProgress
 from pipeline.shard.lifetime import die_with_parent
 from pipeline.shard.writer import IDX_VERSION, index_name
 
@@ -152,8 +153,12 @@ def _check_index(path: Path, filename: str, members: list[_Member]) -> list[Shar
     return []
 
 
-def verify_dataset(root: str | Path, workers: int = 1) -> tuple[DatasetInfo, list[ShardProblem]]:
+def verify_dataset(root: str | Path, workers: int = 1,
+                   progress: TextIO | None = None) -> tuple[DatasetInfo, list[ShardProblem]]:
     """Check every shard of the dataset at ``root``; returns the info and every problem found.
+
+    ``progress``: where to show the shards checked so far with rate and ETA (``sys.stderr``: a tqdm bar on a
+    terminal, a plain line every 30 s otherwise, see :mod:`pipeline.progress`); None: nothing.
 
     Raises:
         pipeline.dataset.DatasetError: ``_info.json`` / ``classes.txt`` missing or malformed, a shard missing.
@@ -162,12 +167,23 @@ def verify_dataset(root: str | Path, workers: int = 1) -> tuple[DatasetInfo, lis
     manifest = info.shard_entries()
     jobs = [(str(info.root), f, n, manifest.get(f), info.num_classes)
             for s in info.splits.values() for f, n in zip(s.filenames, s.shard_lengths)]
-    if workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), die_with_parent,
-                                                      (os.getpid(),)) as pool:
-            results = pool.map(_check_shard, jobs)
-    else:
-        results = [_check_shard(j) for j in jobs]
+    shown = CountProgress(len(jobs), f"verify {root}", "shards", stream=progress, enabled=progress is not None)
+    results: list[list[ShardProblem]] = []
+    finished = False
+    try:
+        if workers > 1 and len(jobs) > 1:
+            with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), die_with_parent,
+                                                          (os.getpid(),)) as pool:
+                for r in pool.imap(_check_shard, jobs):  # in order: the problems come out as the shards are listed
+                    results.append(r)
+                    shown.update()
+        else:
+            for j in jobs:
+                results.append(_check_shard(j))
+                shown.update()
+        finished = True
+    finally:
+        shown.close(done=finished)
     problems = [p for r in results for p in r]
     if not manifest:
         problems.insert(0, ShardProblem("_info.json", "", "no manifest: checksums not checked"))

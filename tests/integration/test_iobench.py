@@ -200,7 +200,14 @@ def test_cli_writes_report_json_and_plots(demo_shards, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Verdict" in report and "![stages.png](stages.png)" in report
     assert (out / "stages.png").read_bytes()[:4] == b"\x89PNG"
-    assert "verdict: " in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "verdict: " in shown.out
+    # progress on a non-terminal stderr: one plain line per step of the planned 8 (storage, 2 stage probes, 2 sweep
+    # points, compute-only, 2 end-to-end runs), with ETA, no carriage returns
+    steps = [line for line in shown.err.splitlines() if line.startswith("io-bench: ")]
+    assert "\r" not in shown.err and len(steps) == 9
+    assert steps[0].startswith("io-bench: 0/8 steps (0%)") and steps[-1].startswith("io-bench: 8/8 steps (100%)")
+    assert "ETA" in steps[1] and steps[5].endswith("compute-only: 2 steps with the synthetic backend")
 
 
 def test_cli_defaults_are_io_bench_configs_and_every_data_backend_is_accepted():

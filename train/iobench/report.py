@@ -89,6 +89,7 @@ def _header(r: IoBenchResult) -> list[str]:
     c, m = r.config, r.machine
     return ["# io-bench report", "",
             f"Machine: {m.cpu_cores} CPU cores ({m.cpu}), device {m.device} ({m.device_name}), torch {m.torch}.",
+            f"cpu backend {r.decode}.",
             f"Data: `{c.data}` ({c.train_samples} train samples); batch {c.batch_size}, {c.image_size} px, "
             f"precision {c.precision}; loader windows: {c.repeat} x {c.loader_batches} batches after "
             f"{c.warmup_batches} warm-up; training runs: {c.train_steps} steps after {c.warmup_steps} warm-up.", ""]

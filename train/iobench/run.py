@@ -26,13 +26,14 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 import torch
 
 from pipeline.backends import DataInput, LoaderConfig, LoaderKind, Split, backend_spec, build_loader
 from pipeline.compat import check_numpy_interop
 from pipeline.dataset import DatasetInfo, load_info
+from pipeline.progress import CountProgress
 from pipeline.backends.probe import StageCosts
 from train.config import OptimConfig, TrainConfig
 from train.precision import Precision, prepare_tf32_env, resolve_precision
@@ -221,6 +222,8 @@ class IoBenchResult:
     skipped: dict[str, str] = field(default_factory=dict)
     max_size_lever: MaxSizeLever | None = None
     verdict: Verdict | None = None
+    # the cpu backend's decoders, the line io-bench prints at start (pipeline.read.transforms.decode_line)
+    decode: str = field(default_factory=lambda: _decode_line())
 
     def to_json(self) -> dict:
         return {"machine": _json(self.machine), "config": _json(self.config), "storage": _json(self.storage),
@@ -230,7 +233,13 @@ class IoBenchResult:
                 "stage_fidelity": _json(self.stage_fidelity), "compute": _json(self.compute),
                 "end_to_end": {k: e.to_json() for k, e in self.end_to_end.items()},
                 "skipped": self.skipped, "max_size_lever": _json(self.max_size_lever),
-                "verdict": _json(self.verdict)}
+                "verdict": _json(self.verdict), "decode": self.decode}
+
+
+def _decode_line() -> str:
+    from pipeline.read.transforms import decode_line
+
+    return decode_line()
 
 
 def default_sweep(cores: int) -> tuple[int, ...]:
@@ -445,8 +454,62 @@ def _usable_loaders(s: _Setup, skipped: dict[str, str]) -> list[LoaderKind]:
     return usable
 
 
-def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> IoBenchResult:
-    """Measure everything listed in the module docstring; ``progress`` receives one line per step.
+@dataclass(frozen=True)
+class BenchStep:
+    """One measurement of an io-bench run: the 1-based ``index`` of the run's ``total`` (known once the usable
+    backends are), ``what`` it measures (e.g. ``loader-only: cpu, 2 worker(s)``)."""
+
+    index: int
+    total: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"[{self.index}/{self.total}] {self.what}"
+
+
+def planned_steps(s: _Setup, loaders: list[LoaderKind]) -> int:
+    """How many :class:`BenchStep` a run measuring ``loaders`` takes: storage, a stage probe per backend that has
+    one, the sweep (backends × worker counts), compute-only and one end-to-end run per backend."""
+    probes = sum(1 for k in loaders if backend_spec(k).stage_probe is not None)
+    return 1 + probes + len(loaders) * len(s.sweep) + 1 + len(loaders)
+
+
+def _numbered(progress: Callable[[BenchStep], None], total: int) -> Callable[[str], None]:
+    """A step callback that numbers the steps of a run of ``total`` for ``progress``."""
+    index = [0]
+
+    def step(what: str) -> None:
+        index[0] += 1
+        progress(BenchStep(index[0], total, what))
+
+    return step
+
+
+class BenchProgress:
+    """io-bench's progress on ``stream`` (default ``sys.stderr``), a :class:`BenchStep` callback: a tqdm bar over
+    the run's steps with its ETA on a terminal, otherwise one plain line per step (no ``\r``; see
+    :mod:`pipeline.progress`). Call :meth:`close` at the end (``done`` False after an error)."""
+
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None):
+        self.stream, self.live = stream, live
+        self.shown: CountProgress | None = None
+
+    def __call__(self, step: BenchStep) -> None:
+        if self.shown is None:
+            self.shown = CountProgress(step.total, "io-bench", "steps", self.stream, live=self.live, every_s=0.0,
+                                       note=step.what)
+            if step.index == 1:
+                return
+        self.shown.update_to(step.index - 1, note=step.what)
+
+    def close(self, done: bool = True) -> None:
+        if self.shown is not None:
+            self.shown.close(done, self.shown.total)
+
+
+def run_io_bench(c: IoBenchConfig, progress: Callable[[BenchStep], None] = print) -> IoBenchResult:
+    """Measure everything listed in the module docstring; ``progress`` receives each step (a :class:`BenchStep`:
+    its number, the run's total and what it measures) as it starts.
 
     Raises:
         pipeline.dataset.DatasetError: ``c.data`` is not a usable shard folder.
@@ -454,9 +517,10 @@ def run_io_bench(c: IoBenchConfig, progress: Callable[[str], None] = print) -> I
     """
     check_numpy_interop()
     prepare_tf32_env(False)  # its training runs are fp32 without TF32, as train's default (MetaX: before CUDA starts)
-    s = _setup(c, progress)
+    s = _setup(c, lambda what: None)  # numbered below, once the usable backends are known
     result = _new_result(s)
     loaders = _usable_loaders(s, result.skipped)
+    s = dataclasses.replace(s, progress=_numbered(progress, planned_steps(s, loaders)))
     _measure_input(s, result, loaders)
     _measure_training(s, result, loaders)
     result.verdict = _verdict(c, result, s.info, s.cores)
@@ -575,4 +639,4 @@ def _verdict(c: IoBenchConfig, r: IoBenchResult, info: DatasetInfo, cores: int) 
 
 
 __all__ = ["IoBenchConfig", "IoBenchResult", "RateStats", "run_io_bench", "default_sweep", "time_windows",
-           "mean_pixels"]
+           "mean_pixels", "BenchStep", "BenchProgress", "planned_steps"]
