@@ -9,13 +9,21 @@ MetaX's MACA version), :func:`train.precision.tf32_state` (how TF32 was set and 
 ``/.dockerenv`` / ``/proc/1/cgroup`` (inside a container; the Docker version is the host's and cannot be read from
 inside, so it stays unknown there unless ``docker`` is on PATH), ``/sys/class/infiniband`` (multi-node network:
 InfiniBand / RoCE port rate). Software versions come from :func:`train.metrics.software_versions`.
+
+Also what identifies one run (:class:`RunIdentity`, :func:`run_identity`): its start time, the host, this project's
+version and git commit, and :func:`manifest_sha256`, the identity of the shards' manifest.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
 import platform
+import re
 import shutil
+import socket
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,3 +151,129 @@ def collect(world_size: int, processes_per_node: int, versions: dict) -> Environ
         accelerator_tool=acc.tool, docker=docker_version(), framework=f"pytorch-{torch.__version__}",
         cuda=versions.get("cuda"), maca=acc.maca, tf32=tf32.enabled if tf32 is not None else None,
         tf32_mechanism=tf32.mechanism.value if tf32 is not None else None, dependencies=deps)
+
+
+# --- what identifies a run ---------------------------------------------------------------------------------------
+
+DISTRIBUTION = "imagenet-pipeline"  # pyproject.toml's [project] name
+UNKNOWN = "unknown"
+_CHECKOUT = Path(__file__).resolve().parents[1]  # the folder holding train/ (and pyproject.toml, .git in a checkout)
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run a metrics JSON reports (its keys stand at the JSON's top level, beside ``argv``).
+
+    ``start_time``: when the run started, ISO-8601 in UTC (``2026-12-07T10:15:02.123+00:00``); ``host``: the
+    machine's host name (rank 0's); ``project_version``: this project's version (pyproject.toml's);
+    ``git_commit``: the 40-hex commit of the checkout the code runs from, ``unknown`` outside a git checkout."""
+
+    start_time: str
+    host: str
+    project_version: str
+    git_commit: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def iso_utc(unix_s: float) -> str:
+    """``unix_s`` (s since the epoch) as ISO-8601 UTC with milliseconds and an explicit ``+00:00`` offset (which
+    ``datetime.fromisoformat`` reads back on every Python)."""
+    return datetime.datetime.fromtimestamp(unix_s, datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def host_name() -> str:
+    """This machine's host name (``socket.gethostname()``), ``unknown`` where it has none."""
+    try:
+        return socket.gethostname() or UNKNOWN
+    except OSError:
+        return UNKNOWN
+
+
+def project_version(checkout: Path = _CHECKOUT) -> str:
+    """This project's version: the installed distribution's (``importlib.metadata``), else, in a checkout that was
+    never installed, the ``version`` of ``checkout/pyproject.toml``'s ``[project]`` table; ``unknown`` when
+    neither says."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        text = (checkout / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return UNKNOWN
+    project = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)  # the [project] table's lines
+    found = re.search(r'^version\s*=\s*["\']([^"\']+)["\']', project.group(1), re.M) if project else None
+    return found.group(1) if found else UNKNOWN
+
+
+def git_commit(checkout: Path = _CHECKOUT) -> str:
+    """The commit (40 hex digits) of the git checkout the code runs from (``checkout`` holds ``.git``): from
+    ``git rev-parse HEAD`` (5 s at most), else read from ``.git`` itself (``HEAD``, its loose ref or
+    ``packed-refs``); ``unknown`` outside a checkout or where neither works. Never raises."""
+    dot_git = checkout / ".git"
+    if not dot_git.exists():  # an installed copy: site-packages may sit inside some other repository
+        return UNKNOWN
+    exe = shutil.which("git")
+    if exe is not None:
+        try:
+            out = subprocess.run([exe, "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                 timeout=5)
+            commit = out.stdout.strip()
+            if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit):
+                return commit
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return _commit_from_files(dot_git)
+
+
+def _commit_from_files(dot_git: Path) -> str:
+    """HEAD's commit read from a ``.git`` folder (or a worktree's ``.git`` file pointing at one); ``unknown``."""
+    try:
+        if dot_git.is_file():  # a worktree or submodule: "gitdir: PATH"
+            dot_git = (dot_git.parent / dot_git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (dot_git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head if re.fullmatch(r"[0-9a-f]{40}", head) else UNKNOWN
+        ref = head.split(":", 1)[1].strip()
+        common = dot_git / "commondir"
+        roots = [dot_git] + ([(dot_git / common.read_text().strip()).resolve()] if common.is_file() else [])
+        for root in roots:
+            loose = root / ref
+            if loose.is_file():
+                return loose.read_text().strip()
+            packed = root / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1] == ref:
+                        return parts[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        pass
+    return UNKNOWN
+
+
+def run_identity(start_unix_s: float) -> RunIdentity:
+    """The :class:`RunIdentity` of a run that started at ``start_unix_s`` (s since the epoch)."""
+    return RunIdentity(iso_utc(start_unix_s), host_name(), project_version(), git_commit())
+
+
+def manifest_sha256(data: Path | str | None) -> str | None:
+    """SHA-256 (hex) of the bytes of the shard folder's manifest file, ``_info.json`` (its ``manifest`` lists
+    every shard's name, count, size and SHA-256: see :mod:`pipeline.dataset`), at a local folder or URL prefix
+    ``data``; None where there is none: synthetic data (``data`` None), an ImageFolder tree, an ``_info.json``
+    written without a manifest, or one that cannot be read or parsed now. Never raises."""
+    if data is None:
+        return None
+    from pipeline.dataset import INFO_FILE
+    from pipeline.read.tarstream import ShardReadError, is_url, join, read_location
+
+    try:
+        raw = read_location(join(data, INFO_FILE)) if is_url(data) else (Path(data) / INFO_FILE).read_bytes()
+        has_manifest = bool(json.loads(raw.decode("utf-8")).get("manifest"))
+    except (OSError, ShardReadError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return hashlib.sha256(raw).hexdigest() if has_manifest else None

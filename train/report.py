@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.environment import Environment
+from train.environment import Environment, RunIdentity
 from train.iobench.verdict import Evidence, Verdict, decide
 from train.memory import MemoryUse
 from train import distributed
@@ -166,13 +166,16 @@ class MemoryDetail(Part):
 @dataclass(frozen=True)
 class Labels(Part):
     """Software versions and FlagPerf's labels: config (``<CUDA|CPU>x<nodes>x<procs per node>``), fix_hp, argv;
-    the machine (:class:`train.environment.Environment`, the vendor page's 环境配置)."""
+    the machine (:class:`train.environment.Environment`, the vendor page's 环境配置); which run it was
+    (:class:`train.environment.RunIdentity`: ``start_time`` ISO-8601 UTC, ``host``, ``project_version``,
+    ``git_commit``; inline, none for a report built without it)."""
 
     versions: dict
     config: str
     fix_hp: str
     argv: tuple[str, ...]
     environment: Environment
+    identity: RunIdentity | None = field(default=None, metadata={"inline": True})
 
 
 @dataclass(frozen=True)
@@ -199,14 +202,16 @@ class Numerics(Part):
 
 @dataclass(frozen=True)
 class DatasetSummary(Part):
-    """The data the run used: ``--data`` (None: synthetic), its name (the folder's), images per split (all
-    ranks) and classes."""
+    """The data the run used: ``--data`` (path or URL; None: synthetic), its name (the folder's), images per split
+    (all ranks), classes, and the SHA-256 (hex) of its manifest file's bytes (``_info.json`` with a
+    ``manifest``: :func:`train.environment.manifest_sha256`; None without one): equal hashes, the same shards."""
 
     data: str | None
     name: str
     train_samples: int
     val_samples: int
     num_classes: int
+    manifest_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -290,10 +295,15 @@ class RunReport(Part):
         return "\n".join([self.rows(), split, *(f"verdict: {line}" for line in tr.verdict.lines)])
 
     def write_json(self, path: Path | None) -> None:
-        """Write :meth:`to_json` to ``path`` (its folder made); nothing when ``path`` is None."""
+        """Write :meth:`to_json` to ``path`` atomically (its folder made); nothing when ``path`` is None.
+
+        Raises:
+            pipeline.fsio.WriteFailed: it cannot be written (disk full, ...): one line; the previous file intact.
+        """
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+            from pipeline.fsio import atomic_write_text
+
+            atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n", "the metrics JSON")
 
 
 def _test_line(r: RunReport) -> str:

@@ -15,6 +15,7 @@ SYNTHETIC = ["--loader", "synthetic", "--synthetic-train-samples", "12", "--synt
 STEADY = ["e2e_time", "p_whole", "p_train", "p_core", "acc1", "mem_used_gib", "mem_total_gib", "trained_images",
           "figure_set", "mem", "acc5", "eval_images", "val_samples"]
 TAIL = ["flagperf", "numerics", "dataset", "resolved_config"]
+IDENTITY = ["start_time", "host", "project_version", "git_commit"]  # which run: train.environment.RunIdentity
 FLAGPERF = ["e2e_time", "p_whole", "p_train", "p_core", "acc1", "trained_images", "converged", "initial_eval_s",
             "p_core_timing", "loop_s", "epochs_train_s", "compute_s", "figure_set"]
 NUMERICS = ["precision", "page_label", "param_dtype", "input_dtype", "autocast_dtype", "grad_scaler", "tf32",
@@ -28,11 +29,11 @@ TRAIN_KEYS = [
     "data_wait_fraction", "times_s", "rank0_times_s", "verdict", "loader_stage_seconds_per_image_rank0",
     "global_batch_size", "world_size", "precision", "loader", "device", "device_name", "mem_kind",
     "mem_peak_allocated_gib_rank0", "mem_peak_reserved_gib_rank0", "mem_device_used_gib_nvml_rank0", "versions",
-    "config", "fix_hp", "argv", "environment", *TAIL]
+    "config", "fix_hp", "argv", "environment", *IDENTITY, *TAIL]
 TEST_ONLY_KEYS = [
     *STEADY, "test_only", "checkpoint", "checkpoint_step", "ema_acc1", "eval_s", "eval_img_per_s", "world_size",
     "precision", "loader", "device", "device_name", "mem_kind", "versions", "config", "fix_hp", "argv", "environment",
-    *TAIL]
+    *IDENTITY, *TAIL]
 TIMES = ["e2e", "loop", "eval", "compute", "data"]
 VERDICT = ["io_bound", "ratio", "dominant_stage", "cores_needed", "levers", "lines"]
 VERSIONS = ["python", "torch", "torchvision", "cuda", "cudnn", "driver", "dali"]
@@ -63,7 +64,7 @@ def test_train_metrics_json_keys_and_order(trained):
     # FlagPerf's count: len(dataset) = 12 per finished epoch, every step timed (no warm-up left out)
     assert (m["flagperf"]["trained_images"], m["flagperf"]["initial_eval_s"]) == (24, None)
     assert m["dataset"] == {"data": None, "name": "synthetic", "train_samples": 12, "val_samples": 6,
-                            "num_classes": 1000}
+                            "num_classes": 1000, "manifest_sha256": None}
     assert m["resolved_config"]["loader_cfg"]["batch_size"] == 4 and m["resolved_config"]["tf32"] == "off"
     assert (m["numerics"]["cudnn_benchmark"], m["numerics"]["param_dtype"]) == (True, "float32")
     env = m["environment"]
@@ -119,7 +120,7 @@ def test_test_only_report_shape_and_summary():
     from train.iobench.verdict import Verdict
     from train.memory import MemoryUse
     from train.metrics import SteadyFigures
-    from train.environment import collect
+    from train.environment import collect, run_identity
     from train.report import (CheckpointTest, EvalCounts, Labels, MemoryDetail, Placement, RunReport,
                               run_verdict)
 
@@ -127,7 +128,7 @@ def test_test_only_report_shape_and_summary():
     report = RunReport(SteadyFigures(5.0, None, None, None, 50.0, 1.0, 8.0, 0), EvalCounts(75.0, 4, 4), None,
                        CheckpointTest("ck.pt", 6, None, 0.5, 8.0), Placement(1, "fp32", "cpu", "cpu", "x86"),
                        MemoryDetail.of(mem, with_peaks=False), Labels({}, "CPUx1x1", "bs=4,test-only", ("train",),
-                                                                      collect(1, 1, {})))
+                                                                      collect(1, 1, {}), run_identity(0.0)))
     assert list(report.to_json()) == TEST_ONLY_KEYS
     assert report.to_json()["argv"] == ["train"] and report.to_json()["test_only"] is True
     assert (report.steps, report.p_core, report.data_wait_fraction, report.device_name) == (0, None, None, "x86")
