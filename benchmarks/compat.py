@@ -87,7 +87,8 @@ LEG_NAMES = tuple(leg.name for leg in LEGS)
 
 # Sizes of the end-to-end run: small enough for a 2-core CPU, large enough that every code path runs.
 DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS = 16, 8
-TRAIN_ARGS = ("--max-steps", "3", "--image-size", "32", "--batch-size", "4", "--workers", "1", "--no-progress")
+TRAIN_ARGS = ("--max-steps", "3", "--image-size", "32", "--batch-size", "4", "--workers", "1", "--no-progress",
+              "--device", "cpu")  # nvjpeg and dali on the CPU: accepted by name (train refuses them under auto)
 IOBENCH_ARGS = ("--loader", "cpu", "--workers", "1", "--batch-size", "4", "--image-size", "32", "--repeat", "1",
                 "--loader-batches", "2", "--steps", "2")
 E2E_BACKENDS = ("cpu", "folder", "nvjpeg", "synthetic", "dali")

@@ -5,7 +5,7 @@
 
 What it does, in order, each step a subprocess with a hard timeout (its process group is killed at the end):
 
-1. wheels: ``.gpu-wheels/*.whl`` (``make gpu-wheels``: simplejpeg, webdataset, braceexpand for CPython 3.12) whose
+1. wheels: ``.gpu-wheels/*.whl`` (``make gpu-wheels``: simplejpeg for CPython 3.12) whose
    modules are not importable are installed with pip (no index, no deps) into ``WORK/site``, which goes first on
    ``sys.path`` and on every subprocess's ``PYTHONPATH``;
 2. synthetic legs: ``train --loader synthetic`` ResNet50 channels-last at batch 256, 224 px, for amp, bf16 and
@@ -146,7 +146,9 @@ def smoke_legs(workers: int) -> tuple[LegSpec, ...]:
     input path; the synthetic-amp and -bf16 legs still run those precisions."""
     tiny = {"warmup_steps": 1, "steps": 2, "timeout_s": 90}
     return tuple(dataclasses.replace(leg, **tiny, need_s=600 if "--compile" in leg.flags else 10,
-                                     precision="fp32" if leg.kind in ("loader", "io-bench") else leg.precision)
+                                     precision="fp32" if leg.kind in ("loader", "io-bench") else leg.precision,
+                                     # train's GPU-only choices (amp, nvjpeg, dali) on this CPU: accepted by name
+                                     flags=leg.flags + (("--device", "cpu") if leg.kind != "io-bench" else ()))
                  for leg in full_legs(workers))
 
 

@@ -1,13 +1,15 @@
-"""What the console scripts share: argparse types, the option table entry that ties a flag to a schema field
+"""What the console scripts share: their parser (:class:`Parser`: an error is one line, no usage block), argparse
+types (:func:`positive`, :func:`enum_type`), the option table entry that ties a flag to a schema field
 (:class:`Option`, :class:`Schema`), and the one-line error message."""
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable
+from typing import Callable, NoReturn
 
 from pipeline.compat import BooleanOptionalAction
 
@@ -20,6 +22,58 @@ def positive(kind):
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
     return parse
+
+
+def enum_type(cls: type) -> Callable[[str], Enum]:
+    """argparse type: the member of Enum ``cls`` whose value is the text; anything else is the error
+    ``invalid choice 'dal' (choose from cpu, dali, nvjpeg, folder, synthetic)`` (argparse puts ``argument --loader:``
+    before it), rather than argparse's ``invalid LoaderKind value``."""
+    def parse(text: str) -> Enum:
+        try:
+            return cls(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice {text!r} (choose from {', '.join(shown(c) for c in cls)})") from None
+    parse.__name__ = cls.__name__
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of every console script: an error is one line ``<prog>: error: <message>`` on stderr and exit
+    status 2, without argparse's usage block. A mistake in the command line itself (an unknown flag, a bad or
+    missing value: argparse's own errors, raised while parsing) adds one hint line ``see <prog> --help``; an error
+    the command reports after parsing (:meth:`error` called by its code, or :meth:`fail`) is the one line alone,
+    which names the flag and what to do."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._parsing = 0  # > 0 while argparse parses: its errors get the hint
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._parsing += 1
+        try:
+            return super().parse_known_args(args, namespace)
+        finally:
+            self._parsing -= 1
+
+    def parse_args(self, args=None, namespace=None):
+        self._parsing += 1
+        try:
+            return super().parse_args(args, namespace)
+        finally:
+            self._parsing -= 1
+
+    def error(self, message: str) -> NoReturn:
+        self.fail(message, hint=self._parsing > 0)
+
+    def fail(self, message: str, hint: bool = False) -> NoReturn:
+        """Print ``<prog>: error: <message>`` (its lines joined into one), with ``hint`` also ``see <prog> --help``,
+        and exit with status 2 (raises SystemExit)."""
+        line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        text = f"{self.prog}: error: {line}\n" + (f"see {self.prog} --help\n" if hint else "")
+        sys.stderr.write(text)  # one write: the ranks' lines do not interleave
+        sys.stderr.flush()
+        raise SystemExit(2)
 
 
 def error_line(exc: BaseException) -> str:
@@ -60,6 +114,9 @@ class Option:
             ``--config`` file's ``true`` can be turned off on the command line.
         aliases: other spellings of the flag that users bring from timm, torchvision's references or NVIDIA's
             ConvNets (``-b`` for ``--batch-size``); the dest and the config-file key stay ``flag``'s.
+        const: a flag whose value is optional: given alone it holds ``const`` (``--resume`` alone: True; ``--resume
+            PATH``: the path); a config file's ``true`` / ``false`` for it mean ``const`` / ``default``. None: the
+            value is required (or the flag is a switch).
     """
 
     flag: str
@@ -72,6 +129,7 @@ class Option:
     metavar: str | None = None
     negatable: bool = False
     aliases: tuple[str, ...] = ()
+    const: object = None
 
     @property
     def dest(self) -> str:
@@ -85,7 +143,7 @@ class Option:
         """The help with its default filled in (``%`` is argparse's format character: write ``%%``)."""
         if "{default}" in self.help:
             return self.help.replace("{default}", shown(self.default))
-        if self.type is None or self.default is None:
+        if self.type is None or self.default is None or self.const is not None:
             return self.help
         return f"{self.help} (default: {shown(self.default)})".lstrip()
 
@@ -107,8 +165,10 @@ def add_option(parser: argparse.ArgumentParser, option: Option) -> None:
         return
     choices = option.choices
     metavar = option.metavar or ("{" + ",".join(shown(c) for c in choices) + "}" if choices else None)
-    parser.add_argument(*names, dest=option.dest, type=option.type, default=option.default, choices=choices,
-                        metavar=metavar, help=option.help_text())
+    kind = enum_type(option.type) if choices else option.type  # a misspelt value: "invalid choice ... (choose from"
+    optional = {} if option.const is None else {"nargs": "?", "const": option.const}
+    parser.add_argument(*names, dest=option.dest, type=kind, default=option.default, choices=choices,
+                        metavar=metavar, help=option.help_text(), **optional)
 
 
 @dataclass(frozen=True)

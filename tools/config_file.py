@@ -98,6 +98,8 @@ def _convert(option: Option, shown_key: str, value: object, path: Path) -> objec
     def bad(why: str) -> ConfigFileError:
         return ConfigFileError(f"{path}: key '{shown_key}': {why}")
 
+    if option.const is not None and isinstance(value, bool):  # an optional-value flag: true = given alone
+        return option.const if value else option.default
     if option.type is None:
         if not isinstance(value, bool):
             raise bad(f"expected true or false, got {type(value).__name__} {value!r}")
@@ -201,9 +203,12 @@ def resolve_config(value: str | Path, root: Path | None = None) -> Path:
     raise ConfigFileError(f"{text}: no such config file, and no preset of that name (presets: {names})")
 
 
+CONFIG_FLAGS = ("-c", "--config")  # -c: timm's spelling
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--config FILE.toml|PRESET`` (read by :func:`parse_args_with_config`)."""
-    parser.add_argument("--config", type=Path, metavar="FILE.toml|PRESET",
+    """Add ``-c`` / ``--config FILE.toml|PRESET`` (read by :func:`parse_args_with_config`)."""
+    parser.add_argument(*CONFIG_FLAGS, dest="config", type=Path, metavar="FILE.toml|PRESET",
                         help="option defaults from a TOML file (keys = flag names; a group's options below in its "
                              "table, the run's at the top level; flags given here win), or a packaged preset by "
                              "name (train: FlagPerf's C500x1x8, A100x1x8, ...; tuned/dle-amp); see docs/launch.md")
@@ -213,12 +218,12 @@ def parse_args_with_config(parser: argparse.ArgumentParser, schema: Schema,
                            argv: list[str] | None = None) -> argparse.Namespace:
     """Apply the ``--config`` file's values as defaults, then parse ``argv`` (flags win).
 
-    ``parser`` has ``--config`` (:func:`add_config_option`); for the commands of :data:`PRESET_PROGS` its value may
+    ``parser`` has ``-c`` / ``--config`` (:func:`add_config_option`); for the commands of :data:`PRESET_PROGS` its value may
     name a packaged preset (:func:`resolve_config`). A bad file or an unknown preset ends the process through
-    ``parser.error`` (usage + one line, exit 2).
+    ``parser.error`` (one line with :class:`tools.cli_common.Parser`, exit 2).
     """
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")  # text: Path("") would read as "."
+    pre.add_argument(*CONFIG_FLAGS, dest="config")  # text: Path("") would read as "."
     known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.config is not None:
         try:
@@ -270,11 +275,15 @@ def resolved_path(metrics_json: Path) -> Path:
 
 
 def write_resolved(schema: Schema, args: argparse.Namespace, path: Path) -> Path:
-    """Write the resolved options to ``path`` (parent folders made); returns ``path``."""
+    """Write the resolved options to ``path`` atomically (parent folders made); returns ``path``.
+
+    Raises:
+        pipeline.fsio.WriteFailed: it cannot be written (disk full, ...): one line; a previous file intact.
+    """
+    from pipeline.fsio import atomic_write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     argv = " ".join(sys.argv[1:])
     header = (f"resolved options of `{schema.prog} {argv}`".rstrip() + "\n"
               f"reproduce: {schema.prog} --config {path.name}")
-    path.write_text(resolved_toml(schema, args, header))
-    return path
+    return atomic_write_text(path, resolved_toml(schema, args, header), "the resolved config")

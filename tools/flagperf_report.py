@@ -18,12 +18,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from tools.cli_common import Parser
 from train.flagperf_page import Lang, RunFileError, load_run, render
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flagperf-report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="flagperf-report", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN.json", help="metrics JSONs of train --metrics-json")
     p.add_argument("--out", type=Path, help="write the page here (default: stdout)")
     p.add_argument("--lang", choices=[lang.value for lang in Lang], default=Lang.ZH.value,

@@ -36,6 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.cli_common import Parser
 from tools.config_file import presets
 
 _LAYOUT = re.compile(r"x(\d+)x(\d+)$")  # FlagPerf's name: <device>x<nodes>x<cards per node>
@@ -266,8 +267,8 @@ def _names(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     import torch
 
-    p = argparse.ArgumentParser(prog="flagperf-sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="flagperf-sweep", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="shard folder (shard-imagenet's --out)")
     p.add_argument("--out", type=Path, required=True, help="folder for the metrics JSONs, logs and README.md")
     p.add_argument("--presets", type=_names, metavar="NAMES",
@@ -307,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad or not args.precisions:
         p.error(f"--precisions {','.join(args.precisions)}: unknown {', '.join(bad) or 'empty list'} (choose from "
                 f"{', '.join(m.value for m in Precision)})")
-    owned = [f for f in ("--metrics-json", "--config", "--data") for x in extra if x == f or x.startswith(f + "=")]
+    owned = [f for f in ("--metrics-json", "--config", "-c", "--data") for x in extra
+             if x == f or x.startswith(f + "=") or (f == "-c" and x.startswith("-c") and not x.startswith("--"))]
     if owned:
         p.error(f"{owned[0]} after --: the sweep sets it for every run (--data, DIR/<preset>_<precision>.json, the "
                 f"preset); drop it")

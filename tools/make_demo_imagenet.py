@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tools.cli_common import Parser
+
 # The first ten ImageNet-1k wnids in sorted order (class indices 0..9 of the full dataset).
 DEMO_WNIDS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475",
               "n01496331", "n01498041", "n01514668", "n01514859", "n01518878")
@@ -116,8 +118,8 @@ def write_demo_tree(out: Path, train_per_class: int = 80, val_per_class: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="make-demo-imagenet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="make-demo-imagenet", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="folder to write train/ and val/ into")
     p.add_argument("--train-per-class", type=int, default=80, help="train images per class (default: %(default)s)")
     p.add_argument("--val-per-class", type=int, default=20, help="val images per class (default: %(default)s)")

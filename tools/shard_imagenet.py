@@ -1,7 +1,7 @@
 """Shard ImageNet into webdataset tars, or verify shards already written.
 
   shard-imagenet SRC [--out DIR] [--shard-size N] [--seed S] [--workers N] [--layout ...] ...
-  shard-imagenet verify OUT [--workers N]
+  shard-imagenet verify OUT [--workers N] [--no-progress]
 
 SRC may be class folders (train/<wnid>/, val/<wnid>/), a flat val/ with a devkit, Kaggle or Caffe label
 file, the Kaggle tree (ILSVRC/Data/CLS-LOC/), or the original ILSVRC2012_img_{train,val}.tar archives,
@@ -15,16 +15,17 @@ import sys
 from pathlib import Path
 
 from pipeline.compat import BooleanOptionalAction
-from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY
+from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, MIN_MAX_PIXELS, MIN_MAX_SIZE, check_limits
 from pipeline.shard.jsonsafe import escape_text
 from pipeline.dataset import DatasetError
 from pipeline.source import LayoutError, LayoutKind, LayoutOptions
 from pipeline.shard.run import ShardConfig, default_workers, format_summary, shard_tree
+from tools.cli_common import Parser, enum_type
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shard-imagenet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="shard-imagenet", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="ImageNet source root (see above)")
     _add_output_args(p)
     _add_image_args(p)
@@ -48,11 +49,12 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     """How images that are not passed through are re-encoded and downscaled."""
     p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
                    help="JPEG quality for re-encoded images (default: %(default)s)")
-    p.add_argument("--max-size", type=int, help="downscale images whose longer side exceeds this (px) and "
-                                                "re-encode them at --quality (default: keep sizes)")
+    p.add_argument("--max-size", type=int, help=f"downscale images whose longer side exceeds this (px, >= "
+                                                f"{MIN_MAX_SIZE}) and re-encode them at --quality (default: keep "
+                                                "sizes)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="decompression-bomb threshold: larger images are downscaled to it; non-JPEGs over "
-                        "4x are rejected (default: PIL's limit, %(default)s)")
+                   help=f"decompression-bomb threshold (>= {MIN_MAX_PIXELS}): larger images are downscaled to it; "
+                        "non-JPEGs over 4x are rejected (default: PIL's limit, %(default)s)")
 
 
 def _add_job_args(p: argparse.ArgumentParser) -> None:
@@ -65,7 +67,7 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
 
 def _add_layout_args(p: argparse.ArgumentParser) -> None:
     """How to read the source: its layout and the label files that go with it."""
-    p.add_argument("--layout", type=LayoutKind, choices=list(LayoutKind), default=LayoutKind.AUTO,
+    p.add_argument("--layout", type=enum_type(LayoutKind), choices=list(LayoutKind), default=LayoutKind.AUTO,
                    metavar="{" + ",".join(k.value for k in LayoutKind) + "}",
                    help="source layout (default: detect)")
     p.add_argument("--classes", type=Path, help="fixed class list, one wnid first on each line (e.g. "
@@ -90,13 +92,15 @@ def _config_from_args(args: argparse.Namespace) -> ShardConfig:
 def verify_main(argv: list[str]) -> int:
     from pipeline.shard.verify import verify_dataset
 
-    p = argparse.ArgumentParser(prog="shard-imagenet verify",
-                                description="Re-read every shard: counts, checksums, labels, decodability, index.")
+    p = Parser(prog="shard-imagenet verify",
+               description="Re-read every shard: counts, checksums, labels, decodability, index.")
     p.add_argument("out", type=Path, help="folder written by shard-imagenet")
     p.add_argument("--workers", type=int, default=default_workers(), help="processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress on stderr (a bar on a terminal, else a line every 30 s)")
     args = p.parse_args(argv)
     try:
-        info, problems = verify_dataset(args.out, args.workers)
+        info, problems = verify_dataset(args.out, args.workers, progress=None if args.no_progress else sys.stderr)
     except DatasetError as exc:
         print(f"shard-imagenet verify: error: {exc}", file=sys.stderr)
         return 2
@@ -122,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     for flag, path in (("--classes", args.classes), ("--val-labels", args.val_labels), ("--id-map", args.id_map)):
         if path is not None and not path.is_file():
             parser.error(f"{flag} {path}: no such file")
+    try:
+        check_limits(args.max_pixels, args.max_size)
+    except ValueError as exc:
+        print(f"shard-imagenet: error: {exc}", file=sys.stderr)
+        return 2
     cfg = _config_from_args(args)
     out = escape_text(str(args.out))  # names that are not UTF-8 are printed escaped
     try:

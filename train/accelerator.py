@@ -19,6 +19,12 @@ How the vendor is told (first match wins):
 :func:`vendor_hint` applies 1, 3 and 4 only, without any CUDA call: the TF32 switch of MetaX's torch is an
 environment variable that has to be set before CUDA starts.
 
+The training device (``train --device auto|cpu|cuda|cuda:N``) is chosen here too (:func:`choose_device`): ``auto``
+takes a GPU where torch can use one (any vendor's ``cuda`` device) and the CPU otherwise; a GPU asked for by
+name, or a GPU-only choice left to ``auto`` on a machine without one (:func:`gpu_only_refusal`), is a one-line
+error saying why torch cannot use a GPU here (:func:`cuda_unavailable_reason`) and that ``--device cpu`` runs it
+on the CPU.
+
 Vendor tools, each run with a timeout; a missing, failing or unreadable tool gives :class:`ToolError` (callers
 fall back, a run never stops for it): plain ``mx-smi`` (MX-SMI 2.2.8 prints ``mx-smi  version: 2.2.8``, ``Kernel
 Mode Driver Version: 3.0.11`` and ``MACA Version: 3.1.0.14``; FlagPerf's ``metax_monitor.py`` samples the same
@@ -32,6 +38,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -218,6 +225,90 @@ def _try(read):
         return None
 
 
+# --- the training device (--device) ---------------------------------------------------------------------------
+
+DEVICE_AUTO = "auto"
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"  # what --device takes, as messages say it
+FALLBACK_HINT = "--device cpu runs it on the CPU"
+
+
+def parse_device(text: str) -> str:
+    """``--device`` as given: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N >= 0), lower-cased and without spaces
+    (``CUDA:01`` -> ``cuda:1``).
+
+    Raises:
+        ValueError: any other text (one line naming the forms).
+    """
+    t = str(text).strip().lower()
+    m = re.fullmatch(r"cuda:(\d+)", t)
+    if m is not None:
+        return f"cuda:{int(m.group(1))}"
+    if t in (DEVICE_AUTO, "cpu", "cuda"):
+        return t
+    raise ValueError(f"--device takes {DEVICE_FORMS}, got {text!r}")
+
+
+def cuda_unavailable_reason() -> str:
+    """Why torch cannot use CUDA here, in a few words: a torch built without CUDA, the warning torch gives when it
+    cannot use the driver (a CUDA-13 torch on an older driver: ``The NVIDIA driver on your system is too old``),
+    or no GPU visible. Call it where ``torch.cuda.is_available()`` is False."""
+    if torch.version.cuda is None and not getattr(torch.version, "hip", None):
+        return f"torch {torch.__version__} is built without CUDA"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.is_available()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text:
+            text = re.sub(r"^CUDA initialization: ", "", text)
+            first = re.split(r"(?<=[.!])\s", text, maxsplit=1)[0]
+            return (first[:157] + "...") if len(first) > 160 else first.rstrip(".")
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) is not None and not os.environ["CUDA_VISIBLE_DEVICES"].strip():
+        return "CUDA_VISIBLE_DEVICES is empty"
+    return "no GPU visible" + (" (the NVIDIA driver is there, torch cannot use it)" if nvidia_driver_visible() else "")
+
+
+def choose_device(requested: str, local_rank: int = 0, ranks_per_node: int = 1) -> torch.device:
+    """This rank's training device for ``--device requested`` (:func:`parse_device`'s forms): ``auto`` is
+    ``cuda:<local_rank>`` where torch can use CUDA, else the CPU; ``cpu`` the CPU (also on a machine with GPUs);
+    ``cuda`` ``cuda:<local_rank>``; ``cuda:N`` GPU N (one process per node). Starts no CUDA context.
+
+    Raises:
+        ValueError: one line: a GPU asked for where torch can use none (why, and that ``--device cpu`` runs on
+            the CPU), a GPU index or ``LOCAL_RANK`` beyond the GPU count, ``cuda:N`` for several ranks per node.
+    """
+    requested = parse_device(requested)
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if requested == DEVICE_AUTO:
+            return torch.device("cpu")
+        raise ValueError(f"--device {requested}: no usable GPU here ({cuda_unavailable_reason()}); {FALLBACK_HINT}")
+    count = torch.cuda.device_count()
+    if requested.startswith("cuda:"):
+        index = int(requested.split(":")[1])
+        if ranks_per_node > 1:
+            raise ValueError(f"--device {requested} would put all {ranks_per_node} ranks of a node on one GPU; "
+                             f"under torchrun use --device cuda (rank i on cuda:i)")
+        if index >= count:
+            raise ValueError(f"--device {requested}: this node has {count} GPU(s) (cuda:0 to cuda:{count - 1})")
+        return torch.device("cuda", index)
+    if local_rank >= count:
+        raise ValueError(f"LOCAL_RANK={local_rank} but this node has {count} GPU(s); use --nproc-per-node <= the GPU "
+                         f"count")
+    return torch.device("cuda", local_rank)
+
+
+def gpu_only_refusal(requested: str, device: torch.device, asked: tuple[str, ...]) -> str | None:
+    """Why the run stops at its start, in one line, or None: ``asked`` (the flags that only make sense on a GPU,
+    as typed, e.g. ``("--loader nvjpeg", "--precision amp")``) with ``--device auto`` left to fall back to the CPU
+    (``device``). An explicit ``--device cpu`` accepts the fallback: None."""
+    if not asked or device.type != "cpu" or parse_device(requested) != DEVICE_AUTO:
+        return None
+    return (f"{' and '.join(asked)} asked for a GPU, but there is no usable one here ({cuda_unavailable_reason()}); "
+            f"{FALLBACK_HINT}")
+
+
 # --- MetaX: mx-smi -----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -310,6 +401,6 @@ def physical_index(index: int, vendor: Vendor) -> int | None:
     return index
 
 
-__all__ = ["Accelerator", "MxSmiInfo", "ToolError", "Vendor", "classify", "detect", "device_name", "driver_version",
-           "identify", "mxsmi_info", "nvidia_driver_visible", "parse_mxsmi", "physical_index", "run_tool",
-           "vendor_hint", "vendor_of"]
+__all__ = ["Accelerator", "MxSmiInfo", "ToolError", "Vendor", "choose_device", "classify", "cuda_unavailable_reason",
+           "detect", "device_name", "driver_version", "gpu_only_refusal", "identify", "mxsmi_info",
+           "nvidia_driver_visible", "parse_device", "physical_index", "run_tool", "vendor_hint", "vendor_of"]

@@ -20,7 +20,7 @@ COMPONENT_OF = {attr: cls for cls, (attr, _) in train_cli.COMPONENTS.items()}
 # schema fields no flag sets: the components themselves, derived values, and library-only options
 NOT_FLAGS = {TrainConfig: {"loader_cfg", "optim", "checkpoint", "resolution"},
              LoaderConfig: {"seed", "crop_pct", "synthetic_classes", "data_root", "normalize"},
-             OptimConfig: set(), CheckpointConfig: set()}
+             OptimConfig: set(), CheckpointConfig: {"resume_from"}}  # resume_from: the PATH of --resume PATH
 
 
 def schema_field(option) -> tuple[type, str]:
@@ -104,7 +104,8 @@ def test_workers_default_uses_the_local_world_size(monkeypatch):
     (lambda: OptimConfig(weight_decay=float("inf")), "--weight-decay must be a finite number, got inf"),
     (lambda: LoaderConfig(on_bad_sample="drop"), "--on-bad-sample must be skip or error, got 'drop'"),
     (lambda: OptimConfig(milestones=(60, 30)), "--milestones must be increasing epochs >= 0, got 60,30"),
-    (lambda: CheckpointConfig(resume=True), "--resume and --checkpoint-every need --checkpoint-dir DIR"),
+    (lambda: TrainConfig(checkpoint=CheckpointConfig(resume=True)),
+     "--resume and --checkpoint-every need --checkpoint-dir DIR or --output-dir DIR"),
     (lambda: CheckpointConfig(dir=Path("ck"), keep=0), "--checkpoint-keep must be >= 1, got 0"),
     (lambda: TrainConfig(epochs=0), "--epochs must be >= 1, got 0"),
     (lambda: TrainConfig(warmup_steps=-1), "--warmup-steps must be >= 0, got -1"),
@@ -113,7 +114,7 @@ def test_workers_default_uses_the_local_world_size(monkeypatch):
     (lambda: TrainConfig(test_only=True),
      "--test-only needs --checkpoint FILE or --checkpoint-dir DIR (its newest checkpoint)"),
     (lambda: TrainConfig(checkpoint=CheckpointConfig(file=Path("c.pt"))),
-     "--checkpoint FILE is for --test-only (to continue training use --checkpoint-dir DIR --resume)"),
+     "--checkpoint FILE is for --test-only (to continue training use --resume FILE)"),
     (lambda: TrainConfig(resolution=Resolution(start=256, end=224, ramp_start=0, ramp_end=1, eval=224)),
      "--min-train-size 256 is above --image-size 224 (the size the ramp grows to)"),
 ], ids=lambda v: v if isinstance(v, str) else "")
@@ -129,7 +130,7 @@ def test_each_component_checks_its_values(make, message):
     (["--image-size", "4", "--loader", "synthetic"], "--image-size must be >= 8, got 4"),
     (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
     (["--milestones", "3,2"], "--milestones must be increasing epochs >= 0, got 3,2"),
-    (["--resume"], "--resume and --checkpoint-every need --checkpoint-dir DIR"),
+    (["--resume"], "--resume and --checkpoint-every need --checkpoint-dir DIR or --output-dir DIR"),
     (["--ramp-epochs", "0,3"], "--ramp-epochs needs --min-train-size (the size the ramp starts from)"),
     (["--min-train-size", "64", "--ramp-epochs", "3,1"],
      "argument --ramp-epochs: takes FIRST,LAST with FIRST <= LAST, e.g. 10,70; got '3,1'"),
@@ -143,7 +144,7 @@ def test_each_component_checks_its_values(make, message):
     (["--data", "nope"], "--data nope: no such folder"),
     (["--loader", "synthetic", "--test-only", "--checkpoint-dir", "nope"],
      "--checkpoint-dir nope: no such folder (--test-only reads its newest checkpoint)"),
-    (["--on-bad-sample", "drop"], "argument --on-bad-sample: invalid OnBadSample value: 'drop'"),
+    (["--on-bad-sample", "drop"], "argument --on-bad-sample: invalid choice 'drop' (choose from skip, error)"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_cli_errors_are_one_line(argv, line, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -151,4 +152,5 @@ def test_cli_errors_are_one_line(argv, line, capsys, tmp_path, monkeypatch):
         train_cli.main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == f"train: error: {line}"
+    lines = err.strip().splitlines()  # the error, and for a mistake argparse finds a hint: see train --help
+    assert lines[0] == f"train: error: {line}" and lines[1:] in ([], ["see train --help"]), lines

@@ -249,7 +249,7 @@ def test_train_cli_prints_one_line_without_traceback(dali, demo_shards, tmp_path
     name = "imagenet-train-000000.tar"
     rewrite_shard(root, name, lambda ms: [(n.replace(".jpg", ".image.jpg"), d) for n, d in ms])
     rc = train_cli.main(["--data", str(root), "--loader", "dali", "--epochs", "1", "--max-steps", "2",
-                         "--batch-size", "4", "--image-size", "32", "--workers", "1"])
+                         "--batch-size", "4", "--image-size", "32", "--workers", "1", "--device", "cpu"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "Traceback" not in err
     line = err.splitlines()[-1]

@@ -210,7 +210,8 @@ def test_a_batch_that_decodes_nothing_is_one_error(tmp_path):
 def test_few_train_steps_with_the_nvjpeg_loader(demo_shards, tmp_path, capsys):
     out = tmp_path / "m.json"
     rc = train_cli.main(["--data", str(demo_shards), "--loader", "nvjpeg", "--epochs", "2", "--max-steps", "3",
-                         "--batch-size", "4", "--image-size", "32", "--workers", "1", "--metrics-json", str(out)])
+                         "--batch-size", "4", "--image-size", "32", "--workers", "1", "--metrics-json", str(out),
+                         "--device", "cpu"])  # no GPU here: its CPU path, accepted by name
     assert rc == 0
     m = json.loads(out.read_text())
     assert m["steps"] == 3 and m["total_trained_images"] == 12 and m["eval_images"] == m["val_samples"] == 13

@@ -230,7 +230,7 @@ def test_on_bad_sample_error_fails_fast_naming_the_sample(tmp_path, shards, caps
     assert line.startswith(f"bad sample {where}") and line.endswith("--on-bad-sample skip would skip and count it")
     capsys.readouterr()
     assert train_cli.main(["--data", str(data), "--loader", kind.value, *SMALL, "--epochs", "1", "--no-eval",
-                           "--on-bad-sample", "error"]) == 2
+                           "--on-bad-sample", "error", "--device", "cpu"]) == 2  # nvjpeg: its CPU path, by name
     assert f"train: error: bad sample {where}" in one_error_line(capsys)
 
 
