@@ -14,6 +14,8 @@ WORKERS ?= 2
 # Training flags of the demo: a low-resolution run that learns the embedded classes in a few minutes on 2 cores.
 DEMO_TRAIN_ARGS ?= --epochs 8 --batch-size 32 --image-size 64 --warmup-epochs 1 --workers 1 --log-every 5
 
+# [fast] (nvImageCodec's region decode of train crops) where pip has a wheel: Linux x86_64, Python 3.9+; elsewhere
+# the plain install, with a note (README "Versions").
 # Every install into a Python 3.11 $(VENV) takes the exact tested versions of constraints.txt; with another Python
 # pip resolves pyproject.toml's ranges for it (constraints.txt pins the 3.11 set, e.g. numpy 2.4, absent on 3.8).
 CONSTRAINTS := constraints.txt
@@ -30,12 +32,12 @@ $(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	@test -n "$(PINNED)" || echo "make: $(VENV) has Python $(VENV_PYTHON_VERSION), not the tested 3.11: installing \
 	pyproject.toml's ranges, not constraints.txt's pins"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,fast]' || { echo "make: installing without [fast] (no nvImageCodec wheel?): slower train decode"; $(PIP) -e '.[dev]'; }
 	touch $@
 
 # The tests also exercise DALI's CPU pipelines (nvidia-dali-cuda130 runs without a GPU with device_id=None).
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(PIP) -e '.[dev,dali]' $(if $(PINNED),,|| echo "make: no DALI wheel for Python $(VENV_PYTHON_VERSION): the DALI tests will be skipped")
+	$(PIP) -e '.[dev,fast,dali]' $(if $(PINNED),,|| echo "make: no DALI wheel for Python $(VENV_PYTHON_VERSION): the DALI tests will be skipped")
 	touch $@
 
 install: $(BIN)/.installed
@@ -47,7 +49,7 @@ ifeq ($(strip $(IMAGENET)),)
 else
 	$(BIN)/shard-imagenet $(IMAGENET) --out $(WORK)/shards --workers $(WORKERS)
 endif
-	$(BIN)/train --data $(WORK)/shards --loader cpu $(DEMO_TRAIN_ARGS) --metrics-json $(WORK)/metrics.json --plot
+	rm -rf $(WORK)/run && $(BIN)/train --data $(WORK)/shards --loader cpu $(DEMO_TRAIN_ARGS) --output-dir $(WORK)/run --plot
 
 # FlagPerf sweep (README "FlagPerf vendor page"): shard IMAGENET (resumable: a finished run is skipped), run the
 # packaged FlagPerf presets (train/presets/flagperf, those of the visible device's vendor) that fit NPROC processes,
@@ -86,11 +88,12 @@ unsimd: $(BIN)/.installed
 	$(PIP) pillow
 	$(BIN)/python -c "from pipeline.read.transforms import decoder_name; print('decoders:', decoder_name())"
 
-# GPU check (README: "GPU check"). The GPU machine has torch but not these pure/small wheels: fetch them here for
-# its Python 3.12 (CPython, manylinux x86_64) at the versions of constraints.txt into $(GPU_WHEELS)/ (git-ignored),
-# and carry that folder there; benchmarks/gpu_check.py installs them into a temporary folder before it runs.
+# GPU check (README: "GPU check"). The GPU machine has torch but not this small wheel: fetch it here for
+# its Python 3.12 (CPython, manylinux x86_64) at the version of constraints.txt into $(GPU_WHEELS)/ (git-ignored),
+# and carry that folder there; benchmarks/gpu_check.py installs it into a temporary folder before it runs. Only what
+# the code there imports (tests/unit/test_dependencies.py checks it): the test tools (webdataset, ...) stay here.
 GPU_WHEELS ?= .gpu-wheels
-GPU_WHEEL_PKGS := simplejpeg webdataset braceexpand
+GPU_WHEEL_PKGS := simplejpeg
 GPU_PY_VERSION ?= 3.12
 GPU_PYTHON ?= python3
 pin = $(shell grep -m1 -i '^$(1)==' $(CONSTRAINTS))

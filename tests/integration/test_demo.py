@@ -36,14 +36,16 @@ def test_make_demo_learns_above_chance(tmp_path):
     proc = subprocess.run(["make", "demo", f"WORK={work}", f"DEMO_TRAIN_ARGS={args}"], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    m = json.loads((work / "metrics.json").read_text())
+    run = work / "run"  # the run folder: config.toml, metrics.json, steps.jsonl, metrics.png, checkpoints/
+    m = json.loads((run / "metrics.json").read_text())
     assert m["eval_images"] == 200 and m["steps"] > 0
     assert m["epochs"] == 1 and m["acc1"] > 40.0, m  # 10 classes: chance is 10% (the full run: 92.0% after it)
     assert m["p_core"] >= m["p_train"] >= m["p_whole"] > 0
     assert "| CPUx1x1 | fp32 |" in proc.stdout
     assert "cmyk->rgb: 1, grayscale->rgb: 1, png->jpeg: 1" in proc.stdout
-    assert f"plot: wrote {work / 'metrics.png'}" in proc.stdout and "1 evaluation)" in proc.stdout
-    assert (work / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"plot: wrote {run / 'metrics.png'}" in proc.stdout and "1 evaluation)" in proc.stdout
+    assert (run / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "config.toml").is_file() and (run / "steps.jsonl").is_file() and list((run / "checkpoints").iterdir())
     assert "epoch 1/1 step" in proc.stdout  # not a terminal here: plain progress lines
 
 
