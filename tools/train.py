@@ -4,6 +4,14 @@ Single process: ``train --data shards/``. Several (DDP, gloo on CPU / NCCL on CU
 ``torchrun --nproc-per-node N $(which train) --data shards/``. Prints one row of FlagPerf's
 results table (e2e_time, p_whole, p_train, p_core, acc1, mem) and writes it to --metrics-json.
 
+Exit codes: 0 the run finished; 2 a one-line error (bad flag, input or data; on stderr); 75 stopped by SIGTERM,
+SIGUSR1 or a first SIGINT (Ctrl-C) after finishing its current step, its checkpoint written where
+--checkpoint-dir is set (one line says which; requeue the job with --resume: it continues bitwise); 130 a
+second SIGINT aborted it at once (nothing saved); 69 under DDP a rank stopped answering (no heartbeat, or a
+collective waited --dist-timeout s): every other rank ends with one line naming it. Under torchrun each worker
+exits with its code and torchrun itself reports the failure (exit 1); on SIGTERM / SIGINT torchrun forwards the
+signal to its workers and kills them 30 s later, the time left for the step and the checkpoint.
+
 This module is the command line: its flags, grouped by component as in a --config file, each set one field of
 the config schema (train/config.py, which holds every default and checks every value); it parses them into a
 TrainConfig and runs it.
@@ -18,9 +26,10 @@ from pathlib import Path
 
 from pipeline.backends import LoaderConfig, LoaderKind, OnBadSample
 from pipeline.dataset import DatasetError
-from tools.cli_common import Option, Schema, add_option, error_line, positive
+from tools.cli_common import Option, Parser, Schema, add_option, error_line, positive
 from tools.config_file import add_config_option, parse_args_with_config, resolved_path, write_resolved
 from train.config import CheckpointConfig, OptimConfig, TrainConfig, default_of
+from train.accelerator import parse_device
 from train.precision import Precision, Tf32Mode, prepare_tf32_env
 from train.recipe import Resolution, Schedule
 from train import distributed
@@ -37,6 +46,14 @@ def _data_location(text: str) -> Path | str:
     from pipeline.read.tarstream import is_url
 
     return text if is_url(text) else Path(text)
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
 def _epoch_list(text: str) -> tuple[int, ...]:
@@ -56,17 +73,25 @@ def _epoch_range(text: str) -> tuple[int, int]:
     return values
 
 
+def _device(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (:func:`train.accelerator.parse_device`)."""
+    try:
+        return parse_device(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from auto, cpu, cuda, cuda:N)") from None
+
+
 def _opt(cls: type, field: str, flag: str, type=None, help: str = "", *, invert: bool = False,
          metavar: str | None = None, default: object = _FROM_SCHEMA, table: object = _FROM_SCHEMA,
-         negatable: bool = False) -> Option:
+         negatable: bool = False, aliases: tuple[str, ...] = ()) -> Option:
     """The flag of field ``cls.field``, its default read from the dataclass (a switch's is off: it sets the field
     to ``not invert``; a ``negatable`` one, ``--flag`` / ``--no-flag``, takes the field's default), in the table of
-    ``cls`` unless ``table`` is given."""
+    ``cls`` unless ``table`` is given; ``aliases``: the spellings of other trainers (``-b``)."""
     if default is _FROM_SCHEMA:
         default = False if type is None and not negatable else default_of(cls, field)
     attr, cls_table = COMPONENTS[cls]
     return Option(flag, cls_table if table is _FROM_SCHEMA else table, f"{attr}.{field}" if attr else field, type,
-                  default, help, invert, metavar, negatable)
+                  default, help, invert, metavar, negatable, aliases)
 
 
 def _input(flag: str, type, help: str) -> Option:
@@ -83,7 +108,11 @@ RUN_OPTIONS = (
     _opt(TrainConfig, "precision", "--precision", Precision,
          "fp32; amp = float16 autocast + GradScaler; fp16 = FlagPerf's: model and inputs cast to bfloat16, no "
          "scaler; bf16 = bfloat16 autocast; half = model and inputs cast to float16; auto = amp on CUDA, fp32 on "
-         "CPU"),
+         "CPU; --amp is --precision amp"),
+    _opt(TrainConfig, "device", "--device", _device, metavar="{auto,cpu,cuda,cuda:N}",
+         help="where to train: auto = cuda:<local rank> where torch can use a GPU, else the CPU; cpu; cuda; cuda:N "
+              "(one process). With auto and no usable GPU, --loader dali/nvjpeg and --precision amp/fp16/half stop "
+              "the run at its start; --device cpu runs them on the CPU"),
     _opt(TrainConfig, "seed", "--seed", int, "seed of model init, data order and crops"),
     _opt(TrainConfig, "eval", "--no-eval", help="skip the per-epoch evaluation", invert=True),
     _opt(TrainConfig, "zero_init_residual", "--zero-init-residual", negatable=True,
@@ -93,8 +122,8 @@ RUN_OPTIONS = (
     _opt(TrainConfig, "target_acc1", "--target-acc1", float,
          "stop after the first eval reaching this top-1 %% (FlagPerf)"),
     _opt(TrainConfig, "compile", "--compile", help="torch.compile the model"),
-    _opt(TrainConfig, "channels_last", "--no-channels-last", invert=True,
-         help="NCHW model and batches (default: channels-last)"),
+    _opt(TrainConfig, "channels_last", "--channels-last", negatable=True,
+         help="channels-last model and batches (--no-channels-last: NCHW, for comparison)"),
     _opt(TrainConfig, "tf32", "--tf32", Tf32Mode,
          "TF32 math on CUDA: on, off (true fp32), default (PyTorch's defaults: cuDNN convolutions may use TF32, "
          "matmuls not; FlagPerf's NVIDIA runs)"),
@@ -115,16 +144,28 @@ RUN_OPTIONS = (
     _opt(TrainConfig, "warmup_steps", "--warmup-steps", int, "first steps left out of p_whole/p_train/p_core and "
          "reported separately (default: min(20, total steps // 5))"),
     _opt(TrainConfig, "metrics_json", "--metrics-json", Path, "write the metrics here (rank 0)"),
-    Option("--output-dir", None, "output_dir", Path, None, "the run's folder: resolved config, metrics, step log, "
-           "plot and checkpoints (rank 0)", aliases=("--output",)),
-    _opt(TrainConfig, "log_jsonl", "--log-jsonl", Path, "append one JSON line per --log-every steps here (rank "
-         "0): loss, lr, img/s, data wait of the window"),
+    Option("--output-dir", None, "output_dir", Path, None, "the run's folder: config.toml (at the start), "
+           "metrics.json, steps.jsonl, metrics.png, checkpoints/ (rank 0); a folder holding an earlier run is "
+           "refused unless --resume", aliases=("--output",)),
+    _opt(TrainConfig, "log_jsonl", "--log-jsonl", Path, "write one JSON line per --log-every steps here (rank "
+         "0): loss, lr, img/s, data wait of the window; a fresh run starts it afresh, --resume appends"),
     _opt(TrainConfig, "log_every", "--log-every", positive(int), "steps per --log-jsonl line and progress update"),
     _opt(TrainConfig, "progress", "--no-progress", invert=True,
          help="no progress bar (terminal) or per-window lines (otherwise) while training; epoch lines stay"),
     _opt(TrainConfig, "plot", "--plot", help="write M.png next to --metrics-json M.json: loss and LR per step "
          "window, top-1 per epoch, img/s and data wait over time (from the --log-jsonl step log, default "
          "M.steps.jsonl), the FlagPerf row as its caption"),
+    _opt(TrainConfig, "summary_csv", "--summary-csv", Path, "write timm's per-epoch summary.csv here (rank 0; "
+         "default with --output-dir: DIR/summary.csv): epoch, step, train_loss, eval_top1, eval_top5, lr, img_per_s, "
+         "data_wait_fraction, epoch_s; rewritten atomically each epoch, continued by --resume"),
+    _opt(TrainConfig, "tensorboard", "--tensorboard", aliases=("--log-tensorboard",),
+         help="write TensorBoard scalars to DIR/tensorboard of --output-dir (or --tensorboard-dir): loss, lr, img/s, "
+              "data wait per --log-every window; top-1, top-5, epoch time per epoch (needs the [tensorboard] extra)"),
+    _opt(TrainConfig, "tensorboard_log_dir", "--tensorboard-dir", Path, "TensorBoard's event folder (implies "
+         "--tensorboard)", metavar="TB_DIR"),
+    _opt(TrainConfig, "dist_timeout", "--dist-timeout", positive(float), metavar="SECONDS",
+         help="DDP: a collective waiting this long, or a rank silent this long (heartbeats in the rendezvous "
+              "store), ends every rank with one line naming the rank that stopped answering (exit 69)"),
     _opt(TrainConfig, "timing", "--timing", Timing,
          "events: CUDA events on the training stream, read once per log window / epoch (default on CUDA); sync: "
          "FlagPerf's device synchronisation at every timer edge (and a DDP barrier per step); the same on a CPU"),
@@ -134,9 +175,9 @@ RUN_OPTIONS = (
 )
 LOADER_OPTIONS = (  # --loader too: a TOML file cannot hold both a top-level key `loader` and a table [loader]
     _opt(TrainConfig, "loader", "--loader", LoaderKind, "decode backend", table="loader"),
-    _opt(LoaderConfig, "batch_size", "--batch-size", positive(int), "per-rank batch size"),
+    _opt(LoaderConfig, "batch_size", "--batch-size", positive(int), "per-rank batch size", aliases=("-b",)),
     _opt(LoaderConfig, "image_size", "--image-size", positive(int), "train/eval crop side, px"),
-    _opt(LoaderConfig, "workers", "--workers", int, default=None,
+    _opt(LoaderConfig, "workers", "--workers", int, default=None, aliases=("-j",),
          help="CPU decode workers (DALI threads) per rank (default: the cores available divided by the ranks on "
               "this node)"),
     _opt(LoaderConfig, "shuffle_buffer", "--shuffle-buffer", positive(int), "per-worker train shuffle buffer"),
@@ -149,6 +190,12 @@ LOADER_OPTIONS = (  # --loader too: a TOML file cannot hold both a top-level key
          "a sample that does not decode: skip = name it on stderr, count it (skipped_samples) and fill its train "
          "slot with another sample of its batch (val: leave it out); error = stop at once, naming its shard and key "
          "(folder: its file). --loader dali cannot skip: it always stops"),
+    _opt(LoaderConfig, "remote_timeout", "--remote-timeout", positive(float), metavar="SECONDS",
+         help="--data URL: seconds a download (shard, _info.json) may give no byte, at connect or mid-transfer, "
+              "before it is retried"),
+    _opt(LoaderConfig, "remote_retries", "--remote-retries", _count, metavar="N",
+         help="--data URL: retries of a download that timed out or failed (each named on stderr; it restarts the "
+              "file and drops the bytes already read), then one error line"),
 )
 # recipe defaults: NVIDIA DLE ResNet50 v1.5 (see train/recipe.py and OptimConfig)
 OPTIM_OPTIONS = (
@@ -175,9 +222,11 @@ CHECKPOINT_OPTIONS = (
          help="save every N train steps (default: at every epoch end); always also at the end of the run"),
     _opt(CheckpointConfig, "keep", "--checkpoint-keep", positive(int), "keep the newest K checkpoints",
          metavar="K"),
-    _opt(CheckpointConfig, "resume", "--resume",
-         help="continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, LR "
-              "schedule, RNG); with no checkpoint there, start fresh with a note"),
+    Option("--resume", "checkpoint", "checkpoint.resume", Path, default_of(CheckpointConfig, "resume"),
+           "alone: continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, LR "
+           "schedule, RNG), or start fresh with a note where there is none; --resume PATH: from that checkpoint "
+           "file, or the newest in that folder (it must exist); checkpoints are written where --checkpoint-dir says",
+           metavar="PATH", const=True),
     _opt(CheckpointConfig, "file", "--checkpoint", Path, "the checkpoint --test-only evaluates", metavar="FILE"),
 )
 SCHEMA = Schema("train", RUN_OPTIONS + LOADER_OPTIONS + OPTIM_OPTIONS + CHECKPOINT_OPTIONS)
@@ -190,11 +239,14 @@ _GROUPS = (("run", "the run's own options (top level of a --config file)", RUN_O
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``train`` parser: one argument group per component of the schema, plus ``--config``."""
-    p = argparse.ArgumentParser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for title, description, options in _GROUPS:
         group = p.add_argument_group(title, description)
         for option in options:
             add_option(group, option)
+            if option.flag == "--precision":  # the switch of timm, torchvision's references and NVIDIA's ConvNets
+                group.add_argument("--amp", dest="precision", action="store_const", const=Precision.AMP,
+                                   default=argparse.SUPPRESS, help="the same as --precision amp")
     add_config_option(p)
     return p
 
@@ -230,9 +282,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     loader = _fields(args, "loader_cfg")
     if loader["workers"] is None:
         loader["workers"] = distributed.cores_per_rank()
+    ck = _fields(args, "checkpoint")
+    resume = ck["resume"]  # False, True (--resume alone) or the PATH of --resume PATH
+    ck.update(resume=resume is not False, resume_from=resume if isinstance(resume, Path) else None)
     return TrainConfig(**_fields(args, None), loader_cfg=LoaderConfig(**loader, seed=args.seed),
-                       optim=OptimConfig(**_fields(args, "optim")),
-                       checkpoint=CheckpointConfig(**_fields(args, "checkpoint")), resolution=_resolution(args))
+                       optim=OptimConfig(**_fields(args, "optim")), checkpoint=CheckpointConfig(**ck),
+                       resolution=_resolution(args))
 
 
 def _check_inputs(cfg: TrainConfig) -> None:
@@ -247,21 +302,27 @@ def _check_inputs(cfg: TrainConfig) -> None:
         raise ValueError(f"--data {cfg.data}: {'not a folder' if cfg.data.exists() else 'no such folder'}")
     if ck.file is not None and not ck.file.is_file():
         raise ValueError(f"--checkpoint {ck.file}: no such file")
+    if ck.resume_from is not None and not ck.resume_from.exists():
+        raise ValueError(f"--resume {ck.resume_from}: no such checkpoint file or folder")
     if ck.dir is not None and cfg.test_only and not ck.dir.is_dir():
         raise ValueError(f"--checkpoint-dir {ck.dir}: no such folder (--test-only reads its newest checkpoint)")
 
 
 def _check_outputs(cfg: TrainConfig) -> None:
-    """Rank 0 can write what the run writes: ``--metrics-json`` (and its ``.config.toml``), ``--log-jsonl``, and
-    (training) ``--checkpoint-dir``; nothing is created here, so a run that stops before training leaves nothing.
+    """Rank 0 can write what the run writes: ``--output-dir`` (training), ``--metrics-json`` (and its
+    ``.config.toml``), ``--log-jsonl``, and (training) ``--checkpoint-dir``; nothing is created here (the run
+    folder is made and locked by :func:`train.rundir.claim`).
 
     Raises:
         ValueError: one line naming the flag.
     """
-    outputs = [("--metrics-json", cfg.metrics_json, False), ("--log-jsonl", cfg.log_jsonl, False),
-               ("--checkpoint-dir", None if cfg.test_only else cfg.checkpoint.dir, True)]
+    outputs = [("--output-dir", None if cfg.test_only else cfg.output_dir, True),
+               ("--metrics-json", cfg.metrics_json, False), ("--log-jsonl", cfg.log_jsonl, False),
+               ("--checkpoint-dir", None if cfg.test_only else cfg.checkpoint.dir, True),
+               ("--summary-csv", None if cfg.test_only else cfg.summary_csv, False),
+               ("--tensorboard-dir", None if cfg.test_only else cfg.tensorboard_log_dir, True)]
     if cfg.metrics_json is not None:
-        outputs.insert(1, ("--metrics-json", resolved_path(cfg.metrics_json), False))
+        outputs.insert(2, ("--metrics-json", resolved_path(cfg.metrics_json), False))
     for flag, path, folder in outputs:
         why = _unwritable(path, folder) if path is not None else None
         if why is not None:
@@ -286,34 +347,74 @@ def _unwritable(path: Path, folder: bool) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Parse, check and run ``train``; returns the exit status (2: a one-line error on stderr).
 
-    The resolved options go to ``<metrics>.config.toml`` beside ``--metrics-json`` once the run has finished and
-    its JSON is written: a run that stopped with an error leaves neither.
+    With ``--output-dir DIR`` the resolved options go to DIR/config.toml at the start (see :mod:`train.rundir`:
+    the folder is locked for the run, and one holding an earlier run is refused unless ``--resume``); otherwise
+    to ``<metrics>.config.toml`` beside ``--metrics-json`` once the run has finished and its JSON is written: a run
+    that stopped with an error leaves neither.
     """
+    from train import rundir
+
     parser = build_parser()
     args = parse_args_with_config(parser, SCHEMA, argv)  # schema defaults < --config FILE.toml < flags
+    folder = rundir.RunFolder()
     try:
         cfg = config_from_args(args)
         _check_inputs(cfg)
         if distributed.global_rank() == 0:  # the ranks that write nothing need no writable outputs
             _check_outputs(cfg)
+            if cfg.tensorboard_dir is not None and not cfg.test_only:
+                from train.sinks import tensorboard_writer_class
+
+                tensorboard_writer_class()  # at start: the package is installed, else one line naming the extra
+            folder = rundir.claim(cfg, lambda path: write_resolved(SCHEMA, args, path))
     except ValueError as exc:
         parser.error(str(exc))
+    with folder:
+        for note in folder.notes:
+            print(note, file=sys.stderr)
+        return _run(cfg, args)
+
+
+def _run(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    """Run ``cfg`` (parsed from ``args``); returns the exit status."""
     if cfg.target_acc1 is not None and not cfg.eval:
         print(f"train: note: --no-eval: the target top-1 {cfg.target_acc1}% is never checked", file=sys.stderr)
     prepare_tf32_env(cfg.tf32)  # MetaX reads METAX_USE_TF32 when CUDA starts: set it before anything starts CUDA
-    from train.loop import run  # imported late: torch start-up is not needed for --help
+    from train import preempt
 
-    from pipeline.backends.cpu import SampleDecodeError
-    from pipeline.read.tarstream import ShardReadError
-
+    signals = None if cfg.test_only else preempt.StopSignals().install()  # before the slow imports: no traceback
     try:
-        run(cfg)
-    except (DatasetError, ValueError, SampleDecodeError, ShardReadError) as exc:
-        sys.stderr.write(f"train: error: {error_line(exc)}\n")  # one write: ranks' lines do not interleave
+        from train.loop import run  # imported late: torch start-up is not needed for --help
+
+        from pipeline.backends.cpu import SampleDecodeError
+        from pipeline.read.tarstream import ShardReadError
+
+        try:
+            run(cfg, signals)
+        except (DatasetError, ValueError, SampleDecodeError, ShardReadError) as exc:
+            sys.stderr.write(f"train: error: {error_line(exc)}\n")  # one write: ranks' lines do not interleave
+            sys.stderr.flush()
+            return 2
+        except preempt.Stopped as exc:  # every rank stopped after the same step; rank 0 says where
+            if distributed.global_rank() == 0:
+                sys.stderr.write(f"train: {exc}\n")
+                sys.stderr.flush()
+            return preempt.EXIT_STOPPED
+    except KeyboardInterrupt as exc:  # a second SIGINT (Aborted), or Ctrl-C where no handler is installed
+        why = str(exc) if isinstance(exc, preempt.Aborted) else "interrupted by SIGINT: nothing saved"
+        sys.stderr.write(f"train: {why}\n")
         sys.stderr.flush()
-        return 2
-    if cfg.metrics_json is not None and distributed.global_rank() == 0:
-        write_resolved(SCHEMA, args, resolved_path(cfg.metrics_json))  # metrics.json -> metrics.config.toml
+        return preempt.EXIT_ABORTED
+    finally:
+        if signals is not None:
+            signals.uninstall()
+    at_end = cfg.resolved_config_path if cfg.output_dir is None or cfg.test_only else None
+    if at_end is not None and distributed.global_rank() == 0:
+        try:  # metrics.json -> metrics.config.toml (a run folder's config.toml was written at the start)
+            write_resolved(SCHEMA, args, at_end)
+        except ValueError as exc:
+            sys.stderr.write(f"train: error: {error_line(exc)}\n")
+            return 2
     return 0
 
 

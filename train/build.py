@@ -112,7 +112,8 @@ def dataset(cfg: TrainConfig) -> DatasetInfo | None:
         pipeline.dataset.DatasetError: ``--data`` is not a usable shard folder.
     """
     needs = backend_spec(cfg.loader).needs
-    info = load_info(cfg.data) if cfg.data is not None and needs is not DataInput.IMAGE_TREE else None
+    use = cfg.data is not None and needs is not DataInput.IMAGE_TREE
+    info = load_info(cfg.data, remote=cfg.loader_cfg.remote_options()) if use else None
     if info is None and needs is DataInput.SHARDS:
         raise ValueError(f"--loader {cfg.loader.value} needs --data DIR (a folder written by shard-imagenet)")
     return info
@@ -235,10 +236,10 @@ def checkpoint_to_test(cfg: TrainConfig) -> Path:
     Raises:
         ValueError: neither gives one.
     """
-    ck = cfg.checkpoint
-    path = ck.file if ck.file is not None else (checkpoint.latest_checkpoint(ck.dir) if ck.dir is not None else None)
+    ck, ck_dir = cfg.checkpoint, cfg.checkpoint_dir  # --checkpoint-dir, else --output-dir's checkpoints/
+    path = ck.file if ck.file is not None else (checkpoint.latest_checkpoint(ck_dir) if ck_dir is not None else None)
     if path is None:
-        where = f"--checkpoint-dir {ck.dir} holds none" if ck.dir is not None else "none given"
+        where = f"--checkpoint-dir {ck_dir} holds none" if ck_dir is not None else "none given"
         raise ValueError(f"--test-only needs a checkpoint: {where}; pass --checkpoint FILE or the --checkpoint-dir "
                          f"a training run wrote")
     return path

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from pipeline.backends import LoaderConfig, LoaderKind
+from pipeline.read.transforms import IMAGE_SIZE_RANGE
 from train.precision import Precision, Tf32Mode
 from train.recipe import Resolution, Schedule
 from train.clock import Timing
@@ -30,6 +31,16 @@ def default_of(cls: type, name: str) -> object:
                 return f.default_factory()
             break
     raise KeyError(f"{cls.__name__}.{name}: no such field with a default")
+
+
+def _device_ok(text: str) -> bool:
+    """``text`` is a ``--device`` value in its normal form (:func:`train.accelerator.parse_device`)."""
+    from train.accelerator import parse_device
+
+    try:
+        return parse_device(text) == text
+    except ValueError:
+        return False
 
 
 def _check(rules: Iterable[tuple[bool, str]]) -> None:
@@ -100,6 +111,9 @@ class CheckpointConfig:
         keep: newest checkpoints kept; older ones are deleted once a new one is complete.
         resume: continue from the newest checkpoint in ``dir``; with none there the run starts fresh
             (a note says so), so a requeued job can always pass it.
+        resume_from: with ``resume``, continue from this checkpoint file instead, or from the newest checkpoint in
+            this folder (``--resume PATH``, as timm, torchvision's references and NVIDIA's ConvNets take it); it
+            must exist. Checkpoints are written only where ``dir`` (or the run's output folder) says.
         file: a checkpoint file to evaluate (``--test-only --checkpoint FILE``).
     """
 
@@ -107,15 +121,15 @@ class CheckpointConfig:
     every: int | None = None
     keep: int = 2
     resume: bool = False
+    resume_from: Path | None = None
     file: Path | None = None
 
     def __post_init__(self) -> None:
         _check([
             (self.every is None or self.every >= 1, f"--checkpoint-every must be >= 1, got {self.every}"),
             (self.keep >= 1, f"--checkpoint-keep must be >= 1, got {self.keep}"),
-            ((not self.resume and self.every is None) or self.dir is not None,
-             "--resume and --checkpoint-every need --checkpoint-dir DIR"),
-        ])
+            (self.resume_from is None or self.resume, "a checkpoint to resume from needs resume set"),
+        ])  # --resume / --checkpoint-every without a folder: TrainConfig checks (--output-dir gives one too)
 
 
 @dataclass(frozen=True)
@@ -130,6 +144,10 @@ class TrainConfig:
         epochs: epochs to train; each ends with an evaluation on the val split.
         max_steps: stop after this many train steps in total (None = no cap); a final evaluation follows.
         precision: numeric precision (``auto`` picks per device).
+        device: where the run trains: ``auto`` (``cuda:<local rank>`` where torch can use a GPU, else the CPU),
+            ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`train.accelerator.choose_device`). With ``auto`` on a
+            machine without a usable GPU, a GPU-only choice (``--loader dali`` / ``nvjpeg``, ``--precision amp`` /
+            ``fp16`` / ``half``) stops the run at its start; ``cpu`` runs it on the CPU.
         seed: seed of model init and data order.
         metrics_json: where rank 0 writes the metrics (None = not written).
         output_dir: the run's folder (torchvision references' ``--output-dir``, timm's ``--output``): resolved
@@ -154,7 +172,8 @@ class TrainConfig:
             ``C500x1x8``): the vendor page compares the run against it (None: FlagPerf's base config).
         resolution: progressive train resolution and a separate eval resolution (None: ``image_size`` for both).
         channels_last: model and batches in channels-last memory format (False: NCHW, for comparison).
-        log_jsonl: rank 0 appends one JSON line per ``log_every`` steps here (see train/steplog.py).
+        log_jsonl: rank 0 writes one JSON line per ``log_every`` steps here (see train/steplog.py): a fresh run
+            starts the file afresh, ``--resume`` appends to it.
         checkpoint: checkpoint / resume options.
         timing: how steps are timed on CUDA (see train/clock.py); None = ``events`` on CUDA, ``sync`` on CPU
             (the same there).
@@ -162,8 +181,16 @@ class TrainConfig:
             ``checkpoint.dir``).
         progress: rank 0 shows a live bar per train epoch and evaluation on a terminal, plain lines every
             ``log_every`` steps (at least ten an epoch) otherwise (see train/progress.py); False: epoch lines only.
-        plot: write a PNG next to ``metrics_json`` (``M.png``) from the JSONL step log (``log_jsonl``, default
-            ``M.steps.jsonl`` then), see train/plot.py.
+        plot: write a PNG beside the metrics JSON (:attr:`plot_path`: DIR/metrics.png, or ``M.png``) from the
+            JSONL step log (:attr:`step_log_path`), see train/plot.py.
+        dist_timeout: seconds a DDP collective (and a read of the rendezvous store) may wait before the run gives up,
+            and the age after which a rank's heartbeat counts as stale (see train/distributed.py); torch's own
+            default would be 30 minutes.
+        summary_csv: rank 0 writes timm's per-epoch ``summary.csv`` here (default DIR/summary.csv with
+            ``output_dir``; see train/sinks.py).
+        tensorboard: write TensorBoard scalars (needs the ``[tensorboard]`` extra) to ``tensorboard_log_dir``, else
+            DIR/tensorboard of ``output_dir``.
+        tensorboard_log_dir: TensorBoard's event folder (implies ``tensorboard``).
     """
 
     data: Path | str | None = None
@@ -173,6 +200,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None
     precision: Precision = Precision.AUTO
+    device: str = "auto"
     seed: int = default_of(LoaderConfig, "seed")
     metrics_json: Path | None = None
     output_dir: Path | None = None
@@ -196,6 +224,10 @@ class TrainConfig:
     test_only: bool = False
     progress: bool = True
     plot: bool = False
+    dist_timeout: float = 300.0
+    summary_csv: Path | None = None
+    tensorboard: bool = False
+    tensorboard_log_dir: Path | None = None
 
     def __post_init__(self) -> None:
         ck, res = self.checkpoint, self.resolution
@@ -206,20 +238,28 @@ class TrainConfig:
              f"--flagperf-case {self.flagperf_case}: no such FlagPerf ResNet50 config (known: base, "
              f"{', '.join(CONFIGS)})"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (_device_ok(self.device), f"--device takes auto, cpu, cuda or cuda:N, got {self.device!r}"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
             (self.warmup_steps is None or self.warmup_steps >= 0,
              f"--warmup-steps must be >= 0, got {self.warmup_steps}"),
             (self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
+            (math.isfinite(self.dist_timeout) and self.dist_timeout >= 1,
+             f"--dist-timeout must be a finite number of seconds >= 1, got {self.dist_timeout}"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, f"--ema-decay must be in (0, 1), got {self.ema_decay}"),
             (self.target_acc1 is None or 0 <= self.target_acc1 <= 100,
              f"--target-acc1 takes a top-1 in [0, 100], got {self.target_acc1}"),
-            (not self.test_only or ck.file is not None or ck.dir is not None,
+            (((not ck.resume or ck.resume_from is not None) and ck.every is None) or self.checkpoint_dir is not None,
+             "--resume and --checkpoint-every need --checkpoint-dir DIR or --output-dir DIR"),
+            (not self.test_only or ck.file is not None or self.checkpoint_dir is not None,
              "--test-only needs --checkpoint FILE or --checkpoint-dir DIR (its newest checkpoint)"),
-            (not self.plot or self.metrics_json is not None,
-             "--plot writes its PNG next to --metrics-json: pass --metrics-json FILE too"),
+            (not self.plot or self.metrics_path is not None,
+             "--plot writes its PNG next to --metrics-json: pass --metrics-json FILE (or --output-dir DIR) too"),
             (not (self.plot and self.test_only), "--plot draws a training run; --test-only trains nothing"),
+            (not self.tensorboard or self.tensorboard_dir is not None,
+             "--tensorboard writes DIR/tensorboard of --output-dir DIR: pass --output-dir DIR or --tensorboard-dir "
+             "TB_DIR"),
             (ck.file is None or self.test_only,
-             "--checkpoint FILE is for --test-only (to continue training use --checkpoint-dir DIR --resume)"),
+             "--checkpoint FILE is for --test-only (to continue training use --resume FILE)"),
         ])
         if res is not None:
             _check([
@@ -227,20 +267,75 @@ class TrainConfig:
                  f"--min-train-size {res.start} is above --image-size {res.end} (the size the ramp grows to)"),
                 (res.ramp_start <= res.ramp_end,
                  f"--ramp-epochs takes FIRST,LAST with FIRST <= LAST, got {res.ramp_start},{res.ramp_end}"),
-                (res.eval >= 8, f"--eval-size must be >= 8, got {res.eval}"),
+                (res.eval >= IMAGE_SIZE_RANGE[0], f"--eval-size must be >= {IMAGE_SIZE_RANGE[0]}, got {res.eval}"),
+                (res.eval <= IMAGE_SIZE_RANGE[1], f"--eval-size must be <= {IMAGE_SIZE_RANGE[1]} (px), got {res.eval}"),
+                (IMAGE_SIZE_RANGE[0] <= res.start,
+                 f"--min-train-size must be >= {IMAGE_SIZE_RANGE[0]}, got {res.start}"),
             ])
+
+    # Where each output goes (see train/rundir.py): every writer asks these. With ``output_dir`` DIR the run's files
+    # are DIR/config.toml, DIR/metrics.json, DIR/steps.jsonl, DIR/metrics.png, DIR/checkpoints/, DIR/summary.csv
+    # and DIR/tensorboard/; an explicit --metrics-json / --log-jsonl / --checkpoint-dir wins over its DIR default.
+
+    def _in_output_dir(self, name: str) -> Path | None:
+        return self.output_dir / name if self.output_dir is not None else None
+
+    @property
+    def metrics_path(self) -> Path | None:
+        """The metrics JSON: ``metrics_json``, else DIR/metrics.json with ``output_dir`` (not for ``test_only``,
+        which reads the run folder and leaves its files alone), else None (not written)."""
+        if self.metrics_json is not None or self.test_only:
+            return self.metrics_json
+        return self._in_output_dir("metrics.json")
 
     @property
     def step_log_path(self) -> Path | None:
-        """Where the JSONL step log goes: ``log_jsonl``, else next to the metrics for ``--plot``, else nowhere."""
-        if self.log_jsonl is not None or not self.plot:
+        """Where the JSONL step log goes: ``log_jsonl``, else DIR/steps.jsonl with ``output_dir``, else
+        ``M.steps.jsonl`` next to ``--metrics-json M.json`` for ``--plot``, else nowhere."""
+        if self.log_jsonl is not None:
             return self.log_jsonl
+        if self.output_dir is not None:
+            return self.output_dir / "steps.jsonl"
+        if not self.plot or self.metrics_json is None:
+            return None
         return self.metrics_json.with_name(self.metrics_json.stem + ".steps.jsonl")
 
     @property
     def plot_path(self) -> Path | None:
-        """``M.png`` beside ``--metrics-json M.json`` with ``--plot``, else None."""
-        return self.metrics_json.with_suffix(".png") if self.plot else None
+        """With ``--plot``: the metrics JSON's name with ``.png`` (DIR/metrics.png, or ``M.png`` beside
+        ``--metrics-json M.json``); else None."""
+        metrics = self.metrics_path
+        return metrics.with_suffix(".png") if self.plot and metrics is not None else None
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """The checkpoints' folder: ``checkpoint.dir``, else DIR/checkpoints with ``output_dir``, else None (no
+        checkpoints)."""
+        return self.checkpoint.dir if self.checkpoint.dir is not None else self._in_output_dir("checkpoints")
+
+    @property
+    def resolved_config_path(self) -> Path | None:
+        """The resolved options (TOML, re-runnable with ``--config``): DIR/config.toml with ``output_dir`` (written at
+        the start), else ``M.config.toml`` beside ``--metrics-json M.json`` (written at the end), else None."""
+        if self.output_dir is not None and not self.test_only:
+            return self.output_dir / "config.toml"
+        if self.metrics_json is None:
+            return None
+        return self.metrics_json.with_name(self.metrics_json.stem + ".config.toml")
+
+    @property
+    def summary_csv_path(self) -> Path | None:
+        """Per-epoch summary CSV (timm's ``summary.csv``): ``summary_csv``, else DIR/summary.csv with
+        ``output_dir``, else None (not written)."""
+        return self.summary_csv if self.summary_csv is not None else self._in_output_dir("summary.csv")
+
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        """TensorBoard event folder when TensorBoard is asked for: ``tensorboard_log_dir``, else DIR/tensorboard
+        with ``output_dir``; None: no TensorBoard (the package is then never imported)."""
+        if self.tensorboard_log_dir is not None:
+            return self.tensorboard_log_dir
+        return self._in_output_dir("tensorboard") if self.tensorboard else None
 
     def resolved_warmup_steps(self, total_steps: int) -> int:
         """Warm-up steps for a process that runs ``total_steps``: explicit, or min(20, steps // 5) but never 0

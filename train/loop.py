@@ -26,11 +26,12 @@ import torch
 from pipeline.compat import SgdImpl, check_numpy_interop
 from pipeline.backends import Batch, Loader
 from pipeline.dataset import REPORT_FILE
-from train import checkpoint, distributed
+from train import checkpoint, distributed, preempt
 from train.build import CheckpointTestSession, Session, build_checkpoint_test, build_session
 from train.clock import Mark, RunClock, Timing, after_calls, make_clock, resolve_timing, timed_iter
 from train.config import TrainConfig, config_json
 from train.environment import Environment
+from train.environment import RunIdentity, manifest_sha256, run_identity
 from train.environment import collect as collect_environment
 from train.memory import MemoryUse, peak_memory, reset_peaks, start_monitor
 from train.metrics import (FlagPerfFigures, FlagPerfTimes, RunTimes, SteadyFigures, flagperf_figures,
@@ -43,6 +44,7 @@ from train.report import (CheckpointTest, Checkpointing, DatasetSummary, EvalCou
                           MemoryDetail, Numerics, Placement, RunReport, Training, config_label, run_verdict)
 from train.plot import plot_run
 from train.progress import Progress, progress_config
+from train.sinks import EpochRecord, RunSinks, open_sinks
 from train.steplog import StepLog
 
 
@@ -146,28 +148,67 @@ def _log(env: distributed.DistEnv, msg: str) -> None:
         print(msg, flush=True)
 
 
-def run(cfg: TrainConfig) -> RunReport:
+def run(cfg: TrainConfig, signals: preempt.StopSignals | None = None) -> RunReport:
     """Train and evaluate as ``cfg`` says (or only evaluate, ``cfg.test_only``); return the run's report (its
-    summary printed and its JSON written to ``cfg.metrics_json`` by rank 0).
+    summary printed and its JSON written to ``cfg.metrics_path`` by rank 0).
 
     Raises:
         pipeline.dataset.DatasetError: ``cfg.data`` is not a usable shard folder.
         ValueError: options that cannot work (e.g. a batch larger than the train split allows).
+        train.preempt.Stopped: SIGTERM / SIGUSR1 / SIGINT (``signals``, installed by the caller; else by this
+            function for the run) stopped training at a step boundary, after its checkpoint.
+        train.preempt.Aborted: a second SIGINT.
+
+    Under DDP a collective that times out (``cfg.dist_timeout``), or a rank whose heartbeat goes stale, ends this
+    process with one line and :data:`train.distributed.EXIT_STALLED` (:class:`train.distributed.Heartbeat`).
     """
     run_start = time.time()  # FlagPerf's e2e_time starts here: in its __main__, after the imports
     check_numpy_interop()
-    env = distributed.init_distributed()
+    env = distributed.init_distributed(cfg.dist_timeout, cfg.device)
+    why = accelerator.gpu_only_refusal(cfg.device, env.device, _gpu_only_asks(cfg))
+    if why is not None:  # asked for a GPU's loader or precision, none usable here, and --device cpu not given
+        distributed.shutdown(env)
+        raise ValueError(why)
+    heartbeat = distributed.Heartbeat(env, cfg.dist_timeout).start()
+    own = signals is None and not cfg.test_only
+    if own:
+        signals = preempt.StopSignals().install()
     try:
-        return test_only(cfg, env, run_start) if cfg.test_only else fit(cfg, env, run_start)
+        return test_only(cfg, env, run_start) if cfg.test_only else fit(cfg, env, run_start, signals)
+    except RuntimeError as exc:
+        if env.distributed and distributed.is_timeout(exc):
+            heartbeat.give_up_after(exc)  # one line naming the rank that stopped answering; ends the process
+        raise
     finally:
+        heartbeat.stop()
+        if own:
+            signals.uninstall()
         distributed.shutdown(env)
 
 
+GPU_ONLY_PRECISIONS = (Precision.AMP, Precision.FP16, Precision.HALF)
+"""Precisions that only make sense on an accelerator (float16 autocast, 16-bit casts): on the CPU they are slower
+than fp32 (see :mod:`train.precision`), so ``--device auto`` without a usable GPU refuses them."""
+
+
+def _gpu_only_asks(cfg: TrainConfig) -> tuple[str, ...]:
+    """The flags of ``cfg`` that ask for a GPU, as typed: a GPU decode backend (``--loader dali`` / ``nvjpeg``,
+    :attr:`pipeline.backends.BackendSpec.needs_nvidia`), a GPU-only precision (:data:`GPU_ONLY_PRECISIONS`)."""
+    from pipeline.backends import backend_spec
+
+    asks = (f"--loader {cfg.loader.value}",) if backend_spec(cfg.loader).needs_nvidia else ()
+    return asks + ((f"--precision {cfg.precision.value}",) if cfg.precision in GPU_ONLY_PRECISIONS else ())
+
+
 def _publish(report: RunReport, cfg: TrainConfig, env: distributed.DistEnv) -> None:
-    """Rank 0 prints the summary and writes the metrics JSON."""
+    """Rank 0 prints the summary and writes the metrics JSON (atomically, see :func:`pipeline.fsio.atomic_write`).
+
+    Raises:
+        pipeline.fsio.WriteFailed: the JSON cannot be written (disk full, ...); one line, the previous file intact.
+    """
     if env.is_main:
         print(report.summary())
-        report.write_json(cfg.metrics_json)
+        report.write_json(cfg.metrics_path)
 
 
 # --- start and checkpoints -------------------------------------------------------------------------------------
@@ -179,6 +220,28 @@ def _announce(s: Session, timing: Timing) -> None:
             f"precision {s.precision.value}, batch {s.lcfg.batch_size}/rank (global {s.global_batch}), "
             f"image {s.lcfg.image_size}px, lr {s.peak_lr:g}, {s.steps_per_epoch} steps/epoch, {s.total_steps} steps, "
             f"timing {timing.value}")
+    _log(e, _decode_line(c.loader.value, e.device))
+
+
+def _decode_line(loader: str, device: torch.device) -> str:
+    """One line naming the JPEG decoder the ``loader`` backend uses on ``device`` (``decode: ...``); for ``cpu``
+    :func:`pipeline.read.transforms.decode_line` (says when nvImageCodec's region decode is missing)."""
+    from pipeline.read import transforms
+
+    if loader == "cpu":
+        return transforms.decode_line()
+    if loader == "dali":
+        from nvidia import dali
+
+        where = "nvJPEG on the GPU (mixed)" if device.type == "cuda" else "libjpeg-turbo on the CPU"
+        return f"decode: DALI {dali.__version__}, {where}"
+    if loader == "nvjpeg":
+        where = "nvJPEG on the GPU" if device.type == "cuda" else "libjpeg-turbo on the CPU (no CUDA)"
+        return f"decode: torchvision.io.decode_jpeg, {where}; PIL for what it rejects"
+    if loader == "folder":
+        pil = transforms.decoder_name().rsplit(" + ", 1)[-1]
+        return f"decode: PIL ({pil}), files listed as torchvision's ImageFolder does"
+    return f"decode: none ({loader} batches are made on the device)"
 
 
 def _resume(s: Session) -> checkpoint.Loaded | None:
@@ -187,12 +250,12 @@ def _resume(s: Session) -> checkpoint.Loaded | None:
     Raises:
         ValueError / CheckpointError: the run is already complete, or the checkpoint does not fit.
     """
-    ck = s.cfg.checkpoint
-    if not (ck.resume and ck.dir is not None):
+    ck, ck_dir = s.cfg.checkpoint, s.cfg.checkpoint_dir
+    if not (ck.resume and (ck_dir is not None or ck.resume_from is not None)):
         return None
-    found = checkpoint.latest_checkpoint(ck.dir)
+    found = _resume_source(ck.resume_from) if ck.resume_from is not None else checkpoint.latest_checkpoint(ck_dir)
     if found is None:
-        _log(s.env, f"resume: no checkpoint in {ck.dir}: starting from step 0")
+        _log(s.env, f"resume: no checkpoint in {ck_dir}: starting from step 0")
         return None
     loaded = checkpoint.load_checkpoint(found, s.header, s.model, s.optimizer, s.scheduler, s.scaler, ema=s.ema)
     p = loaded.progress
@@ -204,6 +267,21 @@ def _resume(s: Session) -> checkpoint.Loaded | None:
     _log(s.env, f"resume: {found} at step {p.step}/{s.total_steps} (epoch {p.epoch + 1}, {p.epoch_step} batches "
                 f"into it)")
     return loaded
+
+
+def _resume_source(path: Path) -> Path:
+    """The checkpoint ``--resume PATH`` names: PATH itself (a file), or the newest checkpoint in it (a folder).
+
+    Raises:
+        ValueError: no such file or folder, or a folder without a checkpoint (one line naming PATH).
+    """
+    if path.is_file():
+        return path
+    found = checkpoint.latest_checkpoint(path) if path.is_dir() else None
+    if found is None:
+        raise ValueError(f"--resume {path}: " + ("no checkpoint (ckpt-step*.pt) in that folder" if path.is_dir()
+                                                 else "no such checkpoint file or folder"))
+    return found
 
 
 @dataclass
@@ -223,7 +301,8 @@ class Checkpointer:
             states = distributed.all_gather_objects(s.train_loader.state_dict(), s.env)
             if s.env.is_main:
                 self.saved.append(str(checkpoint.save_checkpoint(
-                    ck.dir, s.header, self.progress, s.model, s.optimizer, s.scheduler, s.scaler, keep=ck.keep,
+                    s.cfg.checkpoint_dir, s.header, self.progress, s.model, s.optimizer, s.scheduler, s.scaler,
+                    keep=ck.keep,
                     ema=s.ema, loader_states=states)))
             distributed.barrier(s.env)
         self.steps.append(self.progress.step)
@@ -255,6 +334,8 @@ class LoopState:
     flagperf_images: int = 0
     initial_eval: EvalResult | None = None
     initial_eval_s: float | None = None
+    stop: preempt.StopAgreement | None = None  # when a signal stops the loop (read between steps)
+    sinks: RunSinks = field(default_factory=RunSinks)  # rank 0's summary.csv / TensorBoard (train/sinks.py)
 
 
 def _warm_steps(cfg: TrainConfig, total_steps: int, start_step: int) -> int:
@@ -282,16 +363,31 @@ def _eval_epoch(s: Session, clock: RunClock, st: LoopState, epoch: int) -> None:
 
 def _epoch_line(s: Session, st: LoopState, epoch: int, n: int, skip: int, loss: float, train_s: float,
                 wait_s: float, compute_s: float) -> str:
-    """The epoch's log line: mean loss, train and compute rates (img/s), data wait share, evaluation."""
+    """The epoch's log line: mean loss, train and compute rates (img/s), data wait share, evaluation. The rates
+    are over the whole epoch: an epoch holding warm-up steps (left out of the row's steady figures) says
+    ``(incl. N warm-up steps; ...)``."""
     gb = s.global_batch
     ev, ema = st.last_eval, st.ema_eval
+    warm_end = st.start_step + st.warm_steps  # this process's warm-up: steps start_step .. warm_end - 1
+    warm = max(0, min(st.done, warm_end) - max(st.done - n, st.start_step))
     return (f"epoch {epoch + 1}/{s.cfg.epochs}: steps {st.done}/{s.total_steps}, loss {loss / max(n, 1):.4f}"
             + (f" (over the {n} steps since the resume)" if skip else "")
             + (f", train size {st.train_size}px" if s.cfg.resolution is not None else "")
-            + f", train {n * gb / train_s:.1f} img/s (data wait {100 * wait_s / train_s:.0f}%, "
-              f"compute {n * gb / max(compute_s, 1e-9):.1f} img/s)"
+            + f", train {n * gb / train_s:.1f} img/s ("
+            + (f"incl. {warm} warm-up step{'s' if warm != 1 else ''}; " if warm else "")
+            + f"data wait {100 * wait_s / train_s:.0f}%, compute {n * gb / max(compute_s, 1e-9):.1f} img/s)"
             + (f", val top-1 {ev.acc1:.2f}% top-5 {ev.acc5:.2f}% on {ev.count} images" if ev is not None else "")
             + (f", EMA top-1 {ema.acc1:.2f}%" if ema is not None else ""))
+
+
+def _epoch_record(s: Session, st: LoopState, epoch: int, n: int, loss: float, train_s: float,
+                  wait_s: float) -> EpochRecord:
+    """The epoch's row of ``summary.csv`` (see :class:`train.sinks.EpochRecord`), from the epoch line's figures."""
+    ev = st.last_eval
+    return EpochRecord(epoch=epoch + 1, step=st.done, train_loss=loss / max(n, 1),
+                       eval_top1=ev.acc1 if ev is not None else None, eval_top5=ev.acc5 if ev is not None else None,
+                       lr=s.optimizer.param_groups[0]["lr"], img_per_s=n * s.global_batch / max(train_s, 1e-9),
+                       data_wait_fraction=wait_s / max(train_s, 1e-9), epoch_s=train_s)
 
 
 def _epoch_batches(s: Session, clock: RunClock, epoch: int, skip: int, loader_states: list | None):
@@ -346,6 +442,10 @@ def _run_epoch(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, t
     for batch in s.progress.train(timed_iter(batches, clock.data, n, clock.data_ready), epoch, s.cfg.epochs, n,
                                   loss_sum):
         loss_sum += timed_step(batch)
+        if st.stop is not None and st.stop.after_step():
+            break  # a signal: stop at this step boundary (every rank after the same step)
+    if _stopped_in(s, st, p.epoch_step - skip):
+        return False
     clock.sync()  # once per epoch: the epoch's wall time ends when its last step has finished
     st.done, st.epochs_run, st.train_size = st.done + n, st.epochs_run + 1, s.train_loader_size
     train_s = time.perf_counter() - t0 - (clock.excluded - excl0)
@@ -356,11 +456,37 @@ def _run_epoch(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, t
     _eval_epoch(s, clock, st, epoch)
     loss = loss_sum.item()  # one host read per epoch, which the log line needs anyway
     _check_finite(s, loss, epoch)
-    if s.cfg.checkpoint.dir is not None and s.cfg.checkpoint.every is None and st.done < s.total_steps:
+    st.sinks.epoch(_epoch_record(s, st, epoch, n, loss, train_s, clock.data.total - data0))  # before the checkpoint
+    if s.cfg.checkpoint_dir is not None and s.cfg.checkpoint.every is None and st.done < s.total_steps:
         p.epoch, p.epoch_step = epoch + 1, 0  # after the eval: a resume starts the next epoch
         ckpt.save()
     _log(s.env, _epoch_line(s, st, epoch, n, skip, loss, train_s, clock.data.total - data0, compute_s))
     return not _target_reached(s, st, epoch)
+
+
+def _stopped_in(s: Session, st: LoopState, ran: int) -> bool:
+    """After the steps of an epoch (``ran`` of them run): True where a signal stopped the loop before the end of
+    the run (``st.done`` counts them; no evaluation, checkpoint or epoch line: :func:`_stop` follows)."""
+    if st.stop is None or not st.stop.agreed or st.done + ran >= s.total_steps:
+        return False
+    st.done += ran
+    return True
+
+
+def _stop(s: Session, ckpt: Checkpointer, st: LoopState) -> preempt.Stopped:
+    """The ranks agreed to stop (a signal): write the checkpoint of this step where ``--checkpoint-dir`` is set
+    (unless one of it exists, or no step ran), stop the loaders; returns the exception carrying the one line."""
+    ck_dir = s.cfg.checkpoint_dir
+    if ck_dir is not None and st.done > st.start_step and (not ckpt.steps or ckpt.steps[-1] != st.done):
+        ckpt.save()
+    names = distributed.all_gather_objects(st.stop.signals.signal_name, s.env)
+    got = [(r, n) for r, n in enumerate(names) if n is not None]
+    name = "a signal" if not got else got[0][1] if not s.env.distributed else f"{got[0][1]} (to rank {got[0][0]})"
+    for loader in (s.train_loader, s.val_loader):
+        if loader is not None:
+            loader.close()
+    saved = ckpt.saved[-1] if ckpt.saved and ckpt.steps and ckpt.steps[-1] == st.done else None
+    return preempt.Stopped(preempt.stop_line(name, st.done, s.total_steps, saved, ck_dir))
 
 
 def _wrap_step(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, steplog: StepLog):
@@ -371,7 +497,8 @@ def _wrap_step(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer, s
 
     ck = s.cfg.checkpoint
     timed = after_calls(clock.compute.wrap(TrainStep.of(s)), st.warm_steps, mark)
-    timed = checkpoint.every_n_steps(timed, ckpt.progress, ck.every if ck.dir is not None else None, ckpt.save)
+    every = ck.every if s.cfg.checkpoint_dir is not None else None
+    timed = checkpoint.every_n_steps(timed, ckpt.progress, every, ckpt.save)
     return steplog.wrap(timed), mark
 
 
@@ -403,9 +530,12 @@ def _train_epochs(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer
         mark()
     first = ckpt.progress.epoch
     states = loaded.loader_states if loaded is not None else None
+    stop_now = st.stop is not None and st.stop.at_start()  # a signal during start-up: no step runs
     for epoch in range(first, s.cfg.epochs):
-        if not _run_epoch(s, clock, st, ckpt, timed_step, epoch, states if epoch == first else None):
+        if stop_now or not _run_epoch(s, clock, st, ckpt, timed_step, epoch, states if epoch == first else None):
             break
+    if st.stop is not None:
+        st.stop.finish()
     clock.sync()
     st.loop_s = time.perf_counter() - st.loop_start
     if not st.marks:  # stopped before the warm-up ended: every step is measured
@@ -413,8 +543,14 @@ def _train_epochs(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer
         st.warm_steps = 0
 
 
-def fit(cfg: TrainConfig, env: distributed.DistEnv, run_start: float | None = None) -> RunReport:
-    """Train ``cfg``'s run in this process (one rank) and report it (see :func:`run`)."""
+def fit(cfg: TrainConfig, env: distributed.DistEnv, run_start: float | None = None,
+        signals: preempt.StopSignals | None = None) -> RunReport:
+    """Train ``cfg``'s run in this process (one rank) and report it (see :func:`run`); ``signals`` (installed by
+    the caller) stop it at a step boundary.
+
+    Raises:
+        train.preempt.Stopped: a signal stopped the run (its checkpoint written); no report.
+    """
     s = build_session(cfg, env)
     timing = resolve_timing(cfg.timing, env.device)
     _announce(s, timing)
@@ -423,17 +559,26 @@ def fit(cfg: TrainConfig, env: distributed.DistEnv, run_start: float | None = No
     clock = make_clock(timing, env.device, (lambda: distributed.barrier(env)) if env.distributed else None)
     ckpt = Checkpointer(s, clock, progress)
     st = LoopState(start_step=progress.step, warm_steps=_warm_steps(cfg, s.total_steps, progress.step),
-                   done=progress.step, epochs_run=progress.epoch, train_size=s.lcfg.image_size)
+                   done=progress.step, epochs_run=progress.epoch, train_size=s.lcfg.image_size,
+                   stop=preempt.StopAgreement(signals or preempt.StopSignals(),
+                                              distributed.StopVote(env, cfg.dist_timeout) if env.distributed else None))
+    st.sinks = open_sinks(cfg.summary_csv_path, cfg.tensorboard_dir, progress.epoch + 1, progress.step, env.is_main)
     steplog = StepLog(cfg.step_log_path if env.is_main else None, cfg.log_every, s.global_batch, clock.data,
-                      clock.compute, lambda: progress.epoch, lambda: s.optimizer.param_groups[0]["lr"], st.start_step)
+                      clock.compute, lambda: progress.epoch, lambda: s.optimizer.param_groups[0]["lr"], st.start_step,
+                      append=cfg.checkpoint.resume,
+                      paused=lambda: clock.eval.total + clock.excluded + (st.initial_eval_s or 0.0),  # not training
+                      sink=st.sinks)
     s.progress = Progress(progress_config(cfg.progress, env.is_main, cfg.log_every, s.global_batch),
                           lambda: clock.data.total)
     s.steplog = steplog
     timed_step, mark = _wrap_step(s, clock, st, ckpt, steplog)
     _train_epochs(s, clock, st, ckpt, timed_step, mark, loaded)
     steplog.close()
+    st.sinks.close()
+    if st.stop.agreed and st.done < s.total_steps:
+        raise _stop(s, ckpt, st)
     excluded_s = clock.excluded  # checkpoint writes + resume replay inside the loop
-    if cfg.checkpoint.dir is not None and (not ckpt.steps or ckpt.steps[-1] != st.done):
+    if cfg.checkpoint_dir is not None and (not ckpt.steps or ckpt.steps[-1] != st.done):
         ckpt.save()  # always one at the end of the run (outside the loop time)
     report = _train_report(s, clock, st, ckpt, loaded, excluded_s, run_start)
     _publish(report, cfg, env)
@@ -501,6 +646,11 @@ def _environment(env: distributed.DistEnv, versions: dict) -> Environment:
     return collect_environment(env.world_size, distributed.local_world_size(), versions)
 
 
+def _identity() -> RunIdentity:
+    """Which run this is: its start (the process's, the origin of ``e2e_time``), host, version, git commit."""
+    return run_identity(process_start_time())
+
+
 def _placement(cfg: TrainConfig, env: distributed.DistEnv, precision: Precision, device_name: str) -> Placement:
     return Placement(env.world_size, precision.value, cfg.loader.value, str(env.device), device_name)
 
@@ -535,7 +685,7 @@ def _source_name(cfg: TrainConfig, info) -> str:
 
 def _dataset(cfg: TrainConfig, info, train: Loader | None, val: Loader | None, num_classes: int) -> DatasetSummary:
     """The data of the run: its name, images per split (the shards' own counts, also for a split the run did not
-    load, e.g. val with ``--no-eval``) and classes."""
+    load, e.g. val with ``--no-eval``), classes and its manifest's SHA-256."""
     def count(split: str, loader: Loader | None) -> int:
         if info is not None and split in info.splits:
             return info.splits[split].num_samples
@@ -545,7 +695,7 @@ def _dataset(cfg: TrainConfig, info, train: Loader | None, val: Loader | None, n
         return loader.num_samples if loader is not None else 0
 
     return DatasetSummary(None if cfg.data is None else str(cfg.data), _source_name(cfg, info),
-                          count("train", train), count("val", val), num_classes)
+                          count("train", train), count("val", val), num_classes, manifest_sha256(cfg.data))
 
 
 def _flagperf(s: Session, clock: RunClock, st: LoopState, excluded_s: float, run_start: float | None,
@@ -576,7 +726,7 @@ def _train_report(s: Session, clock: RunClock, st: LoopState, ckpt: Checkpointer
                      _training(s, clock, st, ckpt, loaded, steady, measured), None,
                      _placement(s.cfg, s.env, s.precision, s.device_name), MemoryDetail.of(mem, with_peaks=True),
                      Labels(s.versions, config_label(s.env), f"bs={s.lcfg.batch_size},lr={s.peak_lr:g}",
-                            tuple(sys.argv), _environment(s.env, s.versions)),
+                            tuple(sys.argv), _environment(s.env, s.versions), _identity()),
                      _flagperf(s, clock, st, excluded_s, run_start, end), _numerics(s),
                      _dataset(s.cfg, s.info, s.train_loader, s.val_loader, s.train_loader.num_classes), config_json(s.cfg))
 
@@ -617,7 +767,7 @@ def test_only(cfg: TrainConfig, env: distributed.DistEnv, run_start: float | Non
                        _eval_counts(result, t.val_loader), None, tested,
                        _placement(cfg, env, t.precision, t.device_name), MemoryDetail.of(mem, with_peaks=False),
                        Labels(t.versions, config_label(env), f"bs={t.lcfg.batch_size},test-only", tuple(sys.argv),
-                              _environment(env, t.versions)),
+                              _environment(env, t.versions), _identity()),
                        flagperf, None, _dataset(cfg, None, None, t.val_loader, t.val_loader.num_classes), config_json(cfg))
     _publish(report, cfg, env)
     return report

@@ -20,7 +20,8 @@ import torch
 
 from pipeline.compat import cache
 from pipeline.dataset import DatasetInfo
-from pipeline.read.transforms import CROP_PCT
+from pipeline.read.tarstream import RemoteOptions
+from pipeline.read.transforms import CROP_PCT, IMAGE_SIZE_RANGE
 
 # ImageNet channel statistics on the 0..255 scale (torchvision / timm IMAGENET_DEFAULT_MEAN/STD × 255).
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -64,7 +65,7 @@ class LoaderConfig:
 
     Attributes:
         batch_size: samples per batch on this rank.
-        image_size: output side in pixels (square crops).
+        image_size: output side in pixels (square crops), in :data:`~pipeline.read.transforms.IMAGE_SIZE_RANGE`.
         workers: CPU decode processes per rank (0 = decode in the training process).
         seed: seed of shard order, shuffle buffer and crops.
         shuffle_buffer: samples held by each worker's train shuffle buffer (1 = no shuffle).
@@ -77,6 +78,9 @@ class LoaderConfig:
             geometry), for loader benchmarks and for models that normalise themselves.
         on_bad_sample: a sample that does not decode is skipped and counted, or an error (:class:`OnBadSample`;
             its value as a string is accepted too).
+        remote_timeout: seconds a remote download (``--data`` a URL) may give no byte before it is retried:
+            :class:`~pipeline.read.tarstream.RemoteOptions` ``timeout_s``.
+        remote_retries: retries of a remote download that timed out or failed before the run stops.
 
     These defaults are the ``train`` command's (its flags read them from here). Raises ValueError (one line,
     naming the flag) for a value no backend can use.
@@ -94,21 +98,32 @@ class LoaderConfig:
     data_root: Path | str | None = None
     normalize: bool = True
     on_bad_sample: OnBadSample = OnBadSample.SKIP
+    remote_timeout: float = RemoteOptions.timeout_s
+    remote_retries: int = RemoteOptions.retries
 
     def __post_init__(self) -> None:
         if self.on_bad_sample not in set(OnBadSample):
             raise ValueError(f"--on-bad-sample must be {' or '.join(p.value for p in OnBadSample)}, "
                              f"got {self.on_bad_sample!r}")
         object.__setattr__(self, "on_bad_sample", OnBadSample(self.on_bad_sample))  # "error" -> the member
-        for name, value, low in (("--batch-size", self.batch_size, 1), ("--image-size", self.image_size, 8),
+        if self.image_size > IMAGE_SIZE_RANGE[1]:  # a side no backend should be asked for (shared-memory batches)
+            raise ValueError(f"--image-size must be <= {IMAGE_SIZE_RANGE[1]} (px), got {self.image_size}")
+        for name, value, low in (("--batch-size", self.batch_size, 1),
+                                 ("--image-size", self.image_size, IMAGE_SIZE_RANGE[0]),
                                  ("--workers", self.workers, 0), ("--shuffle-buffer", self.shuffle_buffer, 1),
                                  ("--synthetic-train-samples", self.synthetic_train_samples, 1),
                                  ("--synthetic-val-samples", self.synthetic_val_samples, 1),
-                                 ("synthetic_classes", self.synthetic_classes, 1)):
+                                 ("synthetic_classes", self.synthetic_classes, 1),
+                                 ("--remote-retries", self.remote_retries, 0)):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        self.remote_options()  # --remote-timeout: a finite number of seconds > 0
+
+    def remote_options(self) -> RemoteOptions:
+        """The timeout and retries of remote downloads (``remote_timeout``, ``remote_retries``)."""
+        return RemoteOptions(self.remote_timeout, self.remote_retries)
 
 
 # The stages a backend's time splits into, in order: read (shard / file bytes), decode (JPEG → RGB), augment

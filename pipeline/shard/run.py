@@ -24,6 +24,12 @@ Names that are not valid UTF-8 are stored escaped in every JSON file (:mod:`pipe
 ``rejects.tsv`` and ``classes.txt`` keep their bytes. Workers die with the sharder process, even when it is
 killed with ``kill -9``. An output that cannot be written (read-only, disk full, ``--out`` a file) is one
 :class:`~pipeline.shard.writer.OutputError` line; what was written stays for the next run to resume.
+
+A run locks its ``--out`` (:class:`pipeline.fsio.FolderLock` on ``.shard-imagenet.lock``, released by the kernel
+when the process ends): a second run into the same folder stops at once with one line naming the first (pid, host,
+start time), before it touches anything. The jobs of one ``--num-jobs N`` split share the folder (a shared lock,
+which a run without ``--num-jobs`` cannot take while they run) and each holds ``.shard-imagenet.job<I>.lock``: two
+jobs with the same ``--job-index`` are refused the same way.
 """
 
 from __future__ import annotations
@@ -43,10 +49,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline import dataset as dsinfo
+from pipeline.fsio import FolderLock, WriteFailed
 from pipeline.compat import remove_suffix, shutdown_cancelling
+from pipeline.progress import CountProgress
 from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, ImageRejected, RejectReason, normalize_image
 from pipeline.shard.jsonsafe import escape_text, json_safe, needs_escape
 from pipeline.shard.lifetime import die_with_parent
@@ -81,7 +87,8 @@ class ShardConfig:
         resume: keep complete shards of an earlier, identical run (False: rewrite this job's shards).
         num_jobs / job_index: this run writes shards ``t`` with ``t % num_jobs == job_index``.
         layout: how to read ``src`` (detected by default).
-        progress: show a tqdm bar.
+        progress: show progress on stderr: a tqdm bar on a terminal, plain lines without ``\r`` otherwise
+            (:mod:`pipeline.progress`).
     """
 
     src: Path
@@ -417,7 +424,7 @@ def shard_tree(cfg: ShardConfig, tree: SourceTree | None = None) -> ShardSummary
         raise ValueError(f"--out {out} is inside the source {cfg.src}: its shards would be read as input; "
                          f"choose a folder outside it")
     tree = tree or scan_source(cfg.src, cfg.layout)
-    with _output_errors(out):
+    with _output_errors(out), _out_lock(out, cfg):
         _prepare_out(out)
         tasks = plan_tasks(tree, cfg)
         todo, kept = _todo(out, tasks, cfg)
@@ -443,11 +450,51 @@ def _output_errors(out: Path):
         raise output_error(exc, out) from None
 
 
-def _prepare_out(out: Path) -> None:
-    """Create the output folder and mark it incomplete (no ``_info.json`` until the last job finishes)."""
+LOCK_FILE = ".shard-imagenet.lock"
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path, cfg: ShardConfig):
+    """Hold ``out``'s lock for the run: exclusive for a single run; shared by the jobs of a ``--num-jobs`` split,
+    each also holding its own job's lock (the folder is made here).
+
+    Raises:
+        pipeline.fsio.FolderBusy: another live run holds it (one line naming it); nothing was touched.
+        OutputError: ``out`` is a file.
+    """
+    _check_out(out)
+    if cfg.num_jobs == 1:
+        locks = [FolderLock(out, "--out", LOCK_FILE, advice="wait for it, or pick another --out (jobs of one run "
+                            "share an --out with --num-jobs N --job-index I)")]
+    else:
+        locks = [FolderLock(out, "--out", LOCK_FILE, shared=True,
+                            advice="wait for it, or pick another --out"),
+                 FolderLock(out, "--out", f".shard-imagenet.job{cfg.job_index}.lock",
+                            advice=f"it runs --job-index {cfg.job_index} already; wait for it or give another "
+                                   f"--job-index")]
+    held = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for lock in locks:
+            try:
+                held.append(lock.acquire())
+            except WriteFailed as exc:  # the sharder's own advice for an output it cannot write
+                raise (output_error(exc.__cause__, out) if isinstance(exc.__cause__, OSError) else exc) from None
+        yield
+    finally:
+        for lock in reversed(held):
+            lock.release()
+
+
+def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: --out names an existing file, not a folder; give a folder (new or existing) "
                           f"or move that file away")
+
+
+def _prepare_out(out: Path) -> None:
+    """Create the output folder and mark it incomplete (no ``_info.json`` until the last job finishes)."""
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / dsinfo.INFO_FILE).unlink(missing_ok=True)
 
@@ -469,8 +516,7 @@ def _run_tasks(out: Path, todo: list[ShardTask], tree: SourceTree, cfg: ShardCon
     """Write every task of ``todo`` (in a pool of ``cfg.workers`` processes when there are several), with a
     progress bar over its ``total_files`` input files; returns the part records written."""
     counter = multiprocessing.get_context("fork").Value("q", 0)
-    bar = tqdm(total=total_files, unit="img", desc=f"shard-imagenet {tree.root.name}", disable=not cfg.progress,
-               dynamic_ncols=True)
+    bar = CountProgress(total_files, f"shard-imagenet {tree.root.name}", "img", enabled=cfg.progress)
     init_args = (str(out), cfg.quality, cfg.max_pixels, cfg.max_size, list(tree.classes), counter)
     committer = ThreadPoolExecutor(1, thread_name_prefix="shard-commit")  # one thread: commits in order
     commits: list[Future] = []
@@ -482,20 +528,22 @@ def _run_tasks(out: Path, todo: list[ShardTask], tree: SourceTree, cfg: ShardCon
                 c.result()
         commits.append(committer.submit(_commit_shard, out, part))
 
+    finished = False
     try:
         if cfg.workers > 1 and len(todo) > 1:
             _run_pool(todo, cfg.workers, init_args, counter, bar, commit)
         else:
             _run_serial(todo, init_args, counter, bar, commit)
         written = [c.result() for c in commits]
-        bar.update(counter.value - bar.n)
+        bar.update_to(counter.value)
+        finished = True
     finally:
         committer.shutdown(wait=True)  # on an error too: shards the workers finished are committed, so kept
-        bar.close()
+        bar.close(done=finished)
     return written
 
 
-def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, bar: tqdm, commit) -> None:
+def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, bar: CountProgress, commit) -> None:
     """Write the tasks in ``min(workers, len(todo))`` forked processes, handing each finished one's part record
     to ``commit``; on any error or Ctrl-C stop them now."""
     ctx = multiprocessing.get_context("fork")
@@ -505,7 +553,7 @@ def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, ba
         pending_futures = {pool.submit(_write_shard, t) for t in todo}
         while pending_futures:
             done, pending_futures = wait(pending_futures, timeout=0.25, return_when=FIRST_COMPLETED)
-            bar.update(counter.value - bar.n)
+            bar.update_to(counter.value)
             for fut in done:
                 try:
                     commit(fut.result())
@@ -523,12 +571,12 @@ def _run_pool(todo: list[ShardTask], workers: int, init_args: tuple, counter, ba
     pool.shutdown()
 
 
-def _run_serial(todo: list[ShardTask], init_args: tuple, counter, bar: tqdm, commit) -> None:
+def _run_serial(todo: list[ShardTask], init_args: tuple, counter, bar: CountProgress, commit) -> None:
     """Write the tasks one after the other in this process, handing each part record to ``commit``."""
     _init_worker(*init_args)
     for t in todo:
         commit(_write_shard(t))
-        bar.update(counter.value - bar.n)
+        bar.update_to(counter.value)
 
 
 def _summarise(tree, tasks, parts, cfg, start, bytes_in, bytes_out, images_done, pending, kept) -> ShardSummary:

@@ -236,7 +236,7 @@ def test_resume_in_a_later_epoch_matches_the_uninterrupted_run(loader, demo_shar
         data = demo_shards.parent / "tree" if loader == "folder" else demo_shards
         return ["--data", str(data), "--loader", loader, "--epochs", "2", "--batch-size", "4",
                 "--image-size", "32", "--workers", "1", "--no-eval", "--ema-decay", "0.9", "--checkpoint-dir",
-                str(ckdir), "--checkpoint-every", "15", "--checkpoint-keep", "100", *extra]
+                str(ckdir), "--checkpoint-every", "15", "--checkpoint-keep", "100", "--device", "cpu", *extra]
 
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
     assert train_cli.main(cmd(ref)) == 0  # 2 epochs of 11 steps; checkpoints at 15 and 22
@@ -262,7 +262,7 @@ def test_resume_with_settings_that_change_the_data_order_is_a_one_line_error(dem
     assert train_cli.main([*base, "--workers", "1"]) == 0
     capsys.readouterr()
     for changed, what in ((["--workers", "2"], "--workers 1"), (["--workers", "1", "--seed", "5"], "--seed 0"),
-                          (["--workers", "1", "--loader", "nvjpeg"], "--loader cpu")):
+                          (["--workers", "1", "--loader", "nvjpeg", "--device", "cpu"], "--loader cpu")):
         argv = [*base, "--max-steps", "4", "--resume", *changed]
         assert train_cli.main(argv) == 2
         err = capsys.readouterr().err.strip()

@@ -125,7 +125,8 @@ def test_resolved_config_round_trip(tmp_path):
     assert tables["data"] == "s3://bucket/shards" and tables["epochs"] == 3 and tables["no_eval"] is True
     assert tables["loader"] == {"loader": "cpu", "batch_size": 256, "image_size": 224, "workers": 2,
                                 "shuffle_buffer": 500, "synthetic_train_samples": 1_281_167,
-                                "synthetic_val_samples": 50_000, "on_bad_sample": "skip"}
+                                "synthetic_val_samples": 50_000, "on_bad_sample": "skip", "remote_timeout": 30.0,
+                                "remote_retries": 3}
     assert tables["optim"]["lr"] == 0.3 and tables["optim"]["milestones"] == "30,60,80"
     assert tables["checkpoint"] == {"checkpoint_keep": 2, "resume": False}
     _, again = parse(["--config", str(written)])
