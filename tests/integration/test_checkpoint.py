@@ -234,18 +234,18 @@ def test_resume_in_a_later_epoch_matches_the_uninterrupted_run(loader, demo_shar
 
     def cmd(ckdir: Path, *extra: str) -> list[str]:
         data = demo_shards.parent / "tree" if loader == "folder" else demo_shards
-        return ["--data", str(data), "--loader", loader, "--epochs", "2", "--batch-size", "4",
+        return ["--data", str(data), "--loader", loader, "--epochs", "2", "--batch-size", "8",
                 "--image-size", "32", "--workers", "1", "--no-eval", "--ema-decay", "0.9", "--checkpoint-dir",
-                str(ckdir), "--checkpoint-every", "15", "--checkpoint-keep", "100", "--device", "cpu", *extra]
+                str(ckdir), "--checkpoint-every", "8", "--checkpoint-keep", "100", "--device", "cpu", *extra]
 
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
-    assert train_cli.main(cmd(ref)) == 0  # 2 epochs of 11 steps; checkpoints at 15 and 22
+    assert train_cli.main(cmd(ref)) == 0  # 2 epochs of 5 steps (45 samples, batch 8); checkpoints at 8 and 10
     resumed.mkdir()
-    shutil.copy(checkpoint.checkpoint_path(ref, 15), resumed)  # 4 batches into the second epoch
+    shutil.copy(checkpoint.checkpoint_path(ref, 8), resumed)  # 3 batches into the second epoch
     assert train_cli.main(cmd(resumed, "--resume")) == 0
-    a = checkpoint.read_checkpoint(checkpoint.checkpoint_path(ref, 22))
-    b = checkpoint.read_checkpoint(checkpoint.checkpoint_path(resumed, 22))
-    assert b["ema"]["updates"] == a["ema"]["updates"] == 22
+    a = checkpoint.read_checkpoint(checkpoint.checkpoint_path(ref, 10))
+    b = checkpoint.read_checkpoint(checkpoint.checkpoint_path(resumed, 10))
+    assert b["ema"]["updates"] == a["ema"]["updates"] == 10
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     for k, v in a["ema"]["module"].items():

@@ -499,15 +499,20 @@ def test_bad_keys_are_one_line_errors(tmp_path, change, expected):
 @pytest.mark.parametrize("content,expected", [
     ("not json", "not a readable metrics JSON"), ('{"config": "CPUx1x1"}', "no flagperf"),
     ("[1]", "a JSON object expected")])
-def test_bad_run_files_exit_2_without_traceback(tmp_path, content, expected):
+def test_bad_run_files_exit_2_without_traceback(tmp_path, capsys, content, expected):
+    """In-process (the console script's main; any exception other than its SystemExit(2) fails the test, so no
+    traceback can pass): the subprocess run of flagperf-report is test_an_old_json_without_flagperf_is_one_error_line."""
     bad = tmp_path / "bad.json"
     bad.write_text(content)
-    proc = _cli(str(bad))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert proc.stderr.startswith(f"flagperf-report: error: {bad}") and expected in proc.stderr
-    missing = _cli(str(tmp_path / "none.json"))
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    with pytest.raises(SystemExit) as exc:
+        flagperf_report.main([str(bad)])
+    out = capsys.readouterr()
+    assert exc.value.code == 2 and "Traceback" not in out.err and out.out == ""
+    assert out.err.strip().splitlines() == [out.err.strip()]
+    assert out.err.startswith(f"flagperf-report: error: {bad}") and expected in out.err
+    with pytest.raises(SystemExit) as exc:
+        flagperf_report.main([str(tmp_path / "none.json")])
+    assert exc.value.code == 2 and "Traceback" not in capsys.readouterr().err
 
 
 def test_cli_writes_the_page(tmp_path, capsys):
