@@ -233,6 +233,10 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], what: str = "")
             ``path`` (if any) is untouched and no temporary file is left.
     """
     path = Path(path)
+    if path.is_symlink():  # the file the link names is replaced, the link stays
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():  # a device (/dev/null, /dev/full), pipe or folder: never replaced
+        return _write_in_place(path, write, what)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -250,6 +254,23 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], what: str = "")
         raise WriteFailed(f"cannot write {what + ' ' if what else ''}{path} ({_why(exc)}): free space there or pick "
                           f"another path; {kept}") from None
     fsync_dir(path.parent)
+    return path
+
+
+def _write_in_place(path: Path, write: Callable[[IO[bytes]], None], what: str) -> Path:
+    """``write(f)`` into ``path`` itself: a device or pipe, where a rename would replace the special file by a
+    regular one (as root, ``/dev/full`` would stop being the device).
+
+    Raises:
+        WriteFailed: as :func:`atomic_write` (a folder: "Is a directory").
+    """
+    try:
+        with open(path, "wb") as f:
+            write(f)
+            f.flush()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise WriteFailed(f"cannot write {what + ' ' if what else ''}{path} ({_why(exc)}): pick another "
+                          f"path") from None
     return path
 
 

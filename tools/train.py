@@ -27,7 +27,7 @@ from pathlib import Path
 from pipeline.backends import LoaderConfig, LoaderKind, OnBadSample
 from pipeline.dataset import DatasetError
 from tools.cli_common import Option, Parser, Schema, add_option, error_line, positive
-from tools.config_file import add_config_option, parse_args_with_config, resolved_path, write_resolved
+from tools.config_file import add_config_option, parse_args_with_config, write_resolved
 from train.config import CheckpointConfig, OptimConfig, TrainConfig, default_of
 from train.accelerator import parse_device
 from train.precision import Precision, Tf32Mode, prepare_tf32_env
@@ -321,8 +321,9 @@ def _check_outputs(cfg: TrainConfig) -> None:
                ("--checkpoint-dir", None if cfg.test_only else cfg.checkpoint.dir, True),
                ("--summary-csv", None if cfg.test_only else cfg.summary_csv, False),
                ("--tensorboard-dir", None if cfg.test_only else cfg.tensorboard_log_dir, True)]
-    if cfg.metrics_json is not None:
-        outputs.insert(2, ("--metrics-json", resolved_path(cfg.metrics_json), False))
+    at_end = cfg.resolved_config_path if cfg.output_dir is None or cfg.test_only else None
+    if at_end is not None:  # the resolved options beside the metrics JSON
+        outputs.insert(2, ("--metrics-json", at_end, False))
     for flag, path, folder in outputs:
         why = _unwritable(path, folder) if path is not None else None
         if why is not None:

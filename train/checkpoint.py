@@ -169,6 +169,22 @@ def tensors_as_bytes(obj):
     return obj
 
 
+def _torch_write_error(exc: BaseException, folder: Path, partial: Path) -> str:
+    """The reason of a write error ``torch.save`` wrapped in a RuntimeError (its text is the C++ writer's, e.g.
+    ``[enforce fail at inline_container.cc:672] . unexpected pos 117056 vs 116952``): "No space left on device"
+    where the folder's free space (with the partial file still there) is below 64 MiB, else torch's first line."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 2**20:
+        size = partial.stat().st_size if partial.exists() else 0
+        return f"No space left on device: {free / 2**20:.1f} MiB free after {size / 2**20:.1f} MiB written"
+    return str(exc).strip().splitlines()[0]
+
+
 def save_checkpoint(directory: Path, header: Header, progress: Progress, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler=None, scaler: torch.amp.GradScaler | None = None,
                     ema=None, keep: int = 2, loader_states: list | None = None) -> Path:
@@ -203,7 +219,7 @@ def save_checkpoint(directory: Path, header: Header, progress: Progress, model: 
             os.fsync(f.fileno())
         os.replace(tmp, final)
     except (OSError, RuntimeError) as exc:  # ENOSPC, EROFS, quota (torch.save reports write errors as RuntimeError)
-        why = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        why = getattr(exc, "strerror", None) or _torch_write_error(exc, d, tmp)
         raise CheckpointError(f"cannot write checkpoint {final} ({why}); free space in {d} or use another "
                               f"--checkpoint-dir, then rerun with --resume (the previous checkpoints are intact)") \
             from None

@@ -316,10 +316,11 @@ class TrainConfig:
     @property
     def resolved_config_path(self) -> Path | None:
         """The resolved options (TOML, re-runnable with ``--config``): DIR/config.toml with ``output_dir`` (written at
-        the start), else ``M.config.toml`` beside ``--metrics-json M.json`` (written at the end), else None."""
+        the start), else ``M.config.toml`` beside ``--metrics-json M.json`` (written at the end), else None; also
+        None where M is a device or pipe (``--metrics-json /dev/null``): nothing is written beside it."""
         if self.output_dir is not None and not self.test_only:
             return self.output_dir / "config.toml"
-        if self.metrics_json is None:
+        if self.metrics_json is None or (self.metrics_json.exists() and not self.metrics_json.is_file()):
             return None
         return self.metrics_json.with_name(self.metrics_json.stem + ".config.toml")
 

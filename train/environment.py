@@ -212,8 +212,10 @@ def project_version(checkout: Path = _CHECKOUT) -> str:
 
 def git_commit(checkout: Path = _CHECKOUT) -> str:
     """The commit (40 hex digits) of the git checkout the code runs from (``checkout`` holds ``.git``): from
-    ``git rev-parse HEAD`` (5 s at most), else read from ``.git`` itself (``HEAD``, its loose ref or
-    ``packed-refs``); ``unknown`` outside a checkout or where neither works. Never raises."""
+    ``git rev-parse HEAD`` (5 s at most), with ``-dirty`` appended where tracked files differ from it (as ``git
+    describe --dirty``: the run's code is not that commit's), else read from ``.git`` itself (``HEAD``, its loose
+    ref or ``packed-refs``; changes then unknown); ``unknown`` outside a checkout or where neither works. Never
+    raises."""
     dot_git = checkout / ".git"
     if not dot_git.exists():  # an installed copy: site-packages may sit inside some other repository
         return UNKNOWN
@@ -224,7 +226,9 @@ def git_commit(checkout: Path = _CHECKOUT) -> str:
                                  timeout=5)
             commit = out.stdout.strip()
             if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit):
-                return commit
+                changed = subprocess.run([exe, "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                                         capture_output=True, text=True, timeout=5)
+                return commit + ("-dirty" if changed.returncode == 0 and changed.stdout.strip() else "")
         except (OSError, subprocess.SubprocessError):
             pass
     return _commit_from_files(dot_git)

@@ -22,12 +22,14 @@ region decode for a rotated one).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import io
 import math
 import os
 import random
 import time
+from typing import Iterator
 
 import numpy as np
 import PIL
@@ -42,8 +44,33 @@ try:  # libjpeg-turbo 3 with a light Python binding; the PIL path below covers i
 except ImportError:  # pragma: no cover - a dependency in pyproject; kept optional for odd platforms
     simplejpeg = None
 
-try:  # nvImageCodec (a DALI dependency): libjpeg-turbo region-of-interest decode on the CPU, no GPU needed
-    from nvidia import nvimgcodec
+
+@contextlib.contextmanager
+def _quiet_fd(fd: int) -> Iterator[None]:
+    """File descriptor ``fd`` writes to /dev/null inside the block (C libraries' prints too) and is restored
+    after it; where it cannot be duplicated, nothing changes."""
+    try:
+        saved = os.dup(fd)
+    except OSError:
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+# nvImageCodec ([fast] extra, a DALI dependency too): libjpeg-turbo region-of-interest decode on the CPU, no GPU
+# needed. Its import loads every codec extension; without the CUDA codec libraries (nvJPEG, nvJPEG2000, nvTIFF,
+# which a CPU machine lacks) each prints "Failed to load ..." and a red [ERROR] line straight to file descriptor 2,
+# about GPU decoders this project never asks it for: stderr points at /dev/null during the import.
+try:
+    with _quiet_fd(2):
+        from nvidia import nvimgcodec
 except ImportError:  # without it train decodes the whole (DCT-scaled) image with simplejpeg
     nvimgcodec = None
 
@@ -310,9 +337,11 @@ def resize_box_exact(images: torch.Tensor, box: tuple[float, float, float, float
 def _roi_decoder(pid: int):
     """This process's nvImageCodec CPU decoder (libjpeg-turbo, one thread: a DataLoader worker is one core);
     keyed by ``pid`` so that a forked worker makes its own instead of using its parent's threads."""
-    return (nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
-                               backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)]),
-            nvimgcodec.DecodeParams(apply_exif_orientation=False))  # shards are upright (the sharder applied it)
+    decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                                 backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+    return decoder, nvimgcodec.DecodeParams(apply_exif_orientation=False)  # EXIF handled before (exif_orientation)
+
+
 
 
 def _decode_roi(data: bytes, box: tuple[int, int, int, int]) -> np.ndarray | None:

@@ -282,3 +282,26 @@ def test_a_failed_checkpoint_write_is_a_one_line_error_and_leaves_no_partial_fil
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and "No space left on device" in msg and "--resume" in msg
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-step00000001.pt"]
+
+
+def test_a_full_disk_under_torch_save_says_so_not_torchs_writer_text(tmp_path, monkeypatch):
+    """torch.save reports a short write as ``[enforce fail at inline_container.cc:672] . unexpected pos ...``: on a
+    folder with almost no space left the line says "No space left on device" instead."""
+    import collections
+    import shutil
+
+    model, opt, sched = make()
+
+    def short_write(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 117056 vs 116952")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 4096, 4096))
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.save_checkpoint(tmp_path, header(), Progress(step=2), model, opt, sched)
+    assert "(No space left on device: 0.0 MiB free after 0.0 MiB written)" in str(e.value)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**30, 2**39))  # space left: torch's text
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.save_checkpoint(tmp_path, header(), Progress(step=2), model, opt, sched)
+    assert "unexpected pos 117056 vs 116952" in str(e.value)

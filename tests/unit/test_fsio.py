@@ -263,3 +263,28 @@ def test_claim_notes_an_old_step_log_it_starts_afresh(tmp_path):
     folder = rundir.claim(TrainConfig(log_jsonl=log))
     assert folder.notes == [f"train: note: --log-jsonl {log} holds an earlier run's lines: this run starts it "
                             f"afresh (--resume appends to it)"]
+
+
+def test_a_device_is_written_in_place_never_replaced_and_a_link_stays_a_link(tmp_path):
+    """As root a rename onto /dev/full made it a regular file: a special file is written through, never renamed
+    over (and nothing is written beside it)."""
+    import stat
+
+    from train.config import TrainConfig
+
+    fsio.atomic_write_text(Path(os.devnull), "{}")
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert TrainConfig(metrics_json=Path(os.devnull)).resolved_config_path is None
+    assert TrainConfig(metrics_json=tmp_path / "m.json").resolved_config_path == tmp_path / "m.config.toml"
+    if os.path.exists("/dev/full"):
+        with pytest.raises(fsio.WriteFailed) as exc:
+            fsio.atomic_write_text(Path("/dev/full"), "{}", "the metrics JSON")
+        assert str(exc.value) == ("cannot write the metrics JSON /dev/full (No space left on device): pick another "
+                                  "path")
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    fsio.atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"

@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 import socket
@@ -34,7 +35,9 @@ def test_run_identity_has_utc_start_host_version_and_commit():
     assert ident.project_version == version
     if (REPO / ".git").exists() and shutil.which("git"):
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-        assert ident.git_commit == head.stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        assert ident.git_commit == head.stdout.strip() + ("-dirty" if dirty else "")
     assert set(ident.to_json()) == {"start_time", "host", "project_version", "git_commit"}
 
 
@@ -47,6 +50,24 @@ def test_version_of_an_uninstalled_checkout_comes_from_its_pyproject(tmp_path, m
                                              '\nversion = "9.8.7"\n\n[tool.x]\nversion = "0"\n')
     assert project_version(tmp_path) == "9.8.7"
     assert project_version(tmp_path / "nowhere") == "unknown"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git binary")
+def test_git_commit_of_a_changed_checkout_says_dirty(tmp_path):
+    co = tmp_path / "co"
+    co.mkdir()
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    for argv in (["init", "-q"], ["add", "f"], ["commit", "-q", "-m", "x"]):
+        if argv[0] == "add":
+            (co / "f").write_text("1")
+        subprocess.run(["git", "-C", str(co), *argv], check=True, env=env, capture_output=True)
+    clean = environment.git_commit(co)
+    assert re.fullmatch(r"[0-9a-f]{40}", clean)
+    (co / "untracked").write_text("x")  # not part of the code that ran: still clean
+    assert environment.git_commit(co) == clean
+    (co / "f").write_text("2")
+    assert environment.git_commit(co) == clean + "-dirty"
 
 
 def test_git_commit_unknown_outside_a_checkout_and_read_without_git(tmp_path, monkeypatch):
