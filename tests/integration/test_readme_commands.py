@@ -165,8 +165,12 @@ def _paths(value) -> list:
 def make_recipe(target: str, variables: list) -> list:
     """The commands ``make TARGET VAR=...`` runs (``make -n``, installs taken as done)."""
     fixed = [] if any(v.startswith("PYTHON=") for v in variables) else ["PYTHON=python3"]  # skips its search (s)
-    r = subprocess.run(["make", "-n", "-o", ".venv/bin/.installed", "-o", ".venv/bin/.installed-test", target,
-                        *fixed, *variables], cwd=REPO, capture_output=True, text=True, timeout=60)
+    # under `make test` the outer make's MAKEFLAGS / MAKELEVEL reach this one, which then prints "Entering
+    # directory" lines among the commands: a make of its own, told not to
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    r = subprocess.run(["make", "-n", "--no-print-directory", "-o", ".venv/bin/.installed", "-o",
+                        ".venv/bin/.installed-test", target, *fixed, *variables], cwd=REPO, capture_output=True,
+                       text=True, timeout=60, env=env)
     assert r.returncode == 0, f"make -n {target}: {r.stderr.strip()}"
     return [line.lstrip("@") for line in r.stdout.splitlines() if line.strip()]
 
