@@ -11,6 +11,9 @@ left by a process that no longer runs on this host is taken over, one from anoth
 onto the final name: the final name holds either its previous complete content or the new complete content,
 never a partial file; a failed write (disk full, quota, read-only) is one :class:`WriteFailed` line naming the
 path, and the previous file is intact.
+
+:func:`drop_cache` is the one ``posix_fadvise(DONTNEED)`` wrapper: the sharder starts the write-back of a shard
+with it, io-bench drops shards from the page cache before a cold read.
 """
 
 from __future__ import annotations
@@ -282,3 +285,27 @@ def atomic_write_bytes(path: Path, data: bytes, what: str = "") -> Path:
 def atomic_write_text(path: Path, text: str, what: str = "") -> Path:
     """:func:`atomic_write` of ``text`` as UTF-8."""
     return atomic_write_bytes(path, text.encode("utf-8"), what)
+
+
+def drop_cache(fd: int, offset: int = 0, length: int = 0, sync: bool = False) -> str | None:
+    """Tell the kernel that ``length`` bytes (0: to the end of the file) of the open file ``fd`` from ``offset``
+    are not needed in the page cache (``posix_fadvise(POSIX_FADV_DONTNEED)``): on Linux clean pages are dropped and
+    the write-back of dirty ones is started, without waiting for it. With ``sync`` the file's data is written
+    back first (``fdatasync``; its error ignored), so that its dirty pages are dropped too. A hint, never raises.
+
+    Returns:
+        None on success, else why the cache could not be dropped (one phrase: ``posix_fadvise`` missing on this
+        platform, or the call's error).
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return "os.posix_fadvise is not available on this platform"
+    if sync:
+        try:
+            os.fdatasync(fd)  # dirty pages (a freshly written shard) are not dropped until written back
+        except OSError:
+            pass
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError as exc:
+        return f"posix_fadvise failed ({exc.strerror})"
+    return None

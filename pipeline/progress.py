@@ -1,5 +1,6 @@
-"""Progress of a long count (images sharded, shards verified, io-bench steps) on stderr: a tqdm bar with rate and
-ETA when the stream is a terminal; plain lines otherwise (a log file, a pipe, a batch system), never tqdm's
+"""Progress of a long count (images sharded, shards verified, io-bench steps) on stderr (:class:`CountProgress`,
+shown as :class:`ProgressDisplay` says): a tqdm bar with rate and ETA when the stream is a terminal; plain lines
+otherwise (a log file, a pipe, a batch system), never tqdm's
 carriage-return redraws: one at the start, one every ``every_s`` seconds of progress, one at the end.
 
 A plain line reads ``shard-imagenet train: 1200/5000 img (24%), 310.5 img/s, 3.9 s elapsed, ETA 12.3 s``
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, TextIO
 
 from tqdm import tqdm
@@ -35,23 +37,36 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+@dataclass(frozen=True)
+class ProgressDisplay:
+    """How a :class:`CountProgress` shows itself.
+
+    Attributes:
+        live: a tqdm bar (True) or plain lines (False); None: a bar when the stream is a terminal.
+        every_s: seconds between two plain lines (0: a line at every update).
+        clock: the time source, in seconds (tests pass their own).
+    """
+
+    live: bool | None = None
+    every_s: float = PLAIN_EVERY_S
+    clock: Callable[[], float] = time.monotonic
+
+
 class CountProgress:
     """Progress towards ``total`` items of ``unit`` (see the module docstring); does nothing when not ``enabled``.
 
-    ``stream``: where it goes (default ``sys.stderr``); ``live``: a tqdm bar (default: ``stream`` is a terminal);
-    ``every_s``: seconds between two plain lines; ``note``: what runs first; ``clock``: the time source in s
-    (tests pass their own).
+    ``stream``: where it goes (default ``sys.stderr``); ``note``: what runs first; ``display``: bar or plain lines,
+    their pace and clock (:class:`ProgressDisplay`).
     """
 
     def __init__(self, total: int | None, desc: str, unit: str, stream: TextIO | None = None, enabled: bool = True,
-                 live: bool | None = None, every_s: float = PLAIN_EVERY_S, note: str = "",
-                 clock: Callable[[], float] = time.monotonic):
+                 note: str = "", display: ProgressDisplay = ProgressDisplay()):
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
         self.stream = stream if stream is not None else sys.stderr
-        self.every_s, self.clock = every_s, clock
+        self.every_s, self.clock = display.every_s, display.clock
         self.n, self.note = 0, note
-        self.start = self.last_line = clock()
-        live = _is_terminal(self.stream) if live is None else live
+        self.start = self.last_line = self.clock()
+        live = _is_terminal(self.stream) if display.live is None else display.live
         self.bar = (tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
                     if enabled and live else None)
         if self.bar is not None and note:

@@ -29,6 +29,17 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class ReaderSlot:
+    """Which reader a plan is for: loader worker ``worker`` of ``num_workers`` (0-based) on rank ``rank`` of
+    ``world_size``."""
+
+    rank: int
+    world_size: int
+    worker: int
+    num_workers: int
+
+
+@dataclass(frozen=True)
 class WorkerPlan:
     """What one loader worker of one rank reads in one epoch.
 
@@ -79,32 +90,33 @@ def train_steps_per_epoch(num_samples: int, world_size: int, batch_size: int) ->
     return (num_samples // world_size) // batch_size
 
 
-def plan_train(lengths: list[int], batch_size: int, rank: int, world_size: int, worker: int,
-               num_workers: int, seed: int, epoch: int) -> WorkerPlan:
-    """Train plan of (rank, worker): whole batches only, shards reshuffled per epoch.
+def plan_train(lengths: list[int], batch_size: int, slot: ReaderSlot, seed: int, epoch: int) -> WorkerPlan:
+    """Train plan of the reader ``slot`` (rank, worker): whole batches only, shards reshuffled per epoch (by
+    ``seed`` and ``epoch``, the same on every rank).
 
     Raises:
         ValueError: fewer samples than ``world_size × batch_size`` (not one step per rank).
     """
+    rank, world_size = slot.rank, slot.world_size
     total = sum(lengths)
     steps = train_steps_per_epoch(total, world_size, batch_size)
     if steps == 0:
         raise ValueError(f"train split has {total} samples, fewer than world size × batch size = "
                          f"{world_size} × {batch_size}; lower --batch-size")
     per_rank = total // world_size
-    b_lo, b_hi = split_even(steps, num_workers, worker)
+    b_lo, b_hi = split_even(steps, slot.num_workers, slot.worker)
     start = rank * per_rank + b_lo * batch_size
     stop = rank * per_rank + b_hi * batch_size
     order = shard_order(len(lengths), seed, epoch, shuffle=True)
     return WorkerPlan(segments_for_range(lengths, order, start, stop), stop - start, b_hi - b_lo)
 
 
-def plan_eval(lengths: list[int], batch_size: int, rank: int, world_size: int, worker: int,
-              num_workers: int) -> WorkerPlan:
-    """Eval plan of (rank, worker): every sample once over all ranks and workers, shards in order."""
+def plan_eval(lengths: list[int], batch_size: int, slot: ReaderSlot) -> WorkerPlan:
+    """Eval plan of the reader ``slot`` (rank, worker): every sample once over all ranks and workers, shards in
+    order."""
     total = sum(lengths)
-    r_lo, r_hi = split_even(total, world_size, rank)
-    w_lo, w_hi = split_even(r_hi - r_lo, num_workers, worker)
+    r_lo, r_hi = split_even(total, slot.world_size, slot.rank)
+    w_lo, w_hi = split_even(r_hi - r_lo, slot.num_workers, slot.worker)
     start, stop = r_lo + w_lo, r_lo + w_hi
     n = stop - start
     order = list(range(len(lengths)))
@@ -113,5 +125,5 @@ def plan_eval(lengths: list[int], batch_size: int, rank: int, world_size: int, w
 
 def eval_batches_per_rank(lengths: list[int], batch_size: int, rank: int, world_size: int, num_workers: int) -> int:
     """Eval batches rank ``rank`` yields (sum over its workers; ranks may differ by a few)."""
-    return sum(plan_eval(lengths, batch_size, rank, world_size, w, num_workers).num_batches
+    return sum(plan_eval(lengths, batch_size, ReaderSlot(rank, world_size, w, num_workers)).num_batches
                for w in range(num_workers))

@@ -8,10 +8,10 @@ read:
 * the tar's size and sample count against ``_info.json``'s manifest (:class:`pipeline.dataset.ShardEntry`),
   where there is one;
 * the ``.idx`` (``v1.2 <samples>``, then per sample ``<ext> <data offset> <size> <member name>`` groups, as
-  :mod:`pipeline.shard.writer` and DALI's ``wds2idx`` write it): its sample count is positive and equals the
-  shard's ``shard_lengths`` entry and its number of lines; every sample has each required component (the
-  reader matches the *whole* suffix after the first dot of a member name: ``KEY.image.jpg`` has the component
-  ``image.jpg``, not ``jpg``), of the required size where one is fixed (``lbl``: 4 bytes); every member's data
+  :mod:`pipeline.dataset.formats` defines it and the sharder and DALI's ``wds2idx`` write it): its sample count is
+  positive and equals the shard's ``shard_lengths`` entry and its number of lines; every sample has each required
+  component (the reader matches the *whole* suffix after the first dot of a member name: ``KEY.image.jpg`` has the
+  component ``image.jpg``, not ``jpg``), of the required size where one is fixed (``lbl``: 4 bytes); every member's data
   starts on a 512-byte block after a header and ends inside the file;
 * the tar header in front of the last member names that member (an ``.idx`` written for another tar fails here).
 
@@ -31,8 +31,7 @@ from typing import Mapping
 
 import numpy as np
 
-from pipeline.dataset import DatasetInfo, ShardEntry
-from pipeline.shard.writer import IDX_VERSION, index_name
+from pipeline.dataset import IDX_VERSION, DatasetInfo, ShardEntry, index_name
 
 BLOCK = 512  # bytes of a tar block: every member's data starts on one, after its 512-byte header
 _OTHER_SPACE = "\t\r\x0b\x0c\x1c\x1d\x1e\x1f"  # ASCII whitespace other than " " and "\n" (str.split splits there)
@@ -88,11 +87,11 @@ def check_split(info: DatasetInfo, split: str, members: Mapping[str, int | None]
         ShardCheckError: the first shard that fails a check, or a split whose shards all hold 0 samples.
         pipeline.dataset.DatasetError: ``info`` has no such split.
     """
-    s = info.split(split)
+    split_info = info.split(split)
     entries = {e.filename: e for e in info.manifest.get(split, ())}
     fix = f"run `shard-imagenet verify {info.root}`, then re-shard"
     paths, index_paths, skipped = [], [], []
-    for filename, n in zip(s.filenames, s.shard_lengths):
+    for filename, n in zip(split_info.filenames, split_info.shard_lengths):
         tar = os.path.join(str(info.root), filename)
         shard = _Shard(tar, os.path.join(str(info.root), index_name(filename)), n, entries.get(filename), fix)
         _check_manifest(shard)

@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from pipeline.dataset.formats import is_url, join  # noqa: F401  (where a dataset lives: the contract's knowledge)
+
 BLOCK = 512
 READ_BUFFER = 1 << 20  # bytes buffered per open local shard
 
@@ -68,20 +70,6 @@ class RemoteOptions:
             raise ValueError(f"--remote-timeout must be a finite number of seconds > 0, got {self.timeout_s}")
         if self.retries < 0:
             raise ValueError(f"--remote-retries must be >= 0, got {self.retries}")
-
-
-def is_url(location: str | os.PathLike) -> bool:
-    """True for ``http://``, ``https://``, ``s3://`` and ``pipe:`` locations (read through a stream)."""
-    s = str(location)
-    return s.startswith(("http://", "https://", "s3://", "pipe:"))
-
-
-def join(location: str | os.PathLike, name: str) -> str:
-    """``location`` / ``name`` for a folder path or a URL prefix."""
-    s = str(location)
-    if is_url(s):
-        return s.rstrip("/") + "/" + name
-    return os.path.join(s, name)
 
 
 # curl: fail on HTTP errors, follow redirects, pass bytes on as they arrive (--no-buffer: the watchdog sees them);

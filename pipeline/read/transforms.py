@@ -15,9 +15,14 @@ simplejpeg is missing. pillow-simd, when installed (``make simd``), speeds the P
 Output: an ``H×W×3`` uint8 tensor (HWC, RGB), ``H == W == size``.
 
 EXIF orientation is applied, as by every backend (cpu, nvjpeg, folder, dali): the picture is turned upright
-(:func:`exif_orientation`, :func:`upright_hwc`) before the crop box is drawn in its coordinates. The sharder writes
+(:mod:`pipeline.read.orientation`) before the crop box is drawn in its coordinates (:mod:`pipeline.read.geometry`). The sharder writes
 upright images without EXIF, so only shards written by other tools pay for it (a header walk per image, and no
 region decode for a rotated one).
+
+This module holds the decoders (:func:`decode_train`, :func:`decode_val`, their simplejpeg / nvImageCodec / PIL
+paths, the resize into a batch slot) and what names them (:func:`decoder_name`, :func:`decode_line`). The crop
+geometry (:mod:`pipeline.read.geometry`) and EXIF orientation (:mod:`pipeline.read.orientation`) live beside it and
+their names are importable from here too.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import math
 import os
 import random
 import time
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 import PIL
@@ -38,11 +43,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline.compat import aa_resize_reads_strided_uint8, cache, upsample_aa_out
+from pipeline.read.geometry import (CROP_PCT, IMAGE_SIZE_RANGE, RRC_RATIO, RRC_SCALE, VAL_DCT_MARGIN,  # noqa: F401
+                                    center_crop_box, center_crop_geometry, dct_reduction, eval_resize_size,
+                                    random_resized_crop_box, resize_box_exact)
+from pipeline.read.orientation import (exif_orientation, pil_orientation, upright_chw, upright_hwc,  # noqa: F401
+                                       upright_pil, upright_size)
 
 try:  # libjpeg-turbo 3 with a light Python binding; the PIL path below covers its absence
     import simplejpeg
 except ImportError:  # pragma: no cover - a dependency in pyproject; kept optional for odd platforms
     simplejpeg = None
+
+
+class DecodeTimes(Protocol):
+    """Where a decode function adds the seconds it spent (e.g. :class:`pipeline.backends.shards.StageTally`):
+    ``decode`` (JPEG → RGB) and ``augment`` (crop, resize, flip, the copy into the batch slot)."""
+
+    decode: float
+    augment: float
 
 
 @contextlib.contextmanager
@@ -75,217 +93,12 @@ except ImportError:  # without it train decodes the whole (DCT-scaled) image wit
     nvimgcodec = None
 
 
-# torchvision.transforms.RandomResizedCrop defaults (Szegedy et al. 2015, "Going deeper with convolutions").
-RRC_SCALE = (0.08, 1.0)
-RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-# Eval resize ratio: the standard 224/256 (torchvision reference scripts, timm's DEFAULT_CROP_PCT); defined
-# only here (LoaderConfig.crop_pct defaults to it).
-CROP_PCT = 0.875
-# The crop sides (px) a run may ask for (--image-size, --eval-size, --min-train-size), both ends included: 8 is the
-# smallest ResNet50 input that keeps a pixel after its 32x downsampling; 2048 is 4x ImageNet's typical image side and
-# already 12 MiB per uint8 image (3 GiB for a batch of 256 in shared memory): larger asks fail deep inside a worker.
-IMAGE_SIZE_RANGE = (8, 2048)
 # Region decode (nvImageCodec) time / full simplejpeg decode time ≈ a + b · crop area fraction + c · crop bottom
 # edge fraction (rows above the box are still entropy-decoded; nvImageCodec's full decode is ~1.2x simplejpeg's):
 # least-squares fit over 800 RandomResizedCrop 224 boxes on 400 of the shared ImageNet samples, one core. The
 # region is decoded only where the fit says it pays (ratio < 1): 1.60 ms per image for the better of the two vs
 # 1.71 always-region and 2.00 always-full in that fit's run.
 ROI_COST = (0.24, 0.61, 0.49)
-# Val decodes at 1/k scale in the DCT domain only when the crop keeps at least this many times the output's
-# resolution there: DCT scaling is not the antialiased bilinear filter, and with margin 1 (train's) it moves the
-# val pixels 1.9/255 from torchvision's at 97 px, 2.7/255 at 64 px; with 3, 0.01 and 0.07 (800 real samples).
-VAL_DCT_MARGIN = 3.0
-
-
-# EXIF orientation (tag 0x0112) → the PIL transpose that makes the image upright (PIL's ImageOps.exif_transpose,
-# the EXIF 2.3 table: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse,
-# 8 rotate 90 counter-clockwise). 5..8 swap width and height.
-_ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                          4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                          6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-
-
-def exif_orientation(data) -> int:
-    """The EXIF orientation (1..8) of a JPEG, read from its APP1 ``Exif`` segment without decoding anything; 1 when
-    ``data`` is not a JPEG, has no EXIF block, no orientation tag, or a damaged one (never raises).
-
-    Cheap: it walks the marker segments before the first scan (usually a few hundred bytes) and parses IFD0 only
-    when an APP1 ``Exif`` segment is there; files the sharder wrote have none (it writes upright images without
-    EXIF), so for them this is a handful of byte comparisons. ``data``: ``bytes`` or any bytes-like object (a
-    ``memoryview`` of a uint8 array). Every backend applies the orientation this returns, so all agree.
-    """
-    try:
-        return _exif_orientation(memoryview(data).cast("B"))
-    except (ValueError, TypeError, IndexError):  # damaged EXIF must never cost the image
-        return 1
-
-
-def _exif_orientation(data: memoryview) -> int:
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return 1
-    pos = 2
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return 1
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # standalone markers
-            pos += 2
-            continue
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: no EXIF before the image data
-            return 1
-        seg_len = (data[pos + 2] << 8) | data[pos + 3]
-        if marker == 0xE1 and bytes(data[pos + 4:pos + 10]) == b"Exif\0\0":
-            return _tiff_orientation(bytes(data[pos + 10:pos + 2 + seg_len]))
-        pos += 2 + seg_len
-    return 1
-
-
-def _tiff_orientation(tiff: bytes) -> int:
-    """Orientation tag of IFD0 of an EXIF TIFF block (1 when absent or out of 1..8)."""
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
-    if order is None:
-        return 1
-    ifd = int.from_bytes(tiff[4:8], order)
-    count = int.from_bytes(tiff[ifd:ifd + 2], order)
-    for i in range(count):
-        entry = tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i]
-        if len(entry) < 12:
-            return 1
-        if int.from_bytes(entry[0:2], order) == 0x0112:
-            value = int.from_bytes(entry[8:10], order)  # SHORT, left-justified in the value field
-            return value if 1 <= value <= 8 else 1
-    return 1
-
-
-def upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
-    """``(width, height)`` of an image stored ``width×height`` once its EXIF ``orientation`` is applied."""
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def upright_hwc(rgb: np.ndarray, orientation: int) -> np.ndarray:
-    """An ``H×W×C`` array turned upright by EXIF ``orientation`` (1..8; 1: returned as is), as PIL's
-    ``ImageOps.exif_transpose``: a contiguous array, ``W×H×C`` for orientations 5..8."""
-    if orientation == 1:
-        return rgb
-    if orientation in (5, 6, 7, 8):
-        rgb = rgb.transpose(1, 0, 2)  # 5 (transpose); the others are it plus a flip
-        if orientation == 6:
-            rgb = rgb[:, ::-1]
-        elif orientation == 7:
-            rgb = rgb[::-1, ::-1]
-        elif orientation == 8:
-            rgb = rgb[::-1]
-    elif orientation == 2:
-        rgb = rgb[:, ::-1]
-    elif orientation == 3:
-        rgb = rgb[::-1, ::-1]
-    elif orientation == 4:
-        rgb = rgb[::-1]
-    return np.ascontiguousarray(rgb)
-
-
-def upright_chw(img: torch.Tensor, orientation: int) -> torch.Tensor:
-    """A ``C×H×W`` tensor (any device) turned upright by EXIF ``orientation``, as :func:`upright_hwc`."""
-    if orientation == 1:
-        return img
-    if orientation in (5, 6, 7, 8):
-        img = img.transpose(1, 2)
-        flip = {5: (), 6: (2,), 7: (1, 2), 8: (1,)}[orientation]
-    else:
-        flip = {2: (2,), 3: (1, 2), 4: (1,)}[orientation]
-    return img.flip(flip) if flip else img.contiguous()
-
-
-def upright_pil(img: Image.Image, orientation: int) -> Image.Image:
-    """A PIL image turned upright by EXIF ``orientation`` (1: returned as is)."""
-    method = _ORIENTATION_TRANSPOSE.get(orientation)
-    return img if method is None else img.transpose(method)
-
-
-def random_resized_crop_box(width: int, height: int, rng: random.Random,
-                            scale: tuple[float, float] = RRC_SCALE,
-                            ratio: tuple[float, float] = RRC_RATIO) -> tuple[int, int, int, int]:
-    """Sample a RandomResizedCrop box ``(left, top, crop_w, crop_h)`` in pixels.
-
-    Same distribution as ``torchvision.transforms.RandomResizedCrop.get_params``: area uniform in
-    ``scale`` × image area, log-uniform aspect ratio in ``ratio``, up to 10 tries, then a centre crop
-    with the ratio clamped to ``ratio``. Randomness comes from ``rng`` (not torch's global RNG).
-    """
-    area = width * height
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(log_lo, log_hi))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = rng.randint(0, height - h)
-            left = rng.randint(0, width - w)
-            return left, top, w, h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
-    else:
-        w, h = width, height
-    return (width - w) // 2, (height - h) // 2, w, h
-
-
-def eval_resize_size(size: int, crop_pct: float = CROP_PCT) -> int:
-    """Shorter side of the eval Resize: ``floor(size / crop_pct)``, as timm's ``transforms_imagenet_eval``
-    (256 for 224 px at 0.875, the ``resize_size`` torchvision's reference scripts pass; 110 for 97 px, where
-    ``round`` would give 111). Every backend uses this one value."""
-    return math.floor(size / crop_pct)
-
-
-def center_crop_geometry(width: int, height: int, size: int,
-                         crop_pct: float = CROP_PCT) -> tuple[int, int, int, int]:
-    """torchvision's ``Resize(eval_resize_size(size, crop_pct))`` then ``CenterCrop(size)`` on a ``width×height``
-    image, as ``(resized_w, resized_h, left, top)``: the resized size and the crop's corner in it.
-
-    Semantics (torchvision 0.29, ``transforms.functional.resize`` with an int and ``center_crop``): the shorter
-    side becomes ``s = eval_resize_size(size, crop_pct)`` and the longer ``int(s * long / short)`` (truncated;
-    computed here exactly in integers, ``s * long // short``); then ``left = int(round((resized_w - size) / 2))``,
-    ``top`` likewise, with Python's ``round`` (half to even: an odd margin of 117 gives 58, of 111 gives 56).
-    """
-    short = eval_resize_size(size, crop_pct)
-    if width <= height:
-        new_w, new_h = short, short * height // width
-    else:
-        new_w, new_h = short * width // height, short
-    return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
-
-
-def center_crop_box(width: int, height: int, size: int, crop_pct: float = CROP_PCT) -> tuple[float, float, float, float]:
-    """The region ``(left, top, crop_w, crop_h)`` of the ``width×height`` source image (fractional pixels) that
-    :func:`center_crop_geometry`'s ``size×size`` crop covers: the resize scales x by ``resized_w / width`` and
-    y by ``resized_h / height`` (not quite equal, the long side being truncated), so the region is
-    ``(left * width / resized_w, top * height / resized_h, size * width / resized_w, size * height / resized_h)``.
-    Resampling exactly this region to ``size×size`` (PIL's ``resize(box=...)``, or :func:`resize_box_exact`)
-    gives torchvision's pixels; rounding its edges to whole pixels moves them by up to half a source pixel.
-    """
-    new_w, new_h, left, top = center_crop_geometry(width, height, size, crop_pct)
-    fx, fy = width / new_w, height / new_h
-    return left * fx, top * fy, size * fx, size * fy
-
-
-def _reduction(crop_w: float, crop_h: float, size: int, margin: float = 1.0) -> int:
-    """Largest DCT-domain reduction (1, 2, 4 or 8) that keeps the crop at least ``margin * size`` pixels on each
-    side (train: ``margin`` 1; val: :data:`VAL_DCT_MARGIN`).
-
-    Only powers of two: libjpeg-turbo's SIMD IDCTs cover 1/1, 1/2, 1/4 and 1/8; other M/8 scales run in
-    plain C and decode slower than the full image (measured here, libjpeg-turbo 3 in simplejpeg's wheel).
-    """
-    reduce = min(crop_w, crop_h) / (size * margin)
-    for k in (8, 4, 2):
-        if reduce >= k:
-            return k
-    return 1
 
 
 def _resize_crop(rgb: np.ndarray, box: tuple[float, float, float, float], size: int, out: torch.Tensor,
@@ -313,24 +126,6 @@ def _resize_crop(rgb: np.ndarray, box: tuple[float, float, float, float], size: 
     if flip:
         out.copy_(out.flip(1))
     return out
-
-
-def resize_box_exact(images: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    """Resample the region ``box`` (left, top, width, height; fractional pixels) of ``N×C×H×W`` ``images`` to
-    ``size × size`` without rounding its edges: resize the whole images so that the box becomes ``size×size`` (to
-    ``round(H * size / height) × round(W * size / width)``, antialiased bilinear: PIL's BILINEAR, and torch's
-    uint8 SIMD kernel for a channels-last uint8 CPU tensor), then cut it out at ``(round(left * size / width),
-    round(top * size / height))``. With :func:`center_crop_box`'s box (in the coordinates of a full or DCT-scaled
-    decode) that is torchvision's Resize then CenterCrop. Any device; uint8 or float (float stays unrounded).
-    Returns an ``N×C×size×size`` view."""
-    h, w = images.shape[-2:]
-    sx, sy = size / box[2], size / box[3]
-    new_w, new_h = max(size, round(w * sx)), max(size, round(h * sy))
-    left = min(max(0, round(box[0] * sx)), new_w - size)
-    top = min(max(0, round(box[1] * sy)), new_h - size)
-    if (new_h, new_w) != (h, w):
-        images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    return images[..., top:top + size, left:left + size]
 
 
 @cache
@@ -370,13 +165,12 @@ def region_pays(area: float, bottom: float, cost: tuple[float, float, float] = R
     return cost[0] + cost[1] * area + cost[2] * bottom < 1.0
 
 
-def _decode_turbo(data: bytes, size: int, box_fn, times: list[float] | None = None,
-                  exact: bool = False, out: torch.Tensor | None = None, flip_fn=None,
-                  roi_cost: tuple[float, float, float] = ROI_COST) -> torch.Tensor | None:
+def _decode_turbo(data: bytes, size: int, box_fn, times: DecodeTimes | None = None,
+                  exact: bool = False, out: torch.Tensor | None = None, flip_fn=None) -> torch.Tensor | None:
     """Fast path: libjpeg-turbo, reduced in the DCT domain (simplejpeg) when the crop allows it; train crops
     that need the full scale (95% of RandomResizedCrop boxes at 224 px on the 800 ImageNet samples) decode
     only their region (:func:`_decode_roi`, nvImageCodec) when nvImageCodec is installed and
-    :func:`region_pays` (with ``roi_cost``; ``(0, 0, 0)``: always).
+    :func:`region_pays` (with this module's :data:`ROI_COST`, read at each call; ``(0, 0, 0)``: always).
 
     ``exact`` (val): the box's fractional edges are kept (:func:`resize_box_exact`) and the DCT reduction needs
     :data:`VAL_DCT_MARGIN`; otherwise (train) the box is rounded to whole pixels and only it is resized, into
@@ -396,9 +190,9 @@ def _decode_turbo(data: bytes, size: int, box_fn, times: list[float] | None = No
         orientation = exif_orientation(data)  # the box is drawn in the upright image's coordinates
         full_w, full_h = upright_size(stored_w, stored_h, orientation)
         left, top, cw, ch = box_fn(full_w, full_h)
-        k = _reduction(cw, ch, size, VAL_DCT_MARGIN if exact else 1.0)
+        k = dct_reduction(cw, ch, size, VAL_DCT_MARGIN if exact else 1.0)
         roi = k == 1 and not exact and orientation == 1 and region_pays(cw * ch / (full_w * full_h),
-                                                                        (top + ch) / full_h, roi_cost)
+                                                                        (top + ch) / full_h, ROI_COST)
         rgb = _decode_roi(data, (left, top, cw, ch)) if roi else None
         if rgb is not None:
             left, top, full_w, full_h = 0, 0, cw, ch  # the decoded array is the box
@@ -417,12 +211,12 @@ def _decode_turbo(data: bytes, size: int, box_fn, times: list[float] | None = No
         flip = flip_fn is not None and flip_fn()
         result = _resize_crop(rgb, (left / fx, top / fy, (left + cw) / fx, (top + ch) / fy), size, slot, flip)
     if times is not None:
-        times[0] += t1 - t0
-        times[1] += time.perf_counter() - t1
+        times.decode += t1 - t0
+        times.augment += time.perf_counter() - t1
     return result
 
 
-def _decode_pil(data: bytes, size: int, box_fn, times: list[float] | None = None,
+def _decode_pil(data: bytes, size: int, box_fn, times: DecodeTimes | None = None,
                 exact: bool = False, out: torch.Tensor | None = None, flip_fn=None) -> torch.Tensor:
     """PIL path (any format PIL reads; pillow-simd when installed): decode, reduced with ``draft`` when the
     crop allows it (``exact``: with :data:`VAL_DCT_MARGIN`), convert to RGB, resample the box (PIL keeps its
@@ -435,7 +229,7 @@ def _decode_pil(data: bytes, size: int, box_fn, times: list[float] | None = None
     full_w, full_h = upright_size(stored_w, stored_h, orientation)
     left, top, cw, ch = box_fn(full_w, full_h)
     if img.format == "JPEG":
-        k = _reduction(cw, ch, size, VAL_DCT_MARGIN if exact else 1.0)
+        k = dct_reduction(cw, ch, size, VAL_DCT_MARGIN if exact else 1.0)
         if k > 1:
             img.draft("RGB", (math.ceil(stored_w / k), math.ceil(stored_h / k)))
     img.load()
@@ -454,36 +248,24 @@ def _decode_pil(data: bytes, size: int, box_fn, times: list[float] | None = None
     else:
         result = torch.from_numpy(np.array(img))
     if times is not None:
-        times[0] += t1 - t0
-        times[1] += time.perf_counter() - t1
+        times.decode += t1 - t0
+        times.augment += time.perf_counter() - t1
     return result
 
 
-def pil_orientation(img: Image.Image, data: bytes) -> int:
-    """EXIF orientation (1..8) of the image PIL opened from ``data``: a JPEG's by :func:`exif_orientation` (what
-    every backend reads), another format's (PNG, WebP, TIFF carry EXIF too) by PIL; 1 when absent or damaged."""
-    if img.format == "JPEG":
-        return exif_orientation(data)
-    try:
-        value = int(img.getexif().get(0x0112, 1))
-    except Exception:  # damaged EXIF must never cost the image
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
-def _decode_box(data: bytes, size: int, box_fn, times: list[float] | None, exact: bool = False,
+def _decode_box(data: bytes, size: int, box_fn, times: DecodeTimes | None, exact: bool = False,
                 out: torch.Tensor | None = None, flip_fn=None) -> torch.Tensor:
     result = _decode_turbo(data, size, box_fn, times, exact, out, flip_fn)
     return result if result is not None else _decode_pil(data, size, box_fn, times, exact, out, flip_fn)
 
 
-def decode_train(data: bytes, size: int, rng: random.Random, times: list[float] | None = None,
+def decode_train(data: bytes, size: int, rng: random.Random, times: DecodeTimes | None = None,
                  out: torch.Tensor | None = None) -> torch.Tensor:
     """JPEG bytes → RandomResizedCrop(size) + random horizontal flip (p=0.5) → ``size×size×3`` uint8 tensor,
     written into ``out`` when given (a contiguous ``size×size×3`` uint8 tensor, e.g. ``batch[i]``: the resize
     writes there directly, the flip is done in it) and returned. ``rng`` draws the box, then the flip.
 
-    With ``times`` (``[decode_s, augment_s]``), the seconds spent decoding and cropping/resizing/flipping
+    With ``times`` (:class:`DecodeTimes`), the seconds spent decoding and cropping/resizing/flipping
     (into ``out``) are added to it.
 
     Raises:
@@ -493,7 +275,7 @@ def decode_train(data: bytes, size: int, rng: random.Random, times: list[float] 
                        lambda: rng.random() < 0.5)
 
 
-def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT, times: list[float] | None = None,
+def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT, times: DecodeTimes | None = None,
                out: torch.Tensor | None = None) -> torch.Tensor:
     """JPEG bytes → torchvision's ``Resize(eval_resize_size(size, crop_pct))`` + ``CenterCrop(size)`` →
     ``size×size×3`` uint8 tensor (maybe a view; copied into ``out`` and ``out`` returned when given, the copy
@@ -512,7 +294,7 @@ def decode_val(data: bytes, size: int, crop_pct: float = CROP_PCT, times: list[f
     t0 = time.perf_counter()
     out.copy_(result)
     if times is not None:
-        times[1] += time.perf_counter() - t0
+        times.augment += time.perf_counter() - t0
     return out
 
 

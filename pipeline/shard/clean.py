@@ -13,10 +13,13 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from enum import Enum
+from types import MappingProxyType
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from pipeline.dataset import RejectReason
+from pipeline.jpeg import EOI, SOS, marker_segments
 
 try:  # libjpeg-turbo without PIL's chunked decoder loop: the fast integrity check of pass-through JPEGs
     import simplejpeg
@@ -50,22 +53,11 @@ _ORIENTATION_TAG = 0x0112
 _PIXELS_PER_BYTE_MAX = 2048  # see the truncation check in _normalize
 _MIN_BYTES_CHECK_PIXELS = 1 << 20
 # JPEG start-of-frame markers whose Huffman-coded data all our decoders read (ITU T.81, table B.1).
-_SOF_HUFFMAN = {0xC0, 0xC1, 0xC2}
-_SOF_ALL = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "CMYK": "cmyk", "P": "palette", "RGBA": "rgba",
-               "I;16": "16-bit grayscale", "I": "32-bit grayscale", "F": "float grayscale", "1": "bilevel"}
-
-
-class RejectReason(str, Enum):
-    """Why an input file is not in any shard (written to the rejects report)."""
-
-    EMPTY = "empty"                  # zero-byte file
-    UNDECODABLE = "undecodable"      # not an image PIL can identify or decode (also: truncated files)
-    TOO_LARGE = "too-large"          # more pixels than the decompression-bomb limit
-    NOT_IN_CLASS = "not-in-class-folder"  # a file directly under a split folder, outside any class folder
-    NO_LABEL = "no-label"            # a flat-val image that the label file does not list
-    NOT_A_FILE = "not-a-file"        # an archive member that is a symlink, device or unresolvable link
-    UNREADABLE_FOLDER = "unreadable-folder"  # a folder that cannot be listed: its files are in no shard
+_SOF_HUFFMAN = frozenset({0xC0, 0xC1, 0xC2})
+_SOF_ALL = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_MODE_NAMES = MappingProxyType({"L": "grayscale", "LA": "grayscale+alpha", "CMYK": "cmyk", "P": "palette",
+                                "RGBA": "rgba", "I;16": "16-bit grayscale", "I": "32-bit grayscale",
+                                "F": "float grayscale", "1": "bilevel"})
 
 
 class ImageRejected(Exception):
@@ -130,28 +122,14 @@ class JpegHeader:
 
 def jpeg_header(data: bytes) -> JpegHeader:
     """Parse the marker segments of a JPEG from SOI to the first SOS (ITU T.81 annex B), decoding nothing."""
-    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return JpegHeader()
-    pos, n = 2, len(data)
     frame, components, adobe = None, 0, None
     width = height = frames = 0
     app1 = mpf = complete = False
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            break
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # standalone markers
-            pos += 2
-            continue
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: header is over
-            complete = marker == 0xDA
-            break
-        seg_len = int.from_bytes(data[pos + 2:pos + 4], "big")
-        seg = data[pos + 4:pos + 2 + seg_len]
-        if marker in _SOF_ALL:
+    for marker, start, end in marker_segments(data):
+        seg = data[start:end]
+        if marker in (SOS, EOI):  # the header is over (complete only when a scan starts)
+            complete = marker == SOS
+        elif marker in _SOF_ALL:
             frames += 1
             if frame is None:
                 frame = marker
@@ -164,7 +142,6 @@ def jpeg_header(data: bytes) -> JpegHeader:
             app1 = True
         elif marker == 0xE2 and seg[:4] == b"MPF\0":
             mpf = True
-        pos += 2 + seg_len
     return JpegHeader(frame, components, adobe, width, height, frames, app1, mpf, complete)
 
 
@@ -290,16 +267,17 @@ def _clean_from_header(data: bytes, max_pixels: int, max_size: int | None) -> No
     orientation 1, scale 1, a clean decode) passes the bytes through, so the verdict and the recorded size are
     the same; every other file, and every doubt, goes to PIL's path, which decides as before.
     """
-    h = jpeg_header(data)
-    if not (h.complete and h.frames == 1 and h.frame in _SOF_HUFFMAN and h.components == 3
-            and h.adobe_transform != 0 and not h.app1 and not h.mpf and h.width >= 1 and h.height >= 1):
+    header = jpeg_header(data)
+    if not (header.complete and header.frames == 1 and header.frame in _SOF_HUFFMAN and header.components == 3
+            and header.adobe_transform != 0 and not header.app1 and not header.mpf
+            and header.width >= 1 and header.height >= 1):
         return None
-    pixels = h.width * h.height
+    pixels = header.width * header.height
     if pixels > _MIN_BYTES_CHECK_PIXELS and len(data) < pixels / _PIXELS_PER_BYTE_MAX:
         return None  # PIL's path rejects it as truncated, with its message
-    if _target_size(h.width, h.height, max_pixels, max_size)[0] != 1.0 or not decodes_cleanly(data):
+    if _target_size(header.width, header.height, max_pixels, max_size)[0] != 1.0 or not decodes_cleanly(data):
         return None
-    return NormalizedImage(jpeg=data, width=h.width, height=h.height)
+    return NormalizedImage(jpeg=data, width=header.width, height=header.height)
 
 
 def decodes_cleanly(data: bytes) -> bool:

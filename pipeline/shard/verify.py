@@ -23,10 +23,9 @@ from typing import Callable, TextIO, Tuple
 
 from PIL import Image
 
-from pipeline.dataset import DatasetInfo, ShardEntry, load_info
+from pipeline.dataset import INFO_FILE, DatasetInfo, ShardEntry, index_header, index_name, read_info
 from pipeline.progress import CountProgress
 from pipeline.shard.lifetime import die_with_parent
-from pipeline.shard.writer import IDX_VERSION, index_name
 
 REQUIRED = ("jpg", "cls", "lbl", "json")
 _Member = Tuple[str, str, int, int]  # sample key, extension, data offset, size
@@ -106,16 +105,16 @@ def _read_members(data: bytes, bad: _Bad) -> tuple[dict[str, dict[str, bytes]], 
     return samples, order, members
 
 
-def _check_sample(key: str, s: dict[str, bytes], num_classes: int, bad: _Bad) -> None:
+def _check_sample(key: str, sample: dict[str, bytes], num_classes: int, bad: _Bad) -> None:
     """One sample: its four members, labels that agree and index the classes, its JPEG's sha256 and decode."""
-    missing = [e for e in REQUIRED if e not in s]
+    missing = [e for e in REQUIRED if e not in sample]
     if missing:
         bad(key, f"missing member(s) {', '.join(missing)}")
         return
     try:
-        cls = int(str(s["cls"], "ascii"))
-        (lbl,) = struct.unpack("<i", s["lbl"])
-        meta = json.loads(s["json"])
+        cls = int(str(sample["cls"], "ascii"))
+        (lbl,) = struct.unpack("<i", sample["lbl"])
+        meta = json.loads(sample["json"])
     except (ValueError, UnicodeDecodeError, struct.error) as exc:
         bad(key, f"unreadable label/json member ({exc})")
         return
@@ -124,10 +123,10 @@ def _check_sample(key: str, s: dict[str, bytes], num_classes: int, bad: _Bad) ->
     if not 0 <= cls < num_classes:
         bad(key, f"label {cls} outside 0..{num_classes - 1}")
     recorded = meta.get("jpg_sha256")
-    if recorded is not None and hashlib.sha256(s["jpg"]).hexdigest() != recorded:
+    if recorded is not None and hashlib.sha256(sample["jpg"]).hexdigest() != recorded:
         bad(key, "jpg bytes differ from the sha256 recorded when the shard was written")
     try:
-        img = Image.open(io.BytesIO(s["jpg"]))
+        img = Image.open(io.BytesIO(sample["jpg"]))
         img.load()
         if img.format != "JPEG" or img.mode != "RGB":
             bad(key, f"image is {img.format} {img.mode}, expected JPEG RGB")
@@ -141,8 +140,8 @@ def _check_index(path: Path, filename: str, members: list[_Member]) -> list[Shar
         return [ShardProblem(filename, "", f"index file {idx.name} missing")]
     lines = idx.read_text().splitlines()
     want_samples = len({m[0] for m in members})
-    if not lines or lines[0] != f"{IDX_VERSION} {want_samples}":
-        return [ShardProblem(filename, "", f"{idx.name}: header {lines[:1]} != '{IDX_VERSION} {want_samples}'")]
+    if not lines or lines[0] != index_header(want_samples):
+        return [ShardProblem(filename, "", f"{idx.name}: header {lines[:1]} != '{index_header(want_samples)}'")]
     listed = []
     for line in lines[1:]:
         parts = line.split(" ")
@@ -163,7 +162,7 @@ def verify_dataset(root: str | Path, workers: int = 1,
     Raises:
         pipeline.dataset.DatasetError: ``_info.json`` / ``classes.txt`` missing or malformed, a shard missing.
     """
-    info = load_info(root, check_files=False)  # a missing or truncated shard is reported below, not fatal
+    info = read_info(root)  # unchecked: a missing or truncated shard is reported below, not fatal
     manifest = info.shard_entries()
     jobs = [(str(info.root), f, n, manifest.get(f), info.num_classes)
             for s in info.splits.values() for f, n in zip(s.filenames, s.shard_lengths)]
@@ -186,5 +185,5 @@ def verify_dataset(root: str | Path, workers: int = 1,
         shown.close(done=finished)
     problems = [p for r in results for p in r]
     if not manifest:
-        problems.insert(0, ShardProblem("_info.json", "", "no manifest: checksums not checked"))
+        problems.insert(0, ShardProblem(INFO_FILE, "", "no manifest: checksums not checked"))
     return info, problems

@@ -5,7 +5,8 @@ Members are written in GNU tar format (never PAX: DALI's webdataset reader does 
 with fixed owner, mode and mtime, so the same samples always give byte-identical shards. Next to each
 ``NAME.tar`` the writer puts ``NAME.idx``, the index DALI's ``fn.readers.webdataset`` takes, in the format
 of DALI's ``wds2idx`` tool (v1.2): a line ``v1.2 <samples>``, then one line per sample listing
-``<ext> <data offset> <size> <member name>`` for each of its members, in tar order.
+``<ext> <data offset> <size> <member name>`` for each of its members, in tar order (the format and the names are
+the dataset contract's: :mod:`pipeline.dataset.formats`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+
+from pipeline.dataset import index_entry, index_header, index_name
+from pipeline.fsio import drop_cache
 
 TMP_SUFFIX = ".tmp"
-IDX_VERSION = "v1.2"
 _MTIME = 946684800  # 2000-01-01T00:00:00Z: a fixed member mtime makes shards reproducible
 _FULL = ("its file system is full: free space there (or choose another --out) and run the same command again; "
          "complete shards are kept and a partial one is only a .tmp file")
-_ADVICE = {
+_ADVICE = MappingProxyType({
     errno.ENOSPC: _FULL,
     errno.EDQUOT: _FULL,
     errno.EROFS: "it is on a read-only file system: choose a writable --out",
@@ -31,7 +35,7 @@ _ADVICE = {
     errno.EEXIST: "a file stands where a folder is needed: choose another --out or move that file away",
     errno.ENOTDIR: "a file stands where a folder is needed: choose another --out or move that file away",
     errno.EFBIG: "its file system cannot hold a file this large: choose another --out or a smaller --shard-size",
-}
+})
 
 
 class OutputError(RuntimeError):
@@ -106,21 +110,9 @@ def member_header(name: str, size: int) -> bytes:
     return bytes(block)
 
 
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing ``length`` bytes (0: to the end) of ``fd`` from ``offset`` to disk, without waiting: on Linux
-    ``posix_fadvise(DONTNEED)`` starts the write-back of dirty pages (and drops the clean ones: the sharder never
-    reads its output back). A hint only: nothing where the call is missing, and an error of it is ignored (the
-    fsync that follows reports real write errors)."""
-    if hasattr(os, "posix_fadvise"):
-        try:
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
-
-
 class _HashingFile:
     """A write-only file that also feeds a sha256, counts bytes and starts the disk write of what it holds every
-    ``_WRITEBACK_BYTES`` (:func:`_start_writeback`), so that :meth:`close`'s fsync waits for the last MiB or two
+    ``_WRITEBACK_BYTES`` (:meth:`_start_writeback`), so that :meth:`close`'s fsync waits for the last MiB or two
     only, not for the whole shard."""
 
     def __init__(self, path: Path):
@@ -138,8 +130,12 @@ class _HashingFile:
         return n
 
     def _start_writeback(self) -> None:
+        """Start writing what was written since the last call to disk, without waiting: on Linux
+        ``posix_fadvise(DONTNEED)`` (:func:`pipeline.fsio.drop_cache`) starts the write-back of dirty pages (and
+        drops the clean ones: the sharder never reads its output back). A hint only: where it cannot be given,
+        nothing happens (the fsync that follows reports real write errors)."""
         self._f.flush()
-        _start_writeback(self._f.fileno(), self._kicked, self.size - self._kicked)
+        drop_cache(self._f.fileno(), self._kicked, self.size - self._kicked)
         self._kicked = self.size
 
     @property
@@ -214,7 +210,7 @@ class ShardWriter:
         self._end_archive()
         name = self.name_pattern.format(index=len(self.records))
         with open(self.out_dir / (index_name(name) + TMP_SUFFIX), "w") as f:
-            f.write(f"{IDX_VERSION} {self._count}\n")
+            f.write(index_header(self._count) + "\n")
             f.write("".join(line + "\n" for line in self._index))
         self._file.close(durable=False)
         if self.durable:
@@ -242,7 +238,7 @@ class ShardWriter:
             self._file.write(payload)
             if len(payload) % _BLOCK:
                 self._file.write(_ZEROS[:-len(payload) % _BLOCK])
-            entries.append(f"{ext} {data_offset} {len(payload)} {name}")
+            entries.append(index_entry(ext, data_offset, len(payload), name))
         self._index.append(" ".join(entries))
         self._count += 1
         if self._count >= self.shard_size:
@@ -276,7 +272,7 @@ def commit_shard(out_dir: Path, tar_name: str) -> None:
     tar, idx = Path(out_dir) / tar_name, Path(out_dir) / index_name(tar_name)
     fds = [os.open(p.with_name(p.name + TMP_SUFFIX), os.O_RDONLY) for p in (idx, tar)]
     try:
-        _start_writeback(fds[0], 0, 0)
+        drop_cache(fds[0], 0, 0)  # start the index's write-back; a hint, its failure ignored
         os.fsync(fds[1])
         os.fsync(fds[0])
     finally:
@@ -285,7 +281,3 @@ def commit_shard(out_dir: Path, tar_name: str) -> None:
     os.replace(idx.with_name(idx.name + TMP_SUFFIX), idx)  # index first: a renamed tar always has one
     os.replace(tar.with_name(tar.name + TMP_SUFFIX), tar)
 
-
-def index_name(tar_name: str) -> str:
-    """``imagenet-train-000000.tar`` → ``imagenet-train-000000.idx`` (what ``wds2idx`` names it)."""
-    return tar_name[:-4] + ".idx" if tar_name.endswith(".tar") else tar_name + ".idx"

@@ -11,7 +11,7 @@ import posixpath
 import tarfile
 from pathlib import Path
 
-from pipeline.shard.clean import RejectReason
+from pipeline.dataset import RejectReason
 from pipeline.source.names import TRAIN_ARCHIVE, VAL_ARCHIVE, file_stem
 from pipeline.source.types import LayoutError, RawSplit, SourceItem, Unusable
 
@@ -249,9 +249,9 @@ def find_archive(root: Path, base: str) -> Path | None:
         return plain
     stem = base[:-len(".tar")]
     for suffix in _COMPRESSED_SUFFIXES:
-        p = root / (stem + suffix)
-        if p.is_file():
-            raise LayoutError(f"{p}: compressed archive; archives are read in place and must be plain tars: "
+        compressed = root / (stem + suffix)
+        if compressed.is_file():
+            raise LayoutError(f"{compressed}: compressed archive; archives are read in place and must be plain tars: "
                               f"decompress it to {base} first")
     return None
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.shard.clean import RejectReason
+from pipeline.dataset import RejectReason
 from pipeline.source.archives import archive_candidates, find_archive, scan_train_archive, scan_val_archive
 from pipeline.source.labels import read_class_list
 from pipeline.source.names import (KAGGLE_DATA, KAGGLE_MAPPING, META_NAMES, TRAIN_ARCHIVE, VAL_ARCHIVE, display_path,

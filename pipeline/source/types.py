@@ -8,23 +8,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from pipeline.shard.clean import RejectReason
+from pipeline.dataset import LayoutKind, RejectReason  # noqa: F401 (LayoutKind: the scan's vocabulary too)
 
 
 class LayoutError(Exception):
     """The source tree is not a layout the sharder understands (message says what to do)."""
-
-
-class LayoutKind(str, Enum):
-    """How to read the source: detect it (``auto``) or force one layout."""
-
-    AUTO = "auto"
-    CLASS_FOLDERS = "class-folders"
-    KAGGLE = "kaggle"
-    ARCHIVES = "archives"
-
-    def __str__(self) -> str:  # argparse shows and matches the value
-        return self.value
 
 
 @dataclass(frozen=True)

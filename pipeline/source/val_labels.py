@@ -35,6 +35,7 @@ import posixpath
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from pipeline.source.labels import (NO_SCIPY, have_scipy, parse_caffe, parse_csv, parse_devkit, parse_id_map_text,
                                     parse_kaggle, parse_meta_mat, parse_tf, parse_valprep, read_class_list, read_text,
@@ -43,9 +44,10 @@ from pipeline.source.names import (CAFFE_LABELS, DEVKIT_ARCHIVES, DEVKIT_GROUND_
                                    META_MAT, SYNSET_LISTS, TF_LABELS, VALPREP, display_path)
 from pipeline.source.types import LayoutError, LayoutOptions
 
-_FORMAT_NAMES = {"devkit": "devkit ground truth", "kaggle": "Kaggle solution", "tf": "TensorFlow synset labels",
-                 "valprep": "valprep.sh moves", "caffe": "Caffe val.txt",
-                 "csv": "CSV val list ('<image file>,<class name or index>' lines)"}
+_FORMAT_NAMES = MappingProxyType({
+    "devkit": "devkit ground truth", "kaggle": "Kaggle solution", "tf": "TensorFlow synset labels",
+    "valprep": "valprep.sh moves", "caffe": "Caffe val.txt",
+    "csv": "CSV val list ('<image file>,<class name or index>' lines)"})
 _AUTO_ORDER = (("devkit", DEVKIT_GROUND_TRUTH), ("kaggle", KAGGLE_SOLUTION), ("tf", TF_LABELS),
                ("valprep", VALPREP), ("caffe", CAFFE_LABELS))
 

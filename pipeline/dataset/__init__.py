@@ -1,6 +1,8 @@
 """Dataset: the typed contract between the sharder and every reader: ``_info.json`` (splits and the manifest of
-:class:`ShardEntry`), ``classes.txt``, and the names of the report files (``report.json``, ``rejects.tsv``)
-written next to the shards. One job: write it and read it back, checked.
+:class:`ShardEntry`), ``classes.txt``, and, in :mod:`pipeline.dataset.formats` (its names re-exported here), the
+shard and ``.idx`` formats, the names of the report files (``report.json``, ``rejects.tsv``) written next to the
+shards and the reject reasons. One job: write it and read it back, checked. It imports only the base stage: the
+sharder (source → shard) and the readers (read → backends) meet here and never import each other.
 
 ``_info.json`` follows timm's webdataset reader (timm/data/readers/reader_wds.py)::
 
@@ -11,13 +13,17 @@ It is the last file the sharder writes, so its presence means the shards are com
 ``classes.txt`` holds one class name (the wnid for ImageNet) per line; line i is class index i.
 
 A dataset may also live behind a URL prefix (``http(s)://host/path``, ``s3://bucket/prefix``): the same files,
-fetched with :mod:`pipeline.read.tarstream` (only the ``cpu`` backend streams shards from URLs).
+fetched by the reader (:func:`read_info` takes its fetch function; only the ``cpu`` backend streams shards from
+URLs).
 
-:func:`load_info` checks, at start, what a reader would otherwise find only after an epoch, or never: each split's
-shard names and counts against the manifest (where there is one), and, for a local folder, every shard's count
-against the shard itself: the ``v1.2 <samples>`` first line of its ``.idx`` (one small read per shard: 0.1-0.2 s
-for ImageNet's 1,332 shards from the page cache, measured on a busy 2-core machine), and, where that is missing,
-malformed or disagrees, the tar's own headers (which decide). The shards of a URL are not fetched at start: their
+:func:`read_info` reads and parses ``_info.json`` and ``classes.txt``; :func:`check_manifest` and
+:func:`check_shard_files` are the checks that need no reader. :func:`pipeline.read.info.load_info` (the loader
+every trainer uses) adds the one that does, and so checks, at start, what a reader would otherwise find only after
+an epoch, or never: each split's shard names and counts against the manifest (where there is one), and, for a local
+folder, every shard's count against the shard itself: the ``v1.2 <samples>`` first line of its ``.idx``
+(:func:`index_sample_count`, one small read per shard: 0.1-0.2 s for ImageNet's 1,332 shards from the page cache,
+measured on a busy 2-core machine), and, where that is missing, malformed or disagrees, the tar's own headers
+(which decide). The shards of a URL are not fetched at start: their
 counts are checked as they are read (:func:`pipeline.read.tarstream.iter_samples` with ``length``).
 """
 
@@ -27,15 +33,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from pipeline.read.tarstream import RemoteOptions, ShardReadError, count_samples, is_url, join, read_location
-from pipeline.shard.writer import IDX_VERSION, index_name
-
-INFO_FILE = "_info.json"
-CLASSES_FILE = "classes.txt"
-REJECTS_FILE = "rejects.tsv"
-REPORT_FILE = "report.json"
-SHARD_PATTERN = "imagenet-{split}-{index:06d}.tar"
+from pipeline.dataset.formats import (CLASSES_FILE, IDX_VERSION, INFO_FILE, REJECTS_FILE, REPORT_FILE,  # noqa: F401
+                                      SHARD_PATTERN, LayoutKind, RejectReason, index_entry, index_header, index_name,
+                                      is_shard_file, is_url, join, parse_index_header, shard_name)
 
 
 class DatasetError(Exception):
@@ -151,49 +153,54 @@ def write_info(root: Path, splits: list[SplitInfo], manifest: dict[str, list[Sha
     """Write ``_info.json`` (timm format, the ``manifest`` and ``extra`` top-level keys) into ``root``."""
     obj = {"name": extra.pop("name", "imagenet"), **extra,
            "manifest": {split: [e.to_json() for e in entries] for split, entries in manifest.items()},
-           "splits": {s.name: s.to_json() for s in splits}}
+           "splits": {split.name: split.to_json() for split in splits}}
     write_json_atomic(Path(root) / INFO_FILE, obj)
 
 
-def load_info(root: str | os.PathLike, check_files: bool = True, remote: RemoteOptions | None = None) -> DatasetInfo:
-    """Read a shard folder written by ``shard-imagenet``, from disk or from a URL prefix.
+def read_info(root: str | os.PathLike, fetch: Callable[[str], bytes] | None = None) -> DatasetInfo:
+    """Read and parse a shard folder's ``_info.json`` and ``classes.txt``, from disk or from a URL prefix; nothing
+    is checked against the shards (:func:`check_manifest`, :func:`check_shard_files` and
+    :func:`pipeline.read.info.load_info` do that).
 
     Args:
         root: the folder, or an ``http(s)://`` / ``s3://`` URL of a copy of it.
-        check_files: also check the listed shards against the manifest (when ``_info.json`` has one): the same
-            file names and sample counts (``shard-imagenet verify`` reads an edited file itself, so it passes
-            False), and, for local folders, that every shard exists with the manifest's size (a stat each) and
-            holds the samples ``shard_lengths`` says (its ``.idx``'s first line; where that is missing or disagrees,
-            its tar headers); remote shards are checked as they are read.
-        remote: timeout and retries of the downloads of a URL folder (None: :class:`RemoteOptions`' defaults).
+        fetch: the bytes at a URL location (the reader's download; it raises :class:`DatasetError` saying why it
+            cannot); needed for a URL ``root`` only.
 
     Raises:
-        DatasetError: ``_info.json`` or ``classes.txt`` missing or malformed, or (with ``check_files``) a
-            split whose shard names or counts disagree with the manifest, a listed shard missing, of the
-            wrong size or holding another count than ``shard_lengths``; a URL that gives no byte in time or fails.
+        DatasetError: ``_info.json`` or ``classes.txt`` missing or malformed, or a URL ``root`` without ``fetch``.
     """
     root = str(root).rstrip("/") if is_url(root) else Path(root)
     info_loc = join(root, INFO_FILE)
-    url = is_url(root)
-    obj, splits, manifest = _parse_info(_read_info_text(root, info_loc, url, remote), info_loc)
-    classes = _read_classes(root, url, obj, remote)
-    if check_files and manifest:
-        for split in splits.values():
-            _check_against_manifest(split, manifest.get(split.name, ()), info_loc, root)
-    if check_files and not url:
-        _check_shard_files(root, splits, manifest)
-        _check_shard_counts(root, splits)
+    url_fetch = fetch if is_url(root) else None
+    if is_url(root) and fetch is None:
+        raise DatasetError(f"{info_loc}: a URL; read it with pipeline.read.info.load_info (only local folders here)")
+    obj, splits, manifest = _parse_info(_read_info_text(root, info_loc, url_fetch), info_loc)
+    classes = _read_classes(root, url_fetch, obj)
     extra = {k: v for k, v in obj.items() if k not in ("splits", "manifest")}
     return DatasetInfo(root=root, splits=splits, classes=classes, extra=extra, manifest=manifest)
 
 
-def _read_info_text(root: Path | str, info_loc: str, remote: bool, options: RemoteOptions | None) -> str:
-    """The text of ``_info.json``; DatasetError saying what to run when it is not there."""
-    if remote:
+def check_manifest(info: DatasetInfo) -> None:
+    """Each split's ``filenames`` and ``shard_lengths`` are the manifest's names and counts (a hand-edited
+    ``_info.json`` otherwise trains on other samples than it says); nothing to check without a manifest.
+
+    Raises:
+        DatasetError: naming the first difference.
+    """
+    if not info.manifest:
+        return
+    info_loc = join(info.root, INFO_FILE)
+    for split in info.splits.values():
+        _check_against_manifest(split, info.manifest.get(split.name, ()), info_loc, info.root)
+
+
+def _read_info_text(root: Path | str, info_loc: str, fetch: Callable[[str], bytes] | None) -> str:
+    """The text of ``_info.json`` (``fetch``: a URL's download); DatasetError saying what to run when it is not
+    there."""
+    if fetch is not None:
         try:
-            return read_location(info_loc, options).decode("utf-8")
-        except ShardReadError as exc:
-            raise _fetch_error(info_loc, exc) from None
+            return fetch(info_loc).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DatasetError(f"{info_loc}: cannot fetch ({exc}); check the URL (it must hold the files "
                                f"shard-imagenet wrote)") from None
@@ -206,24 +213,16 @@ def _read_info_text(root: Path | str, info_loc: str, remote: bool, options: Remo
     return Path(info_loc).read_text()
 
 
-def _fetch_error(location: str, exc: ShardReadError) -> DatasetError:
-    """``<location>: cannot fetch: <why>; <what to do>`` from the download's error (which names ``location`` and
-    what to do already: a timeout after the retries, an HTTP error, a missing download command)."""
-    detail = str(exc)
-    if detail.startswith(location + ": "):
-        detail = detail[len(location) + 2:]
-    return DatasetError(f"{location}: cannot fetch: {detail}")
-
-
 def _parse_info(info_text: str, info_loc: str) -> tuple[dict, dict[str, SplitInfo],
                                                         dict[str, tuple[ShardEntry, ...]]]:
     """(the whole object, its splits, its manifest) of ``_info.json``'s text; DatasetError when malformed."""
     try:
         obj = json.loads(info_text)
         splits = {}
-        for name, s in obj["splits"].items():
-            split = SplitInfo(name=s.get("name", name), num_samples=int(s["num_samples"]),
-                              filenames=tuple(s["filenames"]), shard_lengths=tuple(int(n) for n in s["shard_lengths"]))
+        for name, entry in obj["splits"].items():
+            split = SplitInfo(name=entry.get("name", name), num_samples=int(entry["num_samples"]),
+                              filenames=tuple(entry["filenames"]),
+                              shard_lengths=tuple(int(n) for n in entry["shard_lengths"]))
             if len(split.filenames) != len(split.shard_lengths) or sum(split.shard_lengths) != split.num_samples:
                 raise ValueError(f"split '{name}': filenames, shard_lengths and num_samples disagree")
             splits[name] = split
@@ -234,15 +233,12 @@ def _parse_info(info_text: str, info_loc: str) -> tuple[dict, dict[str, SplitInf
     return obj, splits, manifest
 
 
-def _read_classes(root: Path | str, remote: bool, obj: dict, options: RemoteOptions | None) -> tuple[str, ...]:
+def _read_classes(root: Path | str, fetch: Callable[[str], bytes] | None, obj: dict) -> tuple[str, ...]:
     """The class names of ``classes.txt``, kept exactly (one per line); DatasetError when it is missing or its
     count differs from ``_info.json``'s ``num_classes``."""
     classes_loc = join(root, CLASSES_FILE)
-    if remote:
-        try:
-            raw = read_location(classes_loc, options)
-        except ShardReadError as exc:
-            raise _fetch_error(classes_loc, exc) from None
+    if fetch is not None:
+        raw = fetch(classes_loc)
     elif not Path(classes_loc).is_file():
         raise DatasetError(f"{classes_loc}: not found; re-run shard-imagenet")
     else:
@@ -255,10 +251,15 @@ def _read_classes(root: Path | str, remote: bool, obj: dict, options: RemoteOpti
     return classes
 
 
-def _check_shard_files(root: Path, splits: dict[str, SplitInfo], manifest: dict[str, tuple[ShardEntry, ...]]) -> None:
-    """Every listed shard exists with the manifest's size (a stat each); DatasetError naming the first that does not."""
-    sizes = {e.filename: e.bytes for entries in manifest.values() for e in entries}
-    for split in splits.values():
+def check_shard_files(info: DatasetInfo) -> None:
+    """Every listed shard of the local folder ``info.root`` exists with the manifest's size (a stat each).
+
+    Raises:
+        DatasetError: naming the first shard that does not.
+    """
+    root = Path(info.root)
+    sizes = {e.filename: e.bytes for entries in info.manifest.values() for e in entries}
+    for split in info.splits.values():
         for f in split.filenames:
             path = root / f
             if not path.is_file():
@@ -268,41 +269,14 @@ def _check_shard_files(root: Path, splits: dict[str, SplitInfo], manifest: dict[
                                    f"or replaced); run `shard-imagenet verify {root}`, then re-shard")
 
 
-def _check_shard_counts(root: Path, splits: dict[str, SplitInfo]) -> None:
-    """Every listed shard holds the samples ``shard_lengths`` says; DatasetError naming the first that does not (a
-    hand-edited ``_info.json`` of a folder without a manifest, or one whose manifest was edited too, trains on other
-    samples than it says, or stops after an epoch).
-
-    A shard's ``.idx`` tells its count cheaply (:func:`index_sample_count`); where that agrees, nothing else is
-    read. Where it does not, or there is no usable ``.idx``, the tar's own headers are counted (one 512-byte read
-    per member) and decide: a damaged ``.idx`` beside a tar that agrees is left to the reader that uses it (DALI's
-    :mod:`pipeline.read.shardcheck` names it)."""
-    for split in splits.values():
-        for f, listed in zip(split.filenames, split.shard_lengths):
-            tar = root / f
-            if index_sample_count(tar) == listed:
-                continue
-            try:
-                held = count_samples(str(tar))
-            except ShardReadError as exc:
-                raise DatasetError(str(exc)) from None
-            if held != listed:
-                raise DatasetError(f"{tar}: holds {held} samples, {INFO_FILE} says {listed} (split '{split.name}'; "
-                                   f"edited?); run `shard-imagenet verify {root}`, then re-run shard-imagenet into it "
-                                   f"(it keeps complete shards and rewrites {INFO_FILE})")
-
-
 def index_sample_count(tar: Path) -> int | None:
     """The sample count on the first line of the ``.idx`` beside the local shard ``tar`` (``v1.2 <samples>``, at
     most 64 bytes read), or None where that file is missing, unreadable or does not start so."""
     try:
         with open(tar.with_name(index_name(tar.name)), "rb") as f:
-            head = f.readline(64).split()
+            return parse_index_header(f.readline(64))
     except OSError:
         return None
-    if len(head) == 2 and head[0] == IDX_VERSION.encode() and head[1].isdigit():
-        return int(head[1])
-    return None
 
 
 def _check_against_manifest(split: SplitInfo, entries: tuple[ShardEntry, ...], info_loc: str,
