@@ -1,25 +1,30 @@
 """Decode backends behind one contract, with a lazy registry: the contract (:class:`Loader`, :class:`Batch`,
-:class:`LoaderConfig`, :class:`LoaderStats`) and the registry (:class:`BackendSpec`: what each backend needs as
-input and how it is measured), nothing backend-specific.
+:class:`LoaderConfig` and the per-backend sub-configs, :class:`LoaderStats`, the typed stage seconds
+:class:`StageSeconds` / :class:`StageTimes`) and the registry (:class:`BackendSpec`: what each
+backend needs as input and how it is measured), nothing backend-specific.
 
 Every backend yields :class:`Batch` objects whose images are already on the training device, normalised
 and in channels-last memory format. A backend's module is imported only when it is built, so an
-install without DALI never imports DALI.
+install without DALI never imports DALI. The host batch and its device stage live in
+:mod:`pipeline.backends.staging`, what the shard backends share in :mod:`pipeline.backends.shards`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import os
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable, Iterator, Protocol, TypeVar, runtime_checkable
+from types import MappingProxyType
+from typing import Iterator, Protocol, TypeVar, runtime_checkable
 
 import torch
 
-from pipeline.compat import cache
 from pipeline.dataset import DatasetInfo
+from pipeline.hostinfo import cores_per_local_rank
 from pipeline.read.tarstream import RemoteOptions
 from pipeline.read.transforms import CROP_PCT, IMAGE_SIZE_RANGE
 
@@ -60,20 +65,59 @@ class OnBadSample(str, Enum):
 
 
 @dataclass(frozen=True)
+class SyntheticConfig:
+    """Options of the ``synthetic`` backend alone (its registry entry names this class): the epoch sizes and class
+    count it generates when no dataset is given (defaults: ILSVRC2012's). Raises ValueError (one line, naming the
+    flag) for a value below 1.
+
+    Attributes:
+        train_samples: images of a train epoch (``--synthetic-train-samples``).
+        val_samples: images of an eval pass (``--synthetic-val-samples``).
+        classes: the class count (model output size).
+    """
+
+    train_samples: int = IMAGENET_TRAIN_SAMPLES
+    val_samples: int = IMAGENET_VAL_SAMPLES
+    classes: int = IMAGENET_CLASSES
+
+    def __post_init__(self) -> None:
+        for name, value in (("--synthetic-train-samples", self.train_samples),
+                            ("--synthetic-val-samples", self.val_samples), ("synthetic_classes", self.classes)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    """Options of the ``folder`` backend alone (its registry entry names this class).
+
+    Attributes:
+        data_root: the ``--data`` folder holding the ImageFolder tree's ``train/`` and ``val/`` (None: not given;
+            the backend then refuses to build, in one line).
+    """
+
+    data_root: Path | str | None = None
+
+
+# (JSON key, sub-config class, its field): the sub-configs' fields as LoaderConfig.json_fields lays them out
+_FLAT_SUB_FIELDS = (("synthetic_train_samples", SyntheticConfig, "train_samples"),
+                    ("synthetic_val_samples", SyntheticConfig, "val_samples"),
+                    ("synthetic_classes", SyntheticConfig, "classes"), ("data_root", FolderConfig, "data_root"))
+
+
+@dataclass(frozen=True)
 class LoaderConfig:
-    """Options shared by every backend.
+    """Options shared by every backend, and the per-backend sub-configs (``options``).
 
     Attributes:
         batch_size: samples per batch on this rank.
         image_size: output side in pixels (square crops), in :data:`~pipeline.read.transforms.IMAGE_SIZE_RANGE`.
-        workers: CPU decode processes per rank (0 = decode in the training process).
+        workers: CPU decode processes per rank (0 = decode in the training process); None (the default, also
+            ``train``'s): :func:`pipeline.hostinfo.cores_per_local_rank`, resolved when the config is made.
         seed: seed of shard order, shuffle buffer and crops.
         shuffle_buffer: samples held by each worker's train shuffle buffer (1 = no shuffle).
         crop_pct: eval centre-crop ratio (:data:`~pipeline.read.transforms.CROP_PCT`, 0.875 = Resize 256 /
             CenterCrop 224).
-        synthetic_train_samples / synthetic_val_samples / synthetic_classes: epoch sizes and class count
-            of the synthetic backend when no dataset is given (defaults: ILSVRC2012's).
-        data_root: the ``--data`` folder or URL (the ``folder`` backend reads its ImageFolder tree directly).
         normalize: True: images arrive as ImageNet-normalised float32; False: as uint8 0..255 (the same
             geometry), for loader benchmarks and for models that normalise themselves.
         on_bad_sample: a sample that does not decode is skipped and counted, or an error (:class:`OnBadSample`;
@@ -81,6 +125,9 @@ class LoaderConfig:
         remote_timeout: seconds a remote download (``--data`` a URL) may give no byte before it is retried:
             :class:`~pipeline.read.tarstream.RemoteOptions` ``timeout_s``.
         remote_retries: retries of a remote download that timed out or failed before the run stops.
+        options: the sub-configs of the backends that have options of their own (:class:`SyntheticConfig`,
+            :class:`FolderConfig`: the classes their registry entries name, ``BackendSpec.options``); a backend
+            reads its own with :meth:`options_for` (its defaults where none is given), ignores the others.
 
     These defaults are the ``train`` command's (its flags read them from here). Raises ValueError (one line,
     naming the flag) for a value no backend can use.
@@ -88,22 +135,21 @@ class LoaderConfig:
 
     batch_size: int = 256
     image_size: int = 224
-    workers: int = 2
+    workers: int | None = None
     seed: int = 0
     shuffle_buffer: int = 500
     crop_pct: float = CROP_PCT
-    synthetic_train_samples: int = IMAGENET_TRAIN_SAMPLES
-    synthetic_val_samples: int = IMAGENET_VAL_SAMPLES
-    synthetic_classes: int = IMAGENET_CLASSES
-    data_root: Path | str | None = None
     normalize: bool = True
     on_bad_sample: OnBadSample = OnBadSample.SKIP
     remote_timeout: float = RemoteOptions.timeout_s
     remote_retries: int = RemoteOptions.retries
+    options: tuple = ()
 
     def __post_init__(self) -> None:
+        if self.workers is None:
+            object.__setattr__(self, "workers", cores_per_local_rank())
         if self.on_bad_sample not in set(OnBadSample):
-            raise ValueError(f"--on-bad-sample must be {' or '.join(p.value for p in OnBadSample)}, "
+            raise ValueError(f"--on-bad-sample must be {' or '.join(choice.value for choice in OnBadSample)}, "
                              f"got {self.on_bad_sample!r}")
         object.__setattr__(self, "on_bad_sample", OnBadSample(self.on_bad_sample))  # "error" -> the member
         if self.image_size > IMAGE_SIZE_RANGE[1]:  # a side no backend should be asked for (shared-memory batches)
@@ -111,15 +157,30 @@ class LoaderConfig:
         for name, value, low in (("--batch-size", self.batch_size, 1),
                                  ("--image-size", self.image_size, IMAGE_SIZE_RANGE[0]),
                                  ("--workers", self.workers, 0), ("--shuffle-buffer", self.shuffle_buffer, 1),
-                                 ("--synthetic-train-samples", self.synthetic_train_samples, 1),
-                                 ("--synthetic-val-samples", self.synthetic_val_samples, 1),
-                                 ("synthetic_classes", self.synthetic_classes, 1),
                                  ("--remote-retries", self.remote_retries, 0)):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         self.remote_options()  # --remote-timeout: a finite number of seconds > 0
+        object.__setattr__(self, "options", tuple(self.options))  # a list given: frozen
+
+    def options_for(self, cls: type[T]) -> T:
+        """The last sub-config of class ``cls`` in ``options`` (a later one overrides), else ``cls()`` (defaults)."""
+        return next((sub for sub in reversed(self.options) if isinstance(sub, cls)), None) or cls()
+
+    def json_fields(self) -> dict[str, object]:
+        """The fields as the metrics JSON's ``resolved_config.loader_cfg`` lays them out (as it did before the
+        sub-configs existed, so readers of earlier runs' JSON find the same keys): the shared options, with each
+        backend sub-config's fields flat in place of ``options`` (:data:`_FLAT_SUB_FIELDS`; their defaults where no
+        sub-config is given), before ``normalize``."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "normalize":
+                out.update((key, getattr(self.options_for(cls), attr)) for key, cls, attr in _FLAT_SUB_FIELDS)
+            if f.name != "options":
+                out[f.name] = getattr(self, f.name)
+        return out
 
     def remote_options(self) -> RemoteOptions:
         """The timeout and retries of remote downloads (``remote_timeout``, ``remote_retries``)."""
@@ -127,8 +188,85 @@ class LoaderConfig:
 
 
 # The stages a backend's time splits into, in order: read (shard / file bytes), decode (JPEG → RGB), augment
-# (crop, resize, flip), collate (assembling the batch).
+# (crop, resize, flip), collate (assembling the batch); StageSeconds also carries io-bench's host→device copy.
 STAGES = ("read", "decode", "augment", "collate")
+H2D_COPY = "h2d copy"  # the display / JSON name of :attr:`StageSeconds.h2d`
+
+
+@dataclass(frozen=True)
+class StageSeconds:
+    """Seconds per stage (of a batch, a loader's life, or one image: whatever the holder says), with arithmetic.
+
+    Attributes:
+        read: reading the samples' bytes (tar reading + shuffle buffer, or the file).
+        decode: JPEG → RGB.
+        augment: crop, resize, flip (into the batch slot).
+        collate: assembling the batch (allocation, labels, the bad-sample policy).
+        h2d: host → device copy of the batch (measured by io-bench only; 0 where not measured).
+
+    ``a + b``, ``a - b`` are per stage; ``a * k``, ``a / k`` scale every stage by a number.
+    """
+
+    read: float = 0.0
+    decode: float = 0.0
+    augment: float = 0.0
+    collate: float = 0.0
+    h2d: float = 0.0
+
+    @classmethod
+    def from_named(cls, named) -> "StageSeconds":
+        """From ``(name, seconds)`` pairs or a ``name → seconds`` mapping using the names of :meth:`items`
+        (missing names count 0). Raises ValueError for an unknown name."""
+        pairs = tuple(named.items() if hasattr(named, "items") else named)
+        unknown = [name for name, _ in pairs if name not in _FIELD_OF_NAME]
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r}: expected one of {', '.join(_FIELD_OF_NAME)}")
+        return cls(**{_FIELD_OF_NAME[name]: float(seconds) for name, seconds in pairs})
+
+    def _values(self) -> tuple[float, ...]:
+        return (self.read, self.decode, self.augment, self.collate, self.h2d)
+
+    def __add__(self, other: "StageSeconds") -> "StageSeconds":
+        return StageSeconds(*(a + b for a, b in zip(self._values(), other._values())))
+
+    def __sub__(self, other: "StageSeconds") -> "StageSeconds":
+        return StageSeconds(*(a - b for a, b in zip(self._values(), other._values())))
+
+    def __mul__(self, factor: float) -> "StageSeconds":
+        return StageSeconds(*(a * factor for a in self._values()))
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor: float) -> "StageSeconds":
+        """Every stage divided by ``divisor`` (e.g. a sample count). Raises ZeroDivisionError for 0."""
+        return StageSeconds(*(a / divisor for a in self._values()))
+
+    @property
+    def total(self) -> float:
+        """Seconds over all stages (``h2d`` included: 0 where not measured)."""
+        return sum(self._values())
+
+    def items(self, with_h2d: bool = False) -> tuple[tuple[str, float], ...]:
+        """``(name, seconds)`` in stage order with the names of :data:`STAGES`, then ``("h2d copy", h2d)`` when
+        ``with_h2d`` (for display and JSON)."""
+        pairs = tuple(zip(STAGES, self._values()))
+        return pairs + ((H2D_COPY, self.h2d),) if with_h2d else pairs
+
+    def as_dict(self, with_h2d: bool = False) -> dict[str, float]:
+        """``name → seconds`` in the order of :meth:`items` (a new dict: JSON, a plot's row)."""
+        return dict(self.items(with_h2d))
+
+    def to_json(self) -> dict[str, float]:
+        """The loader's four stages by name (:meth:`as_dict` without ``h2d``, which only io-bench measures and
+        writes itself): how a report part holding these seconds stands in JSON."""
+        return self.as_dict()
+
+    def with_h2d(self, seconds: float) -> "StageSeconds":
+        """These stages with ``h2d`` set to ``seconds``."""
+        return dataclasses.replace(self, h2d=seconds)
+
+
+_FIELD_OF_NAME = MappingProxyType(dict(zip(STAGES + (H2D_COPY,), ("read", "decode", "augment", "collate", "h2d"))))
 
 
 @dataclass(frozen=True)
@@ -136,20 +274,23 @@ class StageTimes:
     """Seconds a backend spent per stage, and the samples they cover.
 
     Attributes:
-        seconds: stage → seconds (keys exactly :data:`STAGES`), summed over this rank's workers.
+        seconds: per stage (:class:`StageSeconds`), summed over this rank's workers.
         samples: images those seconds cover.
     """
 
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    seconds: StageSeconds = StageSeconds()
     samples: int = 0
+
+    def __add__(self, other: "StageTimes") -> "StageTimes":
+        return StageTimes(self.seconds + other.seconds, self.samples + other.samples)
 
     def __sub__(self, earlier: "StageTimes") -> "StageTimes":
         """What was spent between ``earlier`` (a snapshot of the same loader) and this snapshot."""
-        return StageTimes({k: v - earlier.seconds[k] for k, v in self.seconds.items()}, self.samples - earlier.samples)
+        return StageTimes(self.seconds - earlier.seconds, self.samples - earlier.samples)
 
-    def per_image(self) -> dict[str, float] | None:
-        """Stage → seconds per image, or None when no sample is covered."""
-        return {k: v / self.samples for k, v in self.seconds.items()} if self.samples else None
+    def per_image(self) -> StageSeconds | None:
+        """Seconds per image for each stage, or None when no sample is covered."""
+        return self.seconds / self.samples if self.samples else None
 
 
 @dataclass(frozen=True)
@@ -158,7 +299,8 @@ class LoaderStats:
 
     Attributes:
         skipped: ``"<shard>: <key>: <why>"`` of every sample that failed to decode (already named on stderr).
-        stages: per-stage time (:class:`StageTimes`) for backends that time their own stages, else None.
+        stages: per-stage seconds and the samples they cover (:class:`StageTimes`) for backends that time their
+            own stages, else None.
     """
 
     skipped: tuple[str, ...] = ()
@@ -219,41 +361,6 @@ class Loader(Protocol):
         """Skipped samples and (where the backend times them) per-stage seconds since the loader was built."""
 
 
-def replay_from(batches: Iterable[T], count: int) -> Iterator[T]:
-    """An iterator over ``batches`` with its first ``count`` items drawn and dropped.
-
-    Raises:
-        RuntimeError: ``batches`` has fewer than ``count`` items.
-    """
-    it = iter(batches)
-    for i in range(count):
-        try:
-            next(it)
-        except StopIteration:
-            raise RuntimeError(f"loader yielded {i} batches while skipping {count} already trained") from None
-    return it
-
-
-class ReplayResume:
-    """The resume half of :class:`Loader` for backends whose epoch order depends only on (seed, epoch, rank,
-    worker): a resume replays (reads and decodes, does not train) the batches already trained in the epoch."""
-
-    def iter_from(self, batches_done: int) -> Iterator[Batch]:
-        return replay_from(self, batches_done) if batches_done else iter(self)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Nothing to restore: the position is reproduced by replay."""
-
-    def close(self) -> None:
-        """Nothing to stop."""
-
-    def stats(self) -> LoaderStats:
-        return LoaderStats()
-
-
 class DataInput(str, Enum):
     """What a backend reads: shards written by shard-imagenet (``--data`` = the shard folder or URL), an
     ImageFolder tree (``--data`` = the folder holding ``train/`` and ``val/``), or nothing (generated data)."""
@@ -278,12 +385,14 @@ class BackendSpec:
         needs_nvidia: on a ``cuda`` device it runs NVIDIA-only code (DALI, nvJPEG), so it cannot run on another
             vendor's ``cuda`` device (MetaX, AMD ROCm, ...); on a CPU device it runs its CPU path
             (:meth:`device_refusal`).
+        options: the class of its own sub-config (:class:`SyntheticConfig`, :class:`FolderConfig`), read from
+            ``LoaderConfig.options`` (:meth:`options_of`); None: it has no options of its own.
         stage_probe: ``"module:function"`` measuring its per-stage cost for io-bench with the backend's own
             code, None where it has no stages to measure; the function takes ``(kind, cfg, split, info,
             max_samples)`` (this entry's :class:`LoaderKind`, a :class:`LoaderConfig` giving batch size, image
-            size and, for an image tree, ``data_root``; a :class:`Split`; the shard folder's
+            size and, for an image tree, its :class:`FolderConfig`; a :class:`Split`; the shard folder's
             :class:`~pipeline.dataset.DatasetInfo` or None; images to time) and returns a
-            :class:`pipeline.backends.probe.StageCosts` (seconds per image on one core).
+            :class:`pipeline.backends.probe.StageCosts` (:class:`StageSeconds` per image on one core).
     """
 
     kind: "LoaderKind"
@@ -295,6 +404,7 @@ class BackendSpec:
     local_only: bool = False
     stage_probe: str | None = None
     needs_nvidia: bool = False
+    options: type | None = None
 
     def available(self) -> str | None:
         """None when this backend can be built here, else why not (one line)."""
@@ -315,6 +425,11 @@ class BackendSpec:
         return (f"--loader {self.kind.value} needs an NVIDIA GPU; this run's device is {device_text}: "
                 f"use --loader cpu")
 
+    def options_of(self, cfg: LoaderConfig):
+        """This backend's sub-config in ``cfg`` (its defaults where ``cfg`` holds none); None when it has no options
+        of its own."""
+        return None if self.options is None else cfg.options_for(self.options)
+
     def loader_class(self):
         module_name, cls_name = self.target.split(":")
         return getattr(importlib.import_module(module_name), cls_name)
@@ -331,18 +446,20 @@ class BackendSpec:
         return getattr(importlib.import_module(module_name), fn_name)
 
 
-_REGISTRY: dict[LoaderKind, BackendSpec] = {spec.kind: spec for spec in (
+_REGISTRY = MappingProxyType({spec.kind: spec for spec in (
     BackendSpec(LoaderKind.CPU, "pipeline.backends.cpu:CpuLoader", DataInput.SHARDS, order_by_workers=True,
                 stage_probe="pipeline.backends.probe:probe_by_stats"),
     BackendSpec(LoaderKind.FOLDER, "pipeline.backends.folder:FolderLoader", DataInput.IMAGE_TREE,
-                order_by_workers=True, local_only=True, stage_probe="pipeline.backends.probe:probe_by_stats"),
-    BackendSpec(LoaderKind.SYNTHETIC, "pipeline.backends.synthetic:SyntheticLoader", DataInput.NONE),
+                order_by_workers=True, local_only=True, stage_probe="pipeline.backends.probe:probe_by_stats",
+                options=FolderConfig),
+    BackendSpec(LoaderKind.SYNTHETIC, "pipeline.backends.synthetic:SyntheticLoader", DataInput.NONE,
+                options=SyntheticConfig),
     BackendSpec(LoaderKind.DALI, "pipeline.backends.dali:DaliLoader", DataInput.SHARDS, local_only=True,
                 requires="nvidia.dali", install_hint="DALI not installed: pip install 'imagenet-pipeline[dali]'",
-                stage_probe="pipeline.backends.dali:measure_stages", needs_nvidia=True),
+                stage_probe="pipeline.backends.dali_stages:measure_stages", needs_nvidia=True),
     BackendSpec(LoaderKind.NVJPEG, "pipeline.backends.nvjpeg:NvjpegLoader", DataInput.SHARDS,
                 order_by_workers=True, needs_nvidia=True),
-)}
+)})
 
 
 def backend_spec(kind: LoaderKind | str) -> BackendSpec:
@@ -361,61 +478,6 @@ def build_loader(kind: LoaderKind, cfg: LoaderConfig, split: Split, info: Datase
     return cls(cfg=cfg, split=Split(split), info=info, device=device, rank=rank, world_size=world_size)
 
 
-def normalize_on_device(images_nhwc_u8: torch.Tensor, device: torch.device, normalize: bool = True) -> torch.Tensor:
-    """``N×H×W×3`` uint8 (host, ideally pinned) → ``N×3×H×W`` on ``device`` with channels-last strides:
-    float32 ImageNet-normalised, or the uint8 values themselves when ``normalize`` is False.
-
-    The NHWC buffer permuted to NCHW already has channels-last strides, so no layout copy is made.
-    """
-    x = images_nhwc_u8.to(device, non_blocking=True).permute(0, 3, 1, 2)
-    if not normalize:
-        return x
-    mean, inv_std = _normalization_constants(device)
-    return x.float().sub_(mean).mul_(inv_std)
-
-
-def to_device_prefetched(host_batches: Iterator[tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]],
-                         device: torch.device, normalize: bool = True) -> Iterator[Batch]:
-    """Host batches ``(N×H×W×3 uint8, N int64, keys)`` → :class:`Batch` on ``device``.
-
-    On CUDA the copy and normalisation of batch ``i+1`` are queued on a side stream as soon as batch ``i`` is
-    handed out, so they overlap the training step (timm's PrefetchLoader idea); the consumer's stream waits
-    for that side stream before it uses a batch, and the tensors are recorded on the consumer's stream so the
-    caching allocator does not reuse them early. Elsewhere each batch is converted when it is asked for.
-    """
-    if device.type != "cuda":
-        for images, labels, keys in host_batches:
-            yield Batch(normalize_on_device(images, device, normalize), labels.to(device), keys)
-        return
-    side = torch.cuda.Stream(device=device)
-
-    def upload(item):
-        images, labels, keys = item
-        with torch.cuda.stream(side):
-            return Batch(normalize_on_device(images, device, normalize), labels.to(device, non_blocking=True), keys)
-
-    it = iter(host_batches)
-    nxt = next(it, None)
-    ready = upload(nxt) if nxt is not None else None
-    while ready is not None:
-        current = torch.cuda.current_stream(device)
-        current.wait_stream(side)
-        ready.images.record_stream(current)
-        ready.labels.record_stream(current)
-        batch = ready
-        nxt = next(it, None)
-        ready = upload(nxt) if nxt is not None else None
-        yield batch
-
-
-@cache
-def _normalization_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet mean and 1/std as ``1×3×1×1`` float32 on ``device``, made once per device."""
-    mean = torch.tensor(IMAGENET_MEAN_255, device=device).view(1, 3, 1, 1)
-    inv_std = (1.0 / torch.tensor(IMAGENET_STD_255, device=device)).view(1, 3, 1, 1)
-    return mean, inv_std
-
-
-__all__ = ["STAGES", "BackendSpec", "Batch", "DataInput", "Loader", "LoaderConfig", "LoaderKind", "LoaderStats",
-           "OnBadSample", "ReplayResume", "Split", "StageTimes", "backend_spec", "build_loader", "normalize_on_device",
-           "replay_from", "to_device_prefetched"]
+__all__ = ["H2D_COPY", "STAGES", "BackendSpec", "Batch", "DataInput", "FolderConfig", "Loader",
+           "LoaderConfig", "LoaderKind", "LoaderStats", "OnBadSample", "Split", "StageSeconds",
+           "StageTimes", "SyntheticConfig", "backend_spec", "build_loader"]

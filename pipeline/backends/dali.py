@@ -41,62 +41,42 @@ pipeline is built with ``enable_checkpointing=True``; no throughput cost measura
 * val reads in a fixed order and keeps no state (``{}``): ``iter_from`` replays, which is exact.
 
 Damaged or hand-made shards never reach DALI unchecked (DALI raises deep in its C++ code on them, or crashes the
-process): :func:`_checked_shards` checks each shard's size against the manifest and parses its ``.idx`` first
-(:mod:`pipeline.read.shardcheck`), and a shard that ``_info.json`` lists with 0 samples is left out of DALI's shard
-list with a warning (DALI refuses an empty index; the ``cpu`` backend reads it as 0 samples). Every problem found
+process): :func:`~pipeline.backends.dali_graph.checked_shards` checks each shard's size against the manifest and
+parses its ``.idx`` first (:mod:`pipeline.read.shardcheck`), and a shard that ``_info.json`` lists with 0 samples
+is left out of DALI's shard list with a warning (DALI refuses an empty index; the ``cpu`` backend reads it as 0
+samples). Every problem found
 there, and every error DALI itself raises later (``missing_component_behavior="error"``; an undecodable JPEG), is
 a one-line ValueError naming the shard (and the sample key where known) and ``shard-imagenet verify``.
 
-The loader times no stage while it trains (DALI's executor overlaps them); :func:`measure_stages`, the backend's
-io-bench probe, times them by difference of partial pipelines cut from the same graph (:func:`_make_graph`).
+The loader times no stage while it trains (DALI's executor overlaps them);
+:func:`pipeline.backends.dali_stages.measure_stages`, the backend's io-bench probe, times them by difference of
+partial pipelines cut from the same graph (:func:`pipeline.backends.dali_graph.make_graph`).
+
+This module holds the loader (:class:`DaliLoader`), its state (:data:`STATE_FORMAT`) and :func:`rank_share`; the
+graph, the shard checks and DALI's error lines are in :mod:`pipeline.backends.dali_graph`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import time
 import warnings
+from types import MappingProxyType
 from typing import Iterator
 
-import numpy as np
 import torch
 
-from pipeline.read import plan as epoch_plan
-from pipeline.backends import (IMAGENET_MEAN_255, IMAGENET_STD_255, Batch, LoaderConfig, LoaderStats, Split,
-                               replay_from)
+from pipeline.backends import Batch, LoaderConfig, LoaderStats, Split
+from pipeline.backends.replay import replay_from
+from pipeline.backends.dali_graph import (GRAPH_STAGES, INSTALL_HINT, READER_NAME, check_options,  # noqa: F401
+                                          checked_shards, dali_version, failure, host_batch, host_labels,
+                                          import_dali, make_graph)
 from pipeline.dataset import DatasetInfo
-from pipeline.read.shardcheck import CheckedShards, check_split
-from pipeline.read.transforms import RRC_RATIO, RRC_SCALE, eval_resize_size
+from pipeline.read import plan as epoch_plan
 
-INSTALL_HINT = "--loader dali needs NVIDIA DALI: pip install 'imagenet-pipeline[dali]' (nvidia-dali-cuda130)"
-READER_NAME = "Reader"
-MEMBERS = {"jpg": None, "lbl": 4}  # the components the reader takes → their exact size in bytes (None: any > 0)
-GRAPH_STAGES = ("read", "decode", "augment")  # where _make_graph can cut the graph (the last: the whole graph)
 STATE_FORMAT = 1  # version of the dict DaliLoader.state_dict returns
-_STATE_KEYS = {"format": int, "dali": str, "config": dict, "epoch": int, "batch": int, "reader_batch": int,
-               "pipeline": bytes, "sha256": str}
-
-
-def _import_dali():
-    """Import DALI's modules: ``(pipeline_def, fn, types)``.
-
-    Raises:
-        ValueError: DALI is not installed (one line, with the install command).
-    """
-    try:
-        from nvidia.dali import fn, pipeline_def, types
-    except ImportError:
-        raise ValueError(INSTALL_HINT) from None
-    return pipeline_def, fn, types
-
-
-def _dali_version() -> str:
-    import nvidia.dali
-
-    return str(nvidia.dali.__version__)
+_STATE_KEYS = MappingProxyType({"format": int, "dali": str, "config": dict, "epoch": int, "batch": int,
+                                "reader_batch": int, "pipeline": bytes, "sha256": str})
 
 
 def rank_share(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -104,170 +84,12 @@ def rank_share(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     return epoch_plan.split_even(num_samples, world_size, rank)
 
 
-def _check_options(cfg: LoaderConfig, info: DatasetInfo | None, rank: int, world_size: int) -> None:
-    """Raises ValueError (one line) for a missing or remote dataset or invalid option values."""
-    if info is None:
-        raise ValueError("--loader dali needs --data DIR (a folder written by shard-imagenet)")
-    if info.remote:
-        raise ValueError(f"--loader dali reads shards from disk only, not {info.root}; copy them to a local or "
-                         f"mounted folder, or stream them with --loader cpu")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"bad loader options: rank={rank}, world_size={world_size}")
-
-
-def _checked_shards(info: DatasetInfo, split: str) -> CheckedShards:
-    """The shards of ``split`` DALI reads, checked before DALI opens them (:func:`pipeline.read.shardcheck.check_split`:
-    sizes against the manifest, every ``.idx`` parsed: a positive sample count equal to ``shard_lengths``, a ``.jpg``
-    and a 4-byte ``.lbl`` in every sample, every member inside its file). A shard listed with 0 samples (which
-    DALI refuses) is left out of DALI's shard list, with one warning line naming it; that moves no sample.
-
-    Raises:
-        pipeline.read.shardcheck.ShardCheckError (a ValueError): one line naming the shard, the sample key and line
-            of its ``.idx`` where there is one, what is wrong and ``shard-imagenet verify``.
-    """
-    shards = check_split(info, split, MEMBERS)
-    if shards.skipped:
-        warnings.warn(f"{len(shards.skipped)} {split} shard(s) listed with 0 samples left out of DALI's shard list "
-                      f"(DALI cannot read an empty shard): {', '.join(shards.skipped)}", stacklevel=3)
-    return shards
-
-
-# Lines of DALI's error text that wrap or locate the cause rather than say it (skipped by _failure).
-_DALI_NOISE = ("Critical error in pipeline", "Current pipeline object is no longer valid", "C++ context:",
-               "Error in ", "which was used in", "File \"")
-
-
-def _index_key(index_path: str, line: int) -> str:
-    """The sample key on line ``line`` (1 = the first sample) of a ``.idx``, or "" when it cannot be read."""
-    try:
-        with open(index_path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-        return lines[line].split()[3].rsplit("/", 1)[-1].split(".", 1)[0] if 0 < line < len(lines) else ""
-    except (OSError, IndexError):
-        return ""
-
-
-def _failure(exc: BaseException, split: str, root: str | os.PathLike) -> ValueError:
-    """A DALI error → one-line ValueError: the failing operator and cause, the shard and sample key where DALI's
-    text names an index line, what DALI needs of each sample, and ``shard-imagenet verify``."""
-    text = str(exc)
-    op = re.search(r"operator `nvidia\.dali\.fn\.([\w.]+)`", text)
-    body = text.split("encountered:", 1)[-1]
-    cause = next((ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith(_DALI_NOISE)),
-                 type(exc).__name__)
-    where = ""
-    at_index = re.search(r'index file at "([^"]+)" line (\d+)', text)
-    at_tar = re.search(r'([^\s"]+\.tar)\b', text)
-    if at_index:
-        key = _index_key(at_index[1], int(at_index[2]))
-        where = f"shard {os.path.splitext(at_index[1])[0]}.tar{', sample ' + key if key else ''}: "
-    elif at_tar:
-        where = f"shard {at_tar[1]}: "
-    return ValueError(f"DALI failed reading the {split} shards in {root}: {where}{op[1] + ': ' if op else ''}"
-                      f"{cause[:200]}; every sample needs a KEY.jpg (a JPEG) and a 4-byte KEY.lbl, and DALI cannot "
-                      f"skip a damaged one: run `shard-imagenet verify {root}` to find it, or train with --loader "
-                      f"cpu, which skips and names such samples")
-
-
 def _data_digest(info: DatasetInfo, split: str) -> str:
     """A short digest of a split's shards (names, sample counts, manifest sha256s): changes when re-sharded."""
-    s = info.split(split)
+    entry = info.split(split)
     shas = {e.filename: e.sha256 for e in info.manifest.get(split, ())}
-    blob = json.dumps([list(s.filenames), list(s.shard_lengths), [shas.get(f, "") for f in s.filenames]])
+    blob = json.dumps([list(entry.filenames), list(entry.shard_lengths), [shas.get(f, "") for f in entry.filenames]])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _val_crop_roi(jpegs, size: int, crop_pct: float):
-    """In-graph, per sample: the source region ``(roi_start, roi_end)`` (``[y, x]``, absolute pixels, float32) of
-    torchvision's ``Resize(eval_resize_size(size, crop_pct))`` + ``CenterCrop(size)``, the box of
-    :func:`pipeline.read.transforms.center_crop_box`, from the JPEG header (``fn.peek_image_shape``, which follows
-    EXIF orientation as the decoder does). Resampling it with ``fn.resize(size=..., roi_start=..., roi_end=...)``
-    keeps torchvision's integer crop box (``resize_shorter`` + ``crop_mirror_normalize(crop=...)`` rounds the
-    long side and places the crop by DALI's own rounding: 4.4/255 mean from torchvision at 224 px).
-
-    Resized ``H' = s * H // short``, ``W'`` likewise; the corner ``round_half_even((H' - size) / 2)`` in integer
-    DALI arithmetic: with ``m = H' - size``, ``q = m // 2``, it is ``q + (m - 2q) * (q - 2 (q // 2))``.
-    """
-    from nvidia.dali import fn, types
-    from nvidia.dali import math as dmath
-
-    shape = fn.peek_image_shape(jpegs, dtype=types.INT64)  # H, W, C
-    h, w = shape[0], shape[1]
-    s = eval_resize_size(size, crop_pct)
-    new_h, new_w = s * h // dmath.min(h, w), s * w // dmath.min(h, w)
-
-    def corner(n):
-        q = (n - size) // 2
-        return q + (n - size - 2 * q) * (q - 2 * (q // 2))
-
-    top, left = corner(new_h), corner(new_w)
-    fy, fx = fn.cast(h, dtype=types.FLOAT64) / new_h, fn.cast(w, dtype=types.FLOAT64) / new_w
-    start = fn.stack(top * fy, left * fx)
-    end = fn.stack((top + size) * fy, (left + size) * fx)
-    return fn.cast(start, dtype=types.FLOAT), fn.cast(end, dtype=types.FLOAT)
-
-
-def _make_graph(cfg: LoaderConfig, train: bool, paths: list[str], index_paths: list[str], rank: int,
-                world_size: int, device_id: int | None, last_stage: str = "augment"):
-    """The pipeline definition: call it (optionally with ``checkpoint=...`` or other ``Pipeline`` arguments, which
-    override the ones given here) to get an unbuilt pipeline.
-
-    ``last_stage`` cuts the graph after a stage, for :func:`measure_stages`: ``"read"`` outputs the reader's
-    (JPEG bytes, int32 label), ``"decode"`` the decoder's ``H×W×3`` uint8 images (train: already the random crop,
-    decoded region only) and labels, ``"augment"`` (the whole graph, what the loader runs) the ``S×S×3`` batch.
-
-    Raises:
-        ValueError: ``last_stage`` is none of those three.
-    """
-    if last_stage not in GRAPH_STAGES:
-        raise ValueError(f"last_stage must be one of {', '.join(GRAPH_STAGES)}, got {last_stage!r}")
-    pipeline_def, fn, types = _import_dali()
-    size = cfg.image_size
-    decode_device = "cpu" if device_id is None else "mixed"
-    if cfg.normalize:
-        norm = dict(dtype=types.FLOAT, mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255))
-    else:
-        norm = dict(dtype=types.UINT8)
-
-    @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
-                  seed=cfg.seed + 1_000_003 * rank, prefetch_queue_depth=2, enable_checkpointing=train)
-    def graph():
-        jpegs, labels = fn.readers.webdataset(
-            paths=paths, index_paths=index_paths, ext=list(MEMBERS), dtypes=[types.UINT8, types.INT32],
-            missing_component_behavior="error", shard_id=rank, num_shards=world_size, random_shuffle=train,
-            initial_fill=max(1, cfg.shuffle_buffer), seed=cfg.seed, pad_last_batch=True,
-            stick_to_shard=not train, name=READER_NAME)
-        if last_stage == "read":
-            return jpegs, labels
-        if train:
-            images = fn.decoders.image_random_crop(jpegs, device=decode_device, output_type=types.RGB,
-                                                   random_area=list(RRC_SCALE), random_aspect_ratio=list(RRC_RATIO),
-                                                   num_attempts=10)
-        else:
-            images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
-        if last_stage == "decode":
-            return images, labels
-        if train:
-            images = fn.resize(images, resize_x=size, resize_y=size)
-            images = fn.crop_mirror_normalize(images, output_layout="HWC",
-                                              mirror=fn.random.coin_flip(probability=0.5), **norm)
-        else:
-            roi_start, roi_end = _val_crop_roi(jpegs, size, cfg.crop_pct)  # torchvision's Resize + CenterCrop box
-            images = fn.resize(images, size=[size, size], roi_start=roi_start, roi_end=roi_end, roi_relative=False)
-            images = fn.crop_mirror_normalize(images, output_layout="HWC", **norm)
-        return images, labels
-
-    return graph
-
-
-def _host_labels(labels) -> torch.Tensor:
-    """DALI's CPU int32 label batch → ``N`` int64 tensor."""
-    return torch.from_numpy(np.array(labels.as_tensor(), dtype=np.int64).reshape(-1))
-
-
-def _host_batch(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """DALI's CPU outputs → (``N×S×S×3`` tensor copied out of DALI's buffer, which DALI reuses; ``N`` int64)."""
-    return torch.from_numpy(np.array(images.as_tensor(), copy=True)), _host_labels(labels)
 
 
 def _parse_state(state) -> dict:
@@ -288,71 +110,6 @@ def _parse_state(state) -> dict:
     return state
 
 
-def _time_graph(graph, batches: int, copy_out=None) -> tuple[float, float]:
-    """Build ``graph`` with the synchronous executor (``run()`` returns when that iteration's work is done, so its
-    time is that work), run it once untimed, then ``batches`` times: returns (seconds of the runs, seconds of
-    ``copy_out(images, labels)`` on each output, not included in the first; 0 without ``copy_out``)."""
-    pipe = graph(exec_pipelined=False, exec_async=False, prefetch_queue_depth=1)
-    pipe.build()
-    pipe.run()  # warm-up
-    clock = time.perf_counter
-    copy = 0.0
-    t0 = clock()
-    for _ in range(batches):
-        images, labels = pipe.run()
-        if copy_out is not None:
-            t1 = clock()
-            copy_out(images, labels)
-            copy += clock() - t1
-    return clock() - t0 - copy, copy
-
-
-def measure_stages(kind, cfg: LoaderConfig, split: Split | str, info: DatasetInfo | None, max_samples: int):
-    """Per-stage cost of the ``dali`` backend (its registry ``stage_probe``; ``kind`` is ``"dali"``), in seconds per
-    image with one DALI thread, by difference of partial pipelines that :func:`_make_graph` builds from the
-    loader's own graph: read = the reader alone, decode = (reader + decoder) - read, augment = the whole graph -
-    (reader + decoder), collate = copy of the output to a host batch. Each graph runs ``ceil(max_samples /
-    batch size)`` timed batches after one untimed one; a negative difference (noise) counts 0. The decode runs
-    on the GPU (``mixed``) where CUDA is available, else on the CPU. Returns a
-    :class:`pipeline.backends.probe.StageCosts`.
-
-    Raises:
-        ValueError: DALI is not installed (the install hint), bad options, no local shard folder, a shard that
-            fails the checks of :func:`_checked_shards`, or DALI failing to read the shards (one line each).
-    """
-    from pipeline.backends.probe import StageCosts, check_probe_options, one_torch_thread, profiling_config
-
-    _import_dali()
-    split = Split(split)
-    check_probe_options(cfg, max_samples)
-    pcfg = profiling_config(cfg)  # workers=0: one DALI thread; uint8 output
-    _check_options(pcfg, info, 0, 1)
-    shards = _checked_shards(info, split.value)
-    paths, index_paths = list(shards.paths), list(shards.index_paths)
-    cuda = torch.cuda.is_available()
-    device_id = torch.cuda.current_device() if cuda else None
-    train = split is Split.TRAIN
-    batches = max(1, -(-max_samples // cfg.batch_size))
-    to_host = (lambda images, labels: _host_batch(images.as_cpu(), labels.as_cpu())) if cuda else _host_batch
-    run_s, copy_s = {}, 0.0
-    with one_torch_thread():
-        for stage in GRAPH_STAGES:
-            graph = _make_graph(pcfg, train, paths, index_paths, 0, 1, device_id, last_stage=stage)
-            try:
-                run_s[stage], copy_s = _time_graph(graph, batches, to_host if stage == GRAPH_STAGES[-1] else None)
-            except RuntimeError as exc:
-                raise _failure(exc, split.value, info.root) from None
-    n = batches * cfg.batch_size
-    per = {"read": max(0.0, run_s["read"]) / n, "decode": max(0.0, run_s["decode"] - run_s["read"]) / n,
-           "augment": max(0.0, run_s["augment"] - run_s["decode"]) / n, "collate": copy_s / n}
-    where = "mixed (GPU) decode" if cuda else "CPU"
-    crop = ("decode includes the random crop (DALI decodes only the crop region, ROI decode)" if train
-            else "val decodes whole images")
-    return StageCosts("dali", n, per, run_s["augment"] + copy_s,
-                      note=f"DALI ({where}, num_threads=1): by difference of partial pipelines (reader; + decoder; "
-                           f"+ resize/crop/mirror), collate = copy of the output to a host batch; {crop}")
-
-
 class DaliLoader:
     """The ``dali`` backend for one split on one rank (see module docstring). Implements ``Loader``.
 
@@ -362,9 +119,10 @@ class DaliLoader:
     empty. Train batches are always full; the last val batch of a rank may be partial. A train resume through
     :meth:`state_dict`, :meth:`load_state_dict` and :meth:`iter_from` is exact (see module docstring).
 
-    Shards are checked before DALI opens them (:func:`_checked_shards`: a damaged or hand-made shard gives one
-    line, never a DALI traceback or a crash; 0-sample shards are left out with a warning), and any failure of
-    DALI while building or running the pipeline is turned into one line by :func:`_failure`.
+    Shards are checked before DALI opens them (:func:`~pipeline.backends.dali_graph.checked_shards`: a damaged or
+    hand-made shard gives one line, never a DALI traceback or a crash; 0-sample shards are left out with a
+    warning), and any failure of DALI while building or running the pipeline is turned into one line by
+    :func:`~pipeline.backends.dali_graph.failure`.
 
     Raises:
         ValueError: DALI is not installed, ``info`` is None, option values are invalid, a shard fails the checks,
@@ -374,8 +132,8 @@ class DaliLoader:
 
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
                  rank: int = 0, world_size: int = 1):
-        _import_dali()
-        _check_options(cfg, info, rank, world_size)
+        import_dali()
+        check_options(cfg, info, rank, world_size)
         self.split = Split(split)
         self.cfg = cfg
         self.device = torch.device(device)
@@ -400,12 +158,11 @@ class DaliLoader:
         self._done = 0  # batches of epoch self.epoch yielded so far
         self._restored: tuple[int, int] | None = None  # position a load_state_dict restored, for iter_from
 
-        shards = _checked_shards(info, self.split.value)
+        shards = checked_shards(info, self.split.value)
         cuda = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if cuda else None
-        self._graph = _make_graph(cfg, train, list(shards.paths), list(shards.index_paths), rank, world_size,
-                                  device_id)
+        self._graph = make_graph(cfg, train, shards, rank, world_size, device_id)
         self._dtype = torch.float32 if cfg.normalize else torch.uint8
         self._config = {"split": self.split.value, "world_size": world_size, "rank": rank, "seed": cfg.seed,
                         "batch_size": bs, "shuffle_buffer": cfg.shuffle_buffer, "image_size": cfg.image_size,
@@ -417,7 +174,7 @@ class DaliLoader:
             # that many batches make one reader epoch on every rank.
             padded = self._pipe.reader_meta(READER_NAME)["epoch_size_padded"] // world_size
         except RuntimeError as exc:
-            raise _failure(exc, self.split.value, self._root) from None
+            raise failure(exc, self.split.value, self._root) from None
         self._batches_per_epoch = -(-padded // bs)
 
     def _new_pipe(self, checkpoint: bytes | None = None):
@@ -439,7 +196,7 @@ class DaliLoader:
         try:
             return self._pipe.run()
         except RuntimeError as exc:  # DALI stops the pipeline on the first sample it cannot decode
-            raise _failure(exc, self.split.value, self._root) from None
+            raise failure(exc, self.split.value, self._root) from None
 
     def _finish_reader_epoch(self) -> None:
         """Read (and drop) the batches left in the reader's epoch, so the next iteration starts a new one."""
@@ -455,9 +212,9 @@ class DaliLoader:
             dense = images.as_tensor()
             nhwc = torch.empty(dense.shape(), dtype=self._dtype, device=self.device)
             feed_ndarray(dense, nhwc, cuda_stream=torch.cuda.current_stream(self.device))
-            lbl = _host_labels(labels)
+            lbl = host_labels(labels)
         else:
-            nhwc, lbl = _host_batch(images, labels)
+            nhwc, lbl = host_batch(images, labels)
         return nhwc.permute(0, 3, 1, 2), lbl.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[Batch]:
@@ -477,7 +234,7 @@ class DaliLoader:
             except RuntimeError as exc:  # DALI's as_tensor: a batch of uneven shapes; torch's out-of-memory passes
                 if isinstance(exc, torch.cuda.OutOfMemoryError):
                     raise
-                raise _failure(exc, self.split.value, self._root) from None
+                raise failure(exc, self.split.value, self._root) from None
             left -= take
             if take < x.shape[0]:
                 x, y = x[:take], y[:take]
@@ -527,7 +284,7 @@ class DaliLoader:
             return {}
         blob = bytes(self._pipe.checkpoint())
         epoch, batch = self._position(self.epoch, self._done)
-        return {"format": STATE_FORMAT, "dali": _dali_version(), "config": dict(self._config), "epoch": epoch,
+        return {"format": STATE_FORMAT, "dali": dali_version(), "config": dict(self._config), "epoch": epoch,
                 "batch": batch, "reader_batch": self._pos, "pipeline": blob,
                 "sha256": hashlib.sha256(blob).hexdigest()}
 
@@ -554,8 +311,8 @@ class DaliLoader:
         if self.split is not Split.TRAIN:
             raise ValueError(f"a {self.split.value} DALI loader keeps no state (it reads in a fixed order); got one")
         state = _parse_state(state)
-        if state["dali"] != _dali_version():
-            raise ValueError(f"DALI loader state was written by DALI {state['dali']}, this is DALI {_dali_version()}; "
+        if state["dali"] != dali_version():
+            raise ValueError(f"DALI loader state was written by DALI {state['dali']}, this is DALI {dali_version()}; "
                              f"install nvidia-dali {state['dali']} to resume exactly")
         position = (state["epoch"], state["batch"])
         wrong = self._mismatch(state["config"])
@@ -587,8 +344,9 @@ class DaliLoader:
 
     def stats(self) -> LoaderStats:
         """Nothing counted: DALI stops on a damaged sample instead of skipping it, and times no stage while it
-        trains (its pipelined executor overlaps them; io-bench measures them with :func:`measure_stages`)."""
+        trains (its pipelined executor overlaps them; io-bench measures them with
+        :func:`pipeline.backends.dali_stages.measure_stages`)."""
         return LoaderStats()
 
 
-__all__ = ["DaliLoader", "GRAPH_STAGES", "INSTALL_HINT", "STATE_FORMAT", "measure_stages", "rank_share"]
+__all__ = ["DaliLoader", "GRAPH_STAGES", "INSTALL_HINT", "STATE_FORMAT", "rank_share"]

@@ -7,7 +7,7 @@ normalised on the device. Epochs follow the same contract as the other backends.
 
 The workers end each sample as an ``S×S×3`` (HWC) uint8 tensor, so the DataLoader's default collate stacks the
 batch as ``N×S×S×3`` uint8 (in shared memory, in a worker) and, on CUDA, pins it: that tensor goes to
-:func:`pipeline.backends.to_device_prefetched` untouched (its non-blocking copy really is asynchronous, and the
+:func:`pipeline.backends.staging.to_device_prefetched` untouched (its non-blocking copy really is asynchronous, and the
 training process spends no time on a layout copy); on the device the NHWC batch viewed as NCHW is channels-last.
 
 The listing is ImageFolder's (class folders of ``train/``, sorted, give the class indices; files with its image
@@ -20,11 +20,11 @@ its EXIF orientation (as every backend does; torchvision's ImageFolder does not)
 
 The backend times its own stages where they run (in the workers): ``read`` (the file's bytes), ``decode`` (PIL
 decode + convert to RGB), ``augment`` (the torchvision transforms and the HWC tensor) per sample, ``collate``
-(stacking the batch) per batch. The seconds travel with each batch and are booked when the batch is handed out,
-so :meth:`FolderLoader.stats` covers exactly the batches yielded so far.
+(stacking the batch) per batch. The seconds travel with each batch (a :class:`~pipeline.backends.staging.HostBatch`) and
+are booked when the batch is handed out, so :meth:`FolderLoader.stats` covers exactly the batches yielded so far.
 
 A file that cannot be read or decoded follows the shard backends' policy (``LoaderConfig.on_bad_sample``, see
-:func:`pipeline.backends.cpu.keep_decoded`): the dataset hands over no image but the failure (``<file>: cannot
+:class:`pipeline.backends.shards.BadSamplePolicy`): the dataset hands over no image but the failure (``<file>: cannot
 decode (...)``), and the collate puts another sample of the same batch in its slot (train) or leaves it out
 (val), or, with ``error``, stops the run. Skipped files are named on stderr and counted in :meth:`FolderLoader.stats`.
 """
@@ -47,9 +47,10 @@ from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from pipeline.read import plan as epoch_plan
-from pipeline.backends import (STAGES, Batch, LoaderConfig, LoaderStats, OnBadSample, ReplayResume, Split,
-                               StageTimes, to_device_prefetched)
-from pipeline.backends.cpu import decode_failure, keep_decoded, warn_skipped
+from pipeline.backends import Batch, FolderConfig, LoaderConfig, LoaderStats, Split, StageSeconds, StageTimes
+from pipeline.backends.replay import ReplayResume
+from pipeline.backends.shards import BadSamplePolicy, decode_failure, warn_skipped
+from pipeline.backends.staging import HostBatch, to_device_prefetched
 from pipeline.dataset import DatasetInfo
 from pipeline.read.tarstream import is_url
 from pipeline.read.transforms import RRC_RATIO, RRC_SCALE, eval_resize_size, pil_orientation, upright_pil
@@ -75,11 +76,11 @@ class FolderSamples(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, tuple[float, float, float], str | None]:
-        """Sample ``index`` as ``(S×S×3 uint8, class index, (read_s, decode_s, augment_s), None)``: the file's bytes,
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, StageSeconds, str | None]:
+        """Sample ``index`` as ``(S×S×3 uint8, class index, stage seconds, None)``: the file's bytes (read),
         PIL's decode + convert to RGB (the pixels ImageFolder's own loader gives) turned upright by the file's EXIF
         orientation (as every backend does), then the transform; for a file that cannot be read or decoded
-        ``(None, class index, times, "<file>: cannot decode (...)")``."""
+        ``(None, class index, stage seconds, "<file>: cannot decode (...)")``."""
         path, target = self.samples[index]
         clock = time.perf_counter
         t0 = t1 = t2 = clock()
@@ -92,8 +93,8 @@ class FolderSamples(Dataset):
             t2 = clock()
             x = self.transform(img)
         except Exception as exc:  # damaged file: TimedCollate applies the bad-sample policy
-            return None, target, (t1 - t0, clock() - t1, 0.0), decode_failure(path, exc)
-        return x, target, (t1 - t0, t2 - t1, clock() - t2), None
+            return None, target, StageSeconds(t1 - t0, clock() - t1), decode_failure(path, exc)
+        return x, target, StageSeconds(t1 - t0, t2 - t1, clock() - t2), None
 
 
 def _is_image(name: str) -> bool:
@@ -223,46 +224,46 @@ def pil_to_hwc_tensor(img) -> torch.Tensor:
 
 
 class TimedCollate:
-    """Samples of :meth:`FolderSamples.__getitem__` → ``(N×S×S×3 uint8, N int64, failures, stage
-    times)``, the stage times being ``(read_s, decode_s, augment_s, collate_s, N)`` of the batch and ``failures``
-    the lines naming the files that did not decode. The images are stacked by the DataLoader's default collate (in
-    a worker: straight into shared memory); the rows of failed files are then replaced or dropped by
-    :func:`~pipeline.backends.cpu.keep_decoded` (``train``: replaced; val: dropped; ``on_bad`` ``error``: raised).
+    """Samples of :meth:`FolderSamples.__getitem__` → one :class:`~pipeline.backends.staging.HostBatch`
+    (``N×S×S×3`` uint8, ``N`` int64, no keys, the lines naming the files that did not decode, the batch's stage
+    seconds over its ``N`` samples). The images are stacked by the DataLoader's default collate (in a worker:
+    straight into shared memory); the rows of failed files are then replaced or dropped by ``policy``
+    (:class:`~pipeline.backends.shards.BadSamplePolicy`: train: replaced; val: dropped; ``error``: raised).
     """
 
-    def __init__(self, image_size: int, train: bool, on_bad: OnBadSample):
-        self.image_size, self.train, self.on_bad = image_size, train, on_bad
+    def __init__(self, image_size: int, policy: BadSamplePolicy):
+        self.image_size, self.policy = image_size, policy
 
-    def __call__(self, samples: list[tuple[torch.Tensor | None, int, tuple[float, float, float], str | None]]):
+    def __call__(self, samples: list[tuple[torch.Tensor | None, int, StageSeconds, str | None]]) -> HostBatch:
         t0 = time.perf_counter()
         failures = [failure for _, _, _, failure in samples if failure is not None]
         blank = torch.zeros((self.image_size, self.image_size, 3), dtype=torch.uint8) if failures else None
         images, labels = default_collate([(blank if x is None else x, y) for x, y, _, _ in samples])
         if failures:
             ok = [i for i, sample in enumerate(samples) if sample[3] is None]
-            images, labels, _ = keep_decoded(images, labels, [""] * len(samples), ok, failures, self.train,
-                                             random.Random(" ".join(failures)), self.on_bad)
+            images, labels, _ = self.policy.keep_decoded(images, labels, [""] * len(samples), ok, failures,
+                                                         random.Random(" ".join(failures)))
         collate = time.perf_counter() - t0
-        read, decode, augment = (sum(times[i] for _, _, times, _ in samples) for i in range(3))
-        return images, labels, failures, (read, decode, augment, collate, len(samples))
+        per_sample = sum((seconds for _, _, seconds, _ in samples), StageSeconds())
+        return HostBatch(images, labels, (), tuple(failures), per_sample + StageSeconds(collate=collate),
+                         len(samples))
 
 
 class BookedBatches:
-    """The DataLoader's batches as ``(N×S×S×3 uint8, N int64)``: iterating hands each batch's stage times
-    (``(read_s, decode_s, augment_s, collate_s, N)``) and the lines naming its skipped files to ``book`` just
-    before the batch is yielded."""
+    """The DataLoader's host batches (:class:`~pipeline.backends.staging.HostBatch`): iterating hands each batch (its
+    stage seconds and the lines naming its skipped files) to ``book`` just before the batch is yielded."""
 
-    def __init__(self, loader: Iterable, book: Callable[[tuple, list[str]], None]):
+    def __init__(self, loader: Iterable, book: Callable[[HostBatch], None]):
         self.dataloader = loader
         self._book = book
 
     def __len__(self) -> int:
         return len(self.dataloader)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels, failures, times in self.dataloader:
-            self._book(times, failures)
-            yield images, labels
+    def __iter__(self) -> Iterator[HostBatch]:
+        for host in self.dataloader:
+            self._book(host)
+            yield host
 
 
 def crop_transform(split: Split, cfg: LoaderConfig) -> transforms.Compose:
@@ -275,6 +276,38 @@ def crop_transform(split: Split, cfg: LoaderConfig) -> transforms.Compose:
                                    transforms.RandomHorizontalFlip(), pil_to_hwc_tensor])
     return transforms.Compose([transforms.Resize(eval_resize_size(size, cfg.crop_pct)), transforms.CenterCrop(size),
                                pil_to_hwc_tensor])
+
+
+def list_split(data_root: Path | str | None, split: Split) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+    """``(samples, classes, notes)`` of ``<data_root>/<split>``: its ``(file, class index)`` pairs (class folders,
+    or a flat val labelled by its label file), train's class names (val may hold a subset), and what the listing
+    left out or how it labelled a flat val.
+
+    Raises:
+        ValueError: no local ``data_root``, not an ImageFolder tree, a flat val with no usable label file, or no
+            image in the split (one line each).
+    """
+    if data_root is None or is_url(data_root):
+        raise ValueError("--loader folder needs --data DIR: a local ImageFolder root holding train/<class>/ and "
+                         "val/<class>/")
+    data_root = Path(data_root)
+    root = data_root / split.value
+    notes: list[str] = []
+    try:
+        # class indices always come from train/ (val/ may hold a subset of the classes, as in a split run)
+        classes = datasets.folder.find_classes(str(data_root / Split.TRAIN.value))[0]
+        if split is Split.VAL and _is_flat(root):
+            samples = flat_val_samples(data_root, root, classes, notes)
+        else:
+            samples = class_folder_samples(root, classes, notes)
+    except (FileNotFoundError, OSError) as exc:
+        raise ValueError(f"{root}: not an ImageFolder tree ({exc}); give --data the folder holding "
+                         f"train/<class>/ and val/<class>/") from None
+    if not samples:
+        raise ValueError(f"{root}: no image files to {'evaluate' if split is Split.VAL else 'train on'} (looked "
+                         f"for {', '.join(IMG_EXTENSIONS[:3])}, ... files in its class folders); put the images "
+                         f"there" + (" or pass --no-eval" if split is Split.VAL else ""))
+    return samples, list(classes), notes
 
 
 def _is_flat(split_dir: Path) -> bool:
@@ -294,32 +327,14 @@ class FolderLoader(ReplayResume):
     ``note: ...`` lines by rank 0).
 
     Raises:
-        ValueError: no ``data_root`` in the config, ``<data_root>/<split>`` is not an ImageFolder tree, a flat val
-            with no usable label file, or a split with no image to train on / evaluate (one line each).
+        ValueError: no ``data_root`` in the config's :class:`~pipeline.backends.FolderConfig`,
+            ``<data_root>/<split>`` is not an ImageFolder tree, a flat val with no usable label file, or a split
+            with no image to train on / evaluate (one line each).
     """
 
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
                  rank: int = 0, world_size: int = 1):
-        if cfg.data_root is None or is_url(cfg.data_root):
-            raise ValueError("--loader folder needs --data DIR: a local ImageFolder root holding train/<class>/ and "
-                             "val/<class>/")
-        data_root = Path(cfg.data_root)
-        root = data_root / split.value
-        notes: list[str] = []
-        try:
-            # class indices always come from train/ (val/ may hold a subset of the classes, as in a split run)
-            classes = datasets.folder.find_classes(str(data_root / Split.TRAIN.value))[0]
-            if split is Split.VAL and _is_flat(root):
-                samples = flat_val_samples(data_root, root, classes, notes)
-            else:
-                samples = class_folder_samples(root, classes, notes)
-        except (FileNotFoundError, OSError) as exc:
-            raise ValueError(f"{root}: not an ImageFolder tree ({exc}); give --data the folder holding "
-                             f"train/<class>/ and val/<class>/") from None
-        if not samples:
-            raise ValueError(f"{root}: no image files to {'evaluate' if split is Split.VAL else 'train on'} (looked "
-                             f"for {', '.join(IMG_EXTENSIONS[:3])}, ... files in its class folders); put the images "
-                             f"there" + (" or pass --no-eval" if split is Split.VAL else ""))
+        samples, classes, notes = list_split(cfg.options_for(FolderConfig).data_root, split)
         dataset = FolderSamples(samples, classes, crop_transform(split, cfg))
         self.notes = tuple(notes)
         if rank == 0:
@@ -336,25 +351,29 @@ class FolderLoader(ReplayResume):
         self._seed, self._rank = cfg.seed, rank
         self._generator = torch.Generator()
         self._generator.manual_seed(self._epoch_seed(0))
-        common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                      generator=self._generator,
-                      collate_fn=TimedCollate(cfg.image_size, split is Split.TRAIN, cfg.on_bad_sample))
-        if split is Split.TRAIN:
-            if epoch_plan.train_steps_per_epoch(self.num_samples, world_size, cfg.batch_size) == 0:
-                raise ValueError(f"train split has {self.num_samples} samples, fewer than world size × batch size"
-                                 f" = {world_size} × {cfg.batch_size}; lower --batch-size")
-            self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                              seed=cfg.seed, drop_last=True)
-            batches = DataLoader(dataset, sampler=self.sampler, drop_last=True, **common)
-        else:
-            lo, hi = epoch_plan.split_even(self.num_samples, world_size, rank)
-            self.sampler = None
-            batches = DataLoader(Subset(dataset, range(lo, hi)), shuffle=False, **common)
-        # per-stage seconds of the batches handed out so far (summed over the workers), and the samples they cover
-        self._stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
-        self._stage_samples = 0
+        self.sampler, batches = self._dataloader(dataset, cfg, rank, world_size)
+        self._stages = StageTimes()  # per-stage seconds of the batches handed out so far (summed over the workers)
         self._skipped: list[str] = []  # "<file>: cannot decode (...)" of every skipped file
-        self.loader = BookedBatches(batches, self._book)  # the DataLoader's (images, labels), stage times booked
+        self.loader = BookedBatches(batches, self._book)  # the DataLoader's host batches, stage times booked
+
+    def _dataloader(self, dataset: FolderSamples, cfg: LoaderConfig, rank: int,
+                    world_size: int) -> tuple[DistributedSampler | None, DataLoader]:
+        """``(sampler, DataLoader)`` of this rank's share: train through a shuffling ``DistributedSampler`` (whole
+        batches; ValueError when the split is too small for one step per rank), val its even contiguous share in
+        order (no sampler)."""
+        common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                      generator=self._generator,
+                      collate_fn=TimedCollate(cfg.image_size, BadSamplePolicy(self.split is Split.TRAIN,
+                                                                              cfg.on_bad_sample)))
+        if self.split is not Split.TRAIN:
+            lo, hi = epoch_plan.split_even(self.num_samples, world_size, rank)
+            return None, DataLoader(Subset(dataset, range(lo, hi)), shuffle=False, **common)
+        if epoch_plan.train_steps_per_epoch(self.num_samples, world_size, cfg.batch_size) == 0:
+            raise ValueError(f"train split has {self.num_samples} samples, fewer than world size × batch size"
+                             f" = {world_size} × {cfg.batch_size}; lower --batch-size")
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed,
+                                     drop_last=True)
+        return sampler, DataLoader(dataset, sampler=sampler, drop_last=True, **common)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -369,19 +388,15 @@ class FolderLoader(ReplayResume):
 
     def __iter__(self) -> Iterator[Batch]:
         # the DataLoader's own N×S×S×3 uint8 tensors (pinned on CUDA), handed over as they are
-        host = ((images, labels, ()) for images, labels in self.loader)
-        yield from to_device_prefetched(host, self.device, self.normalize)
+        yield from to_device_prefetched(self.loader, self.device, self.normalize)
 
-    def _book(self, times: tuple, skipped: list[str]) -> None:
-        """Add one batch's ``(read_s, decode_s, augment_s, collate_s, samples)`` to the stage counters and name its
-        skipped files."""
-        for name, seconds in zip(STAGES, times[:4]):
-            self._stage_seconds[name] += seconds
-        self._stage_samples += int(times[4])
-        for what in skipped:
+    def _book(self, host: HostBatch) -> None:
+        """Add one batch's stage seconds to the stage counters and name its skipped files."""
+        self._stages = self._stages + host.times()
+        for what in host.skipped:
             self._skipped.append(what)
             warn_skipped(what)
 
     def stats(self) -> LoaderStats:
         """The skipped files and the per-stage seconds of the batches yielded."""
-        return LoaderStats(tuple(self._skipped), StageTimes(dict(self._stage_seconds), self._stage_samples))
+        return LoaderStats(tuple(self._skipped), self._stages)

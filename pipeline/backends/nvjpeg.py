@@ -6,7 +6,7 @@ augmentation on the accelerator (torchvision's nvJPEG binding, no DALI), so the 
 Data flow and what runs where:
 
 1. DataLoader workers (persistent, forked; ``--workers`` of them, 0 = in the training process) read their part
-   of the epoch exactly as the cpu backend's do (:class:`pipeline.backends.cpu.ShardSamples`: epoch plan, tar
+   of the epoch exactly as the cpu backend's do (:class:`pipeline.backends.shards.ShardSamples`: epoch plan, tar
    reader, train shuffle buffer; same samples per rank and epoch) and decode nothing. Each batch is handed over
    as one :class:`ByteBatch`: all its JPEG files concatenated in ONE flat uint8 tensor (written straight into
    shared memory), ``N+1`` int64 offsets, ``N`` int64 labels, and the keys, shards and a per-sample flag
@@ -21,13 +21,14 @@ Data flow and what runs where:
    Resize(floor(size / crop_pct)) + CenterCrop(size) exactly (:func:`pipeline.read.transforms.center_crop_box`,
    :func:`~pipeline.read.transforms.resize_box_exact`: the whole image resized, the crop cut out); both with
    ``F.interpolate(bilinear, antialias=True)`` into an ``N×S×S×3`` float32 batch, rounded to uint8; then
-   :func:`pipeline.backends.normalize_on_device`: ``Batch.images`` ``N×3×S×S`` float32 ImageNet-normalised with
-   channels-last strides (uint8 0..255 with ``LoaderConfig.normalize=False``), ``Batch.labels`` ``N`` int64 on
+   :func:`pipeline.backends.staging.normalize_on_device`: ``Batch.images`` ``N×3×S×S`` float32 ImageNet-normalised
+   with channels-last strides (uint8 0..255 with ``LoaderConfig.normalize=False``), ``Batch.labels`` ``N`` int64 on
    the device, ``Batch.keys`` the samples' keys.
 
-On CUDA, steps 2-3 of batch ``i+1`` run on a side stream while batch ``i`` trains: each batch records an event
-on the side stream, the consumer's stream waits for that event only, and the batch's tensors are recorded on
-the consumer's stream so the caching allocator does not reuse them early. Known traps of the GPU decoder
+On CUDA, steps 2-3 of batch ``i+1`` run on a side stream while batch ``i`` trains
+(:func:`pipeline.backends.staging.prefetched`, with its host wait): each batch records an event on the side
+stream, the consumer's stream waits for that event only, and the batch's tensors are recorded on the consumer's
+stream so the caching allocator does not reuse them early. Known traps of the GPU decoder
 handled here (torchvision's CUDA decoder as of 0.29):
 
 * ``decode_jpeg(device="cuda")`` allocates its outputs on the caller's current stream but decodes on a private
@@ -65,7 +66,7 @@ import io
 import itertools
 import random
 import warnings
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -76,8 +77,9 @@ from torch.utils.data import get_worker_info
 from torchvision.io import ImageReadMode
 
 from pipeline.compat import decode_jpeg_one, decode_jpegs
-from pipeline.backends import Batch, LoaderConfig, Split, normalize_on_device
-from pipeline.backends.cpu import ShardLoaderBase, ShardSamples, keep_decoded, skip_reason
+from pipeline.backends import Batch, LoaderConfig, Split
+from pipeline.backends.shards import ShardLoaderBase, ShardSamples, skip_reason
+from pipeline.backends.staging import normalize_on_device, prefetched
 from pipeline.dataset import DatasetInfo
 from pipeline.read.transforms import (center_crop_box, decode_train, decode_val, exif_orientation,
                                       random_resized_crop_box, resize_box_exact, upright_chw)
@@ -137,7 +139,7 @@ def nvjpeg_decodable(data: bytes) -> bool:
 def pack_batch(chunk: list[tuple[str, str, bytes, int]], shared: bool) -> ByteBatch:
     """Samples ``(shard, key, jpg bytes, label)`` → one :class:`ByteBatch`; ``shared``: allocate ``data`` in shared
     memory (in a DataLoader worker, so the hand-off to the training process copies nothing)."""
-    sizes = [len(c[2]) for c in chunk]
+    sizes = [len(sample[2]) for sample in chunk]
     bounds = [0, *itertools.accumulate(sizes)]
     data = torch.empty(bounds[-1], dtype=torch.uint8)
     if shared:
@@ -145,9 +147,9 @@ def pack_batch(chunk: list[tuple[str, str, bytes, int]], shared: bool) -> ByteBa
     flat = data.numpy()
     for (_, _, jpg, _), lo, hi in zip(chunk, bounds, bounds[1:]):
         flat[lo:hi] = np.frombuffer(jpg, dtype=np.uint8)
-    return ByteBatch(data, torch.tensor(bounds, dtype=torch.int64), torch.tensor([c[3] for c in chunk],
-                     dtype=torch.int64), [c[1] for c in chunk], [c[0] for c in chunk],
-                     [nvjpeg_decodable(c[2]) for c in chunk])
+    labels = torch.tensor([sample[3] for sample in chunk], dtype=torch.int64)
+    return ByteBatch(data, torch.tensor(bounds, dtype=torch.int64), labels, [sample[1] for sample in chunk],
+                     [sample[0] for sample in chunk], [nvjpeg_decodable(sample[2]) for sample in chunk])
 
 
 class ShardBytes(ShardSamples):
@@ -181,9 +183,9 @@ def batch_decode(streams: list[torch.Tensor], device: torch.device) -> list[torc
         if device.type == "cuda":  # the failed call may leave nvJPEG work writing into outputs it already freed
             torch.cuda.synchronize(device)
     out: list[torch.Tensor | None] = []
-    for s in streams:
+    for stream in streams:
         try:
-            out.append(_decode(s, device))
+            out.append(_decode(stream, device))
         except (RuntimeError, ValueError):
             out.append(None)
     return out
@@ -198,10 +200,10 @@ def decode_images(streams: list[torch.Tensor], gpu_ok: list[bool], device: torch
     for i, img in zip(first, batch_decode([streams[i] for i in first], device)):
         out[i] = img
     cpu = torch.device("cpu")
-    for i, s in enumerate(streams):
+    for i, stream in enumerate(streams):
         if out[i] is None and (device.type != "cpu" or not gpu_ok[i]):
             try:
-                out[i] = _decode(s, cpu).to(device)
+                out[i] = _decode(stream, cpu).to(device)
             except (RuntimeError, ValueError):
                 pass  # PIL gets its turn in NvjpegLoader
     return out
@@ -218,40 +220,6 @@ def resized_crop(img: torch.Tensor, box: tuple[float, float, float, float], size
     bottom = max(top + 1, min(h, int(round(box[1] + box[3]))))
     crop = img[None, :, top:bottom, left:right].float()
     return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-
-
-def side_stream_batches(items: Iterable[ByteBatch], device: torch.device,
-                        to_batch: Callable[[ByteBatch], Batch]) -> Iterator[Batch]:
-    """``to_batch`` over ``items``, one batch ahead on a side CUDA stream (see the module docstring); elsewhere
-    each batch is made when it is asked for."""
-    if device.type != "cuda":
-        yield from map(to_batch, items)
-        return
-    side = torch.cuda.Stream(device=device)
-
-    def prepare(item: ByteBatch) -> tuple[Batch, torch.cuda.Event]:
-        side.synchronize()  # host wait: no block freed on the side stream is still in use when nvJPEG writes
-        with torch.cuda.stream(side):
-            batch = to_batch(item)
-        done = torch.cuda.Event()
-        done.record(side)
-        return batch, done
-
-    def hand_over(batch: Batch, done: torch.cuda.Event) -> Batch:
-        current = torch.cuda.current_stream(device)
-        current.wait_event(done)
-        batch.images.record_stream(current)
-        batch.labels.record_stream(current)
-        return batch
-
-    pending = None
-    for item in items:
-        ready = prepare(item)  # batch i+1 is queued before batch i is handed out
-        if pending is not None:
-            yield hand_over(*pending)
-        pending = ready
-    if pending is not None:
-        yield hand_over(*pending)
 
 
 def _check_device_decoder(device: torch.device) -> None:
@@ -294,7 +262,8 @@ class NvjpegLoader(ShardLoaderBase):
     def __iter__(self) -> Iterator[Batch]:
         loader = self.worker_loader()
         rng = random.Random(f"{self.cfg.seed}/{self.dataset.epoch}/{self.rank}/{self.split.value}/nvjpeg")
-        yield from side_stream_batches(loader, self.device, lambda item: self._to_batch(item, rng))
+        # host_sync: the host waits for the side stream before each decode (decode_jpeg's stream hazard, above)
+        yield from prefetched(loader, self.device, lambda item: self._to_batch(item, rng), host_sync=True)
 
     def _to_batch(self, item: ByteBatch, rng: random.Random) -> Batch:
         """One :class:`ByteBatch` → :class:`Batch` on the device (decode, crop, resize, flip, normalise)."""
@@ -310,8 +279,7 @@ class NvjpegLoader(ShardLoaderBase):
                 ok.append(i)
             except Exception as exc:
                 skipped.append(skip_reason(item.shards[i], item.keys[i], exc))
-        crops, labels, keys = keep_decoded(crops, item.labels, list(item.keys), ok, skipped,
-                                           self.split is Split.TRAIN, rng, self.cfg.on_bad_sample)
+        crops, labels, keys = self.dataset.policy.keep_decoded(crops, item.labels, list(item.keys), ok, skipped, rng)
         for what in skipped:  # named once the policy kept the batch (with --on-bad-sample error it raised)
             self.note_skipped(what)
         images = crops.round_().clamp_(0, 255).to(torch.uint8)  # N×S×S×3, as the other backends' batches

@@ -2,7 +2,8 @@
 :func:`probe_by_stats`, the probe of every backend that times its own stages (``Loader.stats().stages``).
 
 A probe runs the backend in this process on one core (no worker processes, one torch thread, no shuffle buffer,
-uint8 batches on the CPU) and reports seconds per image for each of :data:`pipeline.backends.STAGES`. Backends
+uint8 batches on the CPU) and reports seconds per image for each of :data:`pipeline.backends.STAGES` (a
+:class:`~pipeline.backends.StageSeconds`, ``h2d`` 0: a probe copies nothing to a device). Backends
 whose loader cannot time its stages while it trains (DALI) register a probe of their own (see
 :class:`pipeline.backends.BackendSpec`'s ``stage_probe``); this module imports no backend.
 """
@@ -17,7 +18,8 @@ from typing import Iterator
 
 import torch
 
-from pipeline.backends import STAGES, DataInput, LoaderConfig, LoaderKind, Split, StageTimes, backend_spec, build_loader
+from pipeline.backends import (DataInput, LoaderConfig, LoaderKind, Split, StageSeconds, StageTimes, backend_spec,
+                               build_loader)
 from pipeline.dataset import DatasetInfo
 
 
@@ -28,25 +30,26 @@ class StageCosts:
     Attributes:
         backend: its ``--loader`` name (``"cpu"``, ``"folder"``, ``"dali"``).
         samples: images measured.
-        seconds_per_image: stage → seconds per image on one core; keys exactly :data:`STAGES`.
+        seconds_per_image: seconds per image on one core for each stage (:class:`StageSeconds`; ``h2d`` 0).
         wall_seconds: wall time of the measured pass (single thread, in-process).
         note: how it was measured (one sentence).
     """
 
     backend: str
     samples: int
-    seconds_per_image: dict[str, float]
+    seconds_per_image: StageSeconds
     wall_seconds: float
     note: str = ""
 
     @property
     def total(self) -> float:
         """Seconds per image over all stages (one core)."""
-        return sum(self.seconds_per_image.values())
+        return self.seconds_per_image.total
 
     def to_json(self) -> dict:
-        return {"backend": self.backend, "samples": self.samples,
-                "seconds_per_image": {s: self.seconds_per_image[s] for s in STAGES},
+        """``backend``, ``samples``, ``seconds_per_image`` (stage name → seconds, in stage order), the total,
+        ``wall_seconds`` and ``note``."""
+        return {"backend": self.backend, "samples": self.samples, "seconds_per_image": self.seconds_per_image.as_dict(),
                 "total_seconds_per_image": self.total, "wall_seconds": self.wall_seconds, "note": self.note}
 
 
@@ -99,7 +102,7 @@ def probe_by_stats(kind: LoaderKind | str, cfg: LoaderConfig, split: Split | str
     the next epoch is timed.
 
     Args:
-        cfg: batch size, image size, seed, crop_pct and (image-tree backends) ``data_root``; its worker count,
+        cfg: batch size, image size, seed, crop_pct and (image-tree backends) its ``FolderConfig``; its worker count,
             shuffle buffer and normalisation are replaced.
         info: the shard folder (shard backends); unused by image-tree backends.
 

@@ -1,8 +1,9 @@
 """Synthetic backend: random batches made once on the device, for the p_core ceiling.
 
 No decode, no host→device copy: the data wait it shows is the floor of the loop's overhead. Epoch
-sizes and class count come from the dataset when one is given, else from ILSVRC2012 (or the
-``synthetic_*`` options). Labels are random, so its top-1 is chance level by construction.
+sizes and class count come from the dataset when one is given, else from its own options
+(:class:`~pipeline.backends.SyntheticConfig` in ``LoaderConfig.options``; default: ILSVRC2012's). Labels are
+random, so its top-1 is chance level by construction.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Iterator
 import torch
 
 from pipeline.read import plan as epoch_plan
-from pipeline.backends import Batch, LoaderConfig, ReplayResume, Split
+from pipeline.backends import Batch, LoaderConfig, Split, SyntheticConfig
+from pipeline.backends.replay import ReplayResume
 from pipeline.dataset import DatasetInfo
 
 
@@ -26,8 +28,9 @@ class SyntheticLoader(ReplayResume):
             self.num_samples = info.split(split.value).num_samples
             num_classes = info.num_classes
         else:
-            self.num_samples = cfg.synthetic_train_samples if split is Split.TRAIN else cfg.synthetic_val_samples
-            num_classes = cfg.synthetic_classes
+            options = cfg.options_for(SyntheticConfig)
+            self.num_samples = options.train_samples if split is Split.TRAIN else options.val_samples
+            num_classes = options.classes
         bs = cfg.batch_size
         if split is Split.TRAIN:
             steps = epoch_plan.train_steps_per_epoch(self.num_samples, world_size, bs)
