@@ -12,14 +12,15 @@ from dataclasses import dataclass
 
 from pipeline.backends import Split
 from pipeline.dataset import DatasetInfo
+from pipeline.fsio import drop_cache
 
 READ_CHUNK = 1 << 20  # bytes per read() of storage_read_rate
 # Filesystems whose page cache posix_fadvise cannot drop (the files live in memory) or may not reach (the
 # server's cache).
-MEMORY_FS = {"tmpfs", "ramfs", "devtmpfs", "rootfs", "hugetlbfs"}
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse", "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse",
-              "fuse.mountpoint-s3", "fuse.juicefs", "fuse.glusterfs", "lustre", "gpfs", "ceph", "fuse.ceph",
-              "beegfs", "virtiofs", "afs"}
+MEMORY_FS = frozenset({"tmpfs", "ramfs", "devtmpfs", "rootfs", "hugetlbfs"})
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse", "fuse.sshfs", "fuse.s3fs",
+                        "fuse.gcsfuse", "fuse.mountpoint-s3", "fuse.juicefs", "fuse.glusterfs", "lustre", "gpfs",
+                        "ceph", "fuse.ceph", "beegfs", "virtiofs", "afs"})
 
 
 @dataclass(frozen=True)
@@ -72,21 +73,6 @@ def fs_type(path: str) -> str:
         return ""
 
 
-def drop_cache(fd: int) -> str | None:
-    """Ask the kernel to drop ``fd``'s file from the page cache; returns why it could not, or None."""
-    if not hasattr(os, "posix_fadvise"):
-        return "os.posix_fadvise is not available on this platform"
-    try:
-        os.fdatasync(fd)  # dirty pages (a freshly written shard) are not dropped until written back
-    except OSError:
-        pass
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError as exc:
-        return f"posix_fadvise failed ({exc.strerror})"
-    return None
-
-
 def _cache_plan(info: DatasetInfo, paths: list[str], cold: bool) -> tuple[bool, list[str]]:
     """(whether to drop each local file from the page cache, caveats) for reading ``paths``."""
     if info.remote:
@@ -124,7 +110,7 @@ def _read_local(path: str, budget: float, buf: bytearray, drop: bool) -> tuple[i
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        why = drop_cache(fd) if drop else None
+        why = drop_cache(fd, sync=True) if drop else None
         view = memoryview(buf)
         got = 0
         t0 = time.perf_counter()
@@ -142,7 +128,7 @@ def storage_read_rate(info: DatasetInfo, split: str = "train", max_bytes: int | 
                       cold: bool = True) -> ReadRate:
     """Read the shard files of ``split`` sequentially (1 MiB reads, whole files, at most ``max_bytes`` in all).
 
-    With ``cold``, each local file is first dropped from the page cache (``posix_fadvise(DONTNEED)``); where
+    With ``cold``, each local file is first dropped from the page cache (:func:`pipeline.fsio.drop_cache`); where
     that is impossible the result says ``cold=False`` and why. URL datasets are streamed through
     :func:`pipeline.read.tarstream.open_shard` (``cold=False``: no cache can be dropped from here).
 
@@ -183,4 +169,4 @@ def storage_read_rate(info: DatasetInfo, split: str = "train", max_bytes: int | 
     return ReadRate(bytes=total, samples=int(round(samples_f)), seconds=seconds, cold=dropped, note="; ".join(notes))
 
 
-__all__ = ["MEMORY_FS", "NETWORK_FS", "READ_CHUNK", "ReadRate", "drop_cache", "fs_type", "storage_read_rate"]
+__all__ = ["MEMORY_FS", "NETWORK_FS", "READ_CHUNK", "ReadRate", "fs_type", "storage_read_rate"]
