@@ -257,8 +257,8 @@ def cuda_unavailable_reason() -> str:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.is_available()
-    for w in caught:
-        text = " ".join(str(w.message).split())
+    for caught_warning in caught:
+        text = " ".join(str(caught_warning.message).split())
         if text:
             text = re.sub(r"^CUDA initialization: ", "", text)
             first = re.split(r"(?<=[.!])\s", text, maxsplit=1)[0]

@@ -18,27 +18,28 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.backends import DataInput, Loader, LoaderConfig, LoaderKind, Split, backend_spec, build_loader
+from pipeline.backends import (DataInput, FolderConfig, Loader, LoaderConfig, LoaderKind, Split, backend_spec,
+                               build_loader)
 from pipeline.compat import compile_model
-from pipeline.dataset import DatasetInfo, load_info
+from pipeline.dataset import DatasetInfo
+from pipeline.read.info import load_info
 from train import accelerator, checkpoint, distributed
 from train.config import TrainConfig
-from train.memory import DeviceMemoryMonitor
-from train.metrics import software_versions
-from train.progress import Progress
-from train.steplog import StepLog
+from train.environment import software_versions
 from train.model import build_resnet50
 from train.precision import Precision, make_grad_scaler, model_dtype, resolve_precision, set_cudnn, set_tf32
 from train.precision import unsupported as precision_unsupported
 from train.recipe import ModelEma, build_scheduler, build_sgd, parameter_groups
 
 
-@dataclass
+@dataclass(frozen=True)
 class Session:
-    """Everything one training process builds from the config before its first step.
+    """Everything one training process builds from the config before its first step (frozen: what changes while
+    the run goes on, e.g. the train loader under progressive resizing, lives in :class:`train.trainer.Trainer`).
 
-    ``model`` is the plain module (evaluation, checkpoints, EMA); ``train_model`` the one the step runs (DDP
-    wrapper and / or compiled, else ``model``). ``peak_lr``: the schedule's peak learning rate.
+    ``train_loader`` is the first one, at ``lcfg.image_size`` px; ``model`` the plain module (evaluation,
+    checkpoints, EMA); ``train_model`` the one the step runs (DDP wrapper and / or compiled, else ``model``).
+    ``peak_lr``: the schedule's peak learning rate; ``versions``: :func:`train.environment.software_versions`.
     """
 
     cfg: TrainConfig
@@ -62,10 +63,6 @@ class Session:
     device_name: str
     versions: dict
     sgd_impl: str  # how SGD's step runs (pipeline.compat.SgdImpl): fused, foreach or for-loop
-    monitor: DeviceMemoryMonitor | None = None
-    progress: Progress | None = None  # set by train.loop.fit: rank 0's bars / lines
-    steplog: StepLog | None = None  # set by train.loop.fit: the JSONL step log (evaluations are logged there too)
-    train_loader_size: int = 0  # px, image side of the current train loader (progressive resizing rebuilds it)
 
     @property
     def header(self) -> checkpoint.Header:
@@ -76,6 +73,11 @@ class Session:
                                  loader=self.cfg.loader.value, seed=self.lcfg.seed,
                                  shuffle_buffer=self.lcfg.shuffle_buffer,
                                  workers=self.lcfg.workers if order_by_workers else None)
+
+    @property
+    def train_state(self) -> checkpoint.TrainState:
+        """What a checkpoint of this session holds: model, optimizer, LR schedule, GradScaler, EMA."""
+        return checkpoint.TrainState(self.model, self.optimizer, self.scheduler, self.scaler, self.ema)
 
     def build_train_loader(self, image_size: int) -> Loader:
         """A train loader of this session at ``image_size`` px."""
@@ -120,8 +122,8 @@ def dataset(cfg: TrainConfig) -> DatasetInfo | None:
 
 
 def loader_config(cfg: TrainConfig) -> LoaderConfig:
-    """The backend's options with the data root of ``--data``."""
-    return dataclasses.replace(cfg.loader_cfg, data_root=cfg.data)
+    """The backend's options with the data root of ``--data`` (the folder backend's :class:`FolderConfig`)."""
+    return dataclasses.replace(cfg.loader_cfg, options=cfg.loader_cfg.options + (FolderConfig(cfg.data),))
 
 
 def val_loader(cfg: TrainConfig, lcfg: LoaderConfig, info: DatasetInfo | None,
@@ -180,13 +182,14 @@ def _optimiser(cfg: TrainConfig, env: distributed.DistEnv, model: torch.nn.Modul
                total_steps: int, peak_lr: float):
     """(SGD, LR schedule, SGD's :class:`~pipeline.compat.SgdImpl`): fused SGD on CUDA where this torch has it,
     warm-up then cosine or step decay over ``total_steps``."""
-    o = cfg.optim
+    optim = cfg.optim
     # fused SGD on CUDA: one kernel per step, and GradScaler hands it the scale and inf flag on the device
     # instead of reading the inf check back with .item() (a host synchronisation per step)
-    optimizer, impl = build_sgd(parameter_groups(model, o.weight_decay, o.decay_bn_and_bias), peak_lr, o.momentum,
-                                o.nesterov, fused=env.device.type == "cuda")
-    scheduler = build_scheduler(optimizer, min(total_steps, round(o.warmup_epochs * steps_per_epoch)), total_steps,
-                                o.schedule, tuple(m * steps_per_epoch for m in o.milestones), o.gamma)
+    optimizer, impl = build_sgd(parameter_groups(model, optim.weight_decay, optim.decay_bn_and_bias), peak_lr,
+                                optim.momentum, optim.nesterov, fused=env.device.type == "cuda")
+    scheduler = build_scheduler(optimizer, min(total_steps, round(optim.warmup_epochs * steps_per_epoch)),
+                                total_steps, optim.schedule,
+                                tuple(epoch * steps_per_epoch for epoch in optim.milestones), optim.gamma)
     return optimizer, scheduler, impl
 
 
@@ -226,8 +229,7 @@ def build_session(cfg: TrainConfig, env: distributed.DistEnv) -> Session:
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     return Session(cfg, env, info, lcfg, train_loader, val, precision, model, _train_model(cfg, env, model), ema,
                    optimizer, scheduler, criterion, make_grad_scaler(precision, env.device), steps_per_epoch,
-                   total_steps, global_batch, peak_lr, device_name(env.device), software_versions(), sgd_impl,
-                   train_loader_size=lcfg.image_size)
+                   total_steps, global_batch, peak_lr, device_name(env.device), software_versions(), sgd_impl)
 
 
 def checkpoint_to_test(cfg: TrainConfig) -> Path:

@@ -66,12 +66,26 @@ class Header:
 
 
 @dataclass
-class Progress:
-    """Where training stands: ``step`` steps done in total, ``epoch_step`` of them in epoch ``epoch`` (0-based)."""
+class Position:
+    """Where training stands: ``step`` steps done in total, ``epoch_step`` of them in epoch ``epoch`` (0-based).
+    Saved under the checkpoint's ``progress`` key."""
 
     epoch: int = 0
     step: int = 0
     epoch_step: int = 0
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """The objects whose states a checkpoint holds: the plain (or DDP / compiled) model, its optimizer, and the
+    LR scheduler, GradScaler and EMA (:class:`train.recipe.ModelEma`, or anything with ``state_dict()`` /
+    ``load_state_dict()``) where the run has them."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object = None
+    scaler: torch.amp.GradScaler | None = None
+    ema: object = None
 
 
 @dataclass
@@ -80,7 +94,7 @@ class Loaded:
 
     path: Path
     header: Header
-    progress: Progress
+    position: Position
     loader_states: list = field(default_factory=list)  # Loader.state_dict() of every rank, by rank
 
 
@@ -90,11 +104,15 @@ def checkpoint_path(directory: Path, step: int) -> Path:
 
 def list_checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints in ``directory`` (final names only, ``*.tmp`` ignored), oldest step first."""
-    d = Path(directory)
-    if not d.is_dir():
+    folder = Path(directory)
+    if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
-    return [p for _, p in sorted(found)]
+    found = []
+    for path in folder.iterdir():
+        match = _NAME.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -133,12 +151,12 @@ def set_rng_state(state: dict) -> None:
     """Restore what :func:`rng_state` returned (CUDA states only when CUDA is present here too)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    keys = np.asarray(n["keys"].cpu().tolist(), dtype=np.uint32)  # any device: .numpy() fails on CUDA tensors
-    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    saved = state["numpy"]
+    keys = np.asarray(saved["keys"].cpu().tolist(), dtype=np.uint32)  # any device: .numpy() fails on CUDA tensors
+    np.random.set_state((saved["kind"], keys, saved["pos"], saved["has_gauss"], saved["gauss"]))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        torch.cuda.set_rng_state_all([device_state.cpu() for device_state in state["cuda"]])
 
 
 BYTES_TAG = "__bytes__"
@@ -185,48 +203,51 @@ def _torch_write_error(exc: BaseException, folder: Path, partial: Path) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def save_checkpoint(directory: Path, header: Header, progress: Progress, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler=None, scaler: torch.amp.GradScaler | None = None,
-                    ema=None, keep: int = 2, loader_states: list | None = None) -> Path:
-    """Write ``ckpt-step{progress.step:08d}.pt`` atomically, then delete all but the newest ``keep``.
+def save_checkpoint(directory: Path, header: Header, position: Position, state: TrainState, keep: int = 2,
+                    loader_states: list | None = None) -> Path:
+    """Write ``ckpt-step{position.step:08d}.pt`` atomically (``state``'s objects, ``position``), then delete all but
+    the newest ``keep``.
 
-    ``ema``: a :class:`train.recipe.ModelEma` (or anything with ``state_dict()``); ``loader_states``: every rank's
-    ``Loader.state_dict()``, by rank. Call on rank 0 only. Returns the final path.
+    ``loader_states``: every rank's ``Loader.state_dict()``, by rank. Call on rank 0 only. Returns the final path.
+
+    Raises:
+        ValueError: ``keep`` < 1.
+        CheckpointError: the file cannot be written (disk full, read-only, ...): one line, the previous ones intact.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    for stale in d.glob("ckpt-step*.tmp"):  # left by a process killed mid-write: never a complete checkpoint
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("ckpt-step*.tmp"):  # left by a process killed mid-write: never a complete checkpoint
         stale.unlink(missing_ok=True)
     payload = {
         "header": dict(vars(header)),
-        "progress": dict(vars(progress)),
-        "model": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": ema.state_dict() if ema is not None else None,
+        "progress": dict(vars(position)),
+        "model": unwrap(state.model).state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "ema": state.ema.state_dict() if state.ema is not None else None,
         "loader": bytes_as_tensors(list(loader_states or [])),
         "rng": rng_state(),
     }
-    final = checkpoint_path(d, progress.step)
+    final = checkpoint_path(folder, position.step)
     tmp = final.with_name(f"{final.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, final)
     except (OSError, RuntimeError) as exc:  # ENOSPC, EROFS, quota (torch.save reports write errors as RuntimeError)
-        why = getattr(exc, "strerror", None) or _torch_write_error(exc, d, tmp)
-        raise CheckpointError(f"cannot write checkpoint {final} ({why}); free space in {d} or use another "
+        why = getattr(exc, "strerror", None) or _torch_write_error(exc, folder, tmp)
+        raise CheckpointError(f"cannot write checkpoint {final} ({why}); free space in {folder} or use another "
                               f"--checkpoint-dir, then rerun with --resume (the previous checkpoints are intact)") \
             from None
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_dir(d)
-    for old in list_checkpoints(d)[:-keep]:  # only now that the new one is complete
+    fsync_dir(folder)
+    for old in list_checkpoints(folder)[:-keep]:  # only now that the new one is complete
         old.unlink(missing_ok=True)
     return final
 
@@ -278,10 +299,9 @@ def check_header(path: Path, saved: dict, expected: Header, for_training: bool =
     return header
 
 
-def load_checkpoint(path: Path, expected: Header, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler=None, scaler: torch.amp.GradScaler | None = None, ema=None,
-                    restore_rng: bool = True) -> Loaded:
-    """Restore every state saved by :func:`save_checkpoint` into the given objects (all ranks call this).
+def load_checkpoint(path: Path, expected: Header, state: TrainState, restore_rng: bool = True) -> Loaded:
+    """Restore every state saved by :func:`save_checkpoint` into ``state``'s objects (all ranks call this); the RNG
+    states too with ``restore_rng``.
 
     Raises:
         CheckpointError: see :func:`read_checkpoint` and :func:`check_header`.
@@ -290,35 +310,33 @@ def load_checkpoint(path: Path, expected: Header, model: torch.nn.Module, optimi
     payload = read_checkpoint(path)
     header = check_header(path, payload["header"], expected)
     try:
-        unwrap(model).load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        if scheduler is not None and payload.get("scheduler") is not None:
-            scheduler.load_state_dict(payload["scheduler"])
-        if scaler is not None and payload.get("scaler") is not None:
-            scaler.load_state_dict(payload["scaler"])
-        if ema is not None and payload.get("ema") is not None:
-            ema.load_state_dict(payload["ema"])
+        unwrap(state.model).load_state_dict(payload["model"])
+        state.optimizer.load_state_dict(payload["optimizer"])
+        for name in ("scheduler", "scaler", "ema"):
+            target = getattr(state, name)
+            if target is not None and payload.get(name) is not None:
+                target.load_state_dict(payload[name])
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this model ({first}); use another "
                               f"--checkpoint-dir to start fresh") from None
     if restore_rng and payload.get("rng") is not None:
         set_rng_state(payload["rng"])
-    return Loaded(path, header, Progress(**payload["progress"]), tensors_as_bytes(list(payload.get("loader") or [])))
+    return Loaded(path, header, Position(**payload["progress"]), tensors_as_bytes(list(payload.get("loader") or [])))
 
 
-def every_n_steps(fn: Callable[..., T], progress: Progress, every: int | None,
+def every_n_steps(fn: Callable[..., T], position: Position, every: int | None,
                   hook: Callable[[], None]) -> Callable[..., T]:
-    """Wrap a step so each call advances ``progress`` and ``hook()`` runs when ``progress.step % every == 0``.
+    """Wrap a step so each call advances ``position`` and ``hook()`` runs when ``position.step % every == 0``.
 
     ``every`` None: only counts (the loop saves at epoch ends itself).
     """
 
     def wrapped(*args, **kwargs):
         out = fn(*args, **kwargs)
-        progress.step += 1
-        progress.epoch_step += 1
-        if every is not None and progress.step % every == 0:
+        position.step += 1
+        position.epoch_step += 1
+        if every is not None and position.step % every == 0:
             hook()
         return out
 
@@ -346,4 +364,4 @@ def load_weights(path: Path, model: torch.nn.Module, num_classes: int) -> tuple[
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this model ({first})") from None
-    return Loaded(path, header, Progress(**payload["progress"])), payload.get("ema")
+    return Loaded(path, header, Position(**payload["progress"])), payload.get("ema")

@@ -12,10 +12,13 @@ Two ways to time a CUDA run (``train --timing``), identical on a CPU, where work
 * ``sync`` (FlagPerf's way): every timer edge calls ``torch.cuda.synchronize()`` (a device-wide wait), and under
   DDP a barrier after each batch arrives puts another rank's loading time into data wait; the CPU can never
   run ahead, so the run itself is slower than untimed training.
+
+Also :func:`process_start_time`, the origin of the steady figures' ``e2e_time``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +28,21 @@ from typing import Callable, Iterable, Iterator, Protocol, TypeVar
 import torch
 
 T = TypeVar("T")
+_IMPORT_TIME = time.time()
+
+
+def process_start_time() -> float:
+    """Unix time (s) at which this process started (the origin of the steady ``e2e_time``): from /proc (Linux),
+    else the time this module loaded."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # field 22 of proc(5): starttime, clock ticks after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])  # seconds since boot, 10 ms resolution
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return _IMPORT_TIME
 
 
 class Timing(str, Enum):

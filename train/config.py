@@ -1,6 +1,7 @@
 """The schema of a training run: one frozen dataclass per component, each holding its options' only defaults
 and checking its own values (one-line ``ValueError`` naming the flag). The ``train`` flags and the ``--config``
-file tables are read from these (see tools/train.py)."""
+file tables are read from these (see tools/train.py; a flag reads its field's default with
+:func:`pipeline.schema.default_of`)."""
 
 from __future__ import annotations
 
@@ -12,25 +13,10 @@ from typing import Iterable
 
 from pipeline.backends import LoaderConfig, LoaderKind
 from pipeline.read.transforms import IMAGE_SIZE_RANGE
+from pipeline.schema import default_of
 from train.precision import Precision, Tf32Mode
 from train.recipe import Resolution, Schedule
 from train.clock import Timing
-
-
-def default_of(cls: type, name: str) -> object:
-    """The default of field ``name`` of the dataclass ``cls`` (its factory called): where a flag reads its default.
-
-    Raises:
-        KeyError: no such field, or a field without a default.
-    """
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-            break
-    raise KeyError(f"{cls.__name__}.{name}: no such field with a default")
 
 
 def _device_ok(text: str) -> bool:
@@ -80,7 +66,7 @@ class OptimConfig:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        m = self.milestones
+        milestones = self.milestones
         reals = (("--lr", self.lr), ("--lr-per-256", self.lr_per_256), ("--weight-decay", self.weight_decay),
                  ("--warmup-epochs", self.warmup_epochs), ("--gamma", self.gamma))
         _check((v is None or not math.isinf(v), f"{flag} must be a finite number, got {v}") for flag, v in reals)
@@ -93,8 +79,8 @@ class OptimConfig:
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0, got {self.warmup_epochs}"),
             (self.gamma > 0, f"--gamma must be > 0, got {self.gamma}"),
-            (list(m) == sorted(m) and all(v >= 0 for v in m),
-             f"--milestones must be increasing epochs >= 0, got {','.join(map(str, m))}"),
+            (list(milestones) == sorted(milestones) and all(v >= 0 for v in milestones),
+             f"--milestones must be increasing epochs >= 0, got {','.join(map(str, milestones))}"),
         ])
 
     def peak_lr(self, global_batch: int) -> float:
@@ -148,7 +134,8 @@ class TrainConfig:
             ``cpu``, ``cuda`` or ``cuda:N`` (see :func:`train.accelerator.choose_device`). With ``auto`` on a
             machine without a usable GPU, a GPU-only choice (``--loader dali`` / ``nvjpeg``, ``--precision amp`` /
             ``fp16`` / ``half``) stops the run at its start; ``cpu`` runs it on the CPU.
-        seed: seed of model init and data order.
+        seed: seed of model init, data order and crops: the run's one seed. The loader's ``loader_cfg.seed`` is
+            always this value (set from it here, whatever ``loader_cfg`` was given), so the two cannot differ.
         metrics_json: where rank 0 writes the metrics (None = not written).
         output_dir: the run's folder (torchvision references' ``--output-dir``, timm's ``--output``): resolved
             config, metrics, step log, plot and checkpoints of one run (see the outputs of :mod:`train.rundir`).
@@ -230,6 +217,8 @@ class TrainConfig:
     tensorboard_log_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.loader_cfg.seed != self.seed:  # one seed: the loader's follows the run's
+            object.__setattr__(self, "loader_cfg", dataclasses.replace(self.loader_cfg, seed=self.seed))
         ck, res = self.checkpoint, self.resolution
         from train.flagperf_case import CONFIGS
 
@@ -357,6 +346,8 @@ def _jsonable(value: object) -> object:
     """A config value as JSON: enums by value, paths as text, tuples as lists, dataclasses as objects."""
     from enum import Enum
 
+    if hasattr(value, "json_fields"):  # a component that lays out its own JSON (LoaderConfig)
+        return {name: _jsonable(field) for name, field in value.json_fields().items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Enum):

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.compat import init_process_group
+from pipeline.hostinfo import cores_per_local_rank, local_world_size
 from train.accelerator import choose_device
 
 EXIT_STALLED = 69  # sysexits' EX_UNAVAILABLE: a rank stopped answering; the job cannot go on
@@ -87,9 +88,9 @@ def all_reduce(values: list[float], op: str, env: DistEnv) -> list[float]:
     """
     if not env.distributed:
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=env.device)
-    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
-    return t.tolist()
+    tensor = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return tensor.tolist()
 
 
 def all_gather_objects(obj: object, env: DistEnv) -> list:
@@ -133,15 +134,10 @@ def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def local_world_size() -> int:
-    """Ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
 def cores_per_rank() -> int:
-    """CPU cores available to this process (its affinity mask) divided by the ranks on this node, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // local_world_size())
+    """CPU cores for this rank: :func:`pipeline.hostinfo.cores_per_local_rank` (the cores available to this process
+    divided by the ranks on this node, at least 1)."""
+    return cores_per_local_rank()
 
 
 def barrier(env: DistEnv) -> None:

@@ -8,7 +8,7 @@ count, CUDA version), :mod:`train.accelerator` (what the ``cuda`` device is: ven
 MetaX's MACA version), :func:`train.precision.tf32_state` (how TF32 was set and whether it is on),
 ``/.dockerenv`` / ``/proc/1/cgroup`` (inside a container; the Docker version is the host's and cannot be read from
 inside, so it stays unknown there unless ``docker`` is on PATH), ``/sys/class/infiniband`` (multi-node network:
-InfiniBand / RoCE port rate). Software versions come from :func:`train.metrics.software_versions`.
+InfiniBand / RoCE port rate). Software versions: :func:`software_versions` (the metrics JSON's ``versions``).
 
 Also what identifies one run (:class:`RunIdentity`, :func:`run_identity`): its start time, the host, this project's
 version and git commit, and :func:`manifest_sha256`, the identity of the shards' manifest.
@@ -32,6 +32,7 @@ import torch
 
 from train import accelerator
 from train.accelerator import Accelerator, Vendor
+from train.memory import driver_version
 from train.precision import tf32_state
 
 
@@ -133,9 +134,30 @@ def interconnect() -> str | None:
     return "; ".join(found) or None
 
 
+def software_versions() -> dict[str, str | None]:
+    """Versions a run depends on: Python, torch, torchvision, CUDA / cuDNN of the torch build, the accelerator's
+    driver (NVIDIA: NVML or ``nvidia-smi``; MetaX: ``mx-smi``'s kernel-mode driver; see :mod:`train.accelerator`)
+    and DALI; None where absent."""
+    import importlib.metadata
+
+    import torchvision
+
+    dali_version = None
+    for dist in ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"):
+        try:  # the installed distribution's metadata: importing DALI would take ~0.5 s
+            dali_version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cuda": torch.version.cuda, "cudnn": str(cudnn) if cudnn else None,
+            "driver": driver_version() if torch.cuda.is_available() else None, "dali": dali_version}
+
+
 def collect(world_size: int, processes_per_node: int, versions: dict) -> Environment:
     """This process's :class:`Environment` for a run of ``world_size`` ranks, ``processes_per_node`` per node;
-    ``versions`` as :func:`train.metrics.software_versions` returns them (its ``driver`` is used where the
+    ``versions`` as :func:`software_versions` returns them (its ``driver`` is used where the
     accelerator's tools give none)."""
     cuda = torch.cuda.is_available()
     per_node = max(1, processes_per_node)

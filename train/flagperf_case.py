@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import Enum
+from types import MappingProxyType
+from typing import Mapping
 
 from pipeline.backends import IMAGENET_TRAIN_SAMPLES, IMAGENET_VAL_SAMPLES
 
@@ -103,7 +105,7 @@ _NVIDIA = replace(BASE, vendor=Vendor.NVIDIA)
 # helper.py sets no cuDNN flag for MetaX; the MetaX cases export METAX_USE_TF32=1
 _METAX = replace(BASE, vendor=Vendor.METAX, cudnn_benchmark=None, cudnn_deterministic=None, metax_use_tf32="1")
 
-CONFIGS: dict[str, CaseConfig] = {c.name: c for c in (
+CONFIGS: Mapping[str, CaseConfig] = MappingProxyType({case.name: case for case in (
     replace(_NVIDIA, name="A100x1x1", nodes=1, per_node=1, lr=0.1, batch=32),
     replace(_NVIDIA, name="A100x1x8", nodes=1, per_node=8, lr=0.1, batch=32),
     replace(_NVIDIA, name="A100x2x8", nodes=2, per_node=8, lr=0.8, batch=256),
@@ -111,7 +113,8 @@ CONFIGS: dict[str, CaseConfig] = {c.name: c for c in (
     replace(_METAX, name="C500x1x8", nodes=1, per_node=8, lr=0.4, batch=128),
     replace(_METAX, name="C500x2x8", nodes=2, per_node=8, lr=0.8, batch=256, verified=False),
     replace(_METAX, name="C550x1x8", nodes=1, per_node=8, lr=0.4, batch=128),
-)}
+)})
+"""FlagPerf's vendor configs of the case by name (read-only): NVIDIA's, then MetaX's, each by layout."""
 
 
 def case_config(name: str | None) -> CaseConfig:

@@ -33,30 +33,10 @@ FlagPerf samples nvidia-smi / mx-smi every 5 s); on CPU, peak process RSS / phys
 
 from __future__ import annotations
 
-import os
-import platform
-import time
 from dataclasses import asdict, dataclass
 from enum import Enum
 
-import torch
-
-from train.memory import MemoryUse, driver_version
-
-_IMPORT_TIME = time.time()
-
-
-def process_start_time() -> float:
-    """Unix time (s) at which this process started: from /proc (Linux), else the time this module loaded."""
-    try:
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])  # field 22 of proc(5): starttime, clock ticks after boot
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])  # seconds since boot, 10 ms resolution
-        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return _IMPORT_TIME
+from train.memory import MemoryUse
 
 
 class FigureSet(str, Enum):
@@ -188,18 +168,19 @@ class FlagPerfFigures:
         return d
 
 
-def flagperf_figures(t: FlagPerfTimes, p_core_timing: str) -> FlagPerfFigures:
+def flagperf_figures(times: FlagPerfTimes, p_core_timing: str) -> FlagPerfFigures:
     """FlagPerf's figures: images / loop, / epochs without evaluation, / steps (see :class:`FlagPerfTimes`).
 
     Raises:
         ValueError: a time that the formulas divide by is not positive.
     """
+    images = times.images
     return FlagPerfFigures(
-        e2e_time=t.e2e, p_whole=_rate(t.images, t.loop, "loop"),
-        p_train=_rate(t.images, t.epochs_train, "epochs without evaluation"),
-        p_core=_rate(t.images, t.compute, "compute"), acc1=t.acc1, trained_images=t.images, converged=t.converged,
-        initial_eval_s=t.initial_eval, p_core_timing=p_core_timing, loop_s=t.loop, epochs_train_s=t.epochs_train,
-        compute_s=t.compute)
+        e2e_time=times.e2e, p_whole=_rate(images, times.loop, "loop"),
+        p_train=_rate(images, times.epochs_train, "epochs without evaluation"),
+        p_core=_rate(images, times.compute, "compute"), acc1=times.acc1, trained_images=images,
+        converged=times.converged, initial_eval_s=times.initial_eval, p_core_timing=p_core_timing,
+        loop_s=times.loop, epochs_train_s=times.epochs_train, compute_s=times.compute)
 
 
 TABLE_HEADER = ("| config | precision | fix_hp | e2e_time | p_whole | p_train | p_core | acc | mem |\n"
@@ -210,29 +191,9 @@ def _cell(value: float | None, fmt: str) -> str:
     return "/" if value is None else format(value, fmt)
 
 
-def flagperf_row(m: SteadyFigures | FlagPerfFigures, config: str, precision: str, fix_hp: str, mem: str) -> str:
+def flagperf_row(figures: SteadyFigures | FlagPerfFigures, config: str, precision: str, fix_hp: str,
+                 mem: str) -> str:
     """One row of FlagPerf's results table (its README's columns), markdown; ``/`` where a figure does not exist."""
-    acc = "/" if m.acc1 is None else f"{m.acc1:.1f}%"
-    return (f"| {config} | {precision} | {fix_hp} | {m.e2e_time:.0f} | {_cell(m.p_whole, '.1f')} "
-            f"| {_cell(m.p_train, '.1f')} | {_cell(m.p_core, '.1f')} | {acc} | {mem} |")
-
-
-def software_versions() -> dict[str, str | None]:
-    """Versions a run depends on: Python, torch, torchvision, CUDA / cuDNN of the torch build, the accelerator's
-    driver (NVIDIA: NVML or ``nvidia-smi``; MetaX: ``mx-smi``'s kernel-mode driver; see :mod:`train.accelerator`)
-    and DALI; None where absent."""
-    import importlib.metadata
-
-    import torchvision
-
-    dali_version = None
-    for dist in ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"):
-        try:  # the installed distribution's metadata: importing DALI would take ~0.5 s
-            dali_version = importlib.metadata.version(dist)
-            break
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "cuda": torch.version.cuda, "cudnn": str(cudnn) if cudnn else None,
-            "driver": driver_version() if torch.cuda.is_available() else None, "dali": dali_version}
+    acc = "/" if figures.acc1 is None else f"{figures.acc1:.1f}%"
+    return (f"| {config} | {precision} | {fix_hp} | {figures.e2e_time:.0f} | {_cell(figures.p_whole, '.1f')} "
+            f"| {_cell(figures.p_train, '.1f')} | {_cell(figures.p_core, '.1f')} | {acc} | {mem} |")

@@ -45,28 +45,28 @@ def read_step_log(path: Path) -> StepSeries:
     Raises:
         OSError: the file cannot be read.
     """
-    s = StepSeries()
+    series = StepSeries()
     for line in path.read_text(errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
             continue
         if "run_start" in rec:
-            s.start = rec["run_start"] if s.start is None else s.start
-            s.every = rec.get("every", s.every)
+            series.start = rec["run_start"] if series.start is None else series.start
+            series.every = rec.get("every", series.every)
         elif "eval_epoch" in rec:
-            s.eval_epoch.append(rec["eval_epoch"] + 1)
-            s.acc1.append(rec["acc1"])
-            s.eval_time.append(rec.get("time", s.time[-1] if s.time else 0.0))
+            series.eval_epoch.append(rec["eval_epoch"] + 1)
+            series.acc1.append(rec["acc1"])
+            series.eval_time.append(rec.get("time", series.time[-1] if series.time else 0.0))
         elif "loss" in rec:
-            s.step.append(rec["step"])
-            s.loss.append(rec["loss"])
-            s.lr.append(rec["lr"])
-            s.img_per_s.append(rec["img_per_s"])
-            s.data_wait.append(100.0 * rec["data_wait_fraction"])
-            s.time.append(rec["time"])
-            s.paused.append(rec.get("paused_s"))
-    return s
+            series.step.append(rec["step"])
+            series.loss.append(rec["loss"])
+            series.lr.append(rec["lr"])
+            series.img_per_s.append(rec["img_per_s"])
+            series.data_wait.append(100.0 * rec["data_wait_fraction"])
+            series.time.append(rec["time"])
+            series.paused.append(rec.get("paused_s"))
+    return series
 
 
 MARKERS_UP_TO = 40  # a series of at most this many points marks each one (one point alone draws no line)
@@ -99,30 +99,31 @@ class Panels:
     evals_at: tuple[float, ...]
 
 
-def spans_eval(s: StepSeries) -> list[bool]:
+def spans_eval(series: StepSeries) -> list[bool]:
     """Per window: whether its img/s counts an evaluation's time. Only in a log written before the step log left
     evaluations out (no ``paused_s``): there, the first window to end at or after an evaluation line held it."""
-    held = [False] * len(s.step)
-    for t in s.eval_time:
-        i = next((i for i, end in enumerate(s.time) if end >= t - _EVAL_TOLERANCE_S), None)
-        if i is not None and s.paused[i] is None:
+    held = [False] * len(series.step)
+    for t in series.eval_time:
+        i = next((i for i, end in enumerate(series.time) if end >= t - _EVAL_TOLERANCE_S), None)
+        if i is not None and series.paused[i] is None:
             held[i] = True
     return held
 
 
-def panels(s: StepSeries) -> Panels:
-    """What :func:`draw` plots of ``s`` (see the module docstring)."""
-    t0 = s.start if s.start is not None else (s.time[0] if s.time else 0.0)
-    held = spans_eval(s)
-    kept = [i for i in range(len(s.step)) if not held[i]]
-    wall = tuple(s.time[i] - t0 for i in kept)
-    return Panels(Series(tuple(s.step), tuple(s.loss)), Series(tuple(s.step), tuple(s.lr)),
-                  Series(tuple(s.eval_epoch), tuple(s.acc1)), Series(wall, tuple(s.img_per_s[i] for i in kept)),
-                  Series(wall, tuple(s.data_wait[i] for i in kept)), tuple(t - t0 for t in s.eval_time))
+def panels(series: StepSeries) -> Panels:
+    """What :func:`draw` plots of ``series`` (see the module docstring)."""
+    t0 = series.start if series.start is not None else (series.time[0] if series.time else 0.0)
+    held = spans_eval(series)
+    kept = [i for i in range(len(series.step)) if not held[i]]
+    wall = tuple(series.time[i] - t0 for i in kept)
+    return Panels(Series(tuple(series.step), tuple(series.loss)), Series(tuple(series.step), tuple(series.lr)),
+                  Series(tuple(series.eval_epoch), tuple(series.acc1)),
+                  Series(wall, tuple(series.img_per_s[i] for i in kept)),
+                  Series(wall, tuple(series.data_wait[i] for i in kept)), tuple(t - t0 for t in series.eval_time))
 
 
-def draw(s: StepSeries, caption: str, out: Path) -> None:
-    """Write the four-panel PNG of ``s`` to ``out`` (atomically) with ``caption`` under it.
+def draw(series: StepSeries, caption: str, out: Path) -> None:
+    """Write the four-panel PNG of ``series`` to ``out`` (atomically) with ``caption`` under it.
 
     Raises:
         pipeline.fsio.WriteFailed: ``out`` cannot be written (disk full, ...); an earlier ``out`` stays whole.
@@ -133,26 +134,26 @@ def draw(s: StepSeries, caption: str, out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    p = panels(s)
+    drawn = panels(series)
     fig, ax = plt.subplots(2, 2, figsize=(11, 7.5))
-    ax[0, 0].plot(p.loss.x, p.loss.y, marker=p.loss.marker, color="tab:blue")
+    ax[0, 0].plot(drawn.loss.x, drawn.loss.y, marker=drawn.loss.marker, color="tab:blue")
     ax[0, 0].set(xlabel="step", ylabel="loss (window mean)", title="loss and learning rate")
     lr_ax = ax[0, 0].twinx()
-    lr_ax.plot(p.lr.x, p.lr.y, marker=p.lr.marker, color="tab:orange")
+    lr_ax.plot(drawn.lr.x, drawn.lr.y, marker=drawn.lr.marker, color="tab:orange")
     lr_ax.set_ylabel("learning rate", color="tab:orange")
-    ax[0, 1].plot(p.acc1.x, p.acc1.y, marker="o", color="tab:green")
+    ax[0, 1].plot(drawn.acc1.x, drawn.acc1.y, marker="o", color="tab:green")
     ax[0, 1].set(xlabel="epoch", ylabel="val top-1 (%)", title="top-1 per epoch")
     ax[0, 1].xaxis.set_major_locator(MaxNLocator(integer=True))
-    if not s.acc1:
+    if not series.acc1:
         ax[0, 1].text(0.5, 0.5, "no evaluation", ha="center", va="center", transform=ax[0, 1].transAxes)
     for a in (ax[1, 0], ax[1, 1]):  # evaluations: outside the windows' training time
-        for i, t in enumerate(p.evals_at):
+        for i, t in enumerate(drawn.evals_at):
             a.axvline(t, color="tab:gray", linestyle=":", linewidth=1, label="evaluation" if i == 0 else None)
-    ax[1, 0].plot(p.img_per_s.x, p.img_per_s.y, marker=p.img_per_s.marker, color="tab:purple")
+    ax[1, 0].plot(drawn.img_per_s.x, drawn.img_per_s.y, marker=drawn.img_per_s.marker, color="tab:purple")
     ax[1, 0].set(xlabel="wall time (s)", ylabel="img/s (window, evaluations left out)", title="throughput")
-    if p.evals_at:
+    if drawn.evals_at:
         ax[1, 0].legend(loc="lower right", fontsize=8)
-    ax[1, 1].plot(p.data_wait.x, p.data_wait.y, marker=p.data_wait.marker, color="tab:red")
+    ax[1, 1].plot(drawn.data_wait.x, drawn.data_wait.y, marker=drawn.data_wait.marker, color="tab:red")
     ax[1, 1].set(xlabel="wall time (s)", ylabel="data wait (%)", title="data wait", ylim=(0, 100))
     fig.text(0.5, 0.01, caption, ha="center", va="bottom", family="monospace", fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))

@@ -32,6 +32,7 @@ import os
 import sys
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 import torch
 
@@ -51,8 +52,8 @@ class Precision(str, Enum):
     HALF = "half"
 
 
-PAGE_LABEL = {Precision.FP32: "fp32", Precision.AMP: "amp", Precision.FP16: "bf16", Precision.BF16: "amp-bf16",
-              Precision.HALF: "fp16-ieee"}
+PAGE_LABEL = MappingProxyType({Precision.FP32: "fp32", Precision.AMP: "amp", Precision.FP16: "bf16",
+                               Precision.BF16: "amp-bf16", Precision.HALF: "fp16-ieee"})
 """The precision column of the FlagPerf page per mode: FlagPerf's NVIDIA page writes ``bf16`` for its fp16 run."""
 
 SIXTEEN_BIT_CAST = (Precision.FP16, Precision.HALF)  # modes whose model and inputs are cast to 16 bits

@@ -31,11 +31,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, decay_bn_and_b
     """SGD parameter groups: weights of conv / linear layers with ``weight_decay``; batch-norm weights and all
     biases with 0 unless ``decay_bn_and_bias`` (1-D parameters are exactly those)."""
     if decay_bn_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+        return [{"params": [param for param in model.parameters() if param.requires_grad],
+                 "weight_decay": weight_decay}]
     decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

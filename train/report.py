@@ -6,6 +6,11 @@ place those names are defined; the figures' are :class:`train.metrics.SteadyFigu
 an *inline* field lays its keys out flat in the JSON, where it stands; an inline part that is None adds none
 (a ``--test-only`` report has no training part, a training report no checkpoint-test part). Units: seconds
 (``*_s``, times), img/s (``p_*``, ``eval_img_per_s``), GiB (``mem*``), % (accuracies).
+
+The parts: :class:`EvalCounts`, :class:`Training` (with :class:`Checkpointing`, :class:`MeasuredTimes`),
+:class:`CheckpointTest`, :class:`Placement`, :class:`MemoryDetail`, :class:`Software`, :class:`Labels`,
+:class:`Origin`, :class:`Numerics`, :class:`DatasetSummary`; also :func:`config_label` and :func:`run_verdict`.
+:mod:`train.assemble` builds a report from a finished run.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.backends import StageSeconds
 from train.environment import Environment, RunIdentity
-from train.iobench.verdict import Evidence, Verdict, decide
+from train.verdict import Evidence, Verdict, decide
 from train.memory import MemoryUse
 from train import distributed
 from train.metrics import TABLE_HEADER, FlagPerfFigures, RunTimes, SteadyFigures, flagperf_row
@@ -112,7 +118,7 @@ class Training(Part):
     epochs: int
     times: MeasuredTimes = inline()
     verdict: Verdict
-    loader_stage_seconds_per_image_rank0: dict[str, float] | None  # s/img by loader stage, on one core
+    loader_stage_seconds_per_image_rank0: StageSeconds | None  # s/img by loader stage, on one core (JSON: by name)
     global_batch_size: int
 
 
@@ -164,16 +170,27 @@ class MemoryDetail(Part):
 
 
 @dataclass(frozen=True)
-class Labels(Part):
-    """Software versions and FlagPerf's labels: config (``<CUDA|CPU>x<nodes>x<procs per node>``), fix_hp, argv;
-    the machine (:class:`train.environment.Environment`, the vendor page's 环境配置); which run it was
-    (:class:`train.environment.RunIdentity`: ``start_time`` ISO-8601 UTC, ``host``, ``project_version``,
-    ``git_commit``; inline, none for a report built without it)."""
+class Software(Part):
+    """The software versions the run depended on (``versions``: :func:`train.environment.software_versions`)."""
 
     versions: dict
+
+
+@dataclass(frozen=True)
+class Labels(Part):
+    """FlagPerf's labels: config (``<CUDA|CPU>x<nodes>x<procs per node>``), fix_hp, argv."""
+
     config: str
     fix_hp: str
     argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Origin(Part):
+    """Where the run ran and which run it was: the machine (:class:`train.environment.Environment`, the vendor
+    page's 环境配置) and :class:`train.environment.RunIdentity` (``start_time`` ISO-8601 UTC, ``host``,
+    ``project_version``, ``git_commit``; inline, none for a report built without it)."""
+
     environment: Environment
     identity: RunIdentity | None = field(default=None, metadata={"inline": True})
 
@@ -217,8 +234,9 @@ class DatasetSummary(Part):
 @dataclass(frozen=True)
 class RunReport(Part):
     """The report of one ``train`` run: the steady figures (top level), the evaluation, what the training (or the
-    checkpoint test) did, where it ran, memory detail, labels, FlagPerf's figures (``flagperf``), the numerics,
-    the data and the resolved config. :meth:`to_json` is the metrics JSON."""
+    checkpoint test) did, where it ran, memory detail, software versions, labels, the machine and the run's
+    identity, FlagPerf's figures (``flagperf``), the numerics, the data and the resolved config. :meth:`to_json` is
+    the metrics JSON; :mod:`train.assemble` builds it from a finished run."""
 
     steady: SteadyFigures = inline()
     eval: EvalCounts = inline()
@@ -226,7 +244,9 @@ class RunReport(Part):
     test: CheckpointTest | None = inline()
     placement: Placement = inline()
     memory: MemoryDetail = inline()
+    software: Software = inline()
     labels: Labels = inline()
+    origin: Origin = inline()
     flagperf: FlagPerfFigures | None = None
     numerics: Numerics | None = None
     dataset: DatasetSummary | None = None
@@ -287,12 +307,14 @@ class RunReport(Part):
         checkpoint test, its result line first."""
         if self.training is None:
             return f"{_test_line(self)}\n{self.rows()}"
-        m, tr = self.steady, self.training
-        t = tr.times.rank0_times_s  # one rank's own times add up; the row uses the maximum over ranks
-        split = (f"time split (s, rank 0): loop {t.loop:.1f} = train {t.loop - t.eval:.1f} (compute {t.compute:.1f}, "
-                 f"data wait {t.data:.1f}, other {t.loop - t.eval - t.compute - t.data:.1f}) + eval {t.eval:.1f}; "
-                 f"p_core/p_train = {m.p_core / m.p_train:.2f}; timing {tr.times.timing}")
-        return "\n".join([self.rows(), split, *(f"verdict: {line}" for line in tr.verdict.lines)])
+        steady, training = self.steady, self.training
+        times = training.times.rank0_times_s  # one rank's own times add up; the row uses the maximum over ranks
+        train_s = times.loop - times.eval
+        split = (f"time split (s, rank 0): loop {times.loop:.1f} = train {train_s:.1f} (compute {times.compute:.1f}, "
+                 f"data wait {times.data:.1f}, other {train_s - times.compute - times.data:.1f}) + eval "
+                 f"{times.eval:.1f}; p_core/p_train = {steady.p_core / steady.p_train:.2f}; timing "
+                 f"{training.times.timing}")
+        return "\n".join([self.rows(), split, *(f"verdict: {line}" for line in training.verdict.lines)])
 
     def write_json(self, path: Path | None) -> None:
         """Write :meth:`to_json` to ``path`` atomically (its folder made); nothing when ``path`` is None.
@@ -306,11 +328,11 @@ class RunReport(Part):
             atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n", "the metrics JSON")
 
 
-def _test_line(r: RunReport) -> str:
-    t, e, ema = r.test, r.eval, r.test.ema_acc1
-    return (f"test: {t.checkpoint} (step {t.checkpoint_step}): val top-1 {r.steady.acc1:.2f}% top-5 {e.acc5:.2f}% "
-            f"on {e.eval_images} images" + (f", EMA top-1 {ema:.2f}%" if ema is not None else "")
-            + f", {t.eval_img_per_s:.1f} img/s")
+def _test_line(report: RunReport) -> str:
+    test, counts, ema = report.test, report.eval, report.test.ema_acc1
+    return (f"test: {test.checkpoint} (step {test.checkpoint_step}): val top-1 {report.steady.acc1:.2f}% top-5 "
+            f"{counts.acc5:.2f}% on {counts.eval_images} images" + (f", EMA top-1 {ema:.2f}%" if ema is not None else "")
+            + f", {test.eval_img_per_s:.1f} img/s")
 
 
 def config_label(env: distributed.DistEnv) -> str:
@@ -319,10 +341,10 @@ def config_label(env: distributed.DistEnv) -> str:
     return f"{'CUDA' if env.device.type == 'cuda' else 'CPU'}x{max(1, env.world_size // per_node)}x{per_node}"
 
 
-def run_verdict(p_core: float, p_train: float, data_wait_fraction: float, stage_seconds: dict[str, float] | None,
+def run_verdict(p_core: float, p_train: float, data_wait_fraction: float, stage_seconds: StageSeconds | None,
                 workers: int) -> Verdict:
     """The I/O verdict of a finished run from its own rates (img/s), data wait share and the loader's per-image
-    stage seconds on one core (see :mod:`train.iobench.verdict`); cores: this rank's share of the node's."""
+    stage seconds on one core (see :mod:`train.verdict`); cores: this rank's share of the node's."""
     return decide(Evidence(compute_rate=p_core, input_rate=p_train, stage_seconds=stage_seconds,
                            workers=max(1, workers), cores=distributed.cores_per_rank(),
                            data_wait_fraction=data_wait_fraction, from_run=True))

@@ -180,13 +180,15 @@ class TensorBoardLog:
             self.failed = True
             _warn("cannot write TensorBoard events in", self.log_dir, exc.strerror or str(exc))
 
-    def window(self, w: Window) -> None:
-        self._scalars(w.step, {"train/loss": w.loss, "train/lr": w.lr, "train/img_per_s": w.img_per_s,
-                               "train/data_wait_fraction": w.data_wait_fraction})
+    def window(self, window: Window) -> None:
+        self._scalars(window.step, {"train/loss": window.loss, "train/lr": window.lr,
+                                    "train/img_per_s": window.img_per_s,
+                                    "train/data_wait_fraction": window.data_wait_fraction})
 
-    def epoch(self, r: EpochRecord) -> None:
-        self._scalars(r.step, {"eval/top1": r.eval_top1, "eval/top5": r.eval_top5, "epoch/time_s": r.epoch_s,
-                               "epoch/img_per_s": r.img_per_s, "epoch/train_loss": r.train_loss})
+    def epoch(self, record: EpochRecord) -> None:
+        self._scalars(record.step, {"eval/top1": record.eval_top1, "eval/top5": record.eval_top5,
+                                    "epoch/time_s": record.epoch_s, "epoch/img_per_s": record.img_per_s,
+                                    "epoch/train_loss": record.train_loss})
         self.flush()
 
     def flush(self) -> None:
@@ -220,10 +222,10 @@ class RunSinks:
         """Whether a sink takes log windows (TensorBoard): only then does the step log read windows for it."""
         return self.tensorboard is not None
 
-    def window(self, w: Window) -> None:
+    def window(self, window: Window) -> None:
         """A log window's scalars (TensorBoard)."""
         if self.tensorboard is not None:
-            self.tensorboard.window(w)
+            self.tensorboard.window(window)
 
     def epoch(self, record: EpochRecord) -> None:
         """An epoch's row (CSV) and scalars (TensorBoard)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -31,31 +32,49 @@ if TYPE_CHECKING:
     from train.sinks import RunSinks
 
 
-class StepLog:
-    """Wraps the step callable; every ``every`` steps appends one JSON line to ``path``.
+def _never_paused() -> float:
+    return 0.0
 
-    ``epoch_of()`` returns the current epoch; ``lr_of()`` the current learning rate; ``paused()`` the seconds
-    spent outside training so far (evaluations, checkpoint writes, resume replay: left out of each window's
-    time). With ``path`` None (or on
-    ranks other than 0) :meth:`wrap` returns the step unchanged. ``append``: continue an existing file (a resumed
-    run); otherwise the file is started afresh. ``sink``: also hands each window to
+
+@dataclass(frozen=True)
+class StepSources:
+    """What each window line reads from the run: the loop's data-wait and compute stopwatches, ``epoch()`` the
+    current (0-based) epoch, ``lr()`` the current learning rate and ``paused()`` the seconds spent outside training
+    so far (evaluations, checkpoint writes, resume replay: left out of each window's time)."""
+
+    data: Stopwatch
+    compute: Stopwatch
+    epoch: Callable[[], int]
+    lr: Callable[[], float]
+    paused: Callable[[], float] = _never_paused
+
+
+class StepLog:
+    """Wraps the step callable; every ``every`` steps appends one JSON line to ``path``, from ``sources``
+    (:class:`StepSources`), the first step counted being ``step0 + 1``.
+
+    With ``path`` None (or on ranks other than 0) :meth:`wrap` returns the step unchanged. ``append``: continue an
+    existing file (a resumed run); otherwise the file is started afresh. ``sink``: also hands each window to
     :meth:`train.sinks.RunSinks.window` (TensorBoard), from the same numbers (no synchronisation of its own); with
     a sink the step is wrapped even without ``path``.
+
+    Raises:
+        ValueError: ``every`` < 1.
     """
 
-    def __init__(self, path: Path | None, every: int, global_batch: int, data_sw: Stopwatch, compute_sw: Stopwatch,
-                 epoch_of: Callable[[], int], lr_of: Callable[[], float], step0: int = 0, append: bool = False,
-                 paused: Callable[[], float] = lambda: 0.0, sink: RunSinks | None = None):
+    def __init__(self, path: Path | None, every: int, global_batch: int, sources: StepSources, step0: int = 0,
+                 append: bool = False, sink: RunSinks | None = None):
         if every < 1:
             raise ValueError(f"--log-every must be >= 1, got {every}")
         self.path, self.every, self.global_batch = path, every, global_batch
-        self.data_sw, self.compute_sw = data_sw, compute_sw
-        self.epoch_of, self.lr_of = epoch_of, lr_of
+        self.data_sw, self.compute_sw = sources.data, sources.compute
+        self.epoch_of, self.lr_of = sources.epoch, sources.lr
+        paused = sources.paused
         self.step = step0
         self._loss: torch.Tensor | None = None
         self._n = 0
         self._t = time.perf_counter()
-        self._data, self._compute = data_sw.total, compute_sw.total
+        self._data, self._compute = self.data_sw.total, self.compute_sw.total
         self.paused = paused
         self._paused = paused()
         self.sink = sink if sink is not None and sink.wants_windows else None  # TensorBoard asked for
