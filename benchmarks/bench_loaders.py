@@ -45,8 +45,9 @@ from benchmarks.common import DEFAULT_SAMPLES, sample_tree, shard_sample_tree  #
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.backends import DataInput, LoaderConfig, LoaderKind, Split, backend_spec, build_loader  # noqa: E402
-from pipeline.dataset import load_info  # noqa: E402
+from pipeline.backends import (DataInput, FolderConfig, LoaderConfig, LoaderKind, Split,  # noqa: E402
+                               backend_spec, build_loader)
+from pipeline.read.info import load_info  # noqa: E402
 from pipeline.read.transforms import decoder_name  # noqa: E402
 
 
@@ -160,7 +161,7 @@ def _modes(args: argparse.Namespace, tmp: Path) -> tuple[list[str], dict]:
     shard_sample_tree(tmp / "tree", tmp / "shards", args.workers)
     info = load_info(tmp / "shards")
     cfg = LoaderConfig(batch_size=args.batch_size, image_size=args.image_size, workers=args.workers,
-                       data_root=tmp / "tree", normalize=False)  # uint8 batches from every backend
+                       options=(FolderConfig(tmp / "tree"),), normalize=False)  # uint8 batches from every backend
     modes = {
         "cpu": EpochRunner(LoaderKind.CPU, cfg, info),
         "cpu-1w": EpochRunner(LoaderKind.CPU, dataclasses.replace(cfg, workers=1), info),

@@ -68,7 +68,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.read.plan import plan_eval, plan_train, train_steps_per_epoch  # noqa: E402
+from pipeline.read.plan import ReaderSlot, plan_eval, plan_train, train_steps_per_epoch  # noqa: E402
 
 SYNSETS = REPO.parent / "shared" / "data" / "imagenet-meta" / "synset_words.txt"
 IMAGENET_TRAIN = 1_281_167
@@ -396,16 +396,17 @@ def measure_train(res: FractionResult, out: Path) -> None:
 def measure_plan(res: FractionResult, out: Path, ranks: int = PLAN_RANKS, workers: int = PLAN_WORKERS) -> None:
     """Epoch-0 plans of every rank and worker (train and val) from ``out/_info.json``: wall s of the planning,
     then the coverage check (not timed) into ``res.plan_*``."""
-    from pipeline.dataset import load_info
+    from pipeline.read.info import load_info
 
     info = load_info(out)
     train_len = list(info.split("train").shard_lengths)
     val_len = list(info.split("val").shard_lengths)
     batch = max(1, min(PLAN_BATCH, sum(train_len) // ranks))
     t0 = time.perf_counter()
-    train_plans = [[plan_train(train_len, batch, r, ranks, w, workers, seed=0, epoch=0) for w in range(workers)]
-                   for r in range(ranks)]
-    val_plans = [plan_eval(val_len, batch, r, ranks, w, workers) for r in range(ranks) for w in range(workers)]
+    train_plans = [[plan_train(train_len, batch, ReaderSlot(r, ranks, w, workers), seed=0, epoch=0)
+                    for w in range(workers)] for r in range(ranks)]
+    val_plans = [plan_eval(val_len, batch, ReaderSlot(r, ranks, w, workers))
+                 for r in range(ranks) for w in range(workers)]
     res.plan_s = time.perf_counter() - t0
     res.plan_batch = batch
     res.plan_steps_per_rank = train_steps_per_epoch(sum(train_len), ranks, batch)

@@ -805,7 +805,7 @@ def bench_worker(shards: Path) -> int:
     import torch
 
     from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-    from pipeline.dataset import load_info
+    from pipeline.read.info import load_info
 
     torch.set_num_threads(1)
     cfg = LoaderConfig(batch_size=BENCH_BATCH_SIZE, image_size=BENCH_IMAGE_SIZE, workers=BENCH_WORKERS,

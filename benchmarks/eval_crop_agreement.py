@@ -35,7 +35,7 @@ from PIL import Image
 from benchmarks.common import DEFAULT_SAMPLES, shard_sample_tree
 from pipeline.compat import zip_strict
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-from pipeline.dataset import load_info
+from pipeline.read.info import load_info
 from pipeline.read.transforms import CROP_PCT, eval_resize_size
 
 CPU = torch.device("cpu")

@@ -28,6 +28,7 @@ import sys
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Iterable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ MIN_PYTHON = "3.8"
 
 #: Dotted attribute suffixes (``a.b.c``) newer than torch 2.0 / torchvision 0.15 / Python 3.8, with the
 #: :mod:`pipeline.compat` name to use instead.
-NEWER_ATTRIBUTES = {
+NEWER_ATTRIBUTES = MappingProxyType({
     "torch.amp.GradScaler": "pipeline.compat.grad_scaler (torch.amp.GradScaler is torch 2.3+)",
     "torch.cuda.amp.GradScaler": "pipeline.compat.grad_scaler",
     "torch.cpu.amp.GradScaler": "pipeline.compat.grad_scaler",
@@ -54,9 +55,9 @@ NEWER_ATTRIBUTES = {
     "removesuffix": "pipeline.compat.remove_suffix (str.removesuffix is Python 3.9+)",
     "removeprefix": "text[len(prefix):] after startswith (str.removeprefix is Python 3.9+)",
     "io.decode_jpeg": "pipeline.compat.decode_jpegs / decode_jpeg_one (a list is torchvision 0.19+)",
-}
+})
 #: (call name suffix, keyword) pairs newer than torch 2.0 / torchvision 0.15 / Python 3.8.
-NEWER_KEYWORDS = {
+NEWER_KEYWORDS = MappingProxyType({
     ("SGD", "fused"): "pipeline.compat.make_sgd (SGD(fused=) is torch 2.3+)",
     ("init_process_group", "device_id"): "pipeline.compat.init_process_group (device_id= is torch 2.3+)",
     ("ImageFolder", "allow_empty"): "pipeline.compat.image_folder_class (allow_empty= is torchvision 0.18+)",
@@ -66,13 +67,13 @@ NEWER_KEYWORDS = {
     ("DataLoader", "in_order"): "no in_order= (torch 2.6+)",
     ("load", "mmap"): "torch.load without mmap= (torch 2.1+)",
     ("shutdown", "cancel_futures"): "pipeline.compat.shutdown_cancelling (cancel_futures= is Python 3.9+)",
-}
+})
 #: Modules newer than Python 3.8 / torch 2.0, imported only through pipeline.compat.
-NEWER_IMPORTS = {
+NEWER_IMPORTS = MappingProxyType({
     "tomllib": "pipeline.compat.toml_loads (tomllib is Python 3.11+; tomli before)",
-}
-BUILTIN_GENERICS = {"list", "dict", "tuple", "set", "frozenset", "type"}
-TYPE_NAMES = BUILTIN_GENERICS | {"int", "float", "str", "bytes", "bool", "object"}
+})
+BUILTIN_GENERICS = frozenset({"list", "dict", "tuple", "set", "frozenset", "type"})
+TYPE_NAMES = BUILTIN_GENERICS | frozenset({"int", "float", "str", "bytes", "bool", "object"})
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,12 @@ class Finding:
 def python_files(paths: Iterable[Path]) -> list[Path]:
     """The ``.py`` files under ``paths`` (files or folders), sorted, build outputs and venvs left out."""
     found = set()
-    for p in paths:
-        if p.is_file() and p.suffix == ".py":
-            found.add(p.resolve())
-        elif p.is_dir():
-            found.update(f.resolve() for f in p.rglob("*.py")
-                         if not any(part.startswith(".") or part in ("build", "__pycache__") for part in f.parts))
+    for path in paths:
+        if path.is_file() and path.suffix == ".py":
+            found.add(path.resolve())
+        elif path.is_dir():
+            found.update(source.resolve() for source in path.rglob("*.py")
+                         if not any(part.startswith(".") or part in ("build", "__pycache__") for part in source.parts))
     return sorted(found)
 
 
@@ -200,8 +201,8 @@ def _vermin_exemptions(text: str) -> list[int]:
         tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     except (tokenize.TokenError, SyntaxError):
         return []
-    return [t.start[0] for t in tokens if t.type == tokenize.COMMENT
-            and any(w in ("novermin", "novm") for w in t.string.lstrip("#").split())]
+    return [token.start[0] for token in tokens if token.type == tokenize.COMMENT
+            and any(word in ("novermin", "novm") for word in token.string.lstrip("#").split())]
 
 
 def rule_findings(path: Path, text: str, exempt_apis: bool) -> list[Finding]:
@@ -211,6 +212,21 @@ def rule_findings(path: Path, text: str, exempt_apis: bool) -> list[Finding]:
         tree = ast.parse(text, str(path))
     except SyntaxError as exc:
         return [Finding(path, exc.lineno or 0, f"does not parse: {exc.msg}")]
+    out = _module_findings(path, tree, text)
+    in_annotation = _annotation_nodes(tree)
+    aliases = _import_aliases(tree)
+    for node in ast.walk(tree):
+        if id(node) in in_annotation:
+            continue
+        out += _syntax_findings(path, node)
+        if not exempt_apis:
+            out += _api_findings(path, node, aliases)
+    return out
+
+
+def _module_findings(path: Path, tree: ast.Module, text: str) -> list[Finding]:
+    """A module that defines anything without ``from __future__ import annotations``; vermin exemptions outside
+    pipeline/compat.py."""
     out: list[Finding] = []
     if _defines_anything(tree) and not _has_future_annotations(tree):
         out.append(Finding(path, 1, "no 'from __future__ import annotations': annotations like list[int] or "
@@ -219,54 +235,68 @@ def rule_findings(path: Path, text: str, exempt_apis: bool) -> list[Finding]:
         for line in _vermin_exemptions(text):
             out.append(Finding(path, line, "a vermin exemption outside pipeline/compat.py: put the newer API "
                                            "behind a fallback there"))
-    in_annotation = _annotation_nodes(tree)
-    aliases = _import_aliases(tree)
-    for node in ast.walk(tree):
-        if id(node) in in_annotation:
-            continue
-        line = getattr(node, "lineno", 0)
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in BUILTIN_GENERICS:
-            out.append(Finding(path, line, f"{node.value.id}[...] outside an annotation needs Python 3.9; use "
-                                           f"typing.{node.value.id.capitalize()}[...]"))
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) and any(
-                (isinstance(side, ast.Constant) and side.value is None)
-                or (isinstance(side, ast.Name) and side.id in TYPE_NAMES) for side in (node.left, node.right)):
-            out.append(Finding(path, line, "a 'X | Y' type union outside an annotation needs Python 3.10; use a "
-                                           "tuple of types or typing.Union"))
-        if exempt_apis:
-            continue
-        if isinstance(node, ast.Attribute):
-            dotted = _resolve(_dotted(node) or node.attr, aliases)
-            if node.attr == "uuid" and isinstance(node.value, ast.Call) and \
-                    (_dotted(node.value.func) or "").endswith("get_device_properties"):
-                out.append(Finding(path, line, "get_device_properties(...).uuid: not in torch 2.0 / 2.1; use "
-                                               "pipeline.compat.cuda_device_uuid"))
-                continue
-            for suffix, instead in NEWER_ATTRIBUTES.items():
-                if _suffix_match(dotted, suffix) or ("." not in suffix and node.attr == suffix):
-                    out.append(Finding(path, line, f"{dotted}: not in the oldest supported stack; use {instead}"))
-                    break
-        elif isinstance(node, ast.Call):
-            name = _dotted(node.func) or (node.func.attr if isinstance(node.func, ast.Attribute) else "")
-            for (callee, keyword), instead in NEWER_KEYWORDS.items():
-                if _suffix_match(name, callee) and any(k.arg == keyword for k in node.keywords):
-                    out.append(Finding(path, line, f"{name}({keyword}=...): not in the oldest supported stack; "
-                                                   f"use {instead}"))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            if isinstance(node, ast.ImportFrom):  # from torch.amp import GradScaler: the name it binds
-                for a in node.names:
-                    full = f"{node.module or ''}.{a.name}"
-                    for suffix, instead in NEWER_ATTRIBUTES.items():
-                        if "." in suffix and _suffix_match(full, suffix):
-                            out.append(Finding(path, line, f"from {node.module} import {a.name}: not in the oldest "
-                                                           f"supported stack; use {instead}"))
-            for module in modules:
-                if module.split(".")[0] in NEWER_IMPORTS:
-                    out.append(Finding(path, line, f"import {module}: use {NEWER_IMPORTS[module.split('.')[0]]}"))
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchvision.io") and any(
-                    a.name == "decode_jpeg" for a in node.names):
-                out.append(Finding(path, line, f"torchvision.io.decode_jpeg: use {NEWER_ATTRIBUTES['io.decode_jpeg']}"))
+    return out
+
+
+def _syntax_findings(path: Path, node: ast.AST) -> list[Finding]:
+    """``list[int]`` or ``X | None`` in ``node`` (a node outside any annotation)."""
+    line = getattr(node, "lineno", 0)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in BUILTIN_GENERICS:
+        return [Finding(path, line, f"{node.value.id}[...] outside an annotation needs Python 3.9; use "
+                                    f"typing.{node.value.id.capitalize()}[...]")]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr) and any(
+            (isinstance(side, ast.Constant) and side.value is None)
+            or (isinstance(side, ast.Name) and side.id in TYPE_NAMES) for side in (node.left, node.right)):
+        return [Finding(path, line, "a 'X | Y' type union outside an annotation needs Python 3.10; use a tuple of "
+                                    "types or typing.Union")]
+    return []
+
+
+def _api_findings(path: Path, node: ast.AST, aliases: dict) -> list[Finding]:
+    """An API newer than the oldest supported stack used by ``node``: an attribute, a call's keyword, an import."""
+    if isinstance(node, ast.Attribute):
+        return _attribute_findings(path, node, aliases)
+    if isinstance(node, ast.Call):
+        return _keyword_findings(path, node)
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return _import_findings(path, node)
+    return []
+
+
+def _attribute_findings(path: Path, node: ast.Attribute, aliases: dict) -> list[Finding]:
+    dotted = _resolve(_dotted(node) or node.attr, aliases)
+    if node.attr == "uuid" and isinstance(node.value, ast.Call) and \
+            (_dotted(node.value.func) or "").endswith("get_device_properties"):
+        return [Finding(path, node.lineno, "get_device_properties(...).uuid: not in torch 2.0 / 2.1; use "
+                                           "pipeline.compat.cuda_device_uuid")]
+    for suffix, instead in NEWER_ATTRIBUTES.items():
+        if _suffix_match(dotted, suffix) or ("." not in suffix and node.attr == suffix):
+            return [Finding(path, node.lineno, f"{dotted}: not in the oldest supported stack; use {instead}")]
+    return []
+
+
+def _keyword_findings(path: Path, node: ast.Call) -> list[Finding]:
+    name = _dotted(node.func) or (node.func.attr if isinstance(node.func, ast.Attribute) else "")
+    return [Finding(path, node.lineno, f"{name}({keyword}=...): not in the oldest supported stack; use {instead}")
+            for (callee, keyword), instead in NEWER_KEYWORDS.items()
+            if _suffix_match(name, callee) and any(k.arg == keyword for k in node.keywords)]
+
+
+def _import_findings(path: Path, node: ast.Import | ast.ImportFrom) -> list[Finding]:
+    out: list[Finding] = []
+    line = node.lineno
+    if isinstance(node, ast.ImportFrom):  # from torch.amp import GradScaler: the name it binds
+        for alias in node.names:
+            full = f"{node.module or ''}.{alias.name}"
+            out += [Finding(path, line, f"from {node.module} import {alias.name}: not in the oldest supported "
+                                        f"stack; use {instead}")
+                    for suffix, instead in NEWER_ATTRIBUTES.items() if "." in suffix and _suffix_match(full, suffix)]
+    modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    out += [Finding(path, line, f"import {module}: use {NEWER_IMPORTS[module.split('.')[0]]}")
+            for module in modules if module.split(".")[0] in NEWER_IMPORTS]
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchvision.io") and any(
+            alias.name == "decode_jpeg" for alias in node.names):
+        out.append(Finding(path, line, f"torchvision.io.decode_jpeg: use {NEWER_ATTRIBUTES['io.decode_jpeg']}"))
     return out
 
 
@@ -275,24 +305,24 @@ def check(paths: Iterable[Path]) -> list[Finding]:
     files = python_files(paths)
     tests = (REPO / "tests").resolve()
     findings = vermin_findings(files)
-    for f in files:
-        exempt = f == COMPAT.resolve() or tests in f.parents
-        findings += rule_findings(f, f.read_text(encoding="utf-8"), exempt)
+    for source in files:
+        exempt = source == COMPAT.resolve() or tests in source.parents
+        findings += rule_findings(source, source.read_text(encoding="utf-8"), exempt)
     return sorted(set(findings), key=lambda x: (str(x.path), x.line, x.message))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.check_compat", description=__doc__.split("\n\n")[0])
-    p.add_argument("paths", nargs="*", type=Path, help=f"files or folders (default: {', '.join(DEFAULT_PATHS)})")
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m tools.check_compat", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="*", type=Path, help=f"files or folders (default: {', '.join(DEFAULT_PATHS)})")
+    args = parser.parse_args(argv)
     paths = args.paths or [REPO / d for d in DEFAULT_PATHS]
     try:
         findings = check(paths)
     except RuntimeError as exc:
         print(f"check_compat: error: {exc}", file=sys.stderr)
         return 2
-    for f in findings:
-        print(f)
+    for finding in findings:
+        print(finding)
     n = len(python_files(paths))
     print(f"check_compat: {len(findings)} finding(s) in {n} file(s) (Python >= {MIN_PYTHON}, torch >= 2.0, "
           f"torchvision >= 0.15)")

@@ -1,17 +1,21 @@
 """What the console scripts share: their parser (:class:`Parser`: an error is one line, no usage block), argparse
-types (:func:`positive`, :func:`enum_type`), the option table entry that ties a flag to a schema field
-(:class:`Option`, :class:`Schema`), and the one-line error message."""
+types (:func:`positive`, :func:`enum_type`), the one schema mechanism every command builds its flags with (a
+command's config dataclasses as :class:`Components`, whose :meth:`Components.option` makes the :class:`Option` of a
+field, its default read from the dataclass; :class:`Schema`, the command's options; :meth:`Components.build`, the
+parsed flags back into the config), and the one-line error message."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, NoReturn
+from typing import Callable, Iterator, NoReturn
 
 from pipeline.compat import BooleanOptionalAction
+from pipeline.schema import default_of
 
 
 def positive(kind):
@@ -107,7 +111,7 @@ class Option:
             (``store_true``).
         default: the flag's default, read from the schema (never written again in the flag table).
         help: help text; ``{default}`` in it is replaced by the default, else ``(default: X)`` is appended when
-            the default is not None.
+            the default is not None and ``show_default``.
         invert: a switch that sets ``field`` to False (``--no-eval`` sets ``eval``).
         metavar: as argparse's (Enum types get ``{a,b,c}``).
         negatable: a switch with both forms, ``--flag`` / ``--no-flag`` (its default from the schema), so a
@@ -117,6 +121,7 @@ class Option:
         const: a flag whose value is optional: given alone it holds ``const`` (``--resume`` alone: True; ``--resume
             PATH``: the path); a config file's ``true`` / ``false`` for it mean ``const`` / ``default``. None: the
             value is required (or the flag is a switch).
+        show_default: False: the help says the default in its own words (``(default: detect)``) or not at all.
     """
 
     flag: str
@@ -130,6 +135,7 @@ class Option:
     negatable: bool = False
     aliases: tuple[str, ...] = ()
     const: object = None
+    show_default: bool = True
 
     @property
     def dest(self) -> str:
@@ -143,7 +149,7 @@ class Option:
         """The help with its default filled in (``%`` is argparse's format character: write ``%%``)."""
         if "{default}" in self.help:
             return self.help.replace("{default}", shown(self.default))
-        if self.type is None or self.default is None or self.const is not None:
+        if self.type is None or self.default is None or self.const is not None or not self.show_default:
             return self.help
         return f"{self.help} (default: {shown(self.default)})".lstrip()
 
@@ -190,3 +196,99 @@ class Schema:
 
     def option(self, dest: str) -> Option | None:
         return next((o for o in self.options if o.dest == dest), None)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One config dataclass of a command's schema.
+
+    Attributes:
+        cls: the frozen config dataclass (``LoaderConfig``).
+        attr: where it sits in the root config, dotted for a component of a component (``loader_cfg``,
+            ``layout``); None: the root config itself (``TrainConfig``).
+        table: its ``--config`` TOML table (``loader``); None: the top level (and commands without ``--config``).
+        collected: it is one of several sub-configs held in a tuple field: ``attr`` is that field and a name of
+            its own (``loader_cfg.options.synthetic``: in the tuple ``loader_cfg.options``); it is added to the
+            tuple only where a flag changes one of its defaults (none: the tuple stays its default).
+    """
+
+    cls: type
+    attr: str | None
+    table: str | None
+    collected: bool = False
+
+
+@dataclass(frozen=True)
+class Components(Mapping):
+    """A command's schema: its config dataclasses, read as a mapping config class → ``(attr, table)`` of its
+    :class:`Component`. The flags are made from it (:meth:`option`: each default read from the dataclass) and the
+    parsed flags are turned back into the root config (:meth:`field_values`, then :meth:`build`).
+
+    Attributes:
+        entries: the components; exactly one has ``attr`` None (the root).
+    """
+
+    entries: tuple[Component, ...]
+
+    def __getitem__(self, cls: type) -> tuple[str | None, str | None]:
+        for entry in self.entries:
+            if entry.cls is cls:
+                return entry.attr, entry.table
+        raise KeyError(cls)
+
+    def __iter__(self) -> Iterator[type]:
+        return iter(entry.cls for entry in self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def option(self, cls: type, field: str, flag: str, type=None, help: str = "", **details) -> Option:
+        """The flag ``flag`` of field ``cls.field``: its default read from the dataclass (:func:`default_of`; a
+        switch's is off and it sets the field to ``not invert``; a ``negatable`` one, ``--flag`` / ``--no-flag``,
+        takes the field's default), in the table of ``cls``. ``details``: the other attributes of
+        :class:`Option` (``invert``, ``metavar``, ``negatable``, ``aliases``, ``const``, ``show_default``), and
+        ``default`` / ``table`` where a flag differs from its field's.
+
+        Raises:
+            KeyError: ``cls`` is no component, or ``field`` is no field of it with a default.
+        """
+        attr, table = self[cls]
+        if "default" not in details:
+            switch = type is None and not details.get("negatable", False)
+            details["default"] = False if switch else default_of(cls, field)
+        details.setdefault("table", table)
+        return Option(flag, field=f"{attr}.{field}" if attr else field, type=type, help=help, **details)
+
+    def field_values(self, options: tuple[Option, ...], args: argparse.Namespace) -> dict[str | None, dict]:
+        """The parsed value of every option that sets a field, by component attribute (None: the root), then by
+        field name: ``{None: {"epochs": 1, ...}, "loader_cfg": {"batch_size": 256, ...}}``."""
+        values: dict[str | None, dict] = {entry.attr: {} for entry in self.entries}
+        for option in options:
+            if option.field is not None:
+                attr, _, name = option.field.rpartition(".")
+                values[attr or None][name] = option.value(args)
+        return values
+
+    def build(self, values: dict[str | None, dict], **root_fields) -> object:
+        """The root config from :meth:`field_values`' ``values`` (after the command's own mapping): each component
+        made from its fields, the innermost first, and given to its parent as the field named by the last part of
+        its ``attr`` (a ``collected`` one: added to its tuple field where a flag changed a default);
+        ``root_fields``: the root's other fields.
+
+        Raises:
+            ValueError: a value or combination a config's own checks reject (one line naming the flag).
+        """
+        values = {attr: dict(fields) for attr, fields in values.items()}
+        values.setdefault(None, {}).update(root_fields)
+        nested = sorted((e for e in self.entries if e.attr is not None), key=lambda e: -e.attr.count("."))
+        for entry in nested:
+            fields = values.get(entry.attr, {})
+            holder = entry.attr.rpartition(".")[0] if entry.collected else entry.attr
+            parent, _, name = holder.rpartition(".")
+            target = values.setdefault(parent or None, {})
+            if not entry.collected:
+                target[name] = entry.cls(**fields)
+            elif any(value != default_of(entry.cls, field) for field, value in fields.items()):
+                target[name] = tuple(target.get(name, ())) + (entry.cls(**fields),)
+        root = next(entry.cls for entry in self.entries if entry.attr is None)
+        return root(**values[None])

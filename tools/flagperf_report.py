@@ -4,7 +4,7 @@ Writes the FlagPerf vendor page of the ResNet50 case (``training/<vendor>/resnet
 default, as FlagPerf's vendor pages are) from the metrics JSONs of any number of ``train --metrics-json`` runs:
 数据集准备, the vendor section with 环境配置 (and the 数据格式 note for 16-bit runs), 运行情况 with 通用指标 (数据集
 and 额外修改项 filled from the runs) and 性能指标 (one row per run from its ``flagperf`` figures, ordered by layout
-and precision), and the notes under it. See train/flagperf_page.py for the layout, the rounding, fix_hp and what
+and precision), and the notes under it. See train/flagperf_page/ for the layout, the rounding, fix_hp and what
 额外修改项 compares. Without ``--out`` the page goes to stdout.
 
 Exit status 2 with one line naming the file and the key for a file that is not a metrics JSON of train, a
@@ -23,22 +23,23 @@ from train.flagperf_page import Lang, RunFileError, load_run, render
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="flagperf-report", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN.json", help="metrics JSONs of train --metrics-json")
-    p.add_argument("--out", type=Path, help="write the page here (default: stdout)")
-    p.add_argument("--lang", choices=[lang.value for lang in Lang], default=Lang.ZH.value,
-                   help="page language (default: %(default)s, as FlagPerf's vendor pages)")
-    p.add_argument("--device-name", help="short device name of the 配置 cells and 硬件设备简称, e.g. A100 "
-                                         "(default: the device name the first run recorded)")
-    return p
+    parser = Parser(prog="flagperf-report", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN.json",
+                        help="metrics JSONs of train --metrics-json")
+    parser.add_argument("--out", type=Path, help="write the page here (default: stdout)")
+    parser.add_argument("--lang", choices=[lang.value for lang in Lang], default=Lang.ZH.value,
+                        help="page language (default: %(default)s, as FlagPerf's vendor pages)")
+    parser.add_argument("--device-name", help="short device name of the 配置 cells and 硬件设备简称, e.g. A100 "
+                                              "(default: the device name the first run recorded)")
+    return parser
 
 
 # what a value that passed load_run's checks but still cannot be written raises (a hand-edited JSON)
 _RENDER_ERRORS = (ArithmeticError, AttributeError, KeyError, LookupError, TypeError, ValueError)
 
 
-def _render_or_exit(p: argparse.ArgumentParser, runs: list, lang: Lang, device: str | None) -> str:
+def _render_or_exit(parser: argparse.ArgumentParser, runs: list, lang: Lang, device: str | None) -> str:
     """The page; where a JSON that load_run accepted still cannot be rendered, one line naming the first file
     that fails alone (exit 2), never a traceback."""
     try:
@@ -51,18 +52,18 @@ def _render_or_exit(p: argparse.ArgumentParser, runs: list, lang: Lang, device: 
             except _RENDER_ERRORS:
                 culprit = run.path
                 break
-        p.exit(2, f"flagperf-report: error: {culprit}: cannot write the page from it ({exc.__class__.__name__}: "
-                  f"{exc}); a metrics JSON edited by hand or damaged? rerun train\n")
+        parser.exit(2, f"flagperf-report: error: {culprit}: cannot write the page from it "
+                       f"({exc.__class__.__name__}: {exc}); a metrics JSON edited by hand or damaged? rerun train\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         runs = [load_run(path) for path in args.runs]
     except RunFileError as exc:
-        p.exit(2, f"flagperf-report: error: {exc}\n")
-    page = _render_or_exit(p, runs, Lang(args.lang), args.device_name)
+        parser.exit(2, f"flagperf-report: error: {exc}\n")
+    page = _render_or_exit(parser, runs, Lang(args.lang), args.device_name)
     if args.out is None:
         sys.stdout.write(page)
         return 0
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(page, encoding="utf-8")
     except OSError as exc:
-        p.exit(2, f"flagperf-report: error: --out {args.out}: {exc.strerror or exc}\n")
+        parser.exit(2, f"flagperf-report: error: --out {args.out}: {exc.strerror or exc}\n")
     print(f"flagperf-report: wrote {args.out} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
     return 0
 

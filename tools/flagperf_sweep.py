@@ -87,10 +87,10 @@ def layout(name: str) -> tuple[int, int]:
 
     if name in CONFIGS:
         return CONFIGS[name].nodes, CONFIGS[name].per_node
-    m = _LAYOUT.search(name)
-    if m is None:
+    match = _LAYOUT.search(name)
+    if match is None:
         raise ValueError(f"preset {name}: its name does not end in x<nodes>x<cards per node>")
-    return int(m[1]), int(m[2])
+    return int(match[1]), int(match[2])
 
 
 def select(known: list[str], tokens: list[str]) -> list[str]:
@@ -152,9 +152,9 @@ def plan(chosen: dict[str, Path], precisions: tuple[str, ...], nproc: int) -> li
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def train_command(run: SweepRun, data: Path, metrics: Path, extra: list[str]) -> list[str]:
@@ -267,20 +267,20 @@ def _names(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     import torch
 
-    p = Parser(prog="flagperf-sweep", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="shard folder (shard-imagenet's --out)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the metrics JSONs, logs and README.md")
-    p.add_argument("--presets", type=_names, metavar="NAMES",
-                   help="FlagPerf presets by name or prefix, comma-separated, e.g. C500 or A100x1x8,A100x1x1 "
-                        "(default: those of the visible accelerator's vendor, else all)")
-    p.add_argument("--precisions", type=_names, default=("fp32",), metavar="LIST",
-                   help="run each preset at these --precision values, e.g. fp32,amp,fp16 (default: fp32)")
-    p.add_argument("--nproc", type=int, default=max(1, torch.cuda.device_count()),
-                   help="processes (GPUs) this node gives a run (default: the GPU count, else 1)")
-    p.add_argument("--lang", choices=["zh", "en"], default="zh", help="page language (default: %(default)s)")
-    p.add_argument("--device-name", help="short device name for the page (flagperf-report --device-name)")
-    return p
+    parser = Parser(prog="flagperf-sweep", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="shard folder (shard-imagenet's --out)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the metrics JSONs, logs and README.md")
+    parser.add_argument("--presets", type=_names, metavar="NAMES",
+                        help="FlagPerf presets by name or prefix, comma-separated, e.g. C500 or A100x1x8,A100x1x1 "
+                             "(default: those of the visible accelerator's vendor, else all)")
+    parser.add_argument("--precisions", type=_names, default=("fp32",), metavar="LIST",
+                        help="run each preset at these --precision values, e.g. fp32,amp,fp16 (default: fp32)")
+    parser.add_argument("--nproc", type=int, default=max(1, torch.cuda.device_count()),
+                        help="processes (GPUs) this node gives a run (default: the GPU count, else 1)")
+    parser.add_argument("--lang", choices=["zh", "en"], default="zh", help="page language (default: %(default)s)")
+    parser.add_argument("--device-name", help="short device name for the page (flagperf-report --device-name)")
+    return parser
 
 
 def _train_flag(extra: list[str], flag: str) -> str | None:
@@ -294,52 +294,55 @@ def _train_flag(extra: list[str], flag: str) -> str | None:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse, plan, run and report; returns the exit status (0: every planned run finished; 2: a usage error)."""
+def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Refuse (exit 2) a bad ``--nproc`` or ``--precisions``, and a train flag after ``--`` the sweep sets itself."""
     from train.precision import Precision
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    p = build_parser()
-    args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.nproc < 1:
-        p.error("--nproc must be >= 1")
-    bad = [x for x in args.precisions if x not in {m.value for m in Precision}]
+        parser.error("--nproc must be >= 1")
+    modes = [mode.value for mode in Precision]
+    bad = [x for x in args.precisions if x not in modes]
     if bad or not args.precisions:
-        p.error(f"--precisions {','.join(args.precisions)}: unknown {', '.join(bad) or 'empty list'} (choose from "
-                f"{', '.join(m.value for m in Precision)})")
+        parser.error(f"--precisions {','.join(args.precisions)}: unknown {', '.join(bad) or 'empty list'} (choose "
+                     f"from {', '.join(modes)})")
     owned = [f for f in ("--metrics-json", "--config", "-c", "--data") for x in extra
              if x == f or x.startswith(f + "=") or (f == "-c" and x.startswith("-c") and not x.startswith("--"))]
     if owned:
-        p.error(f"{owned[0]} after --: the sweep sets it for every run (--data, DIR/<preset>_<precision>.json, the "
-                f"preset); drop it")
-    data, out = Path(os.path.abspath(args.data)), Path(os.path.abspath(args.out))
+        parser.error(f"{owned[0]} after --: the sweep sets it for every run (--data, DIR/<preset>_<precision>.json, "
+                     f"the preset); drop it")
+
+
+def _check_data(parser: argparse.ArgumentParser, given: Path, data: Path, extra: list[str]) -> None:
+    """Refuse (exit 2) a ``--data`` (``given``; absolute: ``data``) that the runs' loader cannot read: an
+    ImageFolder root for ``-- --loader folder``, else a shard folder with its ``_info.json``."""
     folder = _train_flag(extra, "--loader") == "folder"
     if folder and not ((data / "train").is_dir() and (data / "val").is_dir()):
-        p.error(f"--data {args.data}: --loader folder needs an ImageFolder root with train/ and val/ in {data}")
+        parser.error(f"--data {given}: --loader folder needs an ImageFolder root with train/ and val/ in {data}")
     if not folder and not (data / "_info.json").is_file():
-        p.error(f"--data {args.data}: no _info.json in {data}; make shards with shard-imagenet first (or pass "
-                f"-- --loader folder for an ImageFolder tree)")
+        parser.error(f"--data {given}: no _info.json in {data}; make shards with shard-imagenet first (or pass "
+                     f"-- --loader folder for an ImageFolder tree)")
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Path]:
+    """The presets to run (name -> TOML): ``--presets``, else those of the visible accelerator's vendor (said)."""
     known = flagperf_presets()
     if not known:
-        p.error("no FlagPerf preset is installed (train/presets/flagperf/ is empty or missing)")
+        parser.error("no FlagPerf preset is installed (train/presets/flagperf/ is empty or missing)")
     if args.presets:
         try:
             names = select(list(known), list(args.presets))
         except ValueError as exc:
-            p.error(str(exc))
+            parser.error(str(exc))
     else:
         vendor = local_vendor()
         names = of_vendor(list(known), vendor)
         print(f"flagperf-sweep: presets {', '.join(names)} "
               f"({'the visible ' + vendor + ' device' if vendor else 'all: no known accelerator vendor'})")
-    runs = plan({n: known[n] for n in names}, args.precisions, args.nproc)
-    if not any(r.procs for r in runs):
-        p.error(f"no chosen preset fits this node ({', '.join(names)}; --nproc {args.nproc})")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        p.error(f"--out {args.out}: cannot make that folder ({exc.strerror or exc}); pick a writable path")
+    return {name: known[name] for name in names}
+
+
+def _run_all(runs: list[SweepRun], data: Path, out: Path, extra: list[str]) -> tuple[list[Path], list[str]]:
+    """Each run that fits, one after another: (metrics JSONs of those that finished, names of those that failed)."""
     done, failed = [], []
     for run in runs:
         if run.procs is None:
@@ -350,6 +353,27 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(run.name)
         else:
             done.append(metrics)
+    return done, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, plan, run and report; returns the exit status (0: every planned run finished; 2: a usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = build_parser()
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    _check_flags(parser, args, extra)
+    data, out = Path(os.path.abspath(args.data)), Path(os.path.abspath(args.out))
+    _check_data(parser, args.data, data, extra)
+    chosen = _chosen(parser, args)
+    runs = plan(chosen, args.precisions, args.nproc)
+    if not any(run.procs for run in runs):
+        parser.error(f"no chosen preset fits this node ({', '.join(chosen)}; --nproc {args.nproc})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: cannot make that folder ({exc.strerror or exc}); pick a writable path")
+    done, failed = _run_all(runs, data, out, extra)
     if done:
         from tools import flagperf_report
 

@@ -10,21 +10,18 @@ Writes ``report.md``, ``results.json`` and two PNG plots into ``--out``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from pipeline.backends import DataInput, LoaderKind, backend_spec
-from tools.cli_common import Parser, enum_type, error_line, positive
+from tools.cli_common import Component, Components, Option, Parser, add_option, error_line, positive
 from pipeline.dataset import DatasetError
+from train.iobench.config import IoBenchConfig
 from train.precision import Precision
 
-
-def _defaults() -> dict:
-    """IoBenchConfig's field defaults (field name → value): the flags' defaults, written once, there."""
-    from train.iobench.run import IoBenchConfig
-
-    return {f.name: f.default for f in dataclasses.fields(IoBenchConfig) if f.default is not dataclasses.MISSING}
+# The schema of an io-bench run: IoBenchConfig alone (no --config tables).
+COMPONENTS = Components((Component(IoBenchConfig, None, None),))
 
 
 def _measurable() -> tuple[LoaderKind, ...]:
@@ -55,52 +52,76 @@ def _loader_list(text: str) -> tuple[LoaderKind, ...]:
     return kinds
 
 
+def options() -> tuple[Option, ...]:
+    """The flags of ``io-bench`` after ``--data``, in help order, each setting one field of :class:`IoBenchConfig`,
+    its default read from there."""
+    opt = COMPONENTS.option
+    measurable = ",".join(k.value for k in _measurable())
+    return (
+        opt(IoBenchConfig, "loaders", "--loader", _loader_list,
+            f"backends to measure, comma list of {measurable} (default: {{default}}; unavailable ones are skipped)"),
+        opt(IoBenchConfig, "workers", "--workers", _int_list,
+            "worker counts to sweep, comma list (default: 1,2,4,... cores)"),
+        opt(IoBenchConfig, "batch_size", "--batch-size", positive(int), show_default=False),
+        opt(IoBenchConfig, "image_size", "--image-size", positive(int), show_default=False),
+        opt(IoBenchConfig, "precision", "--precision", Precision, show_default=False),
+        opt(IoBenchConfig, "repeat", "--repeat", positive(int), "timed windows per sweep point"),
+        opt(IoBenchConfig, "loader_batches", "--loader-batches", positive(int), "batches per timed window"),
+        opt(IoBenchConfig, "train_steps", "--steps", positive(int),
+            "training steps of the compute-only and end-to-end runs (default: {default}; on a CPU lower the batch "
+            "size or image size rather than this)"),
+        opt(IoBenchConfig, "folder_root", "--folder-root", Path,
+            "ImageFolder tree for the folder baseline (default: the source tree recorded in _info.json, if it "
+            "still exists)"),
+        opt(IoBenchConfig, "max_size", "--max-size", positive(int),
+            "--max-size the pre-resized-shards lever is computed for (default: 10/7 of the image size, 320 for "
+            "224)"),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    d = _defaults()
-    p = Parser(prog="io-bench", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="shard folder written by shard-imagenet (or its http(s)/s3 URL)")
-    p.add_argument("--loader", type=_loader_list, default=d["loaders"],
-                   help=f"backends to measure, comma list of {','.join(k.value for k in _measurable())} (default: "
-                        f"{','.join(k.value for k in d['loaders'])}; unavailable ones are skipped)")
-    p.add_argument("--workers", type=_int_list, default=d["workers"],
-                   help="worker counts to sweep, comma list (default: 1,2,4,... cores)")
-    p.add_argument("--batch-size", type=positive(int), default=d["batch_size"])
-    p.add_argument("--image-size", type=positive(int), default=d["image_size"])
-    p.add_argument("--precision", type=enum_type(Precision), choices=list(Precision), default=d["precision"],
-                   metavar="{" + ",".join(k.value for k in Precision) + "}")
-    p.add_argument("--repeat", type=positive(int), default=d["repeat"],
-                   help=f"timed windows per sweep point (default: {d['repeat']})")
-    p.add_argument("--loader-batches", type=positive(int), default=d["loader_batches"],
-                   help=f"batches per timed window (default: {d['loader_batches']})")
-    p.add_argument("--steps", type=positive(int), default=d["train_steps"],
-                   help=f"training steps of the compute-only and end-to-end runs (default: {d['train_steps']}; on a "
-                        f"CPU lower the batch size or image size rather than this)")
-    p.add_argument("--folder-root", type=Path, default=d["folder_root"],
-                   help="ImageFolder tree for the folder baseline (default: the source tree recorded in _info.json, "
-                        "if it still exists)")
-    p.add_argument("--max-size", type=positive(int), default=d["max_size"],
-                   help="--max-size the pre-resized-shards lever is computed for (default: 10/7 of the image size, "
-                        "320 for 224)")
-    p.add_argument("--out", type=Path, default=Path("io-bench"), help="report folder (default: ./io-bench)")
-    return p
+    parser = Parser(prog="io-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True,
+                        help="shard folder written by shard-imagenet (or its http(s)/s3 URL)")
+    for option in options():
+        add_option(parser, option)
+    # the report folder is the command's own (where write_report puts the files), not a field of the run
+    parser.add_argument("--out", type=Path, default=Path("io-bench"), help="report folder (default: ./io-bench)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> IoBenchConfig:
+    """The :class:`IoBenchConfig` of parsed ``io-bench`` arguments (``--data``: a URL prefix stays text).
+
+    Raises:
+        ValueError: a value the config's own checks reject (one line naming the flag).
+    """
+    from pipeline.read.tarstream import is_url
+
+    data = args.data if is_url(args.data) else Path(args.data)
+    return COMPONENTS.build(COMPONENTS.field_values(options(), args), data=data)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from pipeline.read.tarstream import ShardReadError, is_url
-    from train.iobench.run import BenchProgress, IoBenchConfig, run_io_bench
+    from pipeline.read.tarstream import ShardReadError
+    from train.iobench.run import BenchProgress, run_io_bench
     from train.iobench.report import write_report
 
-    data = args.data if is_url(args.data) else Path(args.data)
     try:
-        cfg = IoBenchConfig(data=data, loaders=args.loader, workers=args.workers, batch_size=args.batch_size,
-                            image_size=args.image_size, precision=args.precision, repeat=args.repeat,
-                            loader_batches=args.loader_batches, train_steps=args.steps,
-                            folder_root=args.folder_root, max_size=args.max_size)
+        cfg = config_from_args(args)
     except ValueError as exc:  # the schema's own checks (e.g. --image-size below 8)
         print(f"io-bench: error: {error_line(exc)}", file=sys.stderr)
         return 2
+    try:  # the report folder, checked before minutes of measuring (not after)
+        args.out.mkdir(parents=True, exist_ok=True)
+        if not os.access(args.out, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(args.out))
+    except OSError as exc:
+        print(f"io-bench: error: --out {args.out}: cannot write ({exc.strerror or exc}); choose another folder",
+              file=sys.stderr)
+        return 2
+    from pipeline.backends.shards import SampleDecodeError
     from pipeline.read.transforms import decode_line
 
     print(f"io-bench: {decode_line()} (the cpu backend's)", flush=True)
@@ -109,13 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_io_bench(cfg, progress)
         finished = True
-    except (DatasetError, ValueError, ShardReadError) as exc:
+    except (DatasetError, ValueError, ShardReadError, SampleDecodeError) as exc:
         progress.close(done=False)  # the error stands on its own line
         print(f"io-bench: error: {error_line(exc)}", file=sys.stderr)
         return 2
     finally:
         progress.close(done=finished)  # also on an unexpected error: a bar left open would shift every later one
-    report = write_report(result, args.out)
+    try:
+        report = write_report(result, args.out)
+    except OSError as exc:  # the folder went away or the disk filled while measuring
+        print(f"io-bench: error: --out {args.out}: cannot write the report ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     if result.verdict:
         for line in result.verdict.lines:
             print(f"verdict: {line}")

@@ -14,91 +14,84 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.compat import BooleanOptionalAction
-from pipeline.shard.clean import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, MIN_MAX_PIXELS, MIN_MAX_SIZE, check_limits
+from pipeline.shard.clean import MIN_MAX_PIXELS, MIN_MAX_SIZE, check_limits
 from pipeline.shard.jsonsafe import escape_text
 from pipeline.dataset import DatasetError
 from pipeline.source import LayoutError, LayoutKind, LayoutOptions
-from pipeline.shard.run import ShardConfig, default_workers, format_summary, shard_tree
-from tools.cli_common import Parser, enum_type
+from pipeline.shard.config import ShardConfig, default_workers
+from pipeline.shard.run import shard_tree
+from pipeline.shard.summary import format_summary
+from tools.cli_common import Component, Components, Option, Parser, add_option
+
+# The schema of a sharding run: ShardConfig, and the LayoutOptions at its field ``layout`` (no --config tables).
+COMPONENTS = Components((Component(ShardConfig, None, None), Component(LayoutOptions, "layout", None)))
+
+
+def options() -> tuple[Option, ...]:
+    """The flags of ``shard-imagenet SRC``, in help order, each setting one field of :class:`ShardConfig` (or of
+    its ``layout``), its default read from there (``--workers``: the cores available now)."""
+    opt = COMPONENTS.option
+    return (
+        # where the shards go and how the input is cut into them
+        opt(ShardConfig, "out", "--out", Path,
+            "output folder for the tars, _info.json, classes.txt, rejects.tsv"),
+        opt(ShardConfig, "shard_size", "--shard-size", int, "input files per tar"),
+        opt(ShardConfig, "seed", "--seed", int, "seed of the global train shuffle"),
+        opt(ShardConfig, "workers", "--workers", int,
+            "processes, each writing whole shards (default: all cores, {default})"),
+        # how images that are not passed through are re-encoded and downscaled
+        opt(ShardConfig, "quality", "--quality", int, "JPEG quality for re-encoded images"),
+        opt(ShardConfig, "max_size", "--max-size", int,
+            f"downscale images whose longer side exceeds this (px, >= {MIN_MAX_SIZE}) and re-encode them at "
+            "--quality (default: keep sizes)"),
+        opt(ShardConfig, "max_pixels", "--max-pixels", int,
+            f"decompression-bomb threshold (>= {MIN_MAX_PIXELS}): larger images are downscaled to it; non-JPEGs "
+            "over 4x are rejected (default: PIL's limit, {default})"),
+        # resuming a run and splitting it across machines
+        opt(ShardConfig, "resume", "--resume", negatable=True,
+            help="keep complete shards of an earlier identical run"),
+        opt(ShardConfig, "num_jobs", "--num-jobs", int, "split the shards across this many jobs (machines)",
+            show_default=False),
+        opt(ShardConfig, "job_index", "--job-index", int, "which of the --num-jobs jobs this is (0-based)",
+            show_default=False),
+        # how to read the source: its layout and the label files that go with it
+        opt(LayoutOptions, "layout", "--layout", LayoutKind, "source layout (default: detect)", show_default=False),
+        opt(LayoutOptions, "classes_file", "--classes", Path,
+            "fixed class list, one wnid first on each line (e.g. synset_words.txt): label = line index"),
+        opt(LayoutOptions, "val_labels", "--val-labels", Path,
+            "label file of a flat val/ (devkit ground truth, LOC_val_solution.csv, Caffe val.txt or "
+            "'<file>,<class>' lines; default: found in SRC)"),
+        opt(LayoutOptions, "id_map", "--id-map", Path,
+            "ILSVRC2012_ID → wnid map for devkit labels: meta.mat or a map_clsloc.txt-style file (default: found "
+            "in SRC)"),
+        opt(ShardConfig, "progress", "--no-progress", help="no progress bar", invert=True),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="shard-imagenet", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", type=Path, help="ImageNet source root (see above)")
-    _add_output_args(p)
-    _add_image_args(p)
-    _add_job_args(p)
-    _add_layout_args(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+    parser = Parser(prog="shard-imagenet", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", type=Path, help="ImageNet source root (see above)")
+    for option in options():
+        add_option(parser, option)
+    return parser
 
 
-def _add_output_args(p: argparse.ArgumentParser) -> None:
-    """Where the shards go and how the input is cut into them."""
-    p.add_argument("--out", type=Path, default=Path("imagenet-shards"),
-                   help="output folder for the tars, _info.json, classes.txt, rejects.tsv (default: %(default)s)")
-    p.add_argument("--shard-size", type=int, default=1000, help="input files per tar (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the global train shuffle (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=default_workers(),
-                   help="processes, each writing whole shards (default: all cores, %(default)s)")
-
-
-def _add_image_args(p: argparse.ArgumentParser) -> None:
-    """How images that are not passed through are re-encoded and downscaled."""
-    p.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
-                   help="JPEG quality for re-encoded images (default: %(default)s)")
-    p.add_argument("--max-size", type=int, help=f"downscale images whose longer side exceeds this (px, >= "
-                                                f"{MIN_MAX_SIZE}) and re-encode them at --quality (default: keep "
-                                                "sizes)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"decompression-bomb threshold (>= {MIN_MAX_PIXELS}): larger images are downscaled to it; "
-                        "non-JPEGs over 4x are rejected (default: PIL's limit, %(default)s)")
-
-
-def _add_job_args(p: argparse.ArgumentParser) -> None:
-    """Resuming a run and splitting it across machines."""
-    p.add_argument("--resume", action=BooleanOptionalAction, default=True,
-                   help="keep complete shards of an earlier identical run (default: on)")
-    p.add_argument("--num-jobs", type=int, default=1, help="split the shards across this many jobs (machines)")
-    p.add_argument("--job-index", type=int, default=0, help="which of the --num-jobs jobs this is (0-based)")
-
-
-def _add_layout_args(p: argparse.ArgumentParser) -> None:
-    """How to read the source: its layout and the label files that go with it."""
-    p.add_argument("--layout", type=enum_type(LayoutKind), choices=list(LayoutKind), default=LayoutKind.AUTO,
-                   metavar="{" + ",".join(k.value for k in LayoutKind) + "}",
-                   help="source layout (default: detect)")
-    p.add_argument("--classes", type=Path, help="fixed class list, one wnid first on each line (e.g. "
-                                                "synset_words.txt): label = line index")
-    p.add_argument("--val-labels", type=Path, help="label file of a flat val/ (devkit ground truth, "
-                                                   "LOC_val_solution.csv, Caffe val.txt or '<file>,<class>' "
-                                                   "lines; default: found in SRC)")
-    p.add_argument("--id-map", type=Path, help="ILSVRC2012_ID → wnid map for devkit labels: meta.mat or a "
-                                               "map_clsloc.txt-style file (default: found in SRC)")
-
-
-def _config_from_args(args: argparse.Namespace) -> ShardConfig:
+def config_from_args(args: argparse.Namespace) -> ShardConfig:
     """The :class:`ShardConfig` of parsed ``shard-imagenet SRC`` arguments."""
-    return ShardConfig(src=args.src, out=args.out, shard_size=args.shard_size, seed=args.seed,
-                       workers=args.workers, quality=args.quality, max_pixels=args.max_pixels,
-                       max_size=args.max_size, resume=args.resume, num_jobs=args.num_jobs, job_index=args.job_index,
-                       layout=LayoutOptions(layout=args.layout, classes_file=args.classes,
-                                            val_labels=args.val_labels, id_map=args.id_map),
-                       progress=not args.no_progress)
+    return COMPONENTS.build(COMPONENTS.field_values(options(), args), src=args.src)
 
 
 def verify_main(argv: list[str]) -> int:
     from pipeline.shard.verify import verify_dataset
 
-    p = Parser(prog="shard-imagenet verify",
-               description="Re-read every shard: counts, checksums, labels, decodability, index.")
-    p.add_argument("out", type=Path, help="folder written by shard-imagenet")
-    p.add_argument("--workers", type=int, default=default_workers(), help="processes (default: all cores)")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress on stderr (a bar on a terminal, else a line every 30 s)")
-    args = p.parse_args(argv)
+    parser = Parser(prog="shard-imagenet verify",
+                    description="Re-read every shard: counts, checksums, labels, decodability, index.")
+    parser.add_argument("out", type=Path, help="folder written by shard-imagenet")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="processes (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress on stderr (a bar on a terminal, else a line every 30 s)")
+    args = parser.parse_args(argv)
     try:
         info, problems = verify_dataset(args.out, args.workers, progress=None if args.no_progress else sys.stderr)
     except DatasetError as exc:
@@ -106,8 +99,8 @@ def verify_main(argv: list[str]) -> int:
         return 2
     for problem in problems:
         print(f"BAD {problem}", file=sys.stderr)
-    n_shards = sum(len(s.filenames) for s in info.splits.values())
-    n_samples = sum(s.num_samples for s in info.splits.values())
+    n_shards = sum(len(split.filenames) for split in info.splits.values())
+    n_samples = sum(split.num_samples for split in info.splits.values())
     if problems:
         print(f"verify: {len(problems)} problem(s) in {args.out} ({n_shards} shards, {n_samples} samples)",
               file=sys.stderr)
@@ -131,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"shard-imagenet: error: {exc}", file=sys.stderr)
         return 2
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     out = escape_text(str(args.out))  # names that are not UTF-8 are printed escaped
     try:
         summary = shard_tree(cfg)

@@ -24,21 +24,25 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.backends import LoaderConfig, LoaderKind, OnBadSample
+from pipeline.backends import LoaderConfig, LoaderKind, OnBadSample, SyntheticConfig
 from pipeline.dataset import DatasetError
-from tools.cli_common import Option, Parser, Schema, add_option, error_line, positive
+from tools.cli_common import Component, Components, Option, Parser, Schema, add_option, error_line, positive
 from tools.config_file import add_config_option, parse_args_with_config, write_resolved
-from train.config import CheckpointConfig, OptimConfig, TrainConfig, default_of
+from train.config import CheckpointConfig, OptimConfig, TrainConfig
 from train.accelerator import parse_device
 from train.precision import Precision, Tf32Mode, prepare_tf32_env
 from train.recipe import Resolution, Schedule
 from train import distributed
 from train.clock import Timing
 
-# Each component of the schema: its TrainConfig field and its --config table (TrainConfig's own: the top level).
-COMPONENTS = {TrainConfig: (None, None), LoaderConfig: ("loader_cfg", "loader"), OptimConfig: ("optim", "optim"),
-              CheckpointConfig: ("checkpoint", "checkpoint")}
-_FROM_SCHEMA = object()
+# Each component of the schema: its TrainConfig field and its --config table (TrainConfig's own: the top level);
+# a backend's own sub-config sits in the tuple loader_cfg.options (collected: there only where a flag changes it).
+COMPONENTS = Components((Component(TrainConfig, None, None), Component(LoaderConfig, "loader_cfg", "loader"),
+                         Component(SyntheticConfig, "loader_cfg.options.synthetic", "loader", collected=True),
+                         Component(OptimConfig, "optim", "optim"),
+                         Component(CheckpointConfig, "checkpoint", "checkpoint")))
+# _opt(cls, field, flag, type, help, **details): the flag of field cls.field, its default read from the dataclass
+_opt = COMPONENTS.option
 
 
 def _data_location(text: str) -> Path | str:
@@ -79,19 +83,6 @@ def _device(text: str) -> str:
         return parse_device(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from auto, cpu, cuda, cuda:N)") from None
-
-
-def _opt(cls: type, field: str, flag: str, type=None, help: str = "", *, invert: bool = False,
-         metavar: str | None = None, default: object = _FROM_SCHEMA, table: object = _FROM_SCHEMA,
-         negatable: bool = False, aliases: tuple[str, ...] = ()) -> Option:
-    """The flag of field ``cls.field``, its default read from the dataclass (a switch's is off: it sets the field
-    to ``not invert``; a ``negatable`` one, ``--flag`` / ``--no-flag``, takes the field's default), in the table of
-    ``cls`` unless ``table`` is given; ``aliases``: the spellings of other trainers (``-b``)."""
-    if default is _FROM_SCHEMA:
-        default = False if type is None and not negatable else default_of(cls, field)
-    attr, cls_table = COMPONENTS[cls]
-    return Option(flag, cls_table if table is _FROM_SCHEMA else table, f"{attr}.{field}" if attr else field, type,
-                  default, help, invert, metavar, negatable, aliases)
 
 
 def _input(flag: str, type, help: str) -> Option:
@@ -144,9 +135,9 @@ RUN_OPTIONS = (
     _opt(TrainConfig, "warmup_steps", "--warmup-steps", int, "first steps left out of p_whole/p_train/p_core and "
          "reported separately (default: min(20, total steps // 5))"),
     _opt(TrainConfig, "metrics_json", "--metrics-json", Path, "write the metrics here (rank 0)"),
-    Option("--output-dir", None, "output_dir", Path, None, "the run's folder: config.toml (at the start), "
-           "metrics.json, steps.jsonl, metrics.png, checkpoints/ (rank 0); a folder holding an earlier run is "
-           "refused unless --resume", aliases=("--output",)),
+    _opt(TrainConfig, "output_dir", "--output-dir", Path, "the run's folder: config.toml (at the start), "
+         "metrics.json, steps.jsonl, metrics.png, checkpoints/ (rank 0); a folder holding an earlier run is "
+         "refused unless --resume", aliases=("--output",)),
     _opt(TrainConfig, "log_jsonl", "--log-jsonl", Path, "write one JSON line per --log-every steps here (rank "
          "0): loss, lr, img/s, data wait of the window; a fresh run starts it afresh, --resume appends"),
     _opt(TrainConfig, "log_every", "--log-every", positive(int), "steps per --log-jsonl line and progress update"),
@@ -177,13 +168,13 @@ LOADER_OPTIONS = (  # --loader too: a TOML file cannot hold both a top-level key
     _opt(TrainConfig, "loader", "--loader", LoaderKind, "decode backend", table="loader"),
     _opt(LoaderConfig, "batch_size", "--batch-size", positive(int), "per-rank batch size", aliases=("-b",)),
     _opt(LoaderConfig, "image_size", "--image-size", positive(int), "train/eval crop side, px"),
-    _opt(LoaderConfig, "workers", "--workers", int, default=None, aliases=("-j",),
+    _opt(LoaderConfig, "workers", "--workers", int, aliases=("-j",),
          help="CPU decode workers (DALI threads) per rank (default: the cores available divided by the ranks on "
               "this node)"),
     _opt(LoaderConfig, "shuffle_buffer", "--shuffle-buffer", positive(int), "per-worker train shuffle buffer"),
-    _opt(LoaderConfig, "synthetic_train_samples", "--synthetic-train-samples", positive(int),
+    _opt(SyntheticConfig, "train_samples", "--synthetic-train-samples", positive(int),
          "synthetic epoch size without --data (default: ILSVRC2012 train, {default})"),
-    _opt(LoaderConfig, "synthetic_val_samples", "--synthetic-val-samples", positive(int),
+    _opt(SyntheticConfig, "val_samples", "--synthetic-val-samples", positive(int),
          "synthetic eval size without --data (default: ILSVRC2012 val, {default}; on a slow device lower it or "
          "pass --no-eval)"),
     _opt(LoaderConfig, "on_bad_sample", "--on-bad-sample", OnBadSample,
@@ -222,11 +213,11 @@ CHECKPOINT_OPTIONS = (
          help="save every N train steps (default: at every epoch end); always also at the end of the run"),
     _opt(CheckpointConfig, "keep", "--checkpoint-keep", positive(int), "keep the newest K checkpoints",
          metavar="K"),
-    Option("--resume", "checkpoint", "checkpoint.resume", Path, default_of(CheckpointConfig, "resume"),
-           "alone: continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, LR "
-           "schedule, RNG), or start fresh with a note where there is none; --resume PATH: from that checkpoint "
-           "file, or the newest in that folder (it must exist); checkpoints are written where --checkpoint-dir says",
-           metavar="PATH", const=True),
+    _opt(CheckpointConfig, "resume", "--resume", Path,
+         "alone: continue from the newest checkpoint in --checkpoint-dir at its exact step (same data order, LR "
+         "schedule, RNG), or start fresh with a note where there is none; --resume PATH: from that checkpoint "
+         "file, or the newest in that folder (it must exist); checkpoints are written where --checkpoint-dir says",
+         metavar="PATH", const=True),
     _opt(CheckpointConfig, "file", "--checkpoint", Path, "the checkpoint --test-only evaluates", metavar="FILE"),
 )
 SCHEMA = Schema("train", RUN_OPTIONS + LOADER_OPTIONS + OPTIM_OPTIONS + CHECKPOINT_OPTIONS)
@@ -239,16 +230,16 @@ _GROUPS = (("run", "the run's own options (top level of a --config file)", RUN_O
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``train`` parser: one argument group per component of the schema, plus ``--config``."""
-    p = Parser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for title, description, options in _GROUPS:
-        group = p.add_argument_group(title, description)
+        group = parser.add_argument_group(title, description)
         for option in options:
             add_option(group, option)
             if option.flag == "--precision":  # the switch of timm, torchvision's references and NVIDIA's ConvNets
                 group.add_argument("--amp", dest="precision", action="store_const", const=Precision.AMP,
                                    default=argparse.SUPPRESS, help="the same as --precision amp")
-    add_config_option(p)
-    return p
+    add_config_option(parser)
+    return parser
 
 
 def _resolution(args: argparse.Namespace) -> Resolution | None:
@@ -263,31 +254,18 @@ def _resolution(args: argparse.Namespace) -> Resolution | None:
                       eval=args.eval_size or args.image_size, step=32 if start % 32 == 0 else 8)
 
 
-def _fields(args: argparse.Namespace, attr: str | None) -> dict[str, object]:
-    """Field values of the component at TrainConfig field ``attr`` (None: TrainConfig's own) from parsed flags."""
-    fields = {}
-    for o in SCHEMA.options:
-        owner, _, name = (o.field or "").rpartition(".")
-        if o.field is not None and (owner or None) == attr:
-            fields[name] = o.value(args)
-    return fields
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Map parsed flags onto the frozen configs (``--seed`` seeds the loader too).
+    """Map parsed flags onto the frozen configs (:meth:`tools.cli_common.Components.build`). ``--seed`` sets the
+    one seed, ``TrainConfig.seed``, which also seeds the loader (TrainConfig sets ``loader_cfg.seed`` from it).
 
     Raises:
         ValueError: a value or combination the schema rejects (one line naming the flag).
     """
-    loader = _fields(args, "loader_cfg")
-    if loader["workers"] is None:
-        loader["workers"] = distributed.cores_per_rank()
-    ck = _fields(args, "checkpoint")
-    resume = ck["resume"]  # False, True (--resume alone) or the PATH of --resume PATH
-    ck.update(resume=resume is not False, resume_from=resume if isinstance(resume, Path) else None)
-    return TrainConfig(**_fields(args, None), loader_cfg=LoaderConfig(**loader, seed=args.seed),
-                       optim=OptimConfig(**_fields(args, "optim")), checkpoint=CheckpointConfig(**ck),
-                       resolution=_resolution(args))
+    values = COMPONENTS.field_values(SCHEMA.options, args)
+    checkpoint = values["checkpoint"]
+    resume = checkpoint["resume"]  # False, True (--resume alone) or the PATH of --resume PATH
+    checkpoint.update(resume=resume is not False, resume_from=resume if isinstance(resume, Path) else None)
+    return COMPONENTS.build(values, resolution=_resolution(args))
 
 
 def _check_inputs(cfg: TrainConfig) -> None:
@@ -385,9 +363,9 @@ def _run(cfg: TrainConfig, args: argparse.Namespace) -> int:
 
     signals = None if cfg.test_only else preempt.StopSignals().install()  # before the slow imports: no traceback
     try:
-        from train.loop import run  # imported late: torch start-up is not needed for --help
+        from train.run import run  # imported late: torch start-up is not needed for --help
 
-        from pipeline.backends.cpu import SampleDecodeError
+        from pipeline.backends.shards import SampleDecodeError
         from pipeline.read.tarstream import ShardReadError
 
         try:
