@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from train import checkpoint
-from train.checkpoint import CheckpointError, Header, Progress
+from train.checkpoint import CheckpointError, Header, Position, TrainState
 from train.recipe import build_scheduler
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,8 +54,8 @@ def test_round_trip_restores_everything_exactly(tmp_path):
     ema = torch.nn.Linear(5, 3)
     train_steps(model, opt, sched, 3)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    path = checkpoint.save_checkpoint(tmp_path, header(), Progress(epoch=1, step=3, epoch_step=1), model, opt, sched,
-                                      ema=ema)
+    path = checkpoint.save_checkpoint(tmp_path, header(), Position(epoch=1, step=3, epoch_step=1),
+                                      TrainState(model, opt, sched, ema=ema))
     assert path.name == "ckpt-step00000003.pt" and not list(tmp_path.glob("*.tmp"))
     expected_draws = draws()
     # continue the original three more steps: the reference for the restored copy
@@ -63,8 +63,8 @@ def test_round_trip_restores_everything_exactly(tmp_path):
 
     model2, opt2, sched2 = make(seed=99)
     ema2 = torch.nn.Linear(5, 3)
-    loaded = checkpoint.load_checkpoint(path, header(), model2, opt2, sched2, ema=ema2)
-    assert loaded.progress == Progress(epoch=1, step=3, epoch_step=1) and loaded.header == header()
+    loaded = checkpoint.load_checkpoint(path, header(), TrainState(model2, opt2, sched2, ema=ema2))
+    assert loaded.position == Position(epoch=1, step=3, epoch_step=1) and loaded.header == header()
     assert draws() == expected_draws  # python, numpy and torch RNG restored
     for a, b in zip(ema.state_dict().values(), ema2.state_dict().values()):
         assert torch.equal(a, b)
@@ -81,10 +81,10 @@ def test_round_trip_restores_everything_exactly(tmp_path):
 
 def test_other_class_count_is_a_one_line_error(tmp_path):
     model, opt, sched = make()
-    path = checkpoint.save_checkpoint(tmp_path, header(3), Progress(step=1), model, opt, sched)
+    path = checkpoint.save_checkpoint(tmp_path, header(3), Position(step=1), TrainState(model, opt, sched))
     model5, opt5, sched5 = make(num_classes=5)
     with pytest.raises(CheckpointError) as e:
-        checkpoint.load_checkpoint(path, header(5), model5, opt5, sched5)
+        checkpoint.load_checkpoint(path, header(5), TrainState(model5, opt5, sched5))
     msg = str(e.value)
     assert isinstance(e.value, ValueError) and len(msg.splitlines()) == 1
     assert str(path) in msg and "class count 3" in msg and "--checkpoint-dir" in msg
@@ -92,30 +92,30 @@ def test_other_class_count_is_a_one_line_error(tmp_path):
 
 def test_truncated_or_foreign_file_is_a_clear_error(tmp_path):
     model, opt, sched = make()
-    path = checkpoint.save_checkpoint(tmp_path, header(), Progress(step=2), model, opt, sched)
+    path = checkpoint.save_checkpoint(tmp_path, header(), Position(step=2), TrainState(model, opt, sched))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError) as e:
-        checkpoint.load_checkpoint(path, header(), *make())
+        checkpoint.load_checkpoint(path, header(), TrainState(*make()))
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and str(path) in msg and "unreadable" in msg and "delete it" in msg
     foreign = tmp_path / "ckpt-step00000009.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
-        checkpoint.load_checkpoint(foreign, header(), *make())
+        checkpoint.load_checkpoint(foreign, header(), TrainState(*make()))
 
 
 def test_latest_ignores_tmp_and_only_k_are_kept(tmp_path):
     assert checkpoint.latest_checkpoint(tmp_path / "absent") is None
     model, opt, sched = make()
     for step in (2, 4, 6):
-        checkpoint.save_checkpoint(tmp_path, header(), Progress(step=step), model, opt, sched, keep=2)
+        checkpoint.save_checkpoint(tmp_path, header(), Position(step=step), TrainState(model, opt, sched), keep=2)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["ckpt-step00000004.pt", "ckpt-step00000006.pt"]
     leftover = tmp_path / "ckpt-step00000008.pt.123.tmp"  # a kill mid-write leaves this
     leftover.write_bytes(b"partial")
     (tmp_path / "notes.txt").write_text("x")
     assert checkpoint.latest_checkpoint(tmp_path).name == "ckpt-step00000006.pt"
-    checkpoint.save_checkpoint(tmp_path, header(), Progress(step=7), model, opt, sched, keep=2)
+    checkpoint.save_checkpoint(tmp_path, header(), Position(step=7), TrainState(model, opt, sched), keep=2)
     assert not leftover.exists()  # the next save removes stale temp files
     assert checkpoint.latest_checkpoint(tmp_path).name == "ckpt-step00000007.pt"
     assert len(checkpoint.list_checkpoints(tmp_path)) == 2
@@ -126,7 +126,7 @@ def test_checkpoints_are_read_onto_the_cpu_whatever_the_training_device(tmp_path
     tensor (a TypeError on the first GPU resume): every read maps to the CPU, and load_state_dict moves each state
     onto its own object's device."""
     model, opt, sched = make()
-    path = checkpoint.save_checkpoint(tmp_path, header(), Progress(step=1), model, opt, sched)
+    path = checkpoint.save_checkpoint(tmp_path, header(), Position(step=1), TrainState(model, opt, sched))
     seen = []
     real_load = torch.load
 
@@ -135,7 +135,7 @@ def test_checkpoints_are_read_onto_the_cpu_whatever_the_training_device(tmp_path
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    checkpoint.load_checkpoint(path, header(), *make())
+    checkpoint.load_checkpoint(path, header(), TrainState(*make()))
     checkpoint.load_weights(path, make()[0], 3)
     assert seen == ["cpu", "cpu"]
 
@@ -271,14 +271,14 @@ def test_resume_with_settings_that_change_the_data_order_is_a_one_line_error(dem
 
 def test_a_failed_checkpoint_write_is_a_one_line_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
     model, opt, sched = make()
-    checkpoint.save_checkpoint(tmp_path, header(), Progress(step=1), model, opt, sched)
+    checkpoint.save_checkpoint(tmp_path, header(), Position(step=1), TrainState(model, opt, sched))
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointError) as e:
-        checkpoint.save_checkpoint(tmp_path, header(), Progress(step=2), model, opt, sched)
+        checkpoint.save_checkpoint(tmp_path, header(), Position(step=2), TrainState(model, opt, sched))
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and "No space left on device" in msg and "--resume" in msg
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-step00000001.pt"]
@@ -299,9 +299,9 @@ def test_a_full_disk_under_torch_save_says_so_not_torchs_writer_text(tmp_path, m
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 4096, 4096))
     with pytest.raises(CheckpointError) as e:
-        checkpoint.save_checkpoint(tmp_path, header(), Progress(step=2), model, opt, sched)
+        checkpoint.save_checkpoint(tmp_path, header(), Position(step=2), TrainState(model, opt, sched))
     assert "(No space left on device: 0.0 MiB free after 0.0 MiB written)" in str(e.value)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**40, 2**30, 2**39))  # space left: torch's text
     with pytest.raises(CheckpointError) as e:
-        checkpoint.save_checkpoint(tmp_path, header(), Progress(step=2), model, opt, sched)
+        checkpoint.save_checkpoint(tmp_path, header(), Position(step=2), TrainState(model, opt, sched))
     assert "unexpected pos 117056 vs 116952" in str(e.value)

@@ -36,7 +36,7 @@ def worker(data: str, out_dir: str, batch_size: int, workers: int) -> None:
     import torch.distributed as dist
 
     from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-    from pipeline.dataset import load_info
+    from pipeline.read.info import load_info
 
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     info = load_info(data)
@@ -134,7 +134,7 @@ LAYOUTS = {
 @pytest.mark.slow
 def test_ddp_epoch_contract(tree, tmp_path):
     """Every layout of :data:`LAYOUTS` under one torchrun launch, each layout checked on its own."""
-    from pipeline.dataset import load_info
+    from pipeline.read.info import load_info
     from pipeline.shard.run import ShardConfig, shard_tree
 
     specs, layouts = [], {}

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import shared
-from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-from pipeline.dataset import load_info
-from train.iobench.verdict import Evidence, Lever, decide
+from pipeline.backends import LoaderConfig, LoaderKind, Split, StageSeconds, build_loader
+from pipeline.read.info import load_info
+from train.verdict import Evidence, Lever, decide
 
 SMALL = dict(batch_size=8, image_size=32, repeat=1, loader_batches=3, warmup_batches=1, train_steps=3,
              warmup_steps=1, stage_samples=16, workers=(1, 2))
@@ -28,7 +28,7 @@ def test_io_bound_below_ninety_percent_of_compute():
 
 
 def test_dominant_stage_cores_needed_and_levers():
-    stages = {"read": 0.0002, "decode": 0.0015, "augment": 0.0002, "collate": 0.0001}  # 2 ms/img → 500 img/s/core
+    stages = StageSeconds(read=0.0002, decode=0.0015, augment=0.0002, collate=0.0001)  # 2 ms/img → 500 img/s/core
     v = decide(Evidence(compute_rate=3000, input_rate=900, stage_seconds=stages, workers=2, cores=4,
                         levers=(Lever("--loader dali", 2900, "measured"), Lever("--max-size 320", 1200, "x"))))
     assert v.io_bound and v.dominant_stage == ("decode", pytest.approx(0.75))
@@ -73,7 +73,7 @@ def test_verdict_flips_with_a_delay_in_decode_or_in_the_step(demo_shards, monkey
     at 8 img/s against the loader's hundreds. Only lower bounds on time (upper bounds on rates) are asserted."""
     import torchvision
 
-    import train.loop as loop
+    from train.loop import TrainStep  # the training step of every run (train.run.run's too)
     from pipeline.read import transforms
 
     built = []
@@ -89,19 +89,19 @@ def test_verdict_flips_with_a_delay_in_decode_or_in_the_step(demo_shards, monkey
         m.setattr(transforms, "nvimgcodec", None)  # every train crop then decodes through simplejpeg
         slow_io = _bench(demo_shards, workers=(2,))
     assert slow_io.sweep["cpu"][2].median < 21  # at most 2 workers / 0.1 s
-    assert slow_io.stages["cpu"].seconds_per_image["decode"] >= 0.1
+    assert slow_io.stages["cpu"].seconds_per_image.decode >= 0.1
     assert slow_io.verdict.dominant_stage[0] == "decode"
     assert slow_io.verdict.io_bound, slow_io.verdict.lines
     assert len(built) == 2  # the compute-only and the end-to-end run trained the tiny model
 
-    real_call = loop.TrainStep.__call__
+    real_call = TrainStep.__call__
 
     def slow_step(self, batch):
         time.sleep(1.0)  # 8 images a second at most
         return real_call(self, batch)
 
     with monkeypatch.context() as m:
-        m.setattr(loop.TrainStep, "__call__", slow_step)
+        m.setattr(TrainStep, "__call__", slow_step)
         slow_compute = _bench(demo_shards, workers=(2,), train_steps=2)  # 1 warm-up + 2 timed steps of 1 s
     assert slow_compute.compute.p_core < 8.1
     assert not slow_compute.verdict.io_bound, slow_compute.verdict.lines
@@ -110,21 +110,22 @@ def test_verdict_flips_with_a_delay_in_decode_or_in_the_step(demo_shards, monkey
 @pytest.mark.slow
 def test_compute_only_is_train_synthetic_p_core(demo_shards, tmp_path, monkeypatch):
     """io-bench's compute-only rate is `train --loader synthetic`'s p_core: the same TrainConfig goes into the same
-    train.loop.run (asserted exactly); the rates themselves are not compared, since the 2 cores may be shared with
+    train.run.run (asserted exactly); the rates themselves are not compared, since the 2 cores may be shared with
     other jobs while they run (single runs then differ by 8x)."""
     import contextlib
     import dataclasses
     import io
 
-    import train.loop as loop
+    import train.run as loop
     from tools import train as train_cli
-    from train.iobench.run import IoBenchConfig, _run_quiet, _train_config
+    from train.iobench.config import IoBenchConfig
+    from train.iobench.e2e import run_quiet, train_config
 
     c = IoBenchConfig(data=demo_shards, batch_size=8, image_size=32, train_steps=15, warmup_steps=3)
     flags = ["--data", str(demo_shards), "--loader", "synthetic", "--batch-size", "8", "--image-size", "32",
              "--max-steps", "18", "--warmup-steps", "3", "--epochs", "1000000", "--no-eval", "--warmup-epochs", "0",
              "--workers", "0"]
-    ours_cfg = _train_config(c, LoaderKind.SYNTHETIC, 0, None)
+    ours_cfg = train_config(c, LoaderKind.SYNTHETIC, 0, None)
     # by construction: the very run `train` makes of these flags (metrics path aside)
     assert dataclasses.replace(train_cli.config_from_args(train_cli.build_parser().parse_args(flags))) == ours_cfg
     runs, real_run = [], loop.run
@@ -135,7 +136,7 @@ def test_compute_only_is_train_synthetic_p_core(demo_shards, tmp_path, monkeypat
 
     monkeypatch.setattr(loop, "run", recording_run)
     threads = torch.get_num_threads()
-    report = _run_quiet(ours_cfg, io.StringIO())
+    report = run_quiet(ours_cfg, io.StringIO())
     ours = report.p_core
     out = tmp_path / "m.json"
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
@@ -154,7 +155,8 @@ def test_stage_times_add_up_to_loader_wall_time_at_one_worker(tmp_path, monkeypa
     the bottleneck and dwarfs what a busy machine adds to either side; a sleep is not slowed by a CPU hog."""
     from pipeline.read import transforms
     from pipeline.shard.run import ShardConfig, shard_tree
-    from train.iobench.run import IoBenchResult, _fidelity_hooks, batches_forever, time_windows
+    from train.iobench.results import IoBenchResult
+    from train.iobench.sweep import batches_forever, fidelity_hooks, time_windows
 
     files = sorted(shared("imagenet-samples").glob("*.JPEG"))[:192]
     for f in files:
@@ -177,7 +179,7 @@ def test_stage_times_add_up_to_loader_wall_time_at_one_worker(tmp_path, monkeypa
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        time_windows(batches_forever(loader), 4, 2, 2, lambda: None, **_fidelity_hooks(loader, result))
+        time_windows(batches_forever(loader), 4, 2, 2, lambda: None, **fidelity_hooks(loader, result))
     finally:
         torch.set_num_threads(threads)
     assert 0.9 <= result.stage_fidelity.ratio <= 1.1, result.stage_fidelity
@@ -229,19 +231,21 @@ def test_skip_reasons_come_from_the_registry(monkeypatch):
     import types
 
     from pipeline.backends import backend_spec
-    from train.iobench.run import IoBenchConfig, _Setup, _usable_loaders
+    from train.iobench.config import IoBenchConfig
+    from train.iobench.setup import BenchSetup, usable_loaders
 
     kinds = (LoaderKind.CPU, LoaderKind.FOLDER, LoaderKind.DALI, LoaderKind.NVJPEG)
     url_data = types.SimpleNamespace(remote=True)
-    s = _Setup(IoBenchConfig(data="https://x/", loaders=kinds), url_data, torch.device("cpu"), 2, (1,), None, print)
+    setup = BenchSetup(IoBenchConfig(data="https://x/", loaders=kinds), url_data, torch.device("cpu"), 2, (1,), None,
+                       print)
     no_tree = "no ImageFolder tree: pass --folder-root DIR (the class-folder tree the shards were made from)"
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "nvidia.dali", None)  # DALI not installed
         skipped = {}
-        assert _usable_loaders(s, skipped) == [LoaderKind.CPU, LoaderKind.NVJPEG]
+        assert usable_loaders(setup, skipped) == [LoaderKind.CPU, LoaderKind.NVJPEG]
         assert skipped == {"folder": no_tree, "dali": "DALI not installed: pip install 'imagenet-pipeline[dali]'"}
     skipped = {}
-    _usable_loaders(s, skipped)
+    usable_loaders(setup, skipped)
     assert skipped["dali"] == (backend_spec("dali").available() or "reads local files only; the data is a URL")
 
 
@@ -273,3 +277,54 @@ def test_train_prints_the_verdict(demo_shards, tmp_path, capsys):
     m = json.loads(out.read_text())
     assert m["verdict"]["lines"] and set(m["loader_stage_seconds_per_image_rank0"]) == {"read", "decode", "augment",
                                                                                           "collate"}
+
+
+# --- typed stage seconds, one seed ------------------------------------------------------------------------------
+
+def test_one_seed_reaches_every_loader_and_training_run(tmp_path):
+    from pipeline.backends import FolderConfig
+    from train.iobench.config import IoBenchConfig
+    from train.iobench.e2e import train_config
+
+    c = IoBenchConfig(data="x", batch_size=8, image_size=32, seed=7)
+    assert c.loader_config(2).seed == 7 and c.loader_config(2).workers == 2 and c.loader_config(2).options == ()
+    assert c.loader_config(0, tmp_path).options_for(FolderConfig).data_root == tmp_path
+    run_cfg = train_config(c, LoaderKind.CPU, 2, None)
+    assert run_cfg.seed == run_cfg.loader_cfg.seed == 7 and run_cfg.loader_cfg == c.loader_config(2)
+    assert IoBenchConfig(data="x").seed == LoaderConfig().seed  # the loader's default, train's --seed default
+
+
+def _result_with_stages(h2d: float | None):
+    from pipeline.backends.probe import StageCosts
+    from train.iobench.results import IoBenchResult, Machine, Settings
+
+    result = IoBenchResult(Machine(2, "cpu", "cuda", "GPU", "2.x"),
+                           Settings("d", 8, 32, "fp32", 1, 2, 1, 2, 1, [1], 100, None), decode="simplejpeg")
+    result.stages["cpu"] = StageCosts("cpu", 16, StageSeconds(read=0.001, decode=0.002, augment=0.0005,
+                                                              collate=0.0005), 0.1, "cpu: timed")
+    result.h2d_seconds_per_image = h2d
+    return result
+
+
+def test_stage_table_shows_the_h2d_copy_where_measured():
+    from train.iobench.report import render_markdown
+
+    measured = _result_with_stages(0.001)
+    assert measured.stage_seconds("cpu") == StageSeconds(0.001, 0.002, 0.0005, 0.0005, 0.001)
+    text = render_markdown(measured, [])
+    assert "| backend | read | decode | augment | collate | h2d copy | total | img/s per core |" in text
+    assert "| cpu | 1.00 | 2.00 | 0.50 | 0.50 | 1.00 | 5.00 | 200 |" in text
+    assert set(measured.to_json()["stages"]["cpu"]["seconds_per_image"]) == {"read", "decode", "augment", "collate"}
+    assert measured.to_json()["h2d_seconds_per_image"] == 0.001
+    unmeasured = _result_with_stages(None)
+    assert unmeasured.stage_seconds("cpu").h2d == 0
+    text = render_markdown(unmeasured, [])
+    assert "| backend | read | decode | augment | collate | total | img/s per core |" in text
+    assert "| cpu | 1.00 | 2.00 | 0.50 | 0.50 | 4.00 | 250 |" in text
+
+
+def test_the_h2d_copy_can_be_the_dominant_stage():
+    stages = StageSeconds(read=0.0001, decode=0.0002, augment=0.0001, collate=0.0001, h2d=0.0005)
+    v = decide(Evidence(compute_rate=1000, input_rate=500, stage_seconds=stages))
+    assert v.dominant_stage == ("h2d copy", pytest.approx(0.5)) and v.cores_needed == 1  # 1 ms/img: 1000 img/s
+    assert decide(Evidence(compute_rate=1000, input_rate=500, stage_seconds=StageSeconds())).dominant_stage is None

@@ -17,7 +17,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipeline.shard.clean import ImageRejected, RejectReason, normalize_image
-from pipeline.dataset import load_info
+from pipeline.read.info import load_info
 from pipeline.shard.run import ShardConfig, shard_tree
 from tools import shard_imagenet
 

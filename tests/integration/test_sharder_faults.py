@@ -23,12 +23,12 @@ NOBODY = 65534
 # shard-imagenet with every image taking 0.3 s more: slow enough to kill it while its workers are busy
 SLOW_SHARDER = """
 import sys, time
-from pipeline.shard import run
-_normalize = run.normalize_image
+from pipeline.shard import pool
+_normalize = pool.normalize_image
 def _slow(*args, **kwargs):
     time.sleep(0.3)
     return _normalize(*args, **kwargs)
-run.normalize_image = _slow
+pool.normalize_image = _slow
 from tools.shard_imagenet import main
 sys.exit(main(sys.argv[1:]))
 """

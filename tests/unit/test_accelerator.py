@@ -416,13 +416,14 @@ def test_cpu_loader_not_refused_on_metax(metax):
 
 def test_iobench_skips_dali_on_metax_with_the_reason(metax):
     from pipeline.backends import LoaderKind
-    from train.iobench.run import IoBenchConfig, _Setup, _why_not_measured
+    from train.iobench.config import IoBenchConfig
+    from train.iobench.setup import BenchSetup, why_not_measured
 
-    s = _Setup(IoBenchConfig(data="x"), types.SimpleNamespace(remote=False), torch.device("cuda", 0), 1, (1,), None,
-               print)
-    assert _why_not_measured(LoaderKind.DALI, s) == ("--loader dali needs an NVIDIA GPU; this run's device is "
+    setup = BenchSetup(IoBenchConfig(data="x"), types.SimpleNamespace(remote=False), torch.device("cuda", 0), 1,
+                       (1,), None, print)
+    assert why_not_measured(LoaderKind.DALI, setup) == ("--loader dali needs an NVIDIA GPU; this run's device is "
                                                      "MetaX C500 (cuda:0): use --loader cpu")
-    assert _why_not_measured(LoaderKind.CPU, s) is None
+    assert why_not_measured(LoaderKind.CPU, setup) is None
 
 
 # --- TF32 -------------------------------------------------------------------------------------------------------

@@ -262,3 +262,20 @@ def test_gpu_only_refusal_leaves_cpu_runs_and_gpu_runs_alone():
     assert accelerator.gpu_only_refusal("cpu", cpu, asks) is None  # accepted by name
     assert accelerator.gpu_only_refusal("auto", gpu, asks) is None
     assert accelerator.gpu_only_refusal("auto", cpu, ()) is None  # --loader cpu, fp32 / auto / bf16
+
+
+def test_an_unwritable_output_folder_is_one_line_before_any_work(tmp_path, capsys):
+    """make-demo-imagenet OUT and io-bench --out naming a file (or under one): one line naming it, exit 2; io-bench
+    says so before it measures anything (not after minutes of measuring)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(SystemExit) as ended:
+        make_demo_imagenet.main([str(a_file), "--train-per-class", "1", "--val-per-class", "0"])
+    assert ended.value.code == 2
+    lines = stderr_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("make-demo-imagenet: error: ") and str(a_file) in lines[0]
+    assert io_bench.main(["--data", str(tmp_path / "no_shards"), "--out", str(a_file / "report")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"io-bench: error: --out {a_file / 'report'}: cannot write")
+    assert captured.out == ""  # nothing measured, nothing announced

@@ -96,3 +96,19 @@ def test_tests_may_use_guarded_newer_apis(tmp_path):
     body = "import torch\nif hasattr(torch.amp, 'GradScaler'):\n    s = torch.amp.GradScaler('cpu')\n"
     assert check_compat.rule_findings(REPO / "tests" / "x.py", HEADER + body, exempt_apis=True) == []
     assert check_compat.rule_findings(REPO / "train" / "x.py", HEADER + body, exempt_apis=False)
+
+
+def test_the_rule_tables_are_read_only():
+    for table, key in ((check_compat.NEWER_ATTRIBUTES, "torch.compile"),
+                       (check_compat.NEWER_KEYWORDS, ("SGD", "fused")), (check_compat.NEWER_IMPORTS, "tomllib")):
+        with pytest.raises(TypeError):
+            table[key] = "changed"
+    assert isinstance(check_compat.BUILTIN_GENERICS, frozenset) and "list" in check_compat.TYPE_NAMES
+
+
+def test_one_line_holds_each_finding_of_several_rules(tmp_path):
+    """A line with a builtin generic, a newer keyword and a newer attribute: one finding per rule, in node order."""
+    found = _rules(tmp_path, "import torch\nx = (list[int], torch.optim.SGD([], lr=0.1, fused=True), torch.compile)\n")
+    assert sum(":6: list[...]" in f for f in found) == 1, found
+    assert sum(":6: torch.optim.SGD(fused=...)" in f for f in found) == 1, found
+    assert sum(":6: torch.compile: not in the oldest" in f for f in found) == 1, found

@@ -10,16 +10,17 @@ import pytest
 
 import train.distributed
 
-from pipeline.backends import IMAGENET_TRAIN_SAMPLES, IMAGENET_VAL_SAMPLES, LoaderConfig
+from pipeline.backends import IMAGENET_TRAIN_SAMPLES, IMAGENET_VAL_SAMPLES, LoaderConfig, SyntheticConfig
 from pipeline.read.transforms import CROP_PCT
+from pipeline.schema import default_of
 from tools import train as train_cli
-from train.config import CheckpointConfig, OptimConfig, TrainConfig, default_of
+from train.config import CheckpointConfig, OptimConfig, TrainConfig
 from train.recipe import Resolution
 
 COMPONENT_OF = {attr: cls for cls, (attr, _) in train_cli.COMPONENTS.items()}
 # schema fields no flag sets: the components themselves, derived values, and library-only options
 NOT_FLAGS = {TrainConfig: {"loader_cfg", "optim", "checkpoint", "resolution"},
-             LoaderConfig: {"seed", "crop_pct", "synthetic_classes", "data_root", "normalize"},
+             LoaderConfig: {"seed", "crop_pct", "normalize", "options"}, SyntheticConfig: {"classes"},
              OptimConfig: set(), CheckpointConfig: {"resume_from"}}  # resume_from: the PATH of --resume PATH
 
 
@@ -80,6 +81,7 @@ def test_help_shows_the_schema_defaults():
 
 def test_workers_default_uses_the_local_world_size(monkeypatch):
     monkeypatch.setattr(train.distributed, "local_world_size", lambda: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # what LoaderConfig's own default (pipeline.hostinfo.cores_per_local_rank) reads
     monkeypatch.setattr(train.distributed.os, "sched_getaffinity", lambda pid: set(range(8)))
     args = train_cli.build_parser().parse_args([])
     assert train_cli.config_from_args(args).loader_cfg.workers == 2
@@ -154,3 +156,17 @@ def test_cli_errors_are_one_line(argv, line, capsys, tmp_path, monkeypatch):
     assert exc.value.code == 2 and "Traceback" not in err
     lines = err.strip().splitlines()  # the error, and for a mistake argparse finds a hint: see train --help
     assert lines[0] == f"train: error: {line}" and lines[1:] in ([], ["see train --help"]), lines
+
+
+def test_resolved_config_keeps_the_flat_loader_keys():
+    """The metrics JSON's resolved_config.loader_cfg keeps the keys runs have always written (readers of earlier
+    runs' JSON), the synthetic backend's sub-config flat among them."""
+    from pipeline.backends import SyntheticConfig
+    from train.config import config_json
+
+    cfg = TrainConfig(loader_cfg=LoaderConfig(workers=1, options=(SyntheticConfig(train_samples=16),)))
+    loader = config_json(cfg)["loader_cfg"]
+    assert list(loader) == ["batch_size", "image_size", "workers", "seed", "shuffle_buffer", "crop_pct",
+                            "synthetic_train_samples", "synthetic_val_samples", "synthetic_classes", "data_root",
+                            "normalize", "on_bad_sample", "remote_timeout", "remote_retries"]
+    assert (loader["synthetic_train_samples"], loader["synthetic_val_samples"], loader["data_root"]) == (16, 50000, None)

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from pipeline.backends import LoaderConfig, Split
-from pipeline.dataset import INFO_FILE, load_info
+from pipeline.dataset import INFO_FILE
+from pipeline.read.info import load_info
 from pipeline.shard.writer import ShardWriter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ ISOLATED = """
 import sys, torch
 from pipeline.backends import LoaderConfig, Split
 from pipeline.backends.dali import DaliLoader
-from pipeline.dataset import load_info
+from pipeline.read.info import load_info
 try:
     info = load_info(sys.argv[1], check_files=sys.argv[3] == "1")
     loader = DaliLoader(LoaderConfig(batch_size=4, image_size=32, workers=1, shuffle_buffer=8), Split(sys.argv[2]),
@@ -212,7 +213,7 @@ def test_member_named_key_image_jpg_is_one_line(dali, demo_shards, tmp_path):
 def test_dali_failure_past_the_check_names_shard_and_key(dali, demo_shards, tmp_path, monkeypatch):
     # missing_component_behavior="error": with the check bypassed, DALI itself refuses the sample without .lbl
     # (before: an IsDenseTensor traceback), and that DALI error comes out as one line naming shard and key.
-    import pipeline.backends.dali as dali_backend
+    import pipeline.backends.dali_graph as dali_backend
     from pipeline.read.shardcheck import CheckedShards
 
     root = copy_of(demo_shards, tmp_path)

@@ -17,7 +17,7 @@ pytest.importorskip("nvidia.dali")
 
 from pipeline.backends import Loader, LoaderConfig, LoaderKind, Split, build_loader  # noqa: E402
 from pipeline.backends.dali import DaliLoader, rank_share  # noqa: E402
-from pipeline.dataset import load_info  # noqa: E402
+from pipeline.read.info import load_info  # noqa: E402
 from pipeline.read.plan import train_steps_per_epoch  # noqa: E402
 
 CPU = torch.device("cpu")

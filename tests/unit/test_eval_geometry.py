@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from conftest import shared
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-from pipeline.dataset import load_info
+from pipeline.read.info import load_info
 from pipeline.read import transforms as T
 
 CPU = torch.device("cpu")
@@ -197,14 +197,14 @@ def test_dali_val_roi_is_center_crop_box():
     pytest.importorskip("nvidia.dali")
     from nvidia.dali import fn, pipeline_def, types
 
-    from pipeline.backends.dali import _val_crop_roi
+    from pipeline.backends.dali_graph import val_crop_roi
 
     sizes = [s for s in SYNTHETIC_SIZES if max(s) <= 1100]
     for size in (224, 97):
         @pipeline_def(batch_size=len(sizes), num_threads=1, device_id=None)
         def graph():
             jpegs = fn.external_source(name="jpegs", dtype=types.UINT8, ndim=1)
-            return _val_crop_roi(jpegs, size, T.CROP_PCT)
+            return val_crop_roi(jpegs, size, T.CROP_PCT)
 
         pipe = graph()
         pipe.build()

@@ -17,8 +17,9 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import transforms
 
-from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-from pipeline.dataset import INFO_FILE, load_info
+from pipeline.backends import FolderConfig, LoaderConfig, LoaderKind, Split, build_loader
+from pipeline.dataset import INFO_FILE
+from pipeline.read.info import load_info
 from pipeline.read import transforms as tr
 from pipeline.shard.writer import ShardWriter
 
@@ -122,7 +123,7 @@ def foreign_shards(demo_shards: Path, tmp_path: Path) -> Path:
 
 def val_images(kind: LoaderKind, info, data_root=None) -> torch.Tensor:
     cfg = LoaderConfig(batch_size=4, image_size=SIZE, workers=0 if kind is not LoaderKind.DALI else 1,
-                       normalize=False, data_root=data_root)
+                       normalize=False, options=(FolderConfig(data_root),))
     loader = build_loader(kind, cfg, Split.VAL, info, CPU)
     loader.set_epoch(0)
     return torch.cat([b.images for b in loader])

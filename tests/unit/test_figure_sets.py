@@ -13,7 +13,10 @@ import torch
 from pipeline.backends import Batch
 from tools import train as train_cli
 from train import distributed
+from train import assemble as assemble_mod
 from train import loop as loop_mod
+from train import run as run_mod
+from train import trainer as trainer_mod
 from train.clock import SyncStepClock
 from train.precision import Precision, make_grad_scaler, model_dtype
 
@@ -60,19 +63,20 @@ class TimedLoader:
 def _fake_run(monkeypatch, extra: tuple[str, ...] = ()):
     """Run ``fit`` on synthetic data under the fake clock; returns (report, run_start)."""
     clock = FakeClock()
-    monkeypatch.setattr(loop_mod, "time", clock.module())
+    for module in (trainer_mod, assemble_mod):
+        monkeypatch.setattr(module, "time", clock.module())
+        monkeypatch.setattr(module, "process_start_time", lambda: 1e9 + 90.0)  # 10 s before the fake 100.0
     monkeypatch.setattr("train.clock.time", clock.module())
-    monkeypatch.setattr(loop_mod, "process_start_time", lambda: 1e9 + 90.0)  # 10 s before the fake 100.0
-    build = loop_mod.build_session
+    build = trainer_mod.build_session
 
     def timed_build(cfg, env):
-        s = build(cfg, env)
+        session = build(cfg, env)
         clock.advance(BUILD_S)
-        s.train_loader = TimedLoader(s.train_loader, clock, ITER_START_S, BATCH_WAIT_S)
-        s.val_loader = TimedLoader(s.val_loader, clock, 0.0, EVAL_BATCH_S)
-        return s
+        return dataclasses.replace(session, train_loader=TimedLoader(session.train_loader, clock, ITER_START_S,
+                                                                     BATCH_WAIT_S),
+                                   val_loader=TimedLoader(session.val_loader, clock, 0.0, EVAL_BATCH_S))
 
-    monkeypatch.setattr(loop_mod, "build_session", timed_build)
+    monkeypatch.setattr(trainer_mod, "build_session", timed_build)
     real_of = loop_mod.TrainStep.of
 
     def timed_of(s):
@@ -92,7 +96,7 @@ def _fake_run(monkeypatch, extra: tuple[str, ...] = ()):
     cfg = train_cli.config_from_args(args)
     env = distributed.init_distributed()
     run_start = clock.module().time()
-    return loop_mod.fit(cfg, env, run_start), run_start
+    return run_mod.fit(cfg, env, run_start), run_start
 
 
 @pytest.fixture()
@@ -222,13 +226,13 @@ def test_the_dataset_block_counts_every_split_and_names_the_source(tmp_path):
     info = DatasetInfo(shards, {"train": SplitInfo("train", 1_281_167, ("t.tar",), (1_281_167,)),
                                 "val": SplitInfo("val", 50_000, ("v.tar",), (50_000,))}, ("a",) * 1000, {})
     args = train_cli.build_parser().parse_args(["--data", str(shards), "--no-eval", "--workers", "0"])
-    d = loop_mod._dataset(train_cli.config_from_args(args), info, None, None, 1000)
+    d = assemble_mod.dataset_summary(train_cli.config_from_args(args), info, None, None, 1000)
     assert (d.name, d.train_samples, d.val_samples, d.num_classes) == ("imagenet", 1_281_167, 50_000, 1000)
     (shards / "report.json").unlink()  # no report: the folder's own name
-    assert loop_mod._dataset(train_cli.config_from_args(args), info, None, None, 1000).name == "flagperf-shards"
+    assert assemble_mod.dataset_summary(train_cli.config_from_args(args), info, None, None, 1000).name == "flagperf-shards"
     syn = train_cli.config_from_args(train_cli.build_parser().parse_args(
         ["--loader", "synthetic", "--synthetic-val-samples", "7", "--no-eval", "--workers", "0"]))
-    d = loop_mod._dataset(syn, None, None, None, 1000)
+    d = assemble_mod.dataset_summary(syn, None, None, None, 1000)
     assert (d.name, d.val_samples) == ("synthetic", 7)
 
 
@@ -237,7 +241,7 @@ def test_the_dataset_block_counts_every_split_and_names_the_source(tmp_path):
 def test_divergence_advice_fits_the_precision(precision, advice):
     s = types.SimpleNamespace(precision=precision, peak_lr=0.8)
     with pytest.raises(ValueError) as err:
-        loop_mod._check_finite(s, float("nan"), 0)
+        loop_mod.check_finite(s, float("nan"), 0)
     msg = str(err.value)
     assert "lower --lr (now 0.8 peak)" in msg and "\n" not in msg
     assert (advice in msg) if advice else "--precision" not in msg

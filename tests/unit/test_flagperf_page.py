@@ -369,6 +369,28 @@ def test_every_key_has_a_difference_fixture():
     assert {d[0] for d in DIFFERENCES} == set(CHANGE_KEYS)
 
 
+def test_words_pick_the_language_and_join_run_names():
+    from train.flagperf_page.words import epochs_en, joined, number, on_off, say, tagged
+
+    assert say(("开", "on"), Lang.ZH) == "开" and say(("开", "on"), Lang.EN) == "on" and say("NCHW", Lang.ZH) == "NCHW"
+    assert joined(["a", "b"], Lang.ZH) == "a、b" and joined(iter(["a", "b"]), Lang.EN) == "a, b"
+    assert tagged("x", ("r1", "r2"), Lang.EN) == "[r1, r2] x" and tagged("x", (), Lang.ZH) == "x"
+    assert (on_off(True, Lang.ZH), on_off(False, Lang.EN)) == ("开", "off")
+    assert (number(1 / 32768), epochs_en(1), epochs_en(2.5)) == ("3.05176e-05", "1 epoch", "2.5 epochs")
+
+
+def test_the_pages_tables_are_read_only():
+    from train.flagperf_case import CONFIGS
+    from train.flagperf_page.words import MODE_RELATION, PAGE_TEXT, TIMING, ZH_NODES
+    from train.precision import PAGE_LABEL, Precision
+
+    for table, key in ((PAGE_TEXT, Lang.ZH), (PAGE_TEXT[Lang.EN], "unknown"), (MODE_RELATION[Lang.ZH], "amp"),
+                       (TIMING[Lang.EN], "sync"), (ZH_NODES, 1), (CONFIGS, "A100x1x8"), (PAGE_LABEL, Precision.FP16)):
+        with pytest.raises(TypeError):
+            table[key] = "changed"
+    assert PAGE_TEXT[Lang.EN]["unknown"] == "unknown" and CONFIGS["A100x1x8"].batch == 32
+
+
 def test_metax_tf32_and_cudnn_against_metaxs_harness(tmp_path):
     off = faithful(vendor="metax")
     off["numerics"]["metax_use_tf32"] = "0"

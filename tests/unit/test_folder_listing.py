@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
+from pipeline.backends import FolderConfig, LoaderConfig, LoaderKind, Split, build_loader
 
 CPU = torch.device("cpu")
 WNIDS = ("n01440764", "n01443537", "n01484850")
@@ -26,7 +26,7 @@ def jpeg(seed: int) -> bytes:
 
 
 def cfg(root: Path) -> LoaderConfig:
-    return LoaderConfig(batch_size=2, image_size=8, workers=0, data_root=root, normalize=False)
+    return LoaderConfig(batch_size=2, image_size=8, workers=0, options=(FolderConfig(root),), normalize=False)
 
 
 def train_tree(root: Path, per_class: int = 2) -> Path:
@@ -110,8 +110,8 @@ def test_symlink_loop_lists_each_image_once_with_a_note(tmp_path, capsys):
     os.symlink(outside, tmp_path / "train" / WNIDS[1] / "extra")  # followed once
     os.symlink(outside, tmp_path / "train" / WNIDS[2] / "again")  # same target: not followed twice
     loader = build_loader(LoaderKind.FOLDER, LoaderConfig(batch_size=1, image_size=8, workers=0,
-                                                          data_root=tmp_path, normalize=False), Split.TRAIN, None,
-                          CPU)
+                                                          options=(FolderConfig(tmp_path),), normalize=False),
+                          Split.TRAIN, None, CPU)
     assert loader.num_samples == 10
     assert Counter(labels_of(loader)) == {0: 3, 1: 4, 2: 3}
     err = capsys.readouterr().err

@@ -168,9 +168,9 @@ def test_the_resolved_config_is_written_atomically(tmp_path, monkeypatch):
 
 def step_log(path: Path, append: bool = False):
     from train.clock import Stopwatch
-    from train.steplog import StepLog
+    from train.steplog import StepLog, StepSources
 
-    return StepLog(path, 1, 8, Stopwatch(), Stopwatch(), lambda: 0, lambda: 0.1, append=append)
+    return StepLog(path, 1, 8, StepSources(Stopwatch(), Stopwatch(), lambda: 0, lambda: 0.1), append=append)
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

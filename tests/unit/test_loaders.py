@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from conftest import shared
-from pipeline.backends import Loader, LoaderConfig, LoaderKind, Split, backend_spec, build_loader
-from pipeline.dataset import load_info
+from pipeline.backends import FolderConfig, Loader, LoaderConfig, LoaderKind, Split, backend_spec, build_loader
+from pipeline.read.info import load_info
 from pipeline.read import transforms as T
 from pipeline.read.transforms import decode_train, decode_val, random_resized_crop_box
 
@@ -31,7 +31,7 @@ def test_contract(kind, demo_shards):
         pytest.skip(missing)
     info = load_info(demo_shards)
     # the folder backend reads the ImageFolder tree the shards were made from (conftest: <base>/tree)
-    cfg = LoaderConfig(batch_size=4, image_size=32, workers=2, data_root=demo_shards.parent / "tree")
+    cfg = LoaderConfig(batch_size=4, image_size=32, workers=2, options=(FolderConfig(demo_shards.parent / "tree"),))
     for split in Split:
         loader = build_loader(kind, cfg, split, info if kind is not LoaderKind.FOLDER else None, CPU)
         assert loader.num_classes == info.num_classes
@@ -187,7 +187,7 @@ def test_cpu_loader_reports_per_stage_seconds(demo_shards):
         wall = time.perf_counter() - t0
         stages = loader.stats().stages
         assert stages.samples == n == 44
-        assert set(stages.seconds) == {"read", "decode", "augment", "collate"}
-        assert all(v > 0 for v in stages.seconds.values())
+        assert set(stages.seconds.as_dict()) == {"read", "decode", "augment", "collate"}
+        assert all(v > 0 for v in stages.seconds.as_dict().values())
         if workers == 0:  # in-process: the stages are the epoch's work, nothing else
-            assert sum(stages.seconds.values()) <= wall
+            assert sum(stages.seconds.as_dict().values()) <= wall

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from train.memory import MemoryUse, peak_memory
-from train.metrics import RunTimes, flagperf_row, process_start_time, steady_figures
+from train.clock import process_start_time
+from train.metrics import RunTimes, flagperf_row, steady_figures
 from train.clock import Stopwatch, SyncStepClock, timed_iter
 
 

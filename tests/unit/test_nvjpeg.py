@@ -21,8 +21,8 @@ from PIL import Image
 from conftest import shared
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
 from pipeline.backends import nvjpeg as nv
-from pipeline.backends.cpu import SampleDecodeError
-from pipeline.dataset import load_info
+from pipeline.backends.shards import SampleDecodeError
+from pipeline.read.info import load_info
 from pipeline.shard.run import ShardConfig, shard_tree
 from pipeline.read.transforms import eval_resize_size
 from tools import train as train_cli
@@ -265,11 +265,12 @@ class RecordingCuda:
 
 
 def test_side_stream_order_on_cuda_with_recording_streams(monkeypatch):
-    """The CUDA-only hand-over logic of side_stream_batches, run here with recording stand-ins for torch.cuda's
+    """The CUDA-only hand-over logic of the staging prefetcher as nvjpeg runs it (host_sync), run here with recording stand-ins for torch.cuda's
     streams and events: each batch is made with the side stream current, right after a host wait for that
     stream; batch i+1 is queued before batch i is handed out; the consumer waits for batch i's own event and
     records batch i's tensors on its stream."""
     from pipeline.backends import Batch
+    from pipeline.backends.staging import prefetched
 
     cuda = RecordingCuda()
     cuda.install(monkeypatch)
@@ -279,7 +280,7 @@ def test_side_stream_order_on_cuda_with_recording_streams(monkeypatch):
         return Batch(cuda.Tensor(cuda, i), cuda.Tensor(cuda, i), (str(i),))
 
     got = []
-    for batch in nv.side_stream_batches(range(3), torch.device("cuda"), to_batch):
+    for batch in prefetched(range(3), torch.device("cuda"), to_batch, host_sync=True):
         i = int(batch.keys[0])
         got.append(i)
         handed = cuda.log.index(("waits", "consumer", i))

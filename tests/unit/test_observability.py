@@ -186,12 +186,12 @@ def test_tensorboard_is_asked_for_and_never_imported_otherwise(tmp_path, monkeyp
 
 
 def test_the_reports_dataset_part_carries_the_manifest_hash(tmp_path):
-    from pipeline.dataset import load_info
+    from pipeline.read.info import load_info
     from train.config import TrainConfig
-    from train.loop import _dataset
+    from train.assemble import dataset_summary
 
     shards = _shards(tmp_path / "s", 10)
     (shards / "classes.txt").write_text("a\nb\n")
-    part = _dataset(TrainConfig(data=shards), load_info(shards, check_files=False), None, None, 2)
+    part = dataset_summary(TrainConfig(data=shards), load_info(shards, check_files=False), None, None, 2)
     assert part.manifest_sha256 == hashlib.sha256((shards / INFO_FILE).read_bytes()).hexdigest()
     assert part.to_json()["manifest_sha256"] == part.manifest_sha256 and part.train_samples == 10

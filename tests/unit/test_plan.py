@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.read.plan import (eval_batches_per_rank, plan_eval, plan_train, segments_for_range, shard_order,
-                           train_steps_per_epoch)
+from pipeline.read.plan import (ReaderSlot, eval_batches_per_rank, plan_eval, plan_train, segments_for_range,
+                                shard_order, train_steps_per_epoch)
 
 
 def positions(lengths, segments):
@@ -22,7 +22,7 @@ def test_train_plan_equal_steps_disjoint(lengths, world, workers, batch):
         seen = []
         steps = train_steps_per_epoch(sum(lengths), world, batch)
         for rank in range(world):
-            plans = [plan_train(lengths, batch, rank, world, w, workers, seed=1, epoch=epoch) for w in range(workers)]
+            plans = [plan_train(lengths, batch, ReaderSlot(rank, world, w, workers), seed=1, epoch=epoch) for w in range(workers)]
             assert sum(p.num_batches for p in plans) == steps  # every rank: the same number of steps
             for p in plans:
                 assert p.num_samples == p.num_batches * batch == sum(s.take for s in p.segments)
@@ -43,7 +43,7 @@ def test_train_shard_order_changes_per_epoch_and_is_seeded():
 def test_eval_plan_covers_every_sample_once(lengths, world, workers, batch):
     seen = []
     for rank in range(world):
-        plans = [plan_eval(lengths, batch, rank, world, w, workers) for w in range(workers)]
+        plans = [plan_eval(lengths, batch, ReaderSlot(rank, world, w, workers)) for w in range(workers)]
         assert eval_batches_per_rank(lengths, batch, rank, world, workers) == sum(p.num_batches for p in plans)
         for p in plans:
             seen += positions(lengths, p.segments)
@@ -57,4 +57,4 @@ def test_segments_for_range_crosses_shards():
 
 def test_too_small_train_split_is_a_clear_error():
     with pytest.raises(ValueError, match="fewer than world size"):
-        plan_train([3], 4, 0, 1, 0, 1, 0, 0)
+        plan_train([3], 4, ReaderSlot(0, 1, 0, 1), 0, 0)

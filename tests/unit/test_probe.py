@@ -1,5 +1,5 @@
 """Per-stage probes measure the backends' own code: a slower crop in a backend shows in io-bench's figure, DALI's
-figures come from graphs built by the backend's ``_make_graph``, and the probe reads ``stats()`` snapshots."""
+figures come from graphs built by the backend's ``make_graph``, and the probe reads ``stats()`` snapshots."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backends import STAGES, LoaderConfig, LoaderKind, LoaderStats, Split, StageTimes, build_loader
+from pipeline.backends import (STAGES, FolderConfig, LoaderConfig, LoaderKind, LoaderStats, Split, StageSeconds,
+                               StageTimes, build_loader)
 from pipeline.backends import folder as folder_backend
 from pipeline.backends import probe
-from pipeline.dataset import load_info
+from pipeline.read.info import load_info
 from pipeline.read import transforms as cpu_transforms
 from train.iobench.stages import StageCosts, measure_stages
 
@@ -33,8 +34,8 @@ def test_cpu_augment_follows_the_crop_the_backend_calls(demo_shards, monkeypatch
     monkeypatch.setattr(cpu_transforms, "_resize_crop", slow_crop)  # what decode_train crops with
     c = measure_stages("cpu", load_info(demo_shards), None, image_size=32, batch_size=4, max_samples=8)
     assert c.samples == 8 and len(calls) >= 12  # the warm-up batch and the 8 timed images
-    assert c.seconds_per_image["augment"] >= SLEEP
-    assert c.seconds_per_image["decode"] < c.seconds_per_image["augment"]
+    assert c.seconds_per_image.augment >= SLEEP
+    assert c.seconds_per_image.decode < c.seconds_per_image.augment
 
 
 def test_folder_augment_follows_its_torchvision_crop(demo_shards, monkeypatch):
@@ -50,15 +51,15 @@ def test_folder_augment_follows_its_torchvision_crop(demo_shards, monkeypatch):
                                                                              "RandomResizedCrop": SlowCrop}))
     c = measure_stages("folder", None, demo_shards.parent / "tree", image_size=32, batch_size=4, max_samples=8)
     assert c.backend == "folder" and c.samples == 8
-    assert c.seconds_per_image["augment"] >= SLEEP
-    assert c.seconds_per_image["decode"] < c.seconds_per_image["augment"]
+    assert c.seconds_per_image.augment >= SLEEP
+    assert c.seconds_per_image.decode < c.seconds_per_image.augment
 
 
 def test_dali_stages_are_timed_on_graphs_made_by_make_graph(demo_shards, monkeypatch):
     pytest.importorskip("nvidia.dali")
-    from pipeline.backends import dali
+    from pipeline.backends import dali_stages
 
-    real, calls, pipes = dali._make_graph, [], []
+    real, calls, pipes = dali_stages.make_graph, [], []
 
     def spy(cfg, *args, **kwargs):
         calls.append((cfg, kwargs.get("last_stage", "augment")))
@@ -70,11 +71,11 @@ def test_dali_stages_are_timed_on_graphs_made_by_make_graph(demo_shards, monkeyp
 
         return build
 
-    monkeypatch.setattr(dali, "_make_graph", spy)
+    monkeypatch.setattr(dali_stages, "make_graph", spy)
     c = measure_stages("dali", load_info(demo_shards), None, image_size=32, batch_size=4, max_samples=8)
     assert [stage for _, stage in calls] == ["read", "decode", "augment"]
     assert all(cfg.workers == 0 and cfg.shuffle_buffer == 1 and not cfg.normalize for cfg, _ in calls)
-    assert c.backend == "dali" and c.samples == 8 and tuple(c.seconds_per_image) == STAGES
+    assert c.backend == "dali" and c.samples == 8 and tuple(dict(c.seconds_per_image.items())) == STAGES
     images, _ = pipes[-1].run()  # the whole graph that was timed is the spy's: 40 px, uint8 HWC
     x = np.array(images.as_tensor())
     assert x.shape == (4, 40, 40, 3) and x.dtype == np.uint8
@@ -110,7 +111,7 @@ class FakeLoader:
             yield object()
 
     def stats(self) -> LoaderStats:
-        return LoaderStats((), StageTimes(dict(self.counts["seconds"]), self.counts["samples"]))
+        return LoaderStats((), StageTimes(StageSeconds.from_named(self.counts["seconds"]), self.counts["samples"]))
 
     def close(self) -> None:
         self.closed[0] = True
@@ -126,15 +127,16 @@ def test_probe_by_stats_reads_snapshot_differences_after_the_warm_up(monkeypatch
         return built[-1]
 
     monkeypatch.setattr(probe, "build_loader", fake_build)
-    cfg = LoaderConfig(batch_size=4, image_size=32, workers=3, shuffle_buffer=50, data_root="tree")
+    cfg = LoaderConfig(batch_size=4, image_size=32, workers=3, shuffle_buffer=50, options=(FolderConfig("tree"),))
     c = probe.probe_by_stats("folder", cfg, "val", "info", max_samples=8)
     (kind, used, split, info, device), loader = built
     assert kind is LoaderKind.FOLDER and split is Split.VAL and device == torch.device("cpu")
     assert info is None  # an image-tree backend is given no shard folder
-    assert (used.workers, used.shuffle_buffer, used.normalize, used.data_root) == (0, 1, False, "tree")
+    assert (used.workers, used.shuffle_buffer, used.normalize) == (0, 1, False)
+    assert used.options_for(FolderConfig).data_root == "tree"
     # a one-batch epoch: the warm-up took it, so the next epoch is timed (one batch of 4)
     assert c.samples == (8 if batches_per_epoch > 1 else 4) and loader.epochs == ([] if batches_per_epoch > 1 else [1])
-    assert c.seconds_per_image == {"read": 0.25, "decode": 0.5, "augment": 0.75, "collate": 1.0}  # no warm-up's 100 s
+    assert c.seconds_per_image.as_dict() == {"read": 0.25, "decode": 0.5, "augment": 0.75, "collate": 1.0}  # no warm-up's 100 s
     assert loader.threads == {1} and loader.closed[0] and c.wall_seconds > 0
 
 
@@ -153,7 +155,8 @@ def test_probe_refuses_a_loader_without_stage_timers_and_bad_options(monkeypatch
 
 
 def test_stage_costs_json_is_the_results_json_entry():
-    c = StageCosts("cpu", 2, {"collate": 0.4, "read": 0.1, "augment": 0.3, "decode": 0.2}, 1.5, "how")
+    c = StageCosts("cpu", 2, StageSeconds.from_named({"collate": 0.4, "read": 0.1, "augment": 0.3, "decode": 0.2}),
+                   1.5, "how")
     j = c.to_json()
     assert list(j) == ["backend", "samples", "seconds_per_image", "total_seconds_per_image", "wall_seconds", "note"]
     assert list(j["seconds_per_image"]) == list(STAGES) and j["total_seconds_per_image"] == pytest.approx(1.0)
@@ -162,20 +165,21 @@ def test_stage_costs_json_is_the_results_json_entry():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_folder_stats_cover_the_batches_handed_out_and_skip_nothing(demo_shards, workers):
-    cfg = LoaderConfig(batch_size=4, image_size=32, workers=workers, data_root=demo_shards.parent / "tree")
+    cfg = LoaderConfig(batch_size=4, image_size=32, workers=workers,
+                       options=(FolderConfig(demo_shards.parent / "tree"),))
     loader = build_loader(LoaderKind.FOLDER, cfg, Split.TRAIN, None, torch.device("cpu"))
     assert loader.stats() == LoaderStats((), StageTimes())
     taken = [b for _, b in zip(range(3), loader)]
     s = loader.stats()
     assert s.skipped == () and s.stages.samples == sum(b.labels.shape[0] for b in taken) == 12
-    assert all(v > 0 for v in s.stages.seconds.values())
+    assert all(v > 0 for v in s.stages.seconds.as_dict().values())
 
 
 def test_folder_val_pixels_are_torchvisions_resize_center_crop(demo_shards):
     from torchvision import transforms
 
     root = demo_shards.parent / "tree"
-    cfg = LoaderConfig(batch_size=4, image_size=32, workers=0, data_root=root, normalize=False)
+    cfg = LoaderConfig(batch_size=4, image_size=32, workers=0, options=(FolderConfig(root),), normalize=False)
     loader = build_loader(LoaderKind.FOLDER, cfg, Split.VAL, None, torch.device("cpu"))
     got = torch.cat([b.images for b in loader]).permute(0, 2, 3, 1)
     tf = transforms.Compose([transforms.Resize(cpu_transforms.eval_resize_size(32, cfg.crop_pct)), transforms.CenterCrop(32)])

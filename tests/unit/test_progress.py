@@ -143,11 +143,11 @@ def test_bar_at_80_columns_keeps_data_wait_and_a_bar_of_several_characters(monke
 
 
 def test_count_progress_off_a_terminal_writes_plain_periodic_lines():
-    from pipeline.progress import CountProgress
+    from pipeline.progress import CountProgress, ProgressDisplay
 
     now = [100.0]
     out = io.StringIO()
-    shown = CountProgress(50, "verify x", "shards", out, every_s=10.0, clock=lambda: now[0])
+    shown = CountProgress(50, "verify x", "shards", out, display=ProgressDisplay(every_s=10.0, clock=lambda: now[0]))
     for _ in range(50):
         now[0] += 1.0  # 1 s a shard: a line every 10 s
         shown.update()
@@ -180,11 +180,11 @@ def test_io_bench_progress_off_a_terminal_is_one_plain_line_per_step():
 def _epoch_line_of(start_step: int, warm_steps: int, done: int, n: int) -> str:
     from types import SimpleNamespace
 
-    from train.loop import LoopState, _epoch_line
+    from train.loop import EpochFigures, LoopState, epoch_line
 
-    s = SimpleNamespace(global_batch=32, total_steps=50, cfg=SimpleNamespace(epochs=2, resolution=None))
-    st = LoopState(start_step=start_step, warm_steps=warm_steps, done=done, epochs_run=1, train_size=64)
-    return _epoch_line(s, st, 0, n, 0, 2.0 * n, train_s=10.0, wait_s=1.0, compute_s=8.0)
+    session = SimpleNamespace(global_batch=32, total_steps=50, cfg=SimpleNamespace(epochs=2, resolution=None))
+    state = LoopState(start_step=start_step, warm_steps=warm_steps, done=done, epochs_run=1, train_size=64)
+    return epoch_line(EpochFigures(0, n, 0, 2.0 * n, train_s=10.0, wait_s=1.0, compute_s=8.0), state, session)
 
 
 def test_epoch_line_says_when_its_img_per_s_holds_warm_up_steps():
@@ -211,12 +211,12 @@ def _step_log(tmp_path, monkeypatch, every: int, steps_per_epoch: int, epochs: i
     import time as time_module
 
     from train.clock import Stopwatch
-    from train.steplog import StepLog
+    from train.steplog import StepLog, StepSources
 
     clock = FakeClock()
     monkeypatch.setattr(time_module, "perf_counter", lambda: clock.now)
     path = tmp_path / "steps.jsonl"
-    log = StepLog(path, every, 8, Stopwatch(), Stopwatch(), lambda: 0, lambda: 0.1, paused=lambda: clock.paused, **kw)
+    log = StepLog(path, every, 8, StepSources(Stopwatch(), Stopwatch(), lambda: 0, lambda: 0.1, lambda: clock.paused), **kw)
 
     def step(_):
         clock.now += 1.0

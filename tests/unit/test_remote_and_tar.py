@@ -14,8 +14,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-from pipeline.dataset import DatasetError, load_info
+from pipeline.backends import FolderConfig, LoaderConfig, LoaderKind, Split, build_loader
+from pipeline.dataset import DatasetError
+from pipeline.read.info import load_info
 from pipeline.read.tarstream import ShardReadError, iter_samples, split_name
 
 CPU = torch.device("cpu")
@@ -128,8 +129,8 @@ def test_dali_and_folder_refuse_urls_with_a_hint(http_root):
     with pytest.raises(ValueError, match="--loader cpu"):
         build_loader(LoaderKind.DALI, LoaderConfig(batch_size=4, image_size=32), Split.TRAIN, info, CPU)
     with pytest.raises(ValueError, match="local ImageFolder"):
-        build_loader(LoaderKind.FOLDER, LoaderConfig(batch_size=4, image_size=32, data_root=http_root), Split.TRAIN,
-                     None, CPU)
+        build_loader(LoaderKind.FOLDER, LoaderConfig(batch_size=4, image_size=32, options=(FolderConfig(http_root),)),
+                     Split.TRAIN, None, CPU)
 
 
 def test_s3_urls_go_through_the_aws_cli(tmp_path, demo_shards, monkeypatch):

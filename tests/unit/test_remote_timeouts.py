@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-from pipeline.dataset import DatasetError, load_info
+from pipeline.dataset import DatasetError
+from pipeline.read.info import load_info
 from pipeline.read.tarstream import RemoteOptions, ShardReadError, iter_samples, read_location
 from tools import train as train_cli
 

@@ -11,7 +11,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline.dataset import load_info
+from pipeline.read.info import load_info
 from pipeline.shard.run import ShardConfig, shard_tree
 from tools import shard_imagenet
 from tools import train as train_cli

@@ -95,7 +95,7 @@ def test_test_only_metrics_json_keys_and_order(trained):
 def test_run_returns_the_typed_report_its_json_is_the_file(tmp_path):
     import dataclasses
 
-    from train.loop import run
+    from train.run import run
     from train.report import RunReport
 
     out = tmp_path / "m.json"
@@ -117,18 +117,18 @@ def test_run_returns_the_typed_report_its_json_is_the_file(tmp_path):
 
 
 def test_test_only_report_shape_and_summary():
-    from train.iobench.verdict import Verdict
+    from train.verdict import Verdict
     from train.memory import MemoryUse
     from train.metrics import SteadyFigures
     from train.environment import collect, run_identity
-    from train.report import (CheckpointTest, EvalCounts, Labels, MemoryDetail, Placement, RunReport,
-                              run_verdict)
+    from train.report import (CheckpointTest, EvalCounts, Labels, MemoryDetail, Origin, Placement, RunReport,
+                              Software, run_verdict)
 
     mem = MemoryUse(1.0, 8.0, "cpu-rss")
     report = RunReport(SteadyFigures(5.0, None, None, None, 50.0, 1.0, 8.0, 0), EvalCounts(75.0, 4, 4), None,
                        CheckpointTest("ck.pt", 6, None, 0.5, 8.0), Placement(1, "fp32", "cpu", "cpu", "x86"),
-                       MemoryDetail.of(mem, with_peaks=False), Labels({}, "CPUx1x1", "bs=4,test-only", ("train",),
-                                                                      collect(1, 1, {}), run_identity(0.0)))
+                       MemoryDetail.of(mem, with_peaks=False), Software({}),
+                       Labels("CPUx1x1", "bs=4,test-only", ("train",)), Origin(collect(1, 1, {}), run_identity(0.0)))
     assert list(report.to_json()) == TEST_ONLY_KEYS
     assert report.to_json()["argv"] == ["train"] and report.to_json()["test_only"] is True
     assert (report.steps, report.p_core, report.data_wait_fraction, report.device_name) == (0, None, None, "x86")

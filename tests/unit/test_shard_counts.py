@@ -1,6 +1,6 @@
 """``_info.json`` counts that no manifest can catch (issue 20, item 7): a folder without a manifest, or with one
 edited along, whose ``shard_lengths`` say more or fewer samples than a shard holds. Checked at start against each
-shard's ``.idx`` (or its tar headers where there is none) by :func:`pipeline.dataset.load_info`, the check every
+shard's ``.idx`` (or its tar headers where there is none) by :func:`pipeline.read.info.load_info`, the check every
 shard backend (cpu, nvjpeg, dali) goes through; remote shards are checked as they are read.
 
 On the old code a raised count died after an epoch with a traceback ("loader yielded 8 batches, expected 9") and a
@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from pipeline.backends import LoaderConfig, LoaderKind, Split, build_loader
-from pipeline.dataset import INFO_FILE, DatasetError, load_info
+from pipeline.dataset import INFO_FILE, DatasetError
+from pipeline.read.info import load_info
 from pipeline.read.tarstream import ShardReadError, iter_samples
 from tools import train as train_cli
 from train import build

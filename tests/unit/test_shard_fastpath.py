@@ -183,12 +183,12 @@ def _tree(root: Path, n: int = 6) -> None:
 def test_failed_commit_is_one_output_error_and_the_rerun_completes(tmp_path, monkeypatch, workers):
     import errno
 
-    from pipeline.shard import run
+    from pipeline.shard import pool, run
     from pipeline.shard.writer import OutputError
 
     _tree(tmp_path / "src")
     cfg = run.ShardConfig(src=tmp_path / "src", out=tmp_path / "out", shard_size=2, workers=workers, progress=False)
-    real_commit = run.commit_shard
+    real_commit = pool.commit_shard
     calls = []
 
     def full_disk(out, name):
@@ -197,12 +197,12 @@ def test_failed_commit_is_one_output_error_and_the_rerun_completes(tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         real_commit(out, name)
 
-    monkeypatch.setattr(run, "commit_shard", full_disk)
+    monkeypatch.setattr(pool, "commit_shard", full_disk)  # what the sharder commits a worker's shard with
     with pytest.raises(OutputError, match="cannot write .*file system is full"):
         run.shard_tree(cfg)
     assert not (tmp_path / "out" / "_info.json").exists()
     assert any(p.name.endswith(".tar.tmp") for p in (tmp_path / "out").iterdir())
-    monkeypatch.setattr(run, "commit_shard", real_commit)
+    monkeypatch.setattr(pool, "commit_shard", real_commit)
     summary = run.shard_tree(cfg)
     assert summary.complete and sum(c.written for c in summary.counts.values()) == 6
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]

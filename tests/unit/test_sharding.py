@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import shared
-from pipeline.dataset import load_info
+from pipeline.read.info import load_info
 from pipeline.shard.run import ShardConfig, sample_key, shard_tree
 from tools import shard_imagenet
 

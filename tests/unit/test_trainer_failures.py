@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.backends import LoaderConfig, LoaderKind, OnBadSample, Split, build_loader
-from pipeline.backends.cpu import SampleDecodeError
-from pipeline.dataset import INFO_FILE, DatasetError, load_info
+from pipeline.backends import FolderConfig, LoaderConfig, LoaderKind, OnBadSample, Split, build_loader
+from pipeline.backends.shards import SampleDecodeError
+from pipeline.dataset import INFO_FILE, DatasetError
+from pipeline.read.info import load_info
 from pipeline.read.tarstream import ShardReadError
 from pipeline.shard.run import ShardConfig, shard_tree
 from tools import train as train_cli
@@ -173,7 +174,7 @@ def test_folder_loader_skips_a_truncated_file_as_the_cpu_loader_does(tmp_path, c
     tree = image_tree(tmp_path / "tree")
     truncate(tree / "train" / "a" / "a1.JPEG")
     truncate(tree / "val" / "b" / "b2.JPEG")
-    cfg = LoaderConfig(batch_size=4, image_size=32, workers=2, data_root=tree)
+    cfg = LoaderConfig(batch_size=4, image_size=32, workers=2, options=(FolderConfig(tree),))
     train = build_loader(LoaderKind.FOLDER, cfg, Split.TRAIN, None, CPU)
     batches = list(train)
     assert len(batches) == len(train) == 2 and all(b.images.shape[0] == b.labels.shape[0] == 4 for b in batches)
@@ -202,7 +203,8 @@ def test_folder_batch_of_only_bad_files_is_one_error(tmp_path):
     tree = image_tree(tmp_path / "tree", per_class=1)
     for f in (tree / "val").rglob("*.JPEG"):
         truncate(f)
-    val = build_loader(LoaderKind.FOLDER, LoaderConfig(batch_size=2, image_size=32, workers=0, data_root=tree),
+    val = build_loader(LoaderKind.FOLDER,
+                       LoaderConfig(batch_size=2, image_size=32, workers=0, options=(FolderConfig(tree),)),
                        Split.VAL, None, CPU)
     with pytest.raises(SampleDecodeError, match=r"^no sample of a batch decodes; first: .*a0.JPEG: cannot decode"):
         list(val)
@@ -219,7 +221,8 @@ def test_on_bad_sample_error_fails_fast_naming_the_sample(tmp_path, shards, caps
         data = shards
         key = overwrite_member(shards / "imagenet-train-000000.tar", 3, "jpg", b"\x00" * 64)
         where = f"{shards / 'imagenet-train-000000.tar'}: {key}: cannot decode"
-    cfg = LoaderConfig(batch_size=4, image_size=32, workers=1, data_root=data, on_bad_sample=OnBadSample.ERROR)
+    cfg = LoaderConfig(batch_size=4, image_size=32, workers=1, options=(FolderConfig(data),),
+                       on_bad_sample=OnBadSample.ERROR)
     loader = build_loader(kind, cfg, Split.TRAIN, load_info(data) if kind is not LoaderKind.FOLDER else None, CPU)
     with pytest.raises(SampleDecodeError) as exc:
         for e in range(3):  # the bad sample is in some batch of an epoch

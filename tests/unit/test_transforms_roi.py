@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import shared
-from pipeline.backends.cpu import batch_buffer
+from pipeline.backends.shards import batch_buffer
 from pipeline.read import transforms as T
 
 FILES = sorted(shared("imagenet-samples").glob("*.JPEG"))[::40]  # 20 real ImageNet samples
@@ -46,10 +46,11 @@ def test_train_crop_matches_torchvision_with_and_without_nvimgcodec(size, monkey
     for missing, cost in ((False, (0.0, 0.0, 0.0)), (False, T.ROI_COST), (True, T.ROI_COST)):  # (0,0,0): always ROI
         if missing:
             monkeypatch.setattr(T, "nvimgcodec", None)
+        monkeypatch.setattr(T, "ROI_COST", cost)
         d = []
         for f in FILES:
             box = T.random_resized_crop_box(*Image.open(f).size, random.Random(f.name))
-            out = T._decode_turbo(f.read_bytes(), size, lambda w, h: box, roi_cost=cost)
+            out = T._decode_turbo(f.read_bytes(), size, lambda w, h: box)
             assert out is not None and out.shape == (size, size, 3) and out.dtype == torch.uint8
             d.append(mean_abs(out, torchvision_crop(f, box, size)))
         assert max(d) < 10 and np.mean(d) < 3, (missing, size, d)
