@@ -1,40 +1,58 @@
-"""One GPU check of the whole project, sized for one lent H200 (16 cores): at most ``--budget-s`` (480 s).
+"""One GPU check of the whole project, sized for one lent H100 / H200 (16 cores): at most ``--budget-s`` (480 s).
 
     python3 benchmarks/gpu_check.py [--budget-s 480] [--legs NAME,...] [--out DIR] [--work DIR]
     python  benchmarks/gpu_check.py --smoke          # the same code path, tiny, on this machine's CPU (< 3 min)
 
 What it does, in order, each step a subprocess with a hard timeout (its process group is killed at the end):
 
-1. wheels: ``.gpu-wheels/*.whl`` (``make gpu-wheels``: simplejpeg for CPython 3.12) whose
-   modules are not importable are installed with pip (no index, no deps) into ``WORK/site``, which goes first on
-   ``sys.path`` and on every subprocess's ``PYTHONPATH``;
-2. synthetic legs: ``train --loader synthetic`` ResNet50 channels-last at batch 256, 224 px, for amp, bf16 and
-   fp32 with TF32 (the p_core ceilings);
-3. data: an ImageNet-like JPEG tree generated here in parallel (``train/<wnid>/``, ``val/<wnid>/``; sizes,
-   aspect ratios, quality 90 and file sizes like ILSVRC2012 train, a few grayscale, CMYK and PNG-named-.JPEG
-   files; each train image listed ``copies`` times under other names so that an epoch holds many steps),
-   sharded with ``python -m tools.shard_imagenet``; nothing is read from ``../shared``;
-4. loader legs (amp; fp32 in ``--smoke``): ``--loader cpu``, ``nvjpeg``, ``folder`` (on the tree) and ``dali`` (``not installed``
-   when ``nvidia.dali`` cannot be found), ``--workers 14``;
-5. ``python -m tools.io_bench`` on the shards (cpu loader, 14 workers, one repeat): its verdict lines;
-6. ``--compile`` (amp), only when the budget still holds its ``need_s``.
+1. preflight, a few seconds (:mod:`benchmarks.gpu_check_preflight`): the carried wheels (``.gpu-wheels/``, and a
+   large one carried in parts in ``.gpu-wheels-parts/``) joined, verified and installed into ``WORK/site`` by
+   :func:`benchmarks.gpu_wheels.prepare_wheels` (first on ``sys.path`` and on every subprocess's
+   ``PYTHONPATH``); ``import simplejpeg`` and ``nvidia.dali``; ``/dev/shm`` against what the loader workers need
+   (short: fewer workers, said in the table); CUDA works; one ``decode_jpeg`` on the device. A leg that needs a
+   failed check is skipped with the reason (``preflight: decode_jpeg on cuda failed: ...``);
+2. the legs, in order of value, so that a budget that runs out cuts the least informative ones:
+   ``synthetic-amp`` (the p_core ceiling every loader leg is divided by), ``cpu`` (the default loader),
+   ``nvjpeg`` (the GPU decode path of issue 22 item 2), ``dali`` (the headline path; ``not installed`` without
+   ``nvidia.dali``), ``folder`` (torchvision's baseline, on the tree), ``io-bench`` (``python -m tools.io_bench``
+   on the shards: its verdict lines), ``synthetic-bf16`` and ``synthetic-fp32-tf32`` (the other precisions'
+   ceilings), ``synthetic-amp-compile`` (``--compile``: the longest, and a what-if). Each is ``train`` ResNet50
+   channels-last at batch 256, 224 px (amp; the loader legs fp32 in ``--smoke``), ``--workers 14``;
+   the data (before the first leg that reads it): an ImageNet-like JPEG tree generated here in parallel
+   (``train/<wnid>/``, ``val/<wnid>/``; sizes, aspect ratios, quality 90 and file sizes like ILSVRC2012 train,
+   a few grayscale, CMYK and PNG-named-.JPEG files; each train image listed ``copies`` times under other names so
+   that an epoch holds many steps), sharded with ``python -m tools.shard_imagenet``; nothing is read from
+   ``../shared``.
 
-A leg is skipped (and reported so) when less than its ``need_s`` is left of the budget; its timeout is the
-smaller of its own and what is left. After every leg ``results.json`` (all figures and each leg's metrics JSON)
-and ``table.md`` are rewritten in ``--out`` (``$OUT`` when set, else ``build/gpu_check``), and every
-subprocess's output goes to ``gpu_check.log`` there as it runs: a kill of the whole command still leaves what
-ran. Together with io-bench's report and plots that is 6 files, all at the top of ``--out``.
+Required legs: ``synthetic-amp`` and ``cpu`` (without them the check says nothing); the rest are optional. The
+exit status is 0 unless a required leg failed or was skipped for a reason other than the budget or ``--legs``
+(or the check was stopped by a signal). A leg's status: ``ok``; ``incomplete`` (killed at its timeout, or at
+the end of the budget, which shortened its timeout: its partial rates are kept); ``failed`` (it exited non-zero
+or wrote no usable metrics); ``skipped`` (not selected, the budget, no data, a failed preflight check); ``not
+installed`` (DALI). Before a leg starts, its entry is written as ``running``.
 
-Table: per leg p_core and p_train (img/s), data-wait share of the train loop, p_train over the synthetic p_core
-of the same precision (``vs synthetic``), memory (GiB, used/total as the metrics report it), wall time of the
-subprocess, and the torch / CUDA / driver versions from the leg's metrics JSON.
+A leg is skipped when less than its ``need_s`` is left of the budget (the compile leg's need is its whole
+timeout: it needs minutes of inductor compilation before its first step); its timeout is the smaller of its own
+and what is left. Every train leg streams its step log (``--log-jsonl``, line-buffered, one line per
+``--log-every`` steps; :mod:`benchmarks.gpu_check_steps`): a leg killed at its timeout still reports the rates of
+the steps it finished, and every leg reports p_train per window of measured steps beside the whole (``*``: an
+epoch boundary inside the window; it costs the loader legs 5-15%). After every leg ``results.json`` (all figures,
+the preflight and each leg's metrics JSON) and ``table.md`` are rewritten in ``--out`` (``$OUT`` when set, else
+``build/gpu_check``), and every subprocess's output goes to ``gpu_check.log`` there as it runs: a kill of the
+whole command still leaves what ran. Together with io-bench's report and plots that is 6 files, all at the top of
+``--out``.
+
+Table: per leg p_core and p_train (img/s; ``~``: partial, from the step log of an incomplete leg), data-wait
+share of the train loop, p_train over the synthetic p_core of the same precision (``vs synthetic``), p_train per
+measured window, memory (GiB, used/total as the metrics report it), wall time of the subprocess, and the torch /
+CUDA / driver versions from the leg's metrics JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
+import importlib
 import io
 import json
 import math
@@ -46,13 +64,22 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as ``python3 benchmarks/gpu_check.py``: its sibling modules and the project
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import gpu_check_preflight as preflight_mod  # noqa: E402
+from benchmarks.gpu_check_preflight import PreflightResult  # noqa: E402
+from benchmarks.gpu_check_steps import partial_rates, read_step_log, window_entries, window_summary  # noqa: E402
+
 OK, FAILED, SKIPPED, NOT_INSTALLED = "ok", "failed", "skipped", "not installed"
+INCOMPLETE, RUNNING = "incomplete", "running"
+PROBE_TIMEOUT_S = 120.0  # the preflight probe: imports, CUDA start-up, one decode (seconds when all is well)
+WHEELS_TIMEOUT_S = 120.0
 REQUIRED_METRICS = ("p_core", "p_train", "data_wait_fraction")  # the table's figures; the rest are read with .get
 LOG_CAP_BYTES = 12 * 2 ** 20  # gpu_check.log is cut to this (head + tail) so that it still comes back (16 MiB)
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL of a leg's process group
@@ -92,6 +119,9 @@ class LegSpec:
         warmup_steps / steps: left-out first steps and measured steps (``--max-steps`` = their sum).
         timeout_s: hard limit of the subprocess, s; need_s: budget that must be left to start it, s.
         flags: further flags.
+        required: the check fails when this leg fails (see the module docstring); the rest are optional.
+        log_every: steps per step-log window (``--log-every``; divides ``warmup_steps``, so that windows after the
+            warm-up hold measured steps only).
     """
 
     name: str
@@ -103,6 +133,8 @@ class LegSpec:
     timeout_s: float = 120.0
     need_s: float = 30.0
     flags: tuple[str, ...] = ()
+    required: bool = False
+    log_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -121,35 +153,39 @@ class CheckConfig:
     out: Path
     work: Path
     wheels: Path
+    wheel_parts: Path
     selected: tuple[str, ...] | None = None
     env: tuple[tuple[str, str], ...] = ()
 
 
-def full_legs(workers: int) -> tuple[LegSpec, ...]:
-    """The H200 legs: steps sized for ResNet50 at batch 256 (about 3,000 img/s under amp)."""
-    syn = dict(kind="synthetic", warmup_steps=15, steps=85, timeout_s=120, need_s=30)
-    data = dict(kind="loader", warmup_steps=25, steps=150, timeout_s=150, need_s=45, flags=("--workers", str(workers)))
-    return (LegSpec("synthetic-amp", precision="amp", **syn),
+def full_legs() -> tuple[LegSpec, ...]:
+    """The GPU legs in order of value (module docstring): steps sized for ResNet50 at batch 256 (about 3,000 img/s
+    under amp on an H100). Loader legs: 25 + 150 steps, an epoch boundary near step 125 (a full tree epoch), 25-step
+    windows. The compile leg's need is its whole timeout: inductor compiles for minutes before its first step."""
+    syn = dict(kind="synthetic", warmup_steps=20, steps=80, timeout_s=120, need_s=30, log_every=20)
+    data = dict(kind="loader", warmup_steps=25, steps=150, timeout_s=150, need_s=45, log_every=25)
+    return (LegSpec("synthetic-amp", precision="amp", required=True, **syn),
+            LegSpec("cpu", loader="cpu", required=True, **data),
+            LegSpec("nvjpeg", loader="nvjpeg", **data), LegSpec("dali", loader="dali", **data),
+            LegSpec("folder", loader="folder", **data),
+            LegSpec("io-bench", kind="io-bench", timeout_s=150, need_s=60),
             LegSpec("synthetic-bf16", precision="bf16", **syn),
             LegSpec("synthetic-fp32-tf32", precision="fp32", **{**syn, "flags": ("--tf32", "on")}),
-            LegSpec("cpu", loader="cpu", **data), LegSpec("nvjpeg", loader="nvjpeg", **data),
-            LegSpec("folder", loader="folder", **data), LegSpec("dali", loader="dali", **data),
-            LegSpec("io-bench", kind="io-bench", timeout_s=150, need_s=60),
             LegSpec("synthetic-amp-compile", kind="synthetic", precision="amp", flags=("--compile",),
-                    warmup_steps=10, steps=90, timeout_s=240, need_s=150))
+                    warmup_steps=10, steps=90, timeout_s=240, need_s=240, log_every=10))
 
 
-def smoke_legs(workers: int) -> tuple[LegSpec, ...]:
-    """The same legs, a few steps each. The compile leg's need (600 s) exceeds any smoke budget, so the smoke run
-    takes its skip path: inductor compiling ResNet50's training step on 2 CPU cores takes minutes. The loader legs
-    and io-bench run fp32: on a CPU, amp is bf16 autocast (~15x slower than fp32 here) and their subject is the
-    input path; the synthetic-amp and -bf16 legs still run those precisions."""
-    tiny = {"warmup_steps": 1, "steps": 2, "timeout_s": 90}
+def smoke_legs() -> tuple[LegSpec, ...]:
+    """The same legs, a few steps each, one step per window. The compile leg's need (600 s) exceeds any smoke
+    budget, so the smoke run takes its skip path: inductor compiling ResNet50's training step on 2 CPU cores takes
+    minutes. The loader legs and io-bench run fp32: on a CPU, amp is bf16 autocast (~15x slower than fp32 here)
+    and their subject is the input path; the synthetic-amp and -bf16 legs still run those precisions."""
+    tiny = {"warmup_steps": 1, "steps": 2, "timeout_s": 90, "log_every": 1}
     return tuple(dataclasses.replace(leg, **tiny, need_s=600 if "--compile" in leg.flags else 10,
                                      precision="fp32" if leg.kind in ("loader", "io-bench") else leg.precision,
                                      # train's GPU-only choices (amp, nvjpeg, dali) on this CPU: accepted by name
                                      flags=leg.flags + (("--device", "cpu") if leg.kind != "io-bench" else ()))
-                 for leg in full_legs(workers))
+                 for leg in full_legs())
 
 
 def build_config(args: argparse.Namespace) -> CheckConfig:
@@ -160,18 +196,20 @@ def build_config(args: argparse.Namespace) -> CheckConfig:
         workers = args.workers or 1
         return CheckConfig(
             mode="smoke", budget_s=args.budget_s or 175, out=out, wheels=args.wheels, selected=selected,
+            wheel_parts=args.wheel_parts,
             tree=TreeSpec(classes=10, train_per_class=12, val_per_class=3, copies=2, long_side=96),
             work=args.work or Path("/tmp/gpu_check_work_smoke"), shard_size=64, batch_size=8, image_size=32,
-            workers=workers, legs=smoke_legs(workers), env=(("OMP_NUM_THREADS", "1"),),
-            io_bench_flags=("--workers", str(workers), "--batch-size", "8", "--image-size", "32", "--repeat", "1",
+            workers=workers, legs=smoke_legs(), env=(("OMP_NUM_THREADS", "1"),),
+            io_bench_flags=("--batch-size", "8", "--image-size", "32", "--repeat", "1",
                             "--loader-batches", "2", "--steps", "2"))
     workers = args.workers or 14
     return CheckConfig(
         mode="full", budget_s=args.budget_s or 480, out=out, wheels=args.wheels, selected=selected,
+        wheel_parts=args.wheel_parts,
         tree=TreeSpec(classes=40, train_per_class=100, val_per_class=5, copies=8, long_side=500),
         work=args.work or Path("/tmp/gpu_check_work"), shard_size=1000, batch_size=256, image_size=224,
-        workers=workers, legs=full_legs(workers),
-        io_bench_flags=("--workers", str(workers), "--batch-size", "256", "--image-size", "224", "--repeat", "1",
+        workers=workers, legs=full_legs(),
+        io_bench_flags=("--batch-size", "256", "--image-size", "224", "--repeat", "1",
                         "--loader-batches", "10", "--steps", "30"))
 
 
@@ -199,7 +237,7 @@ class Report:
         self.log_path.write_text("")
         self.data: dict = {"mode": cfg.mode, "budget_s": cfg.budget_s, "finished": False,
                            "config": _jsonable(dataclasses.asdict(cfg)), "machine": machine_info(),
-                           "wheels": None, "dataset": None, "legs": []}
+                           "preflight": None, "dataset": None, "legs": []}
 
     def say(self, msg: str) -> None:
         """Print a progress line with the elapsed time (flushed) and append it to the log."""
@@ -261,66 +299,6 @@ def machine_info() -> dict:
         except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
             pass
     return info
-
-
-# ---------------------------------------------------------------------------------------------------- wheels
-def wheel_modules(wheel: Path) -> list[str]:
-    """Top-level importable names a wheel installs (its first path components, minus metadata and .libs)."""
-    try:
-        names = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
-    except zipfile.BadZipFile:
-        return []  # counted as needed: pip then names the problem
-    mods = {n[:-3] if n.endswith(".py") else n for n in names}
-    return sorted(m for m in mods if m.isidentifier())
-
-
-def wheels_needed(wheel_dir: Path) -> tuple[list[Path], list[str]]:
-    """Wheels in ``wheel_dir`` with a module that cannot be found, and the names of those already importable."""
-    needed, present = [], []
-    for wheel in sorted(wheel_dir.glob("*.whl")):
-        mods = wheel_modules(wheel)
-        if not mods or any(importlib.util.find_spec(m) is None for m in mods):
-            needed.append(wheel)
-        else:
-            present.append(wheel.name)
-    return needed, present
-
-
-def install_wheels(wheels: list[Path], target: Path, timeout_s: float = 120.0) -> None:
-    """``pip install`` ``wheels`` into a fresh ``target`` (no index, no dependencies, no byte-compiling).
-
-    Raises:
-        RuntimeError: pip failed (its last output line in the message).
-    """
-    shutil.rmtree(target, ignore_errors=True)  # a rerun replaces what an earlier one installed
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-           "--disable-pip-version-check", "--target", str(target), *map(str, wheels)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    if proc.returncode != 0:
-        why = last_error_line(proc.stdout + proc.stderr)
-        raise RuntimeError(f"pip install of {len(wheels)} wheel(s) failed: {why}")
-
-
-def prepare_wheels(cfg: CheckConfig, report: Report) -> Path | None:
-    """Install the missing wheels of ``cfg.wheels`` into ``WORK/site`` and put it first on ``sys.path``."""
-    if not cfg.wheels.is_dir():
-        report.data["wheels"] = {"dir": str(cfg.wheels), "note": "no wheel folder (make gpu-wheels makes one)"}
-        return None
-    needed, present = wheels_needed(cfg.wheels)
-    site = cfg.work / "site"
-    report.data["wheels"] = {"dir": str(cfg.wheels), "installed": [w.name for w in needed], "importable": present}
-    if not needed:
-        return None
-    try:
-        install_wheels(needed, site)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        report.data["wheels"]["error"] = str(exc)
-        report.say(f"wheels: {exc}")
-        return None
-    sys.path.insert(0, str(site))
-    importlib.invalidate_caches()
-    report.say(f"wheels: installed {', '.join(w.name.split('-')[0] for w in needed)} into {site}")
-    return site
 
 
 def leg_env(cfg: CheckConfig, site: Path | None) -> dict[str, str]:
@@ -595,16 +573,22 @@ class Paths:
     def metrics(self, leg: str) -> Path:
         return self.work / "legs" / f"{leg}.json"
 
+    def step_log(self, leg: str) -> Path:
+        return self.work / "legs" / f"{leg}.steps.jsonl"
+
 
 @dataclass(frozen=True)
 class Context:
-    """What every step of one run shares."""
+    """What every step of one run shares: ``preflight`` its checks, ``workers`` the loader workers the loader legs
+    and io-bench use (``cfg.workers``, or fewer when /dev/shm is short)."""
 
     cfg: CheckConfig
     report: Report
     clock: Clock
     env: dict
     paths: Paths
+    preflight: PreflightResult
+    workers: int
 
 
 def shard_dataset(ctx: Context) -> dict:
@@ -651,46 +635,56 @@ def prepare_data(ctx: Context) -> str | None:
 
 
 def train_command(leg: LegSpec, ctx: Context) -> list[str]:
-    """The ``python -m tools.train`` command line of a synthetic or loader leg."""
+    """The ``python -m tools.train`` command line of a synthetic or loader leg, its step log streamed."""
     cfg, p = ctx.cfg, ctx.paths
     cmd = [sys.executable, "-m", "tools.train", "--loader", leg.loader, "--precision", leg.precision,
            "--batch-size", str(cfg.batch_size), "--image-size", str(cfg.image_size), "--no-eval",
            "--epochs", "1000", "--max-steps", str(leg.warmup_steps + leg.steps),
-           "--warmup-steps", str(leg.warmup_steps), "--metrics-json", str(p.metrics(leg.name)), *leg.flags]
+           "--warmup-steps", str(leg.warmup_steps), "--metrics-json", str(p.metrics(leg.name)),
+           "--log-jsonl", str(p.step_log(leg.name)), "--log-every", str(leg.log_every), *leg.flags]
     if leg.kind == "synthetic":
         return cmd + ["--workers", "0"]
-    return cmd + ["--data", str(p.tree if leg.loader == "folder" else p.shards)]
-
-
-def dali_importable(ctx: Context) -> str | None:
-    """None when ``import nvidia.dali`` works in a leg's environment, else its error line."""
-    cmd = [sys.executable, "-c", "import nvidia.dali"]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=ctx.env, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        return "import nvidia.dali timed out"
-    return None if proc.returncode == 0 else last_error_line(proc.stderr)
+    return cmd + ["--workers", str(ctx.workers), "--data", str(p.tree if leg.loader == "folder" else p.shards)]
 
 
 def leg_entry(leg: LegSpec, status: str, **extra) -> dict:
     """The results.json record of one leg."""
     return {"name": leg.name, "kind": leg.kind, "loader": leg.loader, "precision": leg.precision,
-            "flags": list(leg.flags), "warmup_steps": leg.warmup_steps, "steps": leg.steps, "status": status, **extra}
+            "flags": list(leg.flags), "warmup_steps": leg.warmup_steps, "steps": leg.steps, "required": leg.required,
+            "status": status, **extra}
+
+
+def _cut(leg: LegSpec, res: ProcResult, timeout: float) -> dict:
+    """Why a timed-out leg is incomplete: the end of the budget (its timeout was shortened) or its own timeout."""
+    by = "budget" if timeout < leg.timeout_s - 0.5 else "timeout"
+    what = (f"the budget ended: killed after {timeout:.0f} s (its own timeout {leg.timeout_s:.0f} s)" if by == "budget"
+            else f"killed at its timeout ({timeout:.0f} s)")
+    return {"cut_by": by, "reason": f"{what}; last line: {last_error_line(res.output)}"}
+
+
+def timed_out_entry(leg: LegSpec, ctx: Context, res: ProcResult, base: dict) -> dict:
+    """The ``incomplete`` record of a train leg killed at its timeout, with the rates of the steps it finished
+    (from its streamed step log; none when it was killed before its first window)."""
+    log = read_step_log(ctx.paths.step_log(leg.name))
+    partial = partial_rates(log, leg.warmup_steps)
+    return leg_entry(leg, INCOMPLETE, partial=partial, windows=window_entries(log, leg.warmup_steps),
+                     **_cut(leg, res, base["timeout_s"]), **base)
 
 
 def run_train_leg(leg: LegSpec, ctx: Context) -> dict:
-    """Run one train leg under its timeout; returns its record with the leg's metrics JSON on success."""
-    if leg.loader == "dali":
-        why = dali_importable(ctx)
-        if why is not None:
-            return leg_entry(leg, NOT_INSTALLED, reason=why)
-    metrics = ctx.paths.metrics(leg.name)
+    """Run one train leg under its timeout; returns its record: the leg's metrics JSON and its measured windows
+    on success, the partial rates from its step log when it was killed at its timeout."""
+    metrics, steps = ctx.paths.metrics(leg.name), ctx.paths.step_log(leg.name)
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.unlink(missing_ok=True)
+    for f in (metrics, steps):
+        if f.exists():
+            f.unlink()
     cmd = train_command(leg, ctx)
     timeout = min(leg.timeout_s, ctx.clock.left() - END_MARGIN_S)
     res = run_logged(cmd, ctx.env, ctx.report.log_path, leg.name, timeout)
     base = {"wall_s": round(res.wall_s, 1), "timeout_s": round(timeout, 1), "cmd": cmd[1:]}
+    if res.timed_out:
+        return timed_out_entry(leg, ctx, res, base)
     if res.rc != 0:
         return leg_entry(leg, FAILED, error=failure(res, timeout), **base)
     try:
@@ -700,19 +694,27 @@ def run_train_leg(leg: LegSpec, ctx: Context) -> dict:
     missing = [k for k in REQUIRED_METRICS if not isinstance(m.get(k), (int, float))]
     if missing:
         return leg_entry(leg, FAILED, error=f"metrics JSON lacks {', '.join(missing)}", **base)
-    return leg_entry(leg, OK, metrics=m, **base)
+    windows = window_entries(read_step_log(steps), leg.warmup_steps)
+    return leg_entry(leg, OK, metrics=m, windows=windows, **base)
 
 
 def run_io_bench(leg: LegSpec, ctx: Context) -> dict:
-    """``python -m tools.io_bench`` on the shards (cpu loader, amp); its verdict lines, results and report."""
+    """``python -m tools.io_bench`` on the shards (cpu loader, amp); its verdict lines, decoders, results and
+    report. Killed at its timeout it is ``incomplete`` (io-bench writes its results at the end: no figures)."""
     out = ctx.paths.work / "io-bench"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "tools.io_bench", "--data", str(ctx.paths.shards), "--loader", "cpu",
-           "--precision", leg.precision, *ctx.cfg.io_bench_flags, "--out", str(out)]
+           "--precision", leg.precision, "--workers", str(ctx.workers), *ctx.cfg.io_bench_flags, "--out", str(out)]
     timeout = min(leg.timeout_s, ctx.clock.left() - END_MARGIN_S)
     res = run_logged(cmd, ctx.env, ctx.report.log_path, leg.name, timeout)
     verdict = [ln[len("verdict: "):].strip() for ln in res.output.splitlines() if ln.startswith("verdict: ")]
-    base = {"wall_s": round(res.wall_s, 1), "timeout_s": round(timeout, 1), "cmd": cmd[1:], "verdict": verdict}
+    decoders = next((ln[len("io-bench: "):].strip() for ln in res.output.splitlines()
+                     if ln.startswith("io-bench: ") and "(the cpu backend's)" in ln), None)
+    decoders = decoders and decoders.replace(" (the cpu backend's)", "").replace("decode: ", "", 1)
+    base = {"wall_s": round(res.wall_s, 1), "timeout_s": round(timeout, 1), "cmd": cmd[1:], "verdict": verdict,
+            "decoders": decoders}
+    if res.timed_out:
+        return leg_entry(leg, INCOMPLETE, **_cut(leg, res, timeout), **base)
     if res.rc != 0:
         return leg_entry(leg, FAILED, error=failure(res, timeout), **base)
     copy_io_bench_files(out, ctx.paths.out)
@@ -733,16 +735,82 @@ def copy_io_bench_files(src: Path, out: Path) -> None:
         (out / "io_bench_report.md").write_text(text)
 
 
-def skip_reason(leg: LegSpec, ctx: Context, data_error: str | None) -> str | None:
-    """Why ``leg`` does not run (not selected, no data, not enough budget left), or None."""
+def run_preflight(cfg: CheckConfig, report: Report) -> tuple[PreflightResult, dict]:
+    """The preflight (module docstring; :mod:`benchmarks.gpu_check_preflight`): wheels, imports, CUDA and
+    decode_jpeg (one probe subprocess in the legs' environment), /dev/shm. Returns its result and that
+    environment; recorded in the report before any leg."""
+    t0 = time.monotonic()
+    wheels = preflight_mod.prepare_carried_wheels(cfg.wheels, cfg.wheel_parts, cfg.work / "site", WHEELS_TIMEOUT_S)
+    if wheels.site is not None:
+        sys.path.insert(0, str(wheels.site))
+        importlib.invalidate_caches()
+    env = leg_env(cfg, wheels.site)
+    cmd = preflight_mod.probe_command(cuda=cfg.mode == "full")
+    res = run_logged(cmd, env, report.log_path, "preflight", PROBE_TIMEOUT_S)
+    raw = preflight_mod.parse_probe(res.output)
+    why = failure(res, PROBE_TIMEOUT_S) if res.timed_out or res.rc != 0 else "it printed no PREFLIGHT_JSON line"
+    dali_carried = any("dali" in name.lower() for name in wheels.carried)
+    probe_checks = preflight_mod.checks_from_probe(raw, why, dali_carried)
+    shm, workers = preflight_mod.shm_check(cfg.workers, cfg.batch_size, cfg.image_size)
+    result = PreflightResult((wheels.check, *probe_checks, shm), wheels.site, workers, time.monotonic() - t0)
+    report.data["preflight"] = result.to_json()
+    report.save()
+    for c in result.checks:
+        report.say(f"preflight: {c.name}: {c.status}: {c.detail}")
+    return result, env
+
+
+def preflight_block(leg: LegSpec, pre: PreflightResult) -> tuple[str, str] | None:
+    """``(status, reason)`` when a preflight check ``leg`` needs did not pass, else None: DALI not installed
+    (``not installed``) or not importable; CUDA (every leg: on the GPU machine all run on CUDA; in --smoke the
+    check is n/a); decode_jpeg on the device (nvjpeg)."""
+    if leg.loader == "dali":
+        dali = pre.check(preflight_mod.DALI)
+        if dali is not None and dali.status == preflight_mod.NA:
+            return NOT_INSTALLED, dali.detail
+    needs = [preflight_mod.CUDA] + ([preflight_mod.DECODE] if leg.loader == "nvjpeg" else [])
+    needs += [preflight_mod.DALI] if leg.loader == "dali" else []
+    for name in needs:
+        why = pre.failed(name)
+        if why is not None:
+            return SKIPPED, f"preflight: {why}"
+    return None
+
+
+def skip_reason(leg: LegSpec, ctx: Context, data_error: str | None) -> tuple[str, str] | None:
+    """``(status, reason)`` when ``leg`` does not run (not selected, a failed preflight check, not enough budget
+    left, no data), else None."""
     if ctx.cfg.selected is not None and leg.name not in ctx.cfg.selected:
-        return "not selected (--legs)"
+        return SKIPPED, "not selected (--legs)"
+    blocked = preflight_block(leg, ctx.preflight)
+    if blocked is not None:
+        return blocked
     left = ctx.clock.left()
     if left < leg.need_s:
-        return f"budget: {max(0.0, left):.0f} s left of {ctx.cfg.budget_s:.0f} s, the leg needs ~{leg.need_s:.0f} s"
+        return SKIPPED, (f"budget: {max(0.0, left):.0f} s left of {ctx.cfg.budget_s:.0f} s, the leg needs "
+                         f"~{leg.need_s:.0f} s")
     if leg.kind != "synthetic" and data_error is not None:
-        return f"no data: {data_error}"
+        return SKIPPED, f"no data: {data_error}"
     return None
+
+
+def run_one(leg: LegSpec, ctx: Context) -> dict:
+    """Run ``leg`` (its ``running`` entry, the last in the report, is written first); returns its record. On a
+    signal the leg's process group is already killed: its record (``incomplete``, the partial rates of its step
+    log) replaces the running one, then :class:`Stopped` goes on."""
+    legs = ctx.report.data["legs"]
+    legs.append(leg_entry(leg, RUNNING, started_at_s=round(ctx.clock.elapsed(), 1)))
+    ctx.report.save()
+    ctx.report.say(f"{leg.name}: running ({ctx.clock.left():.0f} s of the budget left)")
+    try:
+        return run_io_bench(leg, ctx) if leg.kind == "io-bench" else run_train_leg(leg, ctx)
+    except (OSError, ValueError) as exc:  # reading its files: the leg fails, the check goes on
+        return leg_entry(leg, FAILED, error=f"gpu_check: {type(exc).__name__}: {exc}")
+    except Stopped as exc:
+        log = read_step_log(ctx.paths.step_log(leg.name))
+        legs[-1] = leg_entry(leg, INCOMPLETE, cut_by="signal", reason=str(exc),
+                             partial=partial_rates(log, leg.warmup_steps), windows=window_entries(log, leg.warmup_steps))
+        raise
 
 
 def run_legs(ctx: Context) -> None:
@@ -754,34 +822,49 @@ def run_legs(ctx: Context) -> None:
             ctx.report.save()
         why = skip_reason(leg, ctx, data_error if data_ready else "not prepared")
         if why is not None:
-            entry = leg_entry(leg, SKIPPED, reason=why)
+            ctx.report.data["legs"].append(leg_entry(leg, why[0], reason=why[1]))
         else:
-            ctx.report.say(f"{leg.name}: running ({ctx.clock.left():.0f} s of the budget left)")
-            try:
-                entry = run_io_bench(leg, ctx) if leg.kind == "io-bench" else run_train_leg(leg, ctx)
-            except (OSError, ValueError) as exc:  # reading its files: the leg fails, the check goes on
-                entry = leg_entry(leg, FAILED, error=f"gpu_check: {type(exc).__name__}: {exc}")
-            except Stopped as exc:  # the leg's process group is already killed: record it, then stop
-                ctx.report.data["legs"].append(leg_entry(leg, FAILED, error=str(exc)))
-                raise
-        ctx.report.data["legs"].append(entry)
+            entry = run_one(leg, ctx)  # replaces its running entry
+            ctx.report.data["legs"][-1] = entry
+        entry = ctx.report.data["legs"][-1]
         ctx.report.save()
         ctx.report.say(f"{leg.name}: {entry['status']}" + _entry_note(entry))
 
 
+def run_failures(data: dict) -> list[str]:
+    """Why the check fails: each required leg that failed, was skipped for a reason other than the budget or
+    ``--legs`` (a failed preflight check, no data), or was killed at its own timeout (not the budget's end) before
+    its step log held one rate (a hang says nothing), one line each; empty when it passes."""
+    out = []
+    for e in data["legs"]:
+        if not e.get("required"):
+            continue
+        if e["status"] == FAILED:
+            out.append(f"{e['name']} (required) failed: {e.get('error')}")
+        elif (e["status"] == INCOMPLETE and e.get("cut_by") == "timeout"
+              and not (e.get("partial") or {}).get("p_train")):
+            out.append(f"{e['name']} (required) was killed ({e.get('cut_by')}) before its first step-log window")
+        elif e["status"] in (SKIPPED, NOT_INSTALLED) and not str(e.get("reason")).startswith(("budget:", "not sel")):
+            out.append(f"{e['name']} (required) {e['status']}: {e.get('reason')}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- report
-COLUMNS = ("leg", "status", "p_core", "p_train", "data wait", "vs synthetic", "mem GiB", "torch peak alloc/res GiB",
-           "wall s", "torch", "CUDA", "driver")
+COLUMNS = ("leg", "status", "p_core", "p_train", "data wait", "vs synthetic", "p_train per window",
+           "mem GiB", "torch peak alloc/res GiB", "wall s", "torch", "CUDA", "driver")
 
 
 def _entry_note(entry: dict) -> str:
     """The progress line's tail for a finished leg."""
-    m = entry.get("metrics")
+    m, partial = entry.get("metrics"), entry.get("partial")
     if m:
         return f": p_core {m['p_core']:.1f}, p_train {m['p_train']:.1f} img/s ({entry['wall_s']:.0f} s)"
     if entry["status"] == OK:
         return f" ({entry['wall_s']:.0f} s)"
-    return f": {entry.get('error') or entry.get('reason')}"
+    note = f": {entry.get('error') or entry.get('reason')}"
+    if partial and partial.get("p_train"):
+        note += f"; partial: {partial['steps']} steps at p_train {partial['p_train']:.1f} img/s"
+    return note
 
 
 def synthetic_baselines(legs: list[dict]) -> dict[str, float]:
@@ -790,21 +873,36 @@ def synthetic_baselines(legs: list[dict]) -> dict[str, float]:
             if e["kind"] == "synthetic" and e.get("metrics") and "--compile" not in e["flags"]}
 
 
+def _fmt(value: float | None, pattern: str, prefix: str = "") -> str:
+    return "-" if value is None else prefix + pattern.format(value)
+
+
+def _figures(entry: dict, baselines: dict[str, float]) -> list[str]:
+    """p_core, p_train, data wait, vs synthetic: from the metrics JSON, else ``~`` partial ones from the step log."""
+    m, base = entry.get("metrics"), baselines.get(entry["precision"])
+    if m:
+        core, train, wait, mark = m["p_core"], m["p_train"], m["data_wait_fraction"], ""
+    elif entry.get("partial"):
+        part, mark = entry["partial"], "~"
+        core, train, wait = part.get("p_core"), part.get("p_train"), part.get("data_wait_fraction")
+    else:
+        return ["-"] * 4
+    return [_fmt(core, "{:.1f}", mark), _fmt(train, "{:.1f}", mark), _fmt(None if wait is None else 100 * wait,
+            "{:.1f}%", mark), _fmt(train / base if base and train else None, "{:.2f}x", mark)]
+
+
 def leg_row(entry: dict, baselines: dict[str, float]) -> list[str]:
-    """One table row: figures for a leg with metrics, else its status and reason in the status column."""
-    m = entry.get("metrics")
-    if not m:
-        why = entry.get("error") or entry.get("reason") or ""
-        status = entry["status"] + (f": {why}" if why else "")
-        if entry["kind"] == "io-bench" and entry["status"] == OK:
-            status += " (verdict below)"
-        wall = f"{entry['wall_s']:.0f}" if "wall_s" in entry else "-"
-        return [entry["name"], status.replace("|", "/"), "-", "-", "-", "-", "-", "-", wall, "-", "-", "-"]
-    base = baselines.get(entry["precision"])
+    """One table row: the leg's figures (``~``: partial ones of an incomplete leg), its status with the reason
+    when not ok, p_train per measured window (``*``: an epoch boundary inside), memory, wall time, versions."""
+    m = entry.get("metrics") or {}
+    why = "" if entry["status"] == OK else (entry.get("error") or entry.get("reason") or "")
+    status = entry["status"] + (f": {why}" if why else "")
+    if entry["kind"] == "io-bench" and entry["status"] == OK:
+        status += " (verdict below)"
+    wall = f"{entry['wall_s']:.0f}" if "wall_s" in entry else "-"
     versions = m.get("versions") or {}
-    return [entry["name"], OK, f"{m['p_core']:.1f}", f"{m['p_train']:.1f}", f"{100 * m['data_wait_fraction']:.1f}%",
-            f"{m['p_train'] / base:.2f}x" if base else "-", str(m.get("mem", "-")), _torch_peaks(m),
-            f"{entry['wall_s']:.0f}",
+    return [entry["name"], status.replace("|", "/"), *_figures(entry, baselines),
+            window_summary(entry.get("windows") or []), str(m.get("mem", "-")), _torch_peaks(m) if m else "-", wall,
             *(str(versions.get(k) or "-") for k in ("torch", "cuda", "driver"))]
 
 
@@ -824,6 +922,31 @@ def step_summary(legs: list[dict]) -> str:
     return ", ".join(seen.values())
 
 
+def _fewer_workers(data: dict) -> str:
+    pre = data.get("preflight") or {}
+    workers = pre.get("workers")
+    return "" if workers is None or workers >= data["config"]["workers"] else \
+        f" asked, run with --workers {workers} (/dev/shm short, see preflight)"
+
+
+def _window_steps(legs: list[dict]) -> str:
+    """'25 (loader), 20 (synthetic), ...': the step-log window of each leg kind."""
+    seen = {}
+    for leg in legs:
+        if leg["kind"] != "io-bench":
+            kind = "compile" if "--compile" in leg["flags"] else leg["kind"]
+            seen.setdefault(kind, f"{leg['log_every']} ({kind})")
+    return ", ".join(seen.values())
+
+
+def preflight_lines(pre: dict | None) -> list[str]:
+    """The preflight's checks, one line each (none before it ran)."""
+    if not pre:
+        return []
+    return [f"preflight ({pre['seconds']:.1f} s):"] + [f"- {c['name']}: {c['status']}: {c['detail']}"
+                                                        for c in pre["checks"]]
+
+
 def header_lines(data: dict) -> list[str]:
     """What ran where: mode, device, sizes, data set."""
     legs, cfg = data["legs"], data["config"]
@@ -835,8 +958,10 @@ def header_lines(data: dict) -> list[str]:
              f"nvidia-smi: {mach['gpu'] or 'none'}, driver {mach['driver'] or '-'}; {mach['cpu_cores']} cores; "
              f"python {mach['python']}",
              f"ResNet50 channels-last, batch {cfg['batch_size']}, {cfg['image_size']} px, no eval; loader legs: "
-             f"{loader_precisions}, --workers {cfg['workers']}; steps (warm-up + measured): "
-             f"{step_summary(cfg['legs'])}"]
+             f"{loader_precisions}, --workers {cfg['workers']}{_fewer_workers(data)}; steps (warm-up + measured): "
+             f"{step_summary(cfg['legs'])}; p_train per window: one figure per {_window_steps(cfg['legs'])} "
+             f"measured steps, * = an epoch boundary inside the window"]
+    lines += preflight_lines(data.get("preflight"))
     ds = data.get("dataset") or {}
     if "tree" in ds:
         t = ds["tree"]
@@ -859,8 +984,12 @@ def format_report(data: dict) -> str:
     rows = [list(COLUMNS), ["---"] * len(COLUMNS)] + [leg_row(e, baselines) for e in data["legs"]]
     out = header_lines(data) + [""] + ["| " + " | ".join(r) + " |" for r in rows]
     for e in data["legs"]:
+        if e["kind"] == "io-bench" and e.get("decoders"):
+            out += ["", f"io-bench decoders (cpu backend): {e['decoders']}"]
         if e["kind"] == "io-bench" and e.get("verdict"):
             out += ["", "io-bench verdict:"] + [f"- {line}" for line in e["verdict"]]
+    failures = run_failures(data)
+    out += ["", "check FAILED:"] + [f"- {line}" for line in failures] if failures else []
     return "\n".join(out)
 
 
@@ -875,36 +1004,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, help="data and per-leg files; kept, and reused by a rerun with the same "
                                              "sizes (default: /tmp/gpu_check_work, smoke /tmp/gpu_check_work_smoke)")
     p.add_argument("--wheels", type=Path, default=REPO / ".gpu-wheels", help="wheel folder (default: .gpu-wheels)")
+    p.add_argument("--wheel-parts", type=Path, default=REPO / ".gpu-wheels-parts",
+                   help="folder of a wheel carried in parts (default: .gpu-wheels-parts)")
     args = p.parse_args(argv)
     if args.budget_s is not None and args.budget_s <= 0 or args.workers is not None and args.workers < 1:
         p.error("--budget-s must be > 0 and --workers >= 1")
-    names = {leg.name for leg in full_legs(1)}
+    names = {leg.name for leg in full_legs()}
     if args.legs and not set(args.legs.split(",")) <= names:
         p.error(f"--legs: unknown {sorted(set(args.legs.split(',')) - names)}; legs are {', '.join(sorted(names))}")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the check; exit 0 when no leg failed (skipped and not-installed legs are no failure)."""
+    """Run the check; exit 0 unless a required leg failed (or was skipped for a reason other than the budget or
+    ``--legs``: :func:`run_failures`) or a signal stopped the check. Optional legs never fail it; a leg cut by
+    the budget is ``incomplete``, never ``failed``."""
     cfg = build_config(parse_args(argv))
     clock = Clock(cfg.budget_s)
     report = Report(cfg, clock)
     cfg.work.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    handlers = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        site = prepare_wheels(cfg, report)
-        ctx = Context(cfg, report, clock, leg_env(cfg, site), Paths(cfg.work, cfg.out))
+        pre, env = run_preflight(cfg, report)
+        ctx = Context(cfg, report, clock, env, Paths(cfg.work, cfg.out), pre, pre.workers)
         run_legs(ctx)
         report.data["finished"] = True
     except Stopped as exc:
         report.data["stopped"] = str(exc)
         report.say(str(exc))
+    finally:  # called in-process (tests): the caller's handlers again
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    report.data["failures"] = run_failures(report.data)
     report.save()
     print("\n" + format_report(report.data), flush=True)
     print(f"\nwrote {cfg.out}/ (results.json, table.md, gpu_check.log, io_bench_*)", flush=True)
-    failed = [e["name"] for e in report.data["legs"] if e["status"] == FAILED]
-    return 1 if failed or not report.data["finished"] else 0
+    return 1 if report.data["failures"] or not report.data["finished"] else 0
 
 
 if __name__ == "__main__":

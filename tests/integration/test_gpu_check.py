@@ -1,5 +1,8 @@
-"""benchmarks/gpu_check.py: its parts (wheel install, hard timeouts, error lines, table) and, marked slow, the
-whole ``--smoke`` run from a copy of what travels to the GPU machine (no ../shared beside it)."""
+"""benchmarks/gpu_check.py: its parts (hard timeouts, error lines, table), whole runs with fake legs (a leg cut
+by the budget or killed at its timeout is ``incomplete`` with its partial rates, exit 0; the ``running`` entry
+written first; an optional leg's failure does not fail the check) and, marked slow, the whole ``--smoke`` run
+from a copy of what travels to the GPU machine (no ../shared beside it). The preflight's and step log's parts:
+tests/unit/test_gpu_check_parts.py."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,39 +31,6 @@ def _load():
 
 
 gc = _load()
-
-
-def _wheel(folder: Path, dist: str, module: str, body: str) -> Path:
-    """A minimal pure-Python wheel installing ``module`` with ``body`` as its ``__init__.py``."""
-    path = folder / f"{dist}-0.1-py3-none-any.whl"
-    info = f"{dist}-0.1.dist-info"
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"{module}/__init__.py", body)
-        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr(f"{info}/RECORD", f"{module}/__init__.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n")
-    return path
-
-
-def test_wheels_missing_ones_installed_into_target(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
-    wheels.mkdir()
-    _wheel(wheels, "gpucheck_probe", "gpucheck_probe", "VALUE = 42\n")
-    _wheel(wheels, "jsonlike", "json", "")  # provides a module that is importable already: left out
-    needed, present = gc.wheels_needed(wheels)
-    assert [w.name for w in needed] == ["gpucheck_probe-0.1-py3-none-any.whl"]
-    assert present == ["jsonlike-0.1-py3-none-any.whl"]
-    gc.install_wheels(needed, target)
-    out = subprocess.run([sys.executable, "-c", "import gpucheck_probe; print(gpucheck_probe.VALUE)"],
-                         env=dict(os.environ, PYTHONPATH=str(target)), capture_output=True, text=True)
-    assert out.stdout.strip() == "42", out.stderr
-
-
-def test_broken_wheel_is_a_one_line_error(tmp_path):
-    bad = tmp_path / "broken-0.1-py3-none-any.whl"
-    bad.write_bytes(b"not a zip")
-    with pytest.raises(RuntimeError, match="pip install of 1 wheel"):
-        gc.install_wheels([bad], tmp_path / "site")
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path):
@@ -98,10 +67,11 @@ def test_table_rows_figures_failures_and_skips():
             gc.leg_entry(gc.LegSpec("nvjpeg", "loader", loader="nvjpeg"), gc.FAILED, error="exit 1: Boom|Error",
                          wall_s=3.0),
             gc.leg_entry(gc.LegSpec("dali", "loader", loader="dali"), gc.NOT_INSTALLED, reason="ModuleNotFoundError")]
+    legs[1]["windows"] = [{"img_per_s": 510.0, "boundary": False}, {"img_per_s": 470.0, "boundary": True}]
     rows = {r[0]: r for r in (gc.leg_row(e, gc.synthetic_baselines(legs)) for e in legs)}
-    assert rows["synthetic-amp"][1:6] == ["ok", "1000.0", "990.0", "0.1%", "0.99x"]
-    assert rows["cpu"][5] == "0.50x" and rows["cpu"][6:8] == ["20.0/139.8", "11.0/12.5"]
-    assert rows["cpu"][9:] == ["2.11.0", "13.0", "580.1"]
+    assert rows["synthetic-amp"][1:7] == ["ok", "1000.0", "990.0", "0.1%", "0.99x", "-"]
+    assert rows["cpu"][5:7] == ["0.50x", "510 470*"] and rows["cpu"][7:9] == ["20.0/139.8", "11.0/12.5"]
+    assert rows["cpu"][10:] == ["2.11.0", "13.0", "580.1"]
     assert rows["nvjpeg"][1] == "failed: exit 1: Boom/Error" and rows["nvjpeg"][2] == "-"
     assert rows["dali"][1] == "not installed: ModuleNotFoundError"
 
@@ -114,6 +84,92 @@ def test_generated_tree_counts_quirks_and_copies(tmp_path):
     links = [p for p in (tmp_path / "tree" / "train").rglob("c*_*.JPEG")]
     assert len(links) == 16 and all(p.is_symlink() and p.resolve().exists() for p in links)
     assert gc.generate_tree(spec, tmp_path / "tree", procs=2)["reused"] is True
+
+
+# A stand-in for a train leg: it copies results.json as it finds it (the leg's running entry), streams five
+# one-step windows of 8 images (epoch 1 from step 4 on) and a torn line into the --log-jsonl path train_command
+# gave it, then fails (mode "fail") or runs until killed.
+FAKE_LEG = """
+import json, shutil, sys, time
+log, results, seen, mode = sys.argv[1:5]
+shutil.copyfile(results, seen)
+with open(log, "w", buffering=1) as f:
+    f.write(json.dumps({"run_start": 0.0, "first_step": 0, "every": 1, "global_batch": 8}) + "\\n")
+    for step in range(1, 6):
+        f.write(json.dumps({"step": step, "epoch": int(step >= 4), "window_s": 0.5, "img_per_s": 16.0,
+                            "data_wait_s": 0.1, "compute_s": 0.4}) + "\\n")
+    f.write('{"step": 6, "epo')
+print("step 5 of 3000", flush=True)
+sys.exit(1) if mode == "fail" else time.sleep(600)
+"""
+
+
+def _fake_legs(monkeypatch, tmp_path, modes: dict, **leg_changes) -> None:
+    """Train legs run FAKE_LEG (``modes``: leg name -> "fail" | "hang"); ``leg_changes``: leg name -> LegSpec
+    fields replaced in the smoke legs."""
+    real_command, real_legs = gc.train_command, gc.smoke_legs
+
+    def command(leg, ctx):
+        cmd = real_command(leg, ctx)
+        log = cmd[cmd.index("--log-jsonl") + 1]
+        return [sys.executable, "-c", FAKE_LEG, log, str(ctx.paths.out / "results.json"),
+                str(tmp_path / f"seen-{leg.name}.json"), modes.get(leg.name, "hang")]
+
+    def legs():
+        return tuple(gc.dataclasses.replace(leg, **leg_changes.get(leg.name, {})) for leg in real_legs())
+
+    monkeypatch.setattr(gc, "train_command", command)
+    monkeypatch.setattr(gc, "smoke_legs", legs)
+
+
+def _main(tmp_path, *args) -> tuple[int, dict]:
+    rc = gc.main(["--smoke", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                  "--wheels", str(tmp_path / "no-wheels"), "--wheel-parts", str(tmp_path / "no-parts"), *args])
+    return rc, {e["name"]: e for e in json.loads((tmp_path / "out" / "results.json").read_text())["legs"]}
+
+
+def _assert_partial(entry: dict) -> None:
+    """The fake leg's measured windows (steps 2-5 after 1 warm-up step): 32 images in 2 s of training."""
+    part = entry["partial"]
+    assert part["steps_done"] == 5 and part["steps"] == 4 and part["includes_warmup"] is False
+    assert part["p_train"] == pytest.approx(16.0) and part["p_core"] == pytest.approx(20.0)
+    assert [w["boundary"] for w in entry["windows"]] == [False, False, True, False]
+
+
+def test_compile_leg_cut_by_the_budget_is_incomplete_and_the_check_passes(monkeypatch, tmp_path):
+    """Fails on the old code: the cut leg was ``failed`` and the check exited 1. The need is lowered (the real
+    one is the whole timeout) so that the leg starts with less budget left than its timeout."""
+    _fake_legs(monkeypatch, tmp_path, {}, **{"synthetic-amp-compile": {"need_s": 3}})
+    rc, legs = _main(tmp_path, "--legs", "synthetic-amp-compile", "--budget-s", "20")
+    leg = legs["synthetic-amp-compile"]
+    assert rc == 0 and leg["status"] == gc.INCOMPLETE and leg["cut_by"] == "budget", leg
+    assert leg["timeout_s"] < 90 and "the budget ended" in leg["reason"]
+    _assert_partial(leg)
+    running = json.loads((tmp_path / "seen-synthetic-amp-compile.json").read_text())
+    assert running["legs"][-1]["name"] == "synthetic-amp-compile" and running["legs"][-1]["status"] == gc.RUNNING
+    assert running["preflight"]["checks"][0]["name"] == "wheels"  # the preflight ran before any leg
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert re.search(r"^\| synthetic-amp-compile \| incomplete: the budget ended.* \| ~20\.0 \| ~16\.0 \| ~20\.0% \| "
+                     r"- \| 16\.0 16\.0 16\.0\* 16\.0 \|", table, re.M), table
+
+
+def test_required_leg_killed_at_its_timeout_keeps_its_partial_rates(monkeypatch, tmp_path):
+    _fake_legs(monkeypatch, tmp_path, {}, **{"synthetic-amp": {"timeout_s": 4}})
+    rc, legs = _main(tmp_path, "--legs", "synthetic-amp", "--budget-s", "120")
+    leg = legs["synthetic-amp"]
+    assert rc == 0 and leg["status"] == gc.INCOMPLETE and leg["cut_by"] == "timeout", leg
+    assert "last line: step 5 of 3000" in leg["reason"]
+    _assert_partial(leg)
+
+
+def test_an_optional_leg_that_fails_does_not_fail_the_check_a_required_one_does(monkeypatch, tmp_path):
+    _fake_legs(monkeypatch, tmp_path, {"synthetic-bf16": "fail", "synthetic-amp": "fail"})
+    rc, legs = _main(tmp_path, "--legs", "synthetic-bf16", "--budget-s", "120")
+    assert rc == 0 and legs["synthetic-bf16"]["status"] == gc.FAILED
+    assert legs["synthetic-bf16"]["error"] == "exit 1: step 5 of 3000"
+    rc, legs = _main(tmp_path, "--legs", "synthetic-amp,synthetic-bf16", "--budget-s", "120")
+    assert rc == 1 and legs["synthetic-amp"]["status"] == gc.FAILED
+    assert "synthetic-amp (required) failed" in (tmp_path / "out" / "table.md").read_text()
 
 
 def _travelling_files(dst: Path) -> None:
@@ -150,7 +206,7 @@ def test_smoke_run_from_a_copy_of_what_travels(tmp_path):
     print(proc.stdout[-6000:], f"\nsmoke wall {wall:.0f} s")
     data = json.loads((out / "results.json").read_text())
     status = {e["name"]: e["status"] for e in data["legs"]}
-    assert list(status) == [leg.name for leg in gc.full_legs(1)] and data["finished"] is True
+    assert list(status) == [leg.name for leg in gc.full_legs()] and data["finished"] is True
     for name in ("synthetic-amp", "cpu", "folder", "io-bench"):
         assert status[name] == gc.OK, (name, proc.stdout[-3000:])
     assert status["synthetic-amp-compile"] == gc.SKIPPED
@@ -163,6 +219,13 @@ def test_smoke_run_from_a_copy_of_what_travels(tmp_path):
         assert re.search(rf"^\| {re.escape(name)} \| ", proc.stdout, re.M), name
     assert data["dataset"]["tree"]["quirks"] == {"grayscale": 1, "cmyk": 1, "png": 1}
     assert "loader legs: fp32, --workers 1" in proc.stdout
+    checks = {c["name"]: c for c in data["preflight"]["checks"]}
+    assert checks["cuda"]["detail"] == checks["decode_jpeg on cuda"]["detail"] == "no CUDA (smoke)"
+    assert checks["/dev/shm"]["status"] in ("ok", "warning") and "- cuda: n/a: no CUDA (smoke)" in proc.stdout
+    for name in ("synthetic-amp", "cpu", "folder"):  # 1 warm-up + 2 measured steps, one step per window
+        windows = next(e for e in data["legs"] if e["name"] == name)["windows"]
+        assert [w["last_step"] for w in windows] == [2, 3] and all(w["img_per_s"] > 0 for w in windows), name
+    assert data["failures"] == []
     _check_out_limits(out)
 
 

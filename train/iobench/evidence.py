@@ -12,18 +12,42 @@ from train.iobench.results import IoBenchResult, MaxSizeLever
 from train.verdict import Evidence, Lever, Verdict, decide
 
 
-def mean_pixels(info: DatasetInfo, limit: int = 200, max_size: int | None = None) -> float:
-    """Mean decoded pixels per train image over the first ``limit`` samples (JPEG headers only); with
-    ``max_size``, as if every image's longer side had been limited to it (``shard-imagenet --max-size``)."""
-    import simplejpeg
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of a JPEG from its header alone: simplejpeg (libjpeg-turbo) where installed, else PIL,
+    which also reads only the header (io-bench runs without simplejpeg, e.g. on a GPU machine its wheel did not
+    reach; the loaders' decoders, named in io-bench's ``decoders:`` line, fall back to PIL too).
 
+    Raises:
+        ValueError: not a readable JPEG header.
+    """
+    try:
+        import simplejpeg
+    except ImportError:
+        simplejpeg = None
+    if simplejpeg is not None:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        return w, h
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def mean_pixels(info: DatasetInfo, limit: int = 200, max_size: int | None = None) -> float:
+    """Mean decoded pixels per train image over the first ``limit`` samples (JPEG headers only, :func:`jpeg_size`);
+    with ``max_size``, as if every image's longer side had been limited to it (``shard-imagenet --max-size``)."""
     from pipeline.read.tarstream import iter_samples
 
     total, count = 0.0, 0
     for path in info.shard_paths("train"):
         for _, members in iter_samples(path):
             try:
-                h, w, _, _ = simplejpeg.decode_jpeg_header(members["jpg"])
+                w, h = jpeg_size(members["jpg"])
             except (KeyError, ValueError):
                 continue
             scale = min(1.0, max_size / max(w, h)) if max_size else 1.0
