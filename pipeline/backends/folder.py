@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset, default_collate, get_worker_info
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -58,6 +58,38 @@ from pipeline.source.types import LayoutError, LayoutOptions
 from pipeline.source.val_labels import LabelFinder, LabelResolver
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of the DataLoader generator of ``epoch`` on ``rank`` (its workers' seeds are drawn from it)."""
+    return (seed * 1_000_003 + epoch) * 1009 + rank
+
+
+def worker_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
+    """The torch / ``random`` seed DataLoader worker ``worker`` gets in ``epoch``: torch's own rule for a loader
+    made for that epoch (the first int64 its generator, seeded with :func:`epoch_seed`, draws, plus the worker id;
+    ``torch.utils.data.dataloader._BaseDataLoaderIter`` and ``_utils.worker._worker_loop``)."""
+    generator = torch.Generator()
+    generator.manual_seed(epoch_seed(seed, epoch, rank))
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator)) + worker
+
+
+class EpochTagged(Sampler):
+    """Yields ``(epoch, pass, index)`` for each index of a ``DistributedSampler``: persistent DataLoader workers,
+    forked once for the whole run, learn each pass over the sampler (``pass`` counts them: an epoch read twice in
+    one process is two passes) and its epoch from the indices they are sent, and reseed for it
+    (:meth:`FolderSamples.enter_epoch`), whatever the multiprocessing start method."""
+
+    def __init__(self, sampler: DistributedSampler):  # no Sampler.__init__: its signature differs across torch
+        self.sampler = sampler
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        epoch, self.passes = self.sampler.epoch, self.passes + 1
+        return ((epoch, self.passes, index) for index in self.sampler)
+
+
 class FolderSamples(Dataset):
     """The listed image files of one split with their class indices (train's class list, so val labels index the
     same classes as train's), read, decoded and transformed per sample as torchvision's ImageFolder would.
@@ -65,23 +97,46 @@ class FolderSamples(Dataset):
     Attributes:
         samples: ``(file path, class index)`` pairs in ImageFolder's order (class, then folder path, then name).
         classes: the class names (train's class folders, sorted); ``targets``: the class index of each sample.
+        seed / rank: the run's seed and this rank, from which a worker's per-epoch seed is drawn
+            (:func:`worker_seed`).
     """
 
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: Callable):
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], transform: Callable, seed: int = 0,
+                 rank: int = 0):
         self.samples = samples
         self.targets = [target for _, target in samples]
         self.classes = list(classes)
         self.transform = transform
+        self.seed, self.rank = seed, rank
+        self._pass: int | None = None  # the pass this (worker's copy of the) dataset last seeded its RNGs for
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, StageSeconds, str | None]:
-        """Sample ``index`` as ``(S×S×3 uint8, class index, stage seconds, None)``: the file's bytes (read),
-        PIL's decode + convert to RGB (the pixels ImageFolder's own loader gives) turned upright by the file's EXIF
-        orientation (as every backend does), then the transform; for a file that cannot be read or decoded
-        ``(None, class index, stage seconds, "<file>: cannot decode (...)")``."""
-        path, target = self.samples[index]
+    def enter_epoch(self, epoch: int, pass_number: int) -> None:
+        """In a DataLoader worker, at its first sample of each pass (``pass_number``, :class:`EpochTagged`): seed
+        torch's and ``random``'s generators as a worker of a loader made for ``epoch`` is seeded, so an epoch's
+        crops depend on (seed, epoch, rank, worker) alone, also with persistent workers and also when an epoch is
+        read twice in one process (a resume's replay is exact). In the training process (no workers):
+        nothing (its crops come from the global RNG, as torchvision's)."""
+        info = get_worker_info()
+        if info is None or pass_number == self._pass:
+            return
+        seed = worker_seed(self.seed, epoch, self.rank, info.id)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        self._pass = pass_number
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | None, int, StageSeconds, str | None]:
+        """Sample ``key`` (an index, or ``(epoch, pass, index)`` from :class:`EpochTagged`) as ``(S×S×3 uint8, class
+        index, stage seconds, None)``: the file's bytes (read), PIL's decode + convert to RGB (the pixels
+        ImageFolder's own loader gives) turned upright by the file's EXIF orientation (as every backend does), then
+        the transform; for a file that cannot be read or decoded ``(None, class index, stage seconds, "<file>:
+        cannot decode (...)")``."""
+        if isinstance(key, tuple):
+            self.enter_epoch(key[0], key[1])
+            key = key[2]
+        path, target = self.samples[key]
         clock = time.perf_counter
         t0 = t1 = t2 = clock()
         try:
@@ -335,7 +390,7 @@ class FolderLoader(ReplayResume):
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
                  rank: int = 0, world_size: int = 1):
         samples, classes, notes = list_split(cfg.options_for(FolderConfig).data_root, split)
-        dataset = FolderSamples(samples, classes, crop_transform(split, cfg))
+        dataset = FolderSamples(samples, classes, crop_transform(split, cfg), cfg.seed, rank)
         self.notes = tuple(notes)
         if rank == 0:
             for note in notes:
@@ -354,15 +409,17 @@ class FolderLoader(ReplayResume):
         self.sampler, batches = self._dataloader(dataset, cfg, rank, world_size)
         self._stages = StageTimes()  # per-stage seconds of the batches handed out so far (summed over the workers)
         self._skipped: list[str] = []  # "<file>: cannot decode (...)" of every skipped file
+        self._torch_loader = batches  # its persistent workers are stopped by close()
         self.loader = BookedBatches(batches, self._book)  # the DataLoader's host batches, stage times booked
 
     def _dataloader(self, dataset: FolderSamples, cfg: LoaderConfig, rank: int,
                     world_size: int) -> tuple[DistributedSampler | None, DataLoader]:
         """``(sampler, DataLoader)`` of this rank's share: train through a shuffling ``DistributedSampler`` (whole
         batches; ValueError when the split is too small for one step per rank), val its even contiguous share in
-        order (no sampler)."""
+        order (no sampler). Workers (``cfg.workers`` > 0) persist across epochs, as the shard backends' do: no
+        re-fork (and no cold first batches) at each epoch start; :meth:`close` stops them."""
         common = dict(batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-                      generator=self._generator,
+                      generator=self._generator, persistent_workers=cfg.workers > 0,
                       collate_fn=TimedCollate(cfg.image_size, BadSamplePolicy(self.split is Split.TRAIN,
                                                                               cfg.on_bad_sample)))
         if self.split is not Split.TRAIN:
@@ -373,13 +430,13 @@ class FolderLoader(ReplayResume):
                              f" = {world_size} × {cfg.batch_size}; lower --batch-size")
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed,
                                      drop_last=True)
-        return sampler, DataLoader(dataset, sampler=sampler, drop_last=True, **common)
+        return sampler, DataLoader(dataset, sampler=EpochTagged(sampler), drop_last=True, **common)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def _epoch_seed(self, epoch: int) -> int:
-        return (self._seed * 1_000_003 + epoch) * 1009 + self._rank
+        return epoch_seed(self._seed, epoch, self._rank)
 
     def set_epoch(self, epoch: int) -> None:
         self._generator.manual_seed(self._epoch_seed(epoch))
@@ -396,6 +453,13 @@ class FolderLoader(ReplayResume):
         for what in host.skipped:
             self._skipped.append(what)
             warn_skipped(what)
+
+    def close(self) -> None:
+        """Stop the persistent DataLoader workers (they would otherwise stop only when the loader is collected)."""
+        iterator = getattr(self._torch_loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._torch_loader._iterator = None
 
     def stats(self) -> LoaderStats:
         """The skipped files and the per-stage seconds of the batches yielded."""
