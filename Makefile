@@ -92,20 +92,44 @@ unsimd: $(BIN)/.installed
 # its Python 3.12 (CPython, manylinux x86_64) at the version of constraints.txt into $(GPU_WHEELS)/ (git-ignored),
 # and carry that folder there; benchmarks/gpu_check.py installs it into a temporary folder before it runs. Only what
 # the code there imports (tests/unit/test_dependencies.py checks it): the test tools (webdataset, ...) stay here.
+# DALI (the version of constraints.txt, ~190 MiB) and what it needs that the GPU machine lacks (pip's resolution of
+# nvidia-dali-cuda130==2.4.0 here, minus what its image holds: numpy, packaging, six, typing-extensions; ~66 MiB) are
+# over the 64 MiB one device call carries: they go to $(GPU_DALI_DIR)/ and are split by benchmarks/gpu_wheels.py
+# into $(GPU_WHEELS_PARTS)/01, 02, ... (git-ignored), each small enough that the working tree + $(GPU_WHEELS) + one
+# part folder leave $(GPU_PART_MARGIN_MIB) MiB of the 64 free; it prints the device calls that carry them, back to
+# back, the last running the check (which joins, verifies and installs them). `make gpu-wheels-calls` reprints them.
 GPU_WHEELS ?= .gpu-wheels
 GPU_WHEEL_PKGS := simplejpeg
+GPU_DALI_PKGS := nvidia-dali-cuda130
+GPU_DALI_DEPS := astunparse==1.6.3 gast==0.7.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0 libcst==1.9.0 \
+  nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43 nvidia-nvjpeg2k-cu13==0.11.0.51 \
+  nvidia-nvtiff-cu13==0.8.0.82 nvidia-libnvcomp-cu13==5.3.0.16
+GPU_DALI_DIR ?= build/gpu-wheels-dali
+GPU_WHEELS_PARTS ?= .gpu-wheels-parts
+GPU_PART_MARGIN_MIB ?= 8
 GPU_PY_VERSION ?= 3.12
 GPU_PYTHON ?= python3
 pin = $(shell grep -m1 -i '^$(1)==' $(CONSTRAINTS))
+GPU_DOWNLOAD = $(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) \
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+GPU_TREE_BYTES = git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -n1 | cut -f1
+.PHONY: gpu-wheels-calls
 gpu-wheels:
-	rm -rf $(GPU_WHEELS)
-	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PY_VERSION) \
-	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-	  --platform manylinux2014_x86_64 -d $(GPU_WHEELS) $(foreach p,$(GPU_WHEEL_PKGS),$(call pin,$(p)))
-	@ls -l $(GPU_WHEELS)
-	@w=$$(du -cb $(GPU_WHEELS)/*.whl | tail -n1 | cut -f1); \
-	 t=$$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -n1 | cut -f1); \
-	 awk -v w=$$w -v t=$$t 'BEGIN { printf "wheels %.2f MiB + working tree %.2f MiB = %.2f MiB of the 64 MiB a device call carries\n", w / 1048576, t / 1048576, (w + t) / 1048576 }'
+	rm -rf $(GPU_WHEELS) $(GPU_DALI_DIR)
+	$(GPU_DOWNLOAD) -d $(GPU_WHEELS) $(foreach p,$(GPU_WHEEL_PKGS),$(call pin,$(p)))
+	$(GPU_DOWNLOAD) -d $(GPU_DALI_DIR) $(foreach p,$(GPU_DALI_PKGS),$(call pin,$(p))) $(GPU_DALI_DEPS)
+	@ls -l $(GPU_WHEELS) $(GPU_DALI_DIR)
+	@t=$$($(GPU_TREE_BYTES)); w=$$(du -cb $(GPU_WHEELS)/*.whl | tail -n1 | cut -f1); \
+	 p=$$(awk -v w=$$w -v t=$$t -v m=$(GPU_PART_MARGIN_MIB) 'BEGIN { print int(64 - m - (w + t) / 1048576) }'); \
+	 echo "working tree $$((t / 1048576)) MiB + $(GPU_WHEELS) $$((w / 1024)) KiB: DALI parts of at most $$p MiB"; \
+	 test $$p -ge 8 || { echo "make gpu-wheels: the working tree leaves under 8 MiB a call for a part"; exit 1; }; \
+	 $(PYTHON) -m benchmarks.gpu_wheels split $(GPU_DALI_DIR)/*.whl --out $(GPU_WHEELS_PARTS) --part-mib $$p
+	@$(MAKE) --no-print-directory gpu-wheels-calls
+
+gpu-wheels-calls:
+	@$(PYTHON) -m benchmarks.gpu_wheels calls --parts-dir $(GPU_WHEELS_PARTS) --tree-bytes $$($(GPU_TREE_BYTES)) \
+	  --first-carry $(GPU_WHEELS)
 
 # On the GPU machine (its own python3; nothing installed from a registry there): one run, <= 8 minutes.
 gpu-check:
