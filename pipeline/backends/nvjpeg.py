@@ -12,32 +12,43 @@ Data flow and what runs where:
    shared memory), ``N+1`` int64 offsets, ``N`` int64 labels, and the keys, shards and a per-sample flag
    "nvJPEG can take it" read from the JPEG's frame header (:func:`nvjpeg_decodable`) as plain lists: three
    shared-memory segments per batch, however large it is.
-2. The training process cuts the buffer into ``N`` views (no copy) and decodes the flagged ones with one
-   ``torchvision.io.decode_jpeg(list, device=<device>, mode=RGB)`` call (batched nvJPEG on CUDA; on a machine
-   without CUDA the same call decodes on the CPU), each into a ``3×H×W`` uint8 tensor on the device.
-3. Per image, on the device: the crop box (train: RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3, drawn by
-   :func:`pipeline.read.transforms.random_resized_crop_box` from a ``random.Random`` seeded by (seed, epoch, rank,
-   split), then a horizontal flip with p=0.5, only the crop converted to float32 and resized; val: torchvision's
+2. In the training process, ONE producer thread (:func:`pipeline.backends.staging.prefetched` with
+   ``depth`` :data:`PREFETCH_DEPTH` = 2: it draws the DataLoader's items and makes batch ``i+1`` and ``i+2``
+   while batch ``i`` trains; torch's kernels and the decoder release the GIL) cuts the buffer into ``N`` views
+   (no copy) and decodes the flagged ones with one ``torchvision.io.decode_jpeg(list, device=<device>,
+   mode=RGB)`` call (batched nvJPEG on CUDA; on a machine without CUDA the same call decodes on the CPU), each
+   into a ``3×H×W`` uint8 tensor on the device.
+3. On the same thread, per image only Python: the EXIF check and the rng draws: train the crop box
+   (RandomResizedCrop, scale 0.08-1, ratio 3/4-4/3, :func:`pipeline.read.transforms.random_resized_crop_box`)
+   then a horizontal flip with p=0.5, from a ``random.Random`` seeded by (seed, epoch, rank, split), image by
+   image. Then the whole batch is cropped and resized on the device in a few calls
+   (:mod:`pipeline.backends.nvjpeg_crop`): train by size-bucket canvases and two batched matmuls whose weights
+   are ``F.interpolate(bilinear, antialias=True)``'s of each crop, the flip folded in; val as torchvision's
    Resize(floor(size / crop_pct)) + CenterCrop(size) exactly (:func:`pipeline.read.transforms.center_crop_box`,
-   :func:`~pipeline.read.transforms.resize_box_exact`: the whole image resized, the crop cut out); both with
-   ``F.interpolate(bilinear, antialias=True)`` into an ``N×S×S×3`` float32 batch, rounded to uint8; then
-   :func:`pipeline.backends.staging.normalize_on_device`: ``Batch.images`` ``N×3×S×S`` float32 ImageNet-normalised
-   with channels-last strides (uint8 0..255 with ``LoaderConfig.normalize=False``), ``Batch.labels`` ``N`` int64 on
-   the device, ``Batch.keys`` the samples' keys.
+   :func:`~pipeline.read.transforms.resize_box_exact` on each group of equal-size images). Into an
+   ``N×S×S×3`` float32 batch, rounded to uint8; then :func:`pipeline.backends.staging.normalize_on_device`:
+   ``Batch.images`` ``N×3×S×S`` float32 ImageNet-normalised with channels-last strides (uint8 0..255 with
+   ``LoaderConfig.normalize=False``), ``Batch.labels`` ``N`` int64 on the device (copied from pinned memory,
+   :func:`~pipeline.backends.staging.to_device_pinned`), ``Batch.keys`` the samples' keys.
+4. The consumer (the training loop's thread) only takes each batch from the queue, makes its stream wait for
+   the batch's event and records the batch's tensors on its stream.
 
-On CUDA, steps 2-3 of batch ``i+1`` run on a side stream while batch ``i`` trains
-(:func:`pipeline.backends.staging.prefetched`, with its host wait): each batch records an event on the side
-stream, the consumer's stream waits for that event only, and the batch's tensors are recorded on the consumer's
-stream so the caching allocator does not reuse them early. Known traps of the GPU decoder
+Stream rules (:mod:`pipeline.backends.staging`): the producer thread selects the device and makes its own side
+stream current in its thread; each batch records an event on that stream, the consumer's stream waits for that
+event only, and the batch's tensors are recorded on the consumer's stream so the caching allocator does not
+reuse them early. An error while making a batch is raised in the consumer as it was raised; a consumer that
+stops early (break, preemption, Ctrl-C, :meth:`NvjpegLoader.close`, or the next pass starting) stops and joins
+the thread before the DataLoader is read again. Known traps of the GPU decoder
 handled here (torchvision's CUDA decoder as of 0.29):
 
 * ``decode_jpeg(device="cuda")`` allocates its outputs on the caller's current stream but decodes on a private
   stream without waiting for the caller's work (pytorch/vision#9606), and nvJPEG's hardware engine writes before
   work queued ahead of it on its own stream (meta-pytorch/torchcodec#1634): a block freed on the allocating
   stream while kernels still read it can be overwritten. So the decode runs with the side stream current, and
-  the host waits for the side stream (``Stream.synchronize``, not a device-wide sync) right before each call.
-* The call blocks the host until its decode is done, and one bad bitstream fails the whole call with no partial
-  result: the batch is then decoded one image at a time to find the culprits.
+  the producer thread waits for the side stream (``Stream.synchronize``, not a device-wide sync) right before each call.
+* The call blocks its thread until its decode is done (the producer thread: the training loop's thread goes on),
+  and one bad bitstream fails the whole call with no partial result: the batch is then decoded one image at a
+  time to find the culprits.
 * CMYK / YCCK (4 components), arithmetic-coded, lossless, 12-bit and non-JPEG data are not given to nvJPEG (the
   header flag); ``decode_jpeg`` on the CPU converts CMYK to RGB; PNG and the rest go to PIL.
 * nvJPEG leaks memory before CUDA 11.6 (torchvision warns once); files the hardware engine does not take
@@ -70,7 +81,6 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
 from PIL import Image
 from torch.utils.data import get_worker_info
@@ -79,15 +89,18 @@ from torchvision.io import ImageReadMode
 from pipeline.compat import decode_jpeg_one, decode_jpegs
 from pipeline.backends import Batch, LoaderConfig, Split
 from pipeline.backends.shards import ShardLoaderBase, ShardSamples, skip_reason
-from pipeline.backends.staging import normalize_on_device, prefetched
+from pipeline.backends.nvjpeg_crop import TrainCrop, train_crops, val_crops
+from pipeline.backends.staging import normalize_on_device, prefetched, to_device_pinned
 from pipeline.dataset import DatasetInfo
-from pipeline.read.transforms import (center_crop_box, decode_train, decode_val, exif_orientation,
-                                      random_resized_crop_box, resize_box_exact, upright_chw)
+from pipeline.read.transforms import decode_train, decode_val, exif_orientation, random_resized_crop_box, upright_chw
 
 # Frame (SOF) markers that start a frame header; DHT (C4), JPG (C8) and DAC (CC) share the range but are not frames.
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 # Huffman-coded baseline, extended sequential and progressive frames: what nvJPEG decodes (at 8 bits).
 _NVJPEG_SOF = frozenset({0xC0, 0xC1, 0xC2})
+# Batches the producer thread may make ahead of the one being trained (issue 22: a bounded queue of 2): enough to
+# absorb a slow batch (a CPU fallback, a cold shard), few enough to bound the device memory (two batches).
+PREFETCH_DEPTH = 2
 
 
 class ByteBatch(NamedTuple):
@@ -209,19 +222,6 @@ def decode_images(streams: list[torch.Tensor], gpu_ok: list[bool], device: torch
     return out
 
 
-def resized_crop(img: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    """Crop ``box`` (left, top, width, height in pixels of ``img``; edges rounded to whole pixels, kept inside)
-    out of a ``3×H×W`` uint8 image and resize it to ``size × size``: bilinear, antialiased, on float32, on the
-    image's device. Returns ``3×size×size`` float32 in 0..255 (not rounded)."""
-    _, h, w = img.shape
-    left = min(max(0, int(round(box[0]))), w - 1)
-    top = min(max(0, int(round(box[1]))), h - 1)
-    right = max(left + 1, min(w, int(round(box[0] + box[2]))))
-    bottom = max(top + 1, min(h, int(round(box[1] + box[3]))))
-    crop = img[None, :, top:bottom, left:right].float()
-    return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-
-
 def _check_device_decoder(device: torch.device) -> None:
     """Decode one tiny JPEG on ``device`` (also initialises nvJPEG before the first batch).
 
@@ -252,6 +252,7 @@ class NvjpegLoader(ShardLoaderBase):
     def __init__(self, cfg: LoaderConfig, split: Split, info: DatasetInfo | None, device: torch.device,
                  rank: int = 0, world_size: int = 1):
         super().__init__(cfg, split, info, device, rank, world_size)
+        self._batches: Iterator[Batch] | None = None  # the current pass's prefetcher (its producer thread)
         if device.type == "cuda":
             _check_device_decoder(device)
 
@@ -260,51 +261,76 @@ class NvjpegLoader(ShardLoaderBase):
         return ShardBytes(info, split, cfg, rank, world_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        self._stop_producer()  # a previous pass left unfinished: its thread stops before the DataLoader is reused
         loader = self.worker_loader()
         rng = random.Random(f"{self.cfg.seed}/{self.dataset.epoch}/{self.rank}/{self.split.value}/nvjpeg")
-        # host_sync: the host waits for the side stream before each decode (decode_jpeg's stream hazard, above)
-        yield from prefetched(loader, self.device, lambda item: self._to_batch(item, rng), host_sync=True)
+        # made by one producer thread, PREFETCH_DEPTH ahead; host_sync: the host waits for the side stream before
+        # each decode (decode_jpeg's stream hazard, above)
+        self._batches = prefetched(loader, self.device, lambda item: self._to_batch(item, rng), host_sync=True,
+                                   depth=PREFETCH_DEPTH)
+        yield from self._batches
+
+    def _stop_producer(self) -> None:
+        """Close the last pass's batch generator: its producer thread is stopped and joined (no-op when none)."""
+        batches, self._batches = self._batches, None
+        if batches is not None:
+            batches.close()
+
+    def close(self) -> None:
+        self._stop_producer()
+        super().close()
 
     def _to_batch(self, item: ByteBatch, rng: random.Random) -> Batch:
-        """One :class:`ByteBatch` → :class:`Batch` on the device (decode, crop, resize, flip, normalise)."""
+        """One :class:`ByteBatch` → :class:`Batch` on the device (decode, crop, resize, flip, normalise).
+
+        Runs on the producer thread: per image only the decode's list, the EXIF check and the rng draws (in the
+        order the per-image path drew them); the crops of the batch are made by :mod:`~pipeline.backends.
+        nvjpeg_crop` in a few calls. Labels travel through pinned memory.
+        """
         n, size = len(item.keys), self.cfg.image_size
         bounds = item.offsets.tolist()  # a host tensor: no device sync
         streams = [item.data[bounds[i]:bounds[i + 1]] for i in range(n)]
         decoded = decode_images(streams, item.gpu_ok, self.device)
         crops = torch.empty((n, size, size, 3), dtype=torch.float32, device=self.device)
-        ok, skipped = [], []
+        on_device, ok, skipped = [], [], []
         for i in range(n):
             try:
-                crops[i] = self._augment(decoded[i], streams[i], rng)
+                drawn = self._draw(i, decoded[i], streams[i], rng)
+                if isinstance(drawn, torch.Tensor):
+                    crops[i] = drawn  # decoded and cropped on the CPU
+                else:
+                    on_device.append(drawn)
                 ok.append(i)
             except Exception as exc:
                 skipped.append(skip_reason(item.shards[i], item.keys[i], exc))
+        if self.split is Split.TRAIN:
+            train_crops(on_device, crops)
+        else:
+            val_crops(on_device, crops, self.cfg.crop_pct)
         crops, labels, keys = self.dataset.policy.keep_decoded(crops, item.labels, list(item.keys), ok, skipped, rng)
         for what in skipped:  # named once the policy kept the batch (with --on-bad-sample error it raised)
             self.note_skipped(what)
         images = crops.round_().clamp_(0, 255).to(torch.uint8)  # N×S×S×3, as the other backends' batches
         return Batch(normalize_on_device(images, self.device, self.cfg.normalize),
-                     labels.to(self.device, non_blocking=True), tuple(keys))
+                     to_device_pinned(labels, self.device), tuple(keys))
 
-    def _augment(self, img: torch.Tensor | None, stream: torch.Tensor, rng: random.Random) -> torch.Tensor:
-        """A decoded ``3×H×W`` uint8 image (None: decode it on the CPU here) → its ``S×S×3`` crop on the device
-        (float32 0..255, or uint8 from the CPU path).
+    def _draw(self, slot: int, img: torch.Tensor | None, stream: torch.Tensor, rng: random.Random):
+        """What one decoded image needs before the batched crop: train a :class:`TrainCrop` (its RandomResizedCrop
+        box, then its flip, drawn from ``rng``), val ``(slot, image)``; both with the image turned upright. ``img``
+        None (no torchvision decoder took it): the ``S×S×3`` uint8 crop made here on the CPU by
+        :mod:`pipeline.read.transforms` (libjpeg-turbo, then PIL), which draws from ``rng`` in the same order.
 
         Raises:
             PIL.UnidentifiedImageError / OSError: PIL cannot decode ``stream`` either.
         """
         size, train = self.cfg.image_size, self.split is Split.TRAIN
-        if img is None:  # no torchvision decoder took it: pipeline.read.transforms (libjpeg-turbo, then PIL) decodes
-            # and crops it on the CPU
+        if img is None:
             data = stream.numpy().tobytes()
             out = decode_train(data, size, rng) if train else decode_val(data, size, self.cfg.crop_pct)
             return out.to(self.device)
         img = upright_chw(img, exif_orientation(stream.numpy()))  # decode_jpeg leaves EXIF orientation to us
+        if not train:
+            return slot, img
         _, h, w = img.shape
-        if not train:  # torchvision's Resize + CenterCrop exactly: the whole image resized, the crop cut out
-            box = center_crop_box(w, h, size, self.cfg.crop_pct)
-            return resize_box_exact(img[None].float(), box, size)[0].permute(1, 2, 0)
-        x = resized_crop(img, random_resized_crop_box(w, h, rng), size)
-        if rng.random() < 0.5:
-            x = x.flip(-1)
-        return x.permute(1, 2, 0)
+        box = random_resized_crop_box(w, h, rng)
+        return TrainCrop(slot, img, box, rng.random() < 0.5)

@@ -265,8 +265,8 @@ class RecordingCuda:
 
 
 def test_side_stream_order_on_cuda_with_recording_streams(monkeypatch):
-    """The CUDA-only hand-over logic of the staging prefetcher as nvjpeg runs it (host_sync), run here with recording stand-ins for torch.cuda's
-    streams and events: each batch is made with the side stream current, right after a host wait for that
+    """The CUDA-only hand-over logic of the staging prefetcher's inline form with host_sync, run here with recording
+    stand-ins for torch.cuda's streams and events: each batch is made with the side stream current, right after a host wait for that
     stream; batch i+1 is queued before batch i is handed out; the consumer waits for batch i's own event and
     records batch i's tensors on its stream."""
     from pipeline.backends import Batch
@@ -291,6 +291,74 @@ def test_side_stream_order_on_cuda_with_recording_streams(monkeypatch):
                      ("host waits", "side"), ("made", 1, "side"), ("event", "side", 1), ("waits", "consumer", 0),
                      ("host waits", "side"), ("made", 2, "side"), ("event", "side", 2), ("waits", "consumer", 1),
                      ("waits", "consumer", 2)]
+
+
+def test_threaded_side_stream_rules_with_recording_streams(monkeypatch):
+    """The threaded form (what nvjpeg runs: depth 2, host_sync) keeps the stream rules per thread: the producer
+    thread selects the device, makes each batch with ITS side stream current right after a host wait for that
+    stream and records one event per batch; the consumer's stream waits for batch i's own event (recorded
+    before) and records batch i's tensors on itself; the order is the items' order."""
+    import threading
+
+    from pipeline.backends import Batch
+    from pipeline.backends.staging import prefetched
+
+    log, local, lock = [], threading.local(), threading.Lock()
+
+    def note(*entry):
+        with lock:
+            log.append((threading.current_thread().name, *entry))
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def synchronize(self):
+            note("host waits", self.name)
+
+        def wait_event(self, event):
+            note("waits", self.name, event.batch)
+
+    class Event:
+        def record(self, stream):
+            self.batch = local.made
+            note("event", stream.name, self.batch)
+
+    class Tensor:
+        def __init__(self, i):
+            self.i = i
+
+        def record_stream(self, stream):
+            note("recorded", self.i, stream.name)
+
+    @contextlib.contextmanager
+    def use(stream):
+        local.current = stream.name
+        yield
+        local.current = None
+
+    consumer = Stream("consumer")
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "stream", use)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: consumer)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: note("set_device", index))
+
+    def to_batch(i):
+        local.made = i
+        note("made", i, getattr(local, "current", None))
+        return Batch(Tensor(i), Tensor(i), (str(i),))
+
+    got = [int(b.keys[0]) for b in prefetched(range(4), torch.device("cuda", 0), to_batch, host_sync=True, depth=2)]
+    assert got == [0, 1, 2, 3]
+    producer = [e[1:] for e in log if e[0] == "batch-producer"]
+    main = [e[1:] for e in log if e[0] == threading.current_thread().name]
+    assert producer == [("set_device", 0)] + [e for i in range(4) for e in
+                                              (("host waits", "side"), ("made", i, "side"), ("event", "side", i))]
+    assert main == [e for i in range(4) for e in (("waits", "consumer", i), *[("recorded", i, "consumer")] * 2)]
+    for i in range(4):
+        me = threading.current_thread().name
+        assert log.index(("batch-producer", "event", "side", i)) < log.index((me, "waits", "consumer", i))
 
 
 def test_a_cuda_device_torchvision_cannot_decode_on_is_a_one_line_error(monkeypatch):
