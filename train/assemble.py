@@ -40,7 +40,8 @@ def train_report(trainer: Trainer) -> RunReport:
     trained_images = (state.done - state.start_step - state.warm_steps) * session.global_batch  # measured steps
     steady = steady_figures(trained_images, times, state.last_eval.acc1 if state.last_eval else None,
                             dataclasses.replace(end.memory, used_gib=mem_used))
-    measured = MeasuredTimes.of(trainer.clock.timing.value, trainer.clock.sync.count, times, local)
+    measured = MeasuredTimes.of(trainer.clock.timing.value, trainer.clock.sync.count, times, local,
+                                trainer.clock.device_step_times)
     cfg, env, loader = session.cfg, session.env, trainer.train_loader
     return RunReport(steady, eval_counts(state.last_eval, session.val_loader), _training(trainer, steady, measured),
                      None, placement(cfg, env, session.precision, session.device_name),

@@ -8,7 +8,9 @@ Two ways to time a CUDA run (``train --timing``), identical on a CPU, where work
   The CPU queues work ahead of the GPU as it would without timers, the host→device copy on the side stream
   and DALI's own decode streams overlap the step, and the step's time is the GPU's time for its kernels. Under
   DDP a rank that waits for a slower rank's gradients waits inside its step (NCCL all-reduce), so that wait
-  counts as compute here.
+  counts as compute here. Only this mode measures what the GPU lost: the share of train time in which the
+  training stream ran no step (:func:`gpu_idle_fraction`, issue 22 item 3; which steps and interval:
+  :mod:`train.metrics`); :attr:`RunClock.device_step_times` says whether it is measured.
 * ``sync`` (FlagPerf's way): every timer edge calls ``torch.cuda.synchronize()`` (a device-wide wait), and under
   DDP a barrier after each batch arrives puts another rank's loading time into data wait; the CPU can never
   run ahead, so the run itself is slower than untimed training.
@@ -176,6 +178,23 @@ class EventStepClock:
         return timed
 
 
+def gpu_idle_fraction(step_s: float, wall_s: float) -> float | None:
+    """The share of ``wall_s`` in which the device ran no training step: ``1 - step_s / wall_s`` (issue 22 item 3),
+    clamped to 0..1 (event times can exceed a host interval by timer skew, or by steps still queued when a log
+    window's host clock is read). ``step_s``: the steps' summed device time (s, CUDA events); ``wall_s``: the host
+    wall time over the same steps (s). None when ``wall_s`` is not positive (nothing to divide by)."""
+    if wall_s <= 0:
+        return None
+    return min(1.0, max(0.0, 1.0 - step_s / wall_s))
+
+
+def times_device(step_clock: object) -> bool:
+    """Whether ``step_clock`` reads each step's time from the device's own events (:class:`EventStepClock`:
+    ``events`` mode on CUDA, or a test's injected events), so its total is the training stream's busy time; a
+    :class:`SyncStepClock` (``sync`` mode, or ``events`` off CUDA) times the host."""
+    return isinstance(step_clock, EventStepClock)
+
+
 def timed_iter(items: Iterable[T], stopwatch: Stopwatch, limit: int,
                ready: Callable[[], None] = lambda: None) -> Iterator[T]:
     """Yield the first ``limit`` items of ``items``, adding the time each ``next()`` (and ``ready()``) took to
@@ -251,6 +270,11 @@ class RunClock:
     def excluded(self) -> float:
         """Seconds inside the loop that p_whole / p_train leave out (checkpoint writes, resume replay)."""
         return self.checkpoint.total + self.resume_skip.total
+
+    @property
+    def device_step_times(self) -> bool:
+        """Whether the step times are the device's (CUDA events): only then is the GPU idle share measured."""
+        return times_device(self.compute)
 
     def mark(self) -> Mark:
         """Synchronise once and read every clock (e.g. at the end of warm-up)."""

@@ -29,6 +29,18 @@ process start, acc1 exact (every val image once over all ranks); checkpoint writ
 out of both sets (FlagPerf's case has neither). Since compute ⊂ (loop − eval) ⊂ loop in both sets,
 p_core ≥ p_train ≥ p_whole always holds. mem (both): peak device memory used / device total (see train/memory.py;
 FlagPerf samples nvidia-smi / mx-smi every 5 s); on CPU, peak process RSS / physical RAM.
+
+Beside the host's data wait (the share of train time the host spent in ``next()`` of the train iterator), the
+``steady`` window also gives the GPU's idle share (:func:`train.clock.gpu_idle_fraction`; issue 22 item 3:
+"GPU idle = 1 − Σ step time / loop time"): over the same measured steps and the same interval as p_train and
+``data_wait_fraction`` (from the warm-up mark to the loop's end, less evaluations, checkpoint writes and the resume
+replay: ``loop - eval`` of :class:`RunTimes`, each time the maximum over ranks),
+``1 - compute / (loop - eval)``, where compute is the sum of the steps' times from the CUDA events bracketing each
+step on the training stream (``--timing events``; None in ``sync`` mode and off CUDA, where the step times are
+host times). It is what the accelerator really lost: a decode on the GPU (the nvjpeg backend) that the host waits
+for shows as data wait even when it runs beside a step, so the data wait overstates the I/O cost when the work
+overlaps; the idle share counts only the time with no training step on the device (a decode on another stream
+counts as idle; gaps inside a step, e.g. launch-bound kernels, count as busy).
 """
 
 from __future__ import annotations

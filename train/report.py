@@ -25,6 +25,7 @@ from train.environment import Environment, RunIdentity
 from train.verdict import Evidence, Verdict, decide
 from train.memory import MemoryUse
 from train import distributed
+from train.clock import gpu_idle_fraction
 from train.metrics import TABLE_HEADER, FlagPerfFigures, RunTimes, SteadyFigures, flagperf_row
 
 
@@ -79,18 +80,36 @@ class Checkpointing(Part):
 @dataclass(frozen=True)
 class MeasuredTimes(Part):
     """How the run was timed (``events`` / ``sync``), the device-wide syncs its clocks made on rank 0, the share
-    of train time (loop − eval) spent waiting for data, and the measured times (s): max over ranks, rank 0's."""
+    of train time (loop − eval) spent waiting for data (host), the share of it in which the GPU ran no training
+    step (``gpu_idle_fraction``, 0..1: ``1 - compute / (loop - eval)`` with compute from CUDA events, see
+    :func:`train.clock.gpu_idle_fraction`; None when the step times are host times: ``sync`` mode, or off
+    CUDA), and the measured times (s): max over ranks, rank 0's."""
 
     timing: str
     device_syncs_rank0: int
     data_wait_fraction: float
+    gpu_idle_fraction: float | None
     times_s: RunTimes
     rank0_times_s: RunTimes
 
     @classmethod
-    def of(cls, timing: str, device_syncs: int, times: RunTimes, rank0: RunTimes) -> MeasuredTimes:
-        """Times over ranks and rank 0's; the data-wait fraction from the former."""
-        return cls(timing, device_syncs, times.data / max(times.loop - times.eval, 1e-9), times, rank0)
+    def of(cls, timing: str, device_syncs: int, times: RunTimes, rank0: RunTimes,
+           device_step_times: bool) -> MeasuredTimes:
+        """Times over ranks and rank 0's; both shares from the former, over the same steps and interval (train
+        time: loop − eval). ``device_step_times``: the step times are the device's (CUDA events), see
+        :attr:`train.clock.RunClock.device_step_times`."""
+        train = times.loop - times.eval
+        idle = gpu_idle_fraction(times.compute, train) if device_step_times else None
+        return cls(timing, device_syncs, times.data / max(train, 1e-9), idle, times, rank0)
+
+    def gpu_idle_line(self) -> str:
+        """The console line of the GPU idle share beside the data wait (or why it is not measured)."""
+        if self.gpu_idle_fraction is not None:
+            return (f"GPU idle: {100 * self.gpu_idle_fraction:.1f}% of train time, beside data wait "
+                    f"{100 * self.data_wait_fraction:.1f}% (1 - steps' CUDA-event time / train time, max over ranks)")
+        why = ("timing sync: step times include the device waits; --timing events on CUDA measures it"
+               if self.timing != "events" else "no CUDA events: the step times are host times")
+        return f"GPU idle: not measured ({why})"
 
 
 @dataclass(frozen=True)
@@ -267,6 +286,11 @@ class RunReport(Part):
         return self.training.times.data_wait_fraction if self.training is not None else None
 
     @property
+    def gpu_idle_fraction(self) -> float | None:
+        """The steady GPU idle share, 0..1 (None: not measured, or ``--test-only``; see :class:`MeasuredTimes`)."""
+        return self.training.times.gpu_idle_fraction if self.training is not None else None
+
+    @property
     def steps(self) -> int:
         """Train steps of the run (0: ``--test-only``)."""
         return self.training.steps if self.training is not None else 0
@@ -314,7 +338,8 @@ class RunReport(Part):
                  f"data wait {times.data:.1f}, other {train_s - times.compute - times.data:.1f}) + eval "
                  f"{times.eval:.1f}; p_core/p_train = {steady.p_core / steady.p_train:.2f}; timing "
                  f"{training.times.timing}")
-        return "\n".join([self.rows(), split, *(f"verdict: {line}" for line in training.verdict.lines)])
+        return "\n".join([self.rows(), split, training.times.gpu_idle_line(),
+                          *(f"verdict: {line}" for line in training.verdict.lines)])
 
     def write_json(self, path: Path | None) -> None:
         """Write :meth:`to_json` to ``path`` atomically (its folder made); nothing when ``path`` is None.

@@ -12,9 +12,10 @@ TensorBoard (``--tensorboard``, events in DIR/tensorboard, or ``--tensorboard-di
 package, this project's ``[tensorboard]`` extra; ``torch.utils.tensorboard`` is imported only when asked. Scalars,
 all against the global train step: per log window (``--log-every`` steps, from :class:`train.steplog.StepLog`'s
 window: no device synchronisation of its own) ``train/loss``, ``train/lr``, ``train/img_per_s``,
-``train/data_wait_fraction``; per epoch ``eval/top1``, ``eval/top5`` (%), ``epoch/time_s`` (s, the epoch's training
-without its evaluation), ``epoch/img_per_s``, ``epoch/train_loss``. A resumed run hides the events its checkpoint's
-step is older than (``purge_step``), so TensorBoard shows one curve.
+``train/data_wait_fraction``, ``train/gpu_idle_fraction`` (only where measured: ``--timing events`` on CUDA); per
+epoch ``eval/top1``, ``eval/top5`` (%), ``epoch/time_s`` (s, the epoch's training without its evaluation),
+``epoch/img_per_s``, ``epoch/train_loss``. A resumed run hides the events its checkpoint's step is older than
+(``purge_step``), so TensorBoard shows one curve.
 
 A sink that cannot write (disk full, ...) says so in one ``train: warning:`` line and is dropped; the run goes on.
 """
@@ -24,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 TENSORBOARD_EXTRA = "tensorboard"  # pyproject.toml's optional extra that brings the package
@@ -36,7 +37,8 @@ TENSORBOARD_INSTALL = (f"pip install -e '.[{TENSORBOARD_EXTRA}]' in this checkou
 class Window:
     """One log window of :class:`train.steplog.StepLog` (its JSONL line's keys): ``step`` (global step at its
     end), ``epoch`` (0-based), mean ``loss``, ``lr``, ``window_s`` (s), ``img_per_s`` (global batch over the
-    window's wall time), ``data_wait_s`` / ``compute_s`` (s), ``data_wait_fraction`` (0-1), ``time`` (Unix s)."""
+    window's wall time), ``data_wait_s`` / ``compute_s`` (s), ``data_wait_fraction`` (0-1), ``time`` (Unix s),
+    ``gpu_idle_fraction`` (0-1; None: not measured, or a line of an older log without it)."""
 
     step: int
     epoch: int
@@ -48,11 +50,13 @@ class Window:
     compute_s: float
     data_wait_fraction: float
     time: float
+    gpu_idle_fraction: float | None = None
 
     @classmethod
     def of(cls, line: dict) -> Window:
-        """The window of a step-log line (its other keys ignored)."""
-        return cls(**{f.name: line[f.name] for f in fields(cls)})
+        """The window of a step-log line (its other keys ignored; a key with a default may be absent)."""
+        return cls(**{f.name: line[f.name] if f.default is MISSING else line.get(f.name, f.default)
+                      for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,8 @@ class TensorBoardLog:
     def window(self, window: Window) -> None:
         self._scalars(window.step, {"train/loss": window.loss, "train/lr": window.lr,
                                     "train/img_per_s": window.img_per_s,
-                                    "train/data_wait_fraction": window.data_wait_fraction})
+                                    "train/data_wait_fraction": window.data_wait_fraction,
+                                    "train/gpu_idle_fraction": window.gpu_idle_fraction})  # None: not written
 
     def epoch(self, record: EpochRecord) -> None:
         self._scalars(record.step, {"eval/top1": record.eval_top1, "eval/top5": record.eval_top5,

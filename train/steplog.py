@@ -1,14 +1,19 @@
 """JSONL log of the training run, one line per window of ``every`` steps (rank 0 writes).
 
 Each line: ``{"step", "epoch", "loss", "lr", "window_s", "img_per_s", "data_wait_s", "compute_s",
-"data_wait_fraction", "paused_s", "time"}`` after a ``{"run_start", "first_step", "every", "global_batch"}``
-line per process (a resumed run appends to the same file; a fresh run starts it afresh), and ``{"eval_epoch",
-"step", "acc1", "acc5", "time"}`` after each evaluation: loss is the mean over the window (one host
+"data_wait_fraction", "gpu_idle_fraction", "paused_s", "time"}`` after a ``{"run_start", "first_step", "every",
+"global_batch"}`` line per process (a resumed run appends to the same file; a fresh run starts it afresh), and
+``{"eval_epoch", "step", "acc1", "acc5", "time"}`` after each evaluation: loss is the mean over the window (one host
 synchronisation per window, none per step), img/s counts the global batch over the window's training time, the
 two clocks are the loop's data-wait and compute stopwatches (their growth over the window). A window's time
 (``window_s``) is its wall time less what it spent outside training (``paused_s``: evaluations, checkpoint writes,
 the resume replay), so a window that holds an evaluation shows no false throughput dip; ``paused_s`` > 0 marks such
-windows.
+windows. ``gpu_idle_fraction`` (0..1): ``1 - compute_s / window_s`` when the compute clock reads CUDA events
+(``--timing events`` on CUDA; :func:`train.clock.gpu_idle_fraction`, issue 22 item 3), null otherwise (host
+step times); read from the same totals as the data wait (no synchronisation of its own). A window's wall time is
+read before its events are waited for, so steps still queued on the device at its end count in this window's
+compute and their wait in the next window's time: a window's share may be clamped at 0; summed over windows the
+times add up.
 
 A log that cannot be written (disk full, quota, read-only: at its opening or any later line) does not stop the
 run: one ``train: warning:`` line names the path and says the run goes on without its step log; the lines written
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from train.clock import Stopwatch
+from train.clock import Stopwatch, gpu_idle_fraction, times_device
 
 if TYPE_CHECKING:
     from train.sinks import RunSinks
@@ -133,10 +138,11 @@ class StepLog:
         paused = paused_total - self._paused
         window = max(now - self._t - paused, 0.0)  # training time only: no evaluation or checkpoint in it
         data, compute = self.data_sw.total - self._data, self.compute_sw.total - self._compute
+        idle = gpu_idle_fraction(compute, window) if times_device(self.compute_sw) else None
         line = {"step": self.step, "epoch": self.epoch_of(), "loss": float(self._loss) / self._n, "lr": self.lr_of(),
                 "window_s": window, "img_per_s": self._n * self.global_batch / max(window, 1e-9),
                 "data_wait_s": data, "compute_s": compute, "data_wait_fraction": data / max(window, 1e-9),
-                "paused_s": paused, "time": time.time()}
+                "gpu_idle_fraction": idle, "paused_s": paused, "time": time.time()}
         self._write(line)
         if self.sink is not None:
             from train.sinks import Window

@@ -26,7 +26,8 @@ TRAIN_KEYS = [
     "channels_last", "compile", "optimizer_impl", "grad_scaler_syncs_per_step", "resumed_from_step", "resumed_from", "checkpoint_s", "resume_skip_s",
     "checkpoints_written", "warmup_steps", "warmup_s_rank0", "total_trained_images", "skipped_samples",
     "skipped_examples_rank0", "rank_steps_min", "rank_steps_max", "epochs", "timing", "device_syncs_rank0",
-    "data_wait_fraction", "times_s", "rank0_times_s", "verdict", "loader_stage_seconds_per_image_rank0",
+    "data_wait_fraction", "gpu_idle_fraction", "times_s", "rank0_times_s", "verdict",
+    "loader_stage_seconds_per_image_rank0",
     "global_batch_size", "world_size", "precision", "loader", "device", "device_name", "mem_kind",
     "mem_peak_allocated_gib_rank0", "mem_peak_reserved_gib_rank0", "mem_device_used_gib_nvml_rank0", "versions",
     "config", "fix_hp", "argv", "environment", *IDENTITY, *TAIL]
@@ -108,6 +109,11 @@ def test_run_returns_the_typed_report_its_json_is_the_file(tmp_path):
     # what io-bench reads
     assert (report.p_core, report.p_train, report.data_wait_fraction) == (m["p_core"], m["p_train"],
                                                                           m["data_wait_fraction"])
+    assert report.gpu_idle_fraction is m["gpu_idle_fraction"] is None  # a CPU run times the host: not measured
+    assert report.summary().splitlines()[-2 - len(report.training.verdict.lines)].startswith("time split")
+    assert report.summary().splitlines()[-1 - len(report.training.verdict.lines)] == (
+        "GPU idle: not measured (timing sync: step times include the device waits; --timing events on CUDA "
+        "measures it)")
     assert (report.steps, report.precision, report.device, report.device_name) == (3, "fp32", "cpu",
                                                                                    m["device_name"])
     assert report.training.times.times_s.loop == m["times_s"]["loop"] and report.test is None
@@ -132,6 +138,7 @@ def test_test_only_report_shape_and_summary():
     assert list(report.to_json()) == TEST_ONLY_KEYS
     assert report.to_json()["argv"] == ["train"] and report.to_json()["test_only"] is True
     assert (report.steps, report.p_core, report.data_wait_fraction, report.device_name) == (0, None, None, "x86")
+    assert report.gpu_idle_fraction is None
     assert report.summary().splitlines() == [
         "test: ck.pt (step 6): val top-1 50.00% top-5 75.00% on 4 images, 8.0 img/s",
         "steady figures (warm-up steps left out, max over ranks, exact top-1):",
