@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.backends import (DataInput, FolderConfig, Loader, LoaderConfig, LoaderKind, Split, backend_spec,
                                build_loader)
@@ -170,10 +169,11 @@ def build_model(cfg: TrainConfig, env: distributed.DistEnv, num_classes: int,
     return model, ema
 
 
-def _train_model(cfg: TrainConfig, env: distributed.DistEnv, model: torch.nn.Module) -> torch.nn.Module:
-    """The module the step runs: DDP-wrapped under torchrun, compiled with ``--compile``."""
-    ddp_model = (DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
-                 if env.distributed else model)
+def make_train_model(cfg: TrainConfig, env: distributed.DistEnv, model: torch.nn.Module) -> torch.nn.Module:
+    """The module the step runs: under torchrun DDP-wrapped with the project's settings
+    (:func:`train.distributed.wrap_ddp`, :class:`train.distributed.DdpSettings`: no per-forward buffer broadcast,
+    gradients as bucket views), compiled with ``--compile``; ``model`` itself for one process without it."""
+    ddp_model = distributed.wrap_ddp(model, env) if env.distributed else model
     # compile time lands in the first steps, which the warm-up leaves out of p_*
     return compile_model(ddp_model) if cfg.compile else ddp_model
 
@@ -227,7 +227,8 @@ def build_session(cfg: TrainConfig, env: distributed.DistEnv) -> Session:
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or steps_per_epoch * cfg.epochs)
     optimizer, scheduler, sgd_impl = _optimiser(cfg, env, model, steps_per_epoch, total_steps, peak_lr)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    return Session(cfg, env, info, lcfg, train_loader, val, precision, model, _train_model(cfg, env, model), ema,
+    train_model = make_train_model(cfg, env, model)
+    return Session(cfg, env, info, lcfg, train_loader, val, precision, model, train_model, ema,
                    optimizer, scheduler, criterion, make_grad_scaler(precision, env.device), steps_per_epoch,
                    total_steps, global_batch, peak_lr, device_name(env.device), software_versions(), sgd_impl)
 

@@ -12,10 +12,14 @@ TCPStore); a rank that sees another's heartbeat older than the timeout, or whose
 with one line naming the rank that stopped answering (:func:`stall_line`) and exit code :data:`EXIT_STALLED`,
 through ``os._exit``: a rank stuck in a collective cannot unwind. Heartbeat ages compare the clocks of the
 nodes (NTP keeps them within a second, far below the timeout).
+
+How DistributedDataParallel wraps the training model is set here, once (:class:`DdpSettings`, :func:`wrap_ddp`):
+no buffer broadcast before every forward, gradients as views of DDP's all-reduce buckets.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import threading
@@ -26,6 +30,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.compat import init_process_group
 from pipeline.hostinfo import cores_per_local_rank, local_world_size
@@ -106,11 +111,12 @@ def all_gather_objects(obj: object, env: DistEnv) -> list:
 def average_buffers(module: torch.nn.Module, env: DistEnv) -> None:
     """Replace every floating-point buffer of ``module`` (BatchNorm running mean / var) by its mean over ranks.
 
-    DDP keeps parameters equal on every rank but broadcasts buffers from rank 0 only at the start of the next
-    forward, so after the last step every rank holds the running statistics of its own batches: ranks would
+    DDP keeps parameters equal on every rank, but buffers are not synchronised (:class:`DdpSettings`: no
+    per-forward broadcast), so every rank holds the running statistics of its own batches: ranks would
     evaluate with different BN statistics and rank 0's checkpoint would not hold what the others evaluated.
     The mean over ranks (timm's ``distribute_bn`` with ``reduce=True``) uses the statistics of every rank's
-    data, rather than rank 0's alone; afterwards every rank holds the same values. One all-reduce per dtype;
+    data, rather than rank 0's alone; afterwards every rank holds the same values. Called before every
+    evaluation and checkpoint (``train.build.Session.sync_buffers``). One all-reduce per dtype;
     integer buffers (``num_batches_tracked``, equal on every rank) are left alone. No-op for one process.
     """
     if not env.distributed:
@@ -127,6 +133,61 @@ def average_buffers(module: torch.nn.Module, env: DistEnv) -> None:
         for b in buffers:
             b.copy_(flat[offset:offset + b.numel()].view_as(b))
             offset += b.numel()
+
+
+@dataclass(frozen=True)
+class DdpSettings:
+    """How :func:`wrap_ddp` wraps the training model in ``DistributedDataParallel`` (torch's defaults, the old
+    behaviour here: ``broadcast_buffers=True``, ``gradient_as_bucket_view=False``). Source: PyTorch's
+    DistributedDataParallel reference, https://pytorch.org/docs/stable/generated/
+    torch.nn.parallel.DistributedDataParallel.html (arguments ``broadcast_buffers`` / ``forward_sync_buffers`` and
+    ``gradient_as_bucket_view``).
+
+    Attributes:
+        broadcast_buffers: DDP broadcasts rank 0's buffers (BN running mean / var, ``num_batches_tracked``)
+            at the start of every forward. Off: in training mode BN normalises with the batch's own statistics,
+            so the buffers never enter the step's arithmetic (parameters and loss are unchanged, bit for bit:
+            ``tests/integration/test_ddp_settings.py``), and they are averaged over ranks before every
+            evaluation and every checkpoint instead (:func:`average_buffers`, through
+            ``train.build.Session.sync_buffers``, called by ``train.trainer.Trainer._eval_epoch`` and
+            ``train.loop.Checkpointer.save``; the evaluation before training, ``--initial-eval``, runs on
+            buffers still equal on every rank: the same seeded initial model, or the same checkpoint loaded on
+            every rank by ``train.loop.resume``). Saves a broadcast (ResNet50: ~0.2 MB in 159 tensors) that the
+            forward waits for, every step. The averaged statistics now cover every rank's batches of every
+            step; with the broadcast each rank's buffers restarted from rank 0's every step, so the average held
+            rank 0's batches plus each rank's last one. torch 2.13 renamed the switch ``forward_sync_buffers``
+            (:func:`ddp_kwargs` picks the name this torch takes).
+        gradient_as_bucket_view: each parameter's ``.grad`` is a view into DDP's all-reduce bucket, so the
+            gradients are not held twice (ResNet50 fp32: ~100 MB) and the bucket is not copied back into them
+            after the all-reduce. Caveat (torch's reference): ``detach_()`` cannot be called on such gradients
+            (an optimizer's ``zero_grad(set_to_none=False)`` is written for it), and gradient clipping or
+            unscaling must work in place. This project's step (``train.loop.TrainStep``) calls
+            ``zero_grad(set_to_none=True)`` and neither clips nor detaches; GradScaler's ``unscale_`` and
+            SGD's step (fused, foreach or for-loop) work in place: compatible. With ``set_to_none=True`` autograd
+            hands DDP a fresh gradient each step, which DDP copies into the bucket before pointing ``.grad``
+            at the bucket (the fresh one is freed at once), so the per-step copy into the bucket remains.
+    """
+
+    broadcast_buffers: bool = False
+    gradient_as_bucket_view: bool = True
+
+
+def ddp_kwargs(settings: DdpSettings) -> dict:
+    """``DistributedDataParallel`` keyword arguments for ``settings`` on this torch: torch 2.13+ names the
+    per-forward buffer sync ``forward_sync_buffers`` (``broadcast_buffers`` is deprecated there and, when False,
+    also skips the buffer sync at construction); older torch, ``broadcast_buffers``."""
+    takes = inspect.signature(DistributedDataParallel.__init__).parameters
+    sync_name = "forward_sync_buffers" if "forward_sync_buffers" in takes else "broadcast_buffers"
+    return {sync_name: settings.broadcast_buffers, "gradient_as_bucket_view": settings.gradient_as_bucket_view}
+
+
+def wrap_ddp(model: torch.nn.Module, env: DistEnv,
+             settings: DdpSettings = DdpSettings()) -> DistributedDataParallel:
+    """``model`` (on ``env.device``) in ``DistributedDataParallel`` with ``settings``: ``device_ids`` the rank's
+    GPU on CUDA, None on a CPU (gloo). Needs the process group (:func:`init_distributed`); DDP broadcasts rank
+    0's parameters at construction (a collective: every rank calls it at the same point)."""
+    device_ids = [env.device] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs(settings))
 
 
 def global_rank() -> int:

@@ -6,9 +6,11 @@ thread samples the device's used memory and keeps the maximum: it counts what th
 device context, cuDNN's workspaces and what DALI allocates outside torch's allocator. The source depends on what
 the device is (:mod:`train.accelerator`), each named by :attr:`MemoryUse.kind`:
 
-* NVIDIA: NVML through ``nvidia-ml-py`` (the ``[gpu]`` extra) every :data:`NVML_INTERVAL_S` s
-  (``nvml-device-used``); without it ``nvidia-smi --query-gpu=memory.used,memory.total`` every
-  :data:`TOOL_INTERVAL_S` s (``nvidia-smi-device-used``);
+* NVIDIA: NVML through ``nvidia-ml-py`` (the ``[gpu]`` extra) every :data:`NVML_INTERVAL_S` s: its v2 memory
+  query (``nvml-v2-device-used``: ``used`` without the memory the driver reserves, as ``nvidia-smi`` shows it;
+  v1's ``used`` counts that reserve too, about 0.3-0.6 GiB more), else v1 (``nvml-device-used``) where the
+  library or the driver lacks v2 (see :func:`nvml_memory_query`); without nvidia-ml-py
+  ``nvidia-smi --query-gpu=memory.used,memory.total`` every :data:`TOOL_INTERVAL_S` s (``nvidia-smi-device-used``);
 * MetaX (no NVML): ``mx-smi --show-memory -i <physical index>`` every :data:`TOOL_INTERVAL_S` s
   (``mx-smi-device-used``): the ``vram used`` / ``vram total`` KB lines of that GPU's block, else its
   ``vis_vram`` lines;
@@ -45,6 +47,8 @@ NVML_INTERVAL_S = 0.5  # s between NVML samples (a library call)
 TOOL_INTERVAL_S = 1.0  # s between vendor-tool samples (a process each; FlagPerf's MetaX monitor: 5 s)
 TOOL_TIMEOUT_S = 5.0  # s a sampling tool call may take
 TOOL_FAILURES_BEFORE_FALLBACK = 3  # failed tool samples in a row before mem_get_info takes over
+NVML_V2_KIND = "nvml-v2-device-used"  # nvmlDeviceGetMemoryInfo_v2: used without the driver's reserve
+NVML_V1_KIND = "nvml-device-used"  # nvmlDeviceGetMemoryInfo (v1): used includes the driver's reserve
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,8 @@ class MemoryUse:
     Attributes:
         used_gib / total_gib: the FlagPerf ``mem`` pair: on CUDA the device's peak used memory (sampled) over its
             total; on CPU the process's peak RSS over RAM.
-        kind: what ``used_gib`` measures: ``nvml-device-used``, ``nvidia-smi-device-used``, ``mx-smi-device-used``,
-            ``cuda-meminfo-device-used`` or ``cpu-rss``.
+        kind: what ``used_gib`` measures: ``nvml-v2-device-used``, ``nvml-device-used`` (NVML's v1 query),
+            ``nvidia-smi-device-used``, ``mx-smi-device-used``, ``cuda-meminfo-device-used`` or ``cpu-rss``.
         allocated_gib / reserved_gib: torch's peak allocated / reserved since the end of warm-up (CUDA; else None).
         device_used_gib: the sampled device-wide peak (CUDA; None on CPU), the same value as ``used_gib`` there.
     """
@@ -68,8 +72,50 @@ class MemoryUse:
     device_used_gib: float | None = None
 
 
+@dataclass(frozen=True)
+class NvmlReader:
+    """Reads one device's used memory through NVML: calling it returns bytes; ``kind`` names the query
+    (:data:`NVML_V2_KIND` or :data:`NVML_V1_KIND`)."""
+
+    read: Callable[[], int]
+    kind: str
+
+    def __call__(self) -> int:
+        return self.read()
+
+
+def nvml_memory_query(pynvml: object, handle: object) -> NvmlReader:
+    """The used-memory reader of NVML device ``handle``: the v2 query (``nvmlDeviceGetMemoryInfo(handle,
+    version=pynvml.nvmlMemory_v2)``, nvidia-ml-py >= 11.510, driver >= 510), whose ``used`` leaves out the
+    memory the driver reserves, as ``nvidia-smi`` does; else v1, whose ``used`` includes that reserve. Sources:
+    NVML API reference (docs.nvidia.com/deploy/nvml-api), ``nvmlMemory_t.used`` "Sum of Reserved and Allocated",
+    ``nvmlMemory_v2_t.used`` "Allocated device memory" beside ``reserved``; gpustat issue 141 and nvml-wrapper
+    issue 57 (v2's ``used`` equals nvidia-smi's, v1's is higher by the reserve).
+    v2 is tried once here: an nvidia-ml-py without ``nvmlMemory_v2`` or without the ``version`` argument
+    (TypeError), a driver without the v2 entry point (``NVMLError_FunctionNotFound``) or that refuses it
+    (``NVMLError_NotSupported``, any ``NVMLError``), or a reply without ``used``, means v1.
+
+    Raises:
+        pynvml.NVMLError: v1 fails too (the caller falls back to ``cudaMemGetInfo``).
+    """
+    version = getattr(pynvml, "nvmlMemory_v2", None)
+    if version is not None:
+        nvml_error = getattr(pynvml, "NVMLError", RuntimeError)
+        try:
+            int(pynvml.nvmlDeviceGetMemoryInfo(handle, version=version).used)
+        except (nvml_error, TypeError, AttributeError):
+            pass
+        else:
+            return NvmlReader(lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle, version=version).used),
+                              NVML_V2_KIND)
+    int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    return NvmlReader(lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used), NVML_V1_KIND)
+
+
 def nvml_used_reader(device: torch.device) -> Callable[[], int] | None:
-    """A function returning the device's used memory in bytes through NVML, or None when NVML is unavailable.
+    """A function returning the device's used memory in bytes through NVML (an :class:`NvmlReader`: its
+    ``kind`` says whether NVML's v2 or v1 query answers, :func:`nvml_memory_query`), or None when NVML is
+    unavailable.
 
     The NVML device is found by the CUDA device's UUID (so ``CUDA_VISIBLE_DEVICES`` renumbering is harmless);
     where torch does not tell the UUID (torch 2.0 / 2.1), by its index mapped through ``CUDA_VISIBLE_DEVICES``.
@@ -87,10 +133,9 @@ def nvml_used_reader(device: torch.device) -> Callable[[], int] | None:
             if index is None:
                 return None
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        pynvml.nvmlDeviceGetMemoryInfo(handle)
+        return nvml_memory_query(pynvml, handle)
     except Exception:  # noqa: BLE001 - not installed, no driver library, unknown UUID: use cudaMemGetInfo
         return None
-    return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
 
 
 def meminfo_used_reader(device: torch.device) -> Callable[[], int]:
@@ -249,8 +294,8 @@ def start_monitor(device: torch.device) -> DeviceMemoryMonitor | None:
     vendor = accelerator.vendor_of(device)
     meminfo = (meminfo_used_reader(device), "cuda-meminfo-device-used")
     nvml = nvml_used_reader(device) if vendor is not Vendor.METAX else None  # MetaX has no NVML
-    if nvml is not None:
-        return DeviceMemoryMonitor(nvml, "nvml-device-used", NVML_INTERVAL_S).start()
+    if nvml is not None:  # a plain function (a stand-in) is read as NVML's v1 query
+        return DeviceMemoryMonitor(nvml, getattr(nvml, "kind", NVML_V1_KIND), NVML_INTERVAL_S).start()
     tool = tool_memory_reader(device, vendor)
     if tool is not None:
         read, kind, total = tool
