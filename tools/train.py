@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.backends import LoaderConfig, LoaderKind, OnBadSample, SyntheticConfig
+from pipeline.backends import DaliConfig, DaliOutput, LoaderConfig, LoaderKind, OnBadSample, SyntheticConfig
 from pipeline.dataset import DatasetError
 from tools.cli_common import Component, Components, Option, Parser, Schema, add_option, error_line, positive
 from tools.config_file import add_config_option, parse_args_with_config, write_resolved
@@ -39,6 +39,7 @@ from train.clock import Timing
 # a backend's own sub-config sits in the tuple loader_cfg.options (collected: there only where a flag changes it).
 COMPONENTS = Components((Component(TrainConfig, None, None), Component(LoaderConfig, "loader_cfg", "loader"),
                          Component(SyntheticConfig, "loader_cfg.options.synthetic", "loader", collected=True),
+                         Component(DaliConfig, "loader_cfg.options.dali", "loader", collected=True),
                          Component(OptimConfig, "optim", "optim"),
                          Component(CheckpointConfig, "checkpoint", "checkpoint")))
 # _opt(cls, field, flag, type, help, **details): the flag of field cls.field, its default read from the dataclass
@@ -187,6 +188,28 @@ LOADER_OPTIONS = (  # --loader too: a TOML file cannot hold both a top-level key
     _opt(LoaderConfig, "remote_retries", "--remote-retries", _count, metavar="N",
          help="--data URL: retries of a download that timed out or failed (each named on stderr; it restarts the "
               "file and drops the bytes already read), then one error line"),
+    # --loader dali: NVIDIA's published ResNet50 settings (sources in pipeline/backends/dali_config.py)
+    _opt(DaliConfig, "hw_decoder_load", "--dali-hw-decoder-load", float, metavar="FRACTION",
+         help="--loader dali on a GPU: share of the JPEGs given to the hardware JPEG decoder (A100/H100/H200), the "
+              "rest to nvJPEG's CUDA decoder (default: {default}, NVIDIA's MLPerf DGX H100 setting; DALI's: 0.65)"),
+    _opt(DaliConfig, "device_memory_padding", "--dali-device-memory-padding", _count, metavar="BYTES",
+         help="--loader dali on a GPU: nvJPEG device buffer preallocated per DALI thread, train decoder (default: "
+              "{default}, NVIDIA DLE's)"),
+    _opt(DaliConfig, "host_memory_padding", "--dali-host-memory-padding", _count, metavar="BYTES",
+         help="--loader dali on a GPU: each of nvJPEG's two pinned host buffers per DALI thread, train decoder "
+              "(default: {default}, NVIDIA DLE's)"),
+    _opt(DaliConfig, "preallocate_width_hint", "--dali-preallocate-width-hint", _count, metavar="PX",
+         help="--loader dali on a GPU: image width the hardware JPEG decoder preallocates for; 0: none (MLPerf: "
+              "5980)"),
+    _opt(DaliConfig, "preallocate_height_hint", "--dali-preallocate-height-hint", _count, metavar="PX",
+         help="--loader dali on a GPU: image height the hardware JPEG decoder preallocates for; 0: none (MLPerf: "
+              "6430)"),
+    _opt(DaliConfig, "labels_on_device", "--dali-labels-on-device", negatable=True,
+         help="--loader dali on a GPU: labels leave DALI on the GPU (no host copy per step)"),
+    _opt(DaliConfig, "output", "--dali-output", DaliOutput,
+         "--loader dali: what DALI emits: float32 (normalised by DALI, NVIDIA DLE's), float16 (normalised by "
+         "DALI, MLPerf's; widened on the device) or uint8 (normalised on the device by torch); the batch is "
+         "float32 in every case"),
 )
 # recipe defaults: NVIDIA DLE ResNet50 v1.5 (see train/recipe.py and OptimConfig)
 OPTIM_OPTIONS = (

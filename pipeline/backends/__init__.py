@@ -23,6 +23,7 @@ from typing import Iterator, Protocol, TypeVar, runtime_checkable
 
 import torch
 
+from pipeline.backends.dali_config import DaliConfig, DaliOutput
 from pipeline.dataset import DatasetInfo
 from pipeline.hostinfo import cores_per_local_rank
 from pipeline.read.tarstream import RemoteOptions
@@ -102,7 +103,8 @@ class FolderConfig:
 # (JSON key, sub-config class, its field): the sub-configs' fields as LoaderConfig.json_fields lays them out
 _FLAT_SUB_FIELDS = (("synthetic_train_samples", SyntheticConfig, "train_samples"),
                     ("synthetic_val_samples", SyntheticConfig, "val_samples"),
-                    ("synthetic_classes", SyntheticConfig, "classes"), ("data_root", FolderConfig, "data_root"))
+                    ("synthetic_classes", SyntheticConfig, "classes"), ("data_root", FolderConfig, "data_root"),
+                    *((f"dali_{f.name}", DaliConfig, f.name) for f in dataclasses.fields(DaliConfig)))
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,9 @@ class LoaderConfig:
             :class:`~pipeline.read.tarstream.RemoteOptions` ``timeout_s``.
         remote_retries: retries of a remote download that timed out or failed before the run stops.
         options: the sub-configs of the backends that have options of their own (:class:`SyntheticConfig`,
-            :class:`FolderConfig`: the classes their registry entries name, ``BackendSpec.options``); a backend
-            reads its own with :meth:`options_for` (its defaults where none is given), ignores the others.
+            :class:`FolderConfig`, :class:`~pipeline.backends.dali_config.DaliConfig`: the classes their registry
+            entries name, ``BackendSpec.options``); a backend reads its own with :meth:`options_for` (its defaults
+            where none is given), ignores the others.
 
     These defaults are the ``train`` command's (its flags read them from here). Raises ValueError (one line,
     naming the flag) for a value no backend can use.
@@ -456,7 +459,7 @@ _REGISTRY = MappingProxyType({spec.kind: spec for spec in (
                 options=SyntheticConfig),
     BackendSpec(LoaderKind.DALI, "pipeline.backends.dali:DaliLoader", DataInput.SHARDS, local_only=True,
                 requires="nvidia.dali", install_hint="DALI not installed: pip install 'imagenet-pipeline[dali]'",
-                stage_probe="pipeline.backends.dali_stages:measure_stages", needs_nvidia=True),
+                stage_probe="pipeline.backends.dali_stages:measure_stages", needs_nvidia=True, options=DaliConfig),
     BackendSpec(LoaderKind.NVJPEG, "pipeline.backends.nvjpeg:NvjpegLoader", DataInput.SHARDS,
                 order_by_workers=True, needs_nvidia=True),
 )})
@@ -478,6 +481,6 @@ def build_loader(kind: LoaderKind, cfg: LoaderConfig, split: Split, info: Datase
     return cls(cfg=cfg, split=Split(split), info=info, device=device, rank=rank, world_size=world_size)
 
 
-__all__ = ["H2D_COPY", "STAGES", "BackendSpec", "Batch", "DataInput", "FolderConfig", "Loader",
-           "LoaderConfig", "LoaderKind", "LoaderStats", "OnBadSample", "Split", "StageSeconds",
+__all__ = ["H2D_COPY", "STAGES", "BackendSpec", "Batch", "DaliConfig", "DaliOutput", "DataInput", "FolderConfig",
+           "Loader", "LoaderConfig", "LoaderKind", "LoaderStats", "OnBadSample", "Split", "StageSeconds",
            "StageTimes", "SyntheticConfig", "backend_spec", "build_loader"]

@@ -3,7 +3,9 @@
 One DALI pipeline per (split, rank), built once and reused for every epoch. On CUDA the JPEGs are decoded
 with ``device="mixed"`` (nvJPEG) and cropped, resized and normalised on the GPU; on a machine without CUDA
 the same graph runs on the CPU (``device_id=None``). DALI is imported only by this module, so an install
-without DALI never imports it.
+without DALI never imports it. NVIDIA's ResNet50 tuning (the hardware JPEG decoder's share, nvJPEG's buffer
+paddings, the labels emitted on the GPU, where the images are normalised) is the backend's own sub-config,
+:class:`~pipeline.backends.dali_config.DaliConfig` (its defaults and their sources are there).
 
 Epochs follow the same contract as the ``cpu`` backend, although DALI's reader splits an epoch by samples
 (rank ``r`` of ``n`` reads samples ``[N*r//n, N*(r+1)//n)`` of the shards concatenated in order):
@@ -66,15 +68,18 @@ from typing import Iterator
 
 import torch
 
-from pipeline.backends import Batch, LoaderConfig, LoaderStats, Split
+from pipeline.backends import Batch, DaliConfig, DaliOutput, LoaderConfig, LoaderStats, Split
 from pipeline.backends.replay import replay_from
 from pipeline.backends.dali_graph import (GRAPH_STAGES, INSTALL_HINT, READER_NAME, check_options,  # noqa: F401
-                                          checked_shards, dali_version, failure, host_batch, host_labels,
+                                          checked_shards, dali_version, emitted, failure, host_batch, host_labels,
                                           import_dali, make_graph)
+from pipeline.backends.staging import normalize_on_device
 from pipeline.dataset import DatasetInfo
 from pipeline.read import plan as epoch_plan
 
 STATE_FORMAT = 1  # version of the dict DaliLoader.state_dict returns
+_TORCH_DTYPE = MappingProxyType({DaliOutput.FLOAT32: torch.float32, DaliOutput.FLOAT16: torch.float16,
+                                 DaliOutput.UINT8: torch.uint8})  # DALI's image output -> its torch dtype
 _STATE_KEYS = MappingProxyType({"format": int, "dali": str, "config": dict, "epoch": int, "batch": int,
                                 "reader_batch": int, "pipeline": bytes, "sha256": str})
 
@@ -82,6 +87,17 @@ _STATE_KEYS = MappingProxyType({"format": int, "dali": str, "config": dict, "epo
 def rank_share(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     """``[start, stop)`` of the samples DALI's reader gives shard ``rank`` of ``world_size`` in one epoch."""
     return epoch_plan.split_even(num_samples, world_size, rank)
+
+
+def finish_images(nhwc: torch.Tensor, output: DaliOutput, normalize: bool, device: torch.device) -> torch.Tensor:
+    """DALI's ``N×S×S×3`` image batch (on ``device``, or on the host for a ``cpu`` device), as :func:`emitted` said
+    it holds, → the ``N×3×S×S`` channels-last batch the loader yields (strides permuted, no layout copy): float32
+    ImageNet-normalised (float32 as is; float16 widened by one cast, which keeps the strides; uint8 normalised by
+    :func:`pipeline.backends.staging.normalize_on_device`), or with ``normalize`` off the uint8 values."""
+    if normalize and output is DaliOutput.UINT8:
+        return normalize_on_device(nhwc, device)
+    nchw = nhwc.permute(0, 3, 1, 2)
+    return nchw.float() if normalize and output is DaliOutput.FLOAT16 else nchw
 
 
 def _data_digest(info: DatasetInfo, split: str) -> str:
@@ -116,7 +132,14 @@ class DaliLoader:
     Yields :class:`Batch` with ``images`` ``N×3×S×S`` float32 (ImageNet-normalised; uint8 0..255 with
     ``normalize=False``; channels-last strides: an
     ``N×S×S×3`` buffer permuted, no layout copy) and ``labels`` ``N`` int64, both on ``device``; ``keys`` is
-    empty. Train batches are always full; the last val batch of a rank may be partial. A train resume through
+    empty. The backend's :class:`~pipeline.backends.DaliConfig` (in ``cfg.options``) sets the nvJPEG decoder
+    (CUDA only), whether the labels come out of DALI on the GPU (CUDA only; else one host → device copy a batch),
+    and where the images are normalised (:class:`~pipeline.backends.DaliOutput`: DALI's float32 output as is, its
+    float16 widened by one cast, its uint8 normalised by torch on ``device``); these change neither the data order
+    nor the random state, so a state saved under other values restores, except across ``labels_on_device`` on CUDA
+    (the labels' cast makes another graph, which DALI's checkpoint does not fit: :meth:`state_dict`'s ``config``
+    holds ``labels: "device"`` then, and the difference is named). Train batches are always full;
+    the last val batch of a rank may be partial. A train resume through
     :meth:`state_dict`, :meth:`load_state_dict` and :meth:`iter_from` is exact (see module docstring).
 
     Shards are checked before DALI opens them (:func:`~pipeline.backends.dali_graph.checked_shards`: a damaged or
@@ -163,11 +186,14 @@ class DaliLoader:
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if cuda else None
         self._graph = make_graph(cfg, train, shards, rank, world_size, device_id)
-        self._dtype = torch.float32 if cfg.normalize else torch.uint8
+        self._output = emitted(cfg)
+        self._labels_on_device = cuda and cfg.options_for(DaliConfig).labels_on_device
         self._config = {"split": self.split.value, "world_size": world_size, "rank": rank, "seed": cfg.seed,
                         "batch_size": bs, "shuffle_buffer": cfg.shuffle_buffer, "image_size": cfg.image_size,
                         "normalize": cfg.normalize, "decode": "mixed" if cuda else "cpu",
                         "num_samples": self.num_samples, "data": _data_digest(info, self.split.value)}
+        if self._labels_on_device:  # the labels' cast on the GPU is part of the graph, which DALI's checkpoint fits
+            self._config["labels"] = "device"
         try:
             self._pipe = self._new_pipe()
             # With pad_last_batch every rank's part is padded to ceil(N / n) samples, then to whole batches:
@@ -204,18 +230,25 @@ class DaliLoader:
             self._run()
         self._pos = 0
 
+    def _from_gpu(self, output, dtype: torch.dtype) -> torch.Tensor:
+        """One GPU output of DALI copied into a new torch tensor of its shape on ``self.device`` (DALI reuses its
+        buffers), on torch's current stream."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = output.as_tensor()
+        tensor = torch.empty(dense.shape(), dtype=dtype, device=self.device)
+        feed_ndarray(dense, tensor, cuda_stream=torch.cuda.current_stream(self.device))
+        return tensor
+
     def _to_torch(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """DALI outputs → (``N×3×S×S`` float32 or uint8 channels-last, ``N`` int64) on ``self.device``, owned by torch."""
         if self.device.type == "cuda":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
-
-            dense = images.as_tensor()
-            nhwc = torch.empty(dense.shape(), dtype=self._dtype, device=self.device)
-            feed_ndarray(dense, nhwc, cuda_stream=torch.cuda.current_stream(self.device))
-            lbl = host_labels(labels)
+            nhwc = self._from_gpu(images, _TORCH_DTYPE[self._output])
+            lbl = self._from_gpu(labels, torch.int64).reshape(-1) if self._labels_on_device else host_labels(labels)
         else:
             nhwc, lbl = host_batch(images, labels)
-        return nhwc.permute(0, 3, 1, 2), lbl.to(self.device, non_blocking=True)
+        return finish_images(nhwc, self._output, self.cfg.normalize, self.device), lbl.to(self.device,
+                                                                                          non_blocking=True)
 
     def __iter__(self) -> Iterator[Batch]:
         self._done = 0
@@ -273,9 +306,9 @@ class DaliLoader:
 
         The train state holds ``format`` (:data:`STATE_FORMAT`), ``dali`` (DALI's version), ``config`` (what the
         pipeline was built for: split, world size, rank, seed, batch size, shuffle buffer, image size,
-        normalisation, decode device, sample count and a digest of the shards), ``epoch`` and ``batch`` (the
-        position: batches of that epoch already yielded; an epoch's end is the next epoch's batch 0),
-        ``reader_batch`` (batches taken in DALI's current reader epoch, which runs past the epoch's last
+        normalisation, decode device, sample count and a digest of the shards; ``labels: "device"`` where DALI emits
+        the labels on the GPU), ``epoch`` and ``batch`` (the position: batches of that epoch already yielded; an
+        epoch's end is the next epoch's batch 0), ``reader_batch`` (batches taken in DALI's current reader epoch, which runs past the epoch's last
         yielded batch), ``pipeline`` (DALI's serialized checkpoint, bytes) and ``sha256`` (of ``pipeline``).
         Only str, int, bool, bytes and dicts: ``torch.load(weights_only=True)`` reads it (on torch 2.0 / 2.1 only
         through :mod:`train.checkpoint`, which stores the bytes as uint8 tensors).
@@ -349,4 +382,4 @@ class DaliLoader:
         return LoaderStats()
 
 
-__all__ = ["DaliLoader", "GRAPH_STAGES", "INSTALL_HINT", "STATE_FORMAT", "rank_share"]
+__all__ = ["DaliLoader", "GRAPH_STAGES", "INSTALL_HINT", "STATE_FORMAT", "finish_images", "rank_share"]

@@ -2,8 +2,10 @@
 measurement (:mod:`pipeline.backends.dali_stages`): DALI's import (:func:`import_dali`), the option and shard
 checks made before DALI opens anything (:func:`check_options`, :func:`checked_shards`), DALI's errors turned into
 one line (:func:`failure`), the pipeline graph (:func:`make_graph`, with torchvision's val crop box computed in
-the graph: :func:`val_crop_roi`), and DALI's CPU outputs turned into torch tensors (:func:`host_batch`,
-:func:`host_labels`). DALI itself is imported only inside functions: importing this module does not import it.
+the graph: :func:`val_crop_roi`; the nvJPEG settings of its decoders, :func:`decoder_options`, and what its image
+output holds, :func:`emitted`, both from the backend's :class:`~pipeline.backends.DaliConfig`), and DALI's CPU
+outputs turned into torch tensors (:func:`host_batch`, :func:`host_labels`). DALI itself is imported only inside
+functions: importing this module does not import it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from pipeline.backends import IMAGENET_MEAN_255, IMAGENET_STD_255, LoaderConfig
+from pipeline.backends import IMAGENET_MEAN_255, IMAGENET_STD_255, DaliConfig, DaliOutput, LoaderConfig
 from pipeline.dataset import DatasetInfo
 from pipeline.read.shardcheck import CheckedShards, check_split
 from pipeline.read.transforms import RRC_RATIO, RRC_SCALE, eval_resize_size
@@ -146,7 +148,10 @@ def make_graph(cfg: LoaderConfig, train: bool, shards: CheckedShards, rank: int,
                device_id: int | None, last_stage: str = "augment"):
     """The pipeline definition over ``shards`` (:func:`checked_shards`) for shard ``rank`` of ``world_size``: call
     it (optionally with ``checkpoint=...`` or other ``Pipeline`` arguments, which override the ones given here) to
-    get an unbuilt pipeline. ``device_id`` None: the graph runs on the CPU; else the decode is ``mixed`` (nvJPEG).
+    get an unbuilt pipeline. ``device_id`` None: the graph runs on the CPU; else the decode is ``mixed`` (nvJPEG)
+    with the nvJPEG settings of ``cfg``'s :class:`~pipeline.backends.DaliConfig` (:func:`decoder_options`), and with
+    its ``labels_on_device`` the labels leave the graph on the GPU as int64 (``N×1``; else the reader's host int32).
+    The image output holds what :func:`emitted` says.
 
     ``last_stage`` cuts the graph after a stage, for :func:`pipeline.backends.dali_stages.measure_stages`:
     ``"read"`` outputs the reader's (JPEG bytes, int32 label), ``"decode"`` the decoder's ``H×W×3`` uint8 images
@@ -160,6 +165,8 @@ def make_graph(cfg: LoaderConfig, train: bool, shards: CheckedShards, rank: int,
         raise ValueError(f"last_stage must be one of {', '.join(GRAPH_STAGES)}, got {last_stage!r}")
     pipeline_def, fn, types = import_dali()
     paths, index_paths = list(shards.paths), list(shards.index_paths)
+    dali = cfg.options_for(DaliConfig)
+    decode_device = "cpu" if device_id is None else "mixed"
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers), device_id=device_id,
                   seed=cfg.seed + 1_000_003 * rank, prefetch_queue_depth=2, enable_checkpointing=train)
@@ -171,34 +178,59 @@ def make_graph(cfg: LoaderConfig, train: bool, shards: CheckedShards, rank: int,
             stick_to_shard=not train, name=READER_NAME)
         if last_stage == "read":
             return jpegs, labels
-        images = _decoded(jpegs, train, "cpu" if device_id is None else "mixed")
+        images = _decoded(jpegs, train, decode_device, decoder_options(dali, decode_device, train))
         if last_stage == "decode":
             return images, labels
+        if dali.labels_on_device and device_id is not None:
+            labels = fn.cast(labels.gpu(), dtype=types.INT64)  # no host -> device copy per step
         return _augmented(images, jpegs, cfg, train), labels
 
     return graph
 
 
-def _decoded(jpegs, train: bool, decode_device: str):
+def decoder_options(dali: DaliConfig, decode_device: str, train: bool) -> dict[str, float | int]:
+    """The nvJPEG settings of ``dali`` a decoder on ``decode_device`` takes, as DALI's argument names: none on
+    ``"cpu"`` (they apply to the ``mixed`` decoder only); on ``"mixed"``, ``hw_decoder_load`` and the hardware
+    decoder's ``preallocate_width_hint`` / ``preallocate_height_hint``, and on the train decoder only (as DLE) the
+    nvJPEG ``device_memory_padding`` / ``host_memory_padding`` (bytes)."""
+    if decode_device != "mixed":
+        return {}
+    options: dict[str, float | int] = {"hw_decoder_load": dali.hw_decoder_load,
+                                       "preallocate_width_hint": dali.preallocate_width_hint,
+                                       "preallocate_height_hint": dali.preallocate_height_hint}
+    if train:
+        options.update(device_memory_padding=dali.device_memory_padding, host_memory_padding=dali.host_memory_padding)
+    return options
+
+
+def emitted(cfg: LoaderConfig) -> DaliOutput:
+    """What the graph's image output holds: ``cfg``'s :attr:`DaliConfig.output <pipeline.backends.DaliConfig>` with
+    ``normalize`` on (ImageNet-normalised float32 / float16, or uint8 for torch to normalise), else uint8 0..255."""
+    return cfg.options_for(DaliConfig).output if cfg.normalize else DaliOutput.UINT8
+
+
+def _decoded(jpegs, train: bool, decode_device: str, options: dict[str, float | int]):
     """In-graph: the JPEGs decoded to RGB on ``decode_device`` (train: only a random crop region, RandomResizedCrop's
-    area and ratio ranges)."""
+    area and ratio ranges), with the nvJPEG ``options`` of :func:`decoder_options`."""
     _, fn, types = import_dali()
     if train:
         return fn.decoders.image_random_crop(jpegs, device=decode_device, output_type=types.RGB,
                                              random_area=list(RRC_SCALE), random_aspect_ratio=list(RRC_RATIO),
-                                             num_attempts=10)
-    return fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+                                             num_attempts=10, **options)
+    return fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, **options)
 
 
 def _augmented(images, jpegs, cfg: LoaderConfig, train: bool):
     """In-graph: decoded images → the ``S×S×3`` batch (train: resize + random mirror; val: torchvision's Resize +
-    CenterCrop box), ImageNet-normalised float32 or uint8 (``cfg.normalize``)."""
+    CenterCrop box), ImageNet-normalised float32 / float16, or uint8 (:func:`emitted`)."""
     _, fn, types = import_dali()
     size = cfg.image_size
-    if cfg.normalize:
-        norm = dict(dtype=types.FLOAT, mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255))
-    else:
+    output = emitted(cfg)
+    if output is DaliOutput.UINT8:
         norm = dict(dtype=types.UINT8)
+    else:
+        norm = dict(dtype=types.FLOAT if output is DaliOutput.FLOAT32 else types.FLOAT16,
+                    mean=list(IMAGENET_MEAN_255), std=list(IMAGENET_STD_255))
     if train:
         images = fn.resize(images, resize_x=size, resize_y=size)
         return fn.crop_mirror_normalize(images, output_layout="HWC", mirror=fn.random.coin_flip(probability=0.5),
@@ -209,7 +241,7 @@ def _augmented(images, jpegs, cfg: LoaderConfig, train: bool):
 
 
 def host_labels(labels) -> torch.Tensor:
-    """DALI's CPU int32 label batch → ``N`` int64 tensor."""
+    """DALI's CPU int32 (or int64) label batch → ``N`` int64 tensor."""
     return torch.from_numpy(np.array(labels.as_tensor(), dtype=np.int64).reshape(-1))
 
 
@@ -219,4 +251,5 @@ def host_batch(images, labels) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 __all__ = ["GRAPH_STAGES", "INSTALL_HINT", "MEMBERS", "READER_NAME", "check_options", "checked_shards",
-           "dali_version", "failure", "host_batch", "host_labels", "import_dali", "make_graph", "val_crop_roi"]
+           "dali_version", "decoder_options", "emitted", "failure", "host_batch", "host_labels", "import_dali",
+           "make_graph", "val_crop_roi"]

@@ -126,7 +126,10 @@ def test_resolved_config_round_trip(tmp_path):
     assert tables["loader"] == {"loader": "cpu", "batch_size": 256, "image_size": 224, "workers": 2,
                                 "shuffle_buffer": 500, "synthetic_train_samples": 1_281_167,
                                 "synthetic_val_samples": 50_000, "on_bad_sample": "skip", "remote_timeout": 30.0,
-                                "remote_retries": 3}
+                                "remote_retries": 3, "dali_hw_decoder_load": 0.99,
+                                "dali_device_memory_padding": 211_025_920, "dali_host_memory_padding": 140_544_512,
+                                "dali_preallocate_width_hint": 0, "dali_preallocate_height_hint": 0,
+                                "dali_labels_on_device": True, "dali_output": "float32"}
     assert tables["optim"]["lr"] == 0.3 and tables["optim"]["milestones"] == "30,60,80"
     assert tables["checkpoint"] == {"checkpoint_keep": 2, "resume": False}
     _, again = parse(["--config", str(written)])

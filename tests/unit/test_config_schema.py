@@ -168,5 +168,7 @@ def test_resolved_config_keeps_the_flat_loader_keys():
     loader = config_json(cfg)["loader_cfg"]
     assert list(loader) == ["batch_size", "image_size", "workers", "seed", "shuffle_buffer", "crop_pct",
                             "synthetic_train_samples", "synthetic_val_samples", "synthetic_classes", "data_root",
-                            "normalize", "on_bad_sample", "remote_timeout", "remote_retries"]
+                            "dali_hw_decoder_load", "dali_device_memory_padding", "dali_host_memory_padding",
+                            "dali_preallocate_width_hint", "dali_preallocate_height_hint", "dali_labels_on_device",
+                            "dali_output", "normalize", "on_bad_sample", "remote_timeout", "remote_retries"]
     assert (loader["synthetic_train_samples"], loader["synthetic_val_samples"], loader["data_root"]) == (16, 50000, None)
