@@ -912,14 +912,19 @@ def _torch_peaks(m: dict) -> str:
     return f"{a:.1f}/{r:.1f}" if a is not None and r is not None else "-"
 
 
-def step_summary(legs: list[dict]) -> str:
-    """'synthetic 15+85, loader 25+150, ...': warm-up + measured steps by leg kind (and for compile)."""
+def _by_kind(legs: list[dict], describe) -> str:
+    """``describe(kind, leg)`` of the first train leg of each kind (compile counted as its own), comma-joined."""
     seen = {}
     for leg in legs:
         if leg["kind"] != "io-bench":
             kind = "compile" if "--compile" in leg["flags"] else leg["kind"]
-            seen.setdefault(kind, f"{kind} {leg['warmup_steps']}+{leg['steps']}")
+            seen.setdefault(kind, describe(kind, leg))
     return ", ".join(seen.values())
+
+
+def step_summary(legs: list[dict]) -> str:
+    """'synthetic 15+85, loader 25+150, ...': warm-up + measured steps by leg kind (and for compile)."""
+    return _by_kind(legs, lambda kind, leg: f"{kind} {leg['warmup_steps']}+{leg['steps']}")
 
 
 def _fewer_workers(data: dict) -> str:
@@ -931,12 +936,7 @@ def _fewer_workers(data: dict) -> str:
 
 def _window_steps(legs: list[dict]) -> str:
     """'25 (loader), 20 (synthetic), ...': the step-log window of each leg kind."""
-    seen = {}
-    for leg in legs:
-        if leg["kind"] != "io-bench":
-            kind = "compile" if "--compile" in leg["flags"] else leg["kind"]
-            seen.setdefault(kind, f"{leg['log_every']} ({kind})")
-    return ", ".join(seen.values())
+    return _by_kind(legs, lambda kind, leg: f"{leg['log_every']} ({kind})")
 
 
 def preflight_lines(pre: dict | None) -> list[str]:
